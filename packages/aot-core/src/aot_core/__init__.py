@@ -1,0 +1,56 @@
+"""aot-core: the interfaces, spec, stats and backend registry of the aot toolkit.
+
+Importing this package never imports torch or vLLM; backends do that lazily.
+"""
+
+from aot_core.compiler import (
+    Availability,
+    CompiledModel,
+    Compiler,
+    Generation,
+    GenerationParams,
+    Prompt,
+)
+from aot_core.errors import (
+    AOTError,
+    ArtifactCorruptError,
+    ArtifactError,
+    ArtifactIncompatibleError,
+    BackendUnavailableError,
+    CompilationError,
+    NoBackendInstalledError,
+    NoUsableBackendError,
+    SpecError,
+)
+from aot_core.registry import BackendInfo, create_compiler, get_backend, list_backends
+from aot_core.spec import CompileSpec
+from aot_core.stats import CacheOutcome, Comparison, OptimizationStats, compare
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AOTError",
+    "ArtifactCorruptError",
+    "ArtifactError",
+    "ArtifactIncompatibleError",
+    "Availability",
+    "BackendInfo",
+    "BackendUnavailableError",
+    "CacheOutcome",
+    "CompilationError",
+    "CompileSpec",
+    "CompiledModel",
+    "Compiler",
+    "Comparison",
+    "Generation",
+    "GenerationParams",
+    "NoBackendInstalledError",
+    "NoUsableBackendError",
+    "OptimizationStats",
+    "Prompt",
+    "SpecError",
+    "compare",
+    "create_compiler",
+    "get_backend",
+    "list_backends",
+]

@@ -1,0 +1,189 @@
+"""What every backend implements: a ``Compiler`` that turns a model into a ``CompiledModel``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar
+
+from aot_core.errors import SpecError
+from aot_core.spec import CompileSpec
+from aot_core.stats import OptimizationStats
+
+Prompt = Sequence[int] | str
+"""A prompt: token ids, or text where the model has a tokenizer."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Availability:
+    """Whether a backend can run here, and why not when it cannot."""
+
+    usable: bool
+    """True when the backend can compile and run models on this machine."""
+
+    reason: str = ""
+    """Why it cannot (what is missing, what to install); empty when usable."""
+
+    def __bool__(self) -> bool:
+        return self.usable
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationParams:
+    """How to generate: greedy or sampled, how many tokens, when to stop."""
+
+    max_new_tokens: int = 16
+    """Most tokens to generate per prompt."""
+
+    temperature: float = 0.0
+    """0 for greedy decoding; above 0 samples with this temperature."""
+
+    top_p: float = 1.0
+    """Nucleus-sampling probability mass (1.0 keeps every token)."""
+
+    top_k: int = 0
+    """Sample among the k most likely tokens; 0 keeps every token."""
+
+    seed: int | None = None
+    """Seed for sampling, for reproducible sampled output."""
+
+    stop_on_eos: bool = True
+    """Stop a sequence at the end-of-sequence token; False always generates max_new_tokens."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or (
+            self.max_new_tokens < 1
+        ):
+            raise SpecError(
+                f"max_new_tokens: must be an integer >= 1, got {self.max_new_tokens!r}",
+                field="max_new_tokens",
+            )
+        if not self.temperature >= 0:
+            raise SpecError(
+                f"temperature: must be >= 0, got {self.temperature!r}", field="temperature"
+            )
+        if not 0 < self.top_p <= 1:
+            raise SpecError(f"top_p: must be in (0, 1], got {self.top_p!r}", field="top_p")
+        if self.top_k < 0:
+            raise SpecError(f"top_k: must be >= 0, got {self.top_k!r}", field="top_k")
+
+    @property
+    def greedy(self) -> bool:
+        """Whether decoding is greedy (deterministic)."""
+        return self.temperature == 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Generation:
+    """The output for one prompt."""
+
+    prompt_token_ids: tuple[int, ...]
+    """The prompt as token ids."""
+
+    token_ids: tuple[int, ...]
+    """Generated token ids, without the prompt."""
+
+    text: str | None = None
+    """Generated text, where the model has a tokenizer."""
+
+    finish_reason: str = ""
+    """Why generation stopped: "length" or "stop" (EOS)."""
+
+
+def check_prompts(prompts: Sequence[Prompt]) -> None:
+    """Reject an empty batch or an empty prompt before it reaches an engine."""
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise SpecError("prompts: pass a list of prompts (token-id lists or strings)")
+    if not prompts:
+        raise SpecError("prompts: the list of prompts is empty")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise SpecError(f"prompts[{i}]: the prompt is empty")
+
+
+class CompiledModel(ABC):
+    """A model ready to generate, holding whatever engine the backend started."""
+
+    @abstractmethod
+    def generate(
+        self, prompts: Sequence[Prompt], params: GenerationParams | None = None
+    ) -> list[Generation]:
+        """Generate for each prompt; one ``Generation`` per prompt, in order."""
+
+    @property
+    @abstractmethod
+    def stats(self) -> OptimizationStats:
+        """Stats of this model, updated by each ``generate`` call."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release engine processes and memory; calling it twice is harmless."""
+
+    def __enter__(self) -> CompiledModel:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Compiler(ABC):
+    """A backend: turns a model and a ``CompileSpec`` into a ``CompiledModel``.
+
+    Subclasses are registered in the ``aot.backends`` entry-point group. Importing a
+    subclass's module must stay cheap: heavy imports (torch, vllm) belong inside methods.
+    """
+
+    name: ClassVar[str]
+    """Registry name, e.g. "vllm" or "legacy"."""
+
+    priority: ClassVar[int] = 0
+    """Higher is preferred when no backend is named."""
+
+    distribution: ClassVar[str] = ""
+    """The pip distribution that provides this backend (used in install hints)."""
+
+    def __init__(self, spec: CompileSpec | None = None) -> None:
+        self.spec = spec if spec is not None else CompileSpec()
+        self._last: CompiledModel | None = None
+
+    @classmethod
+    @abstractmethod
+    def availability(cls) -> Availability:
+        """Whether this backend can run here, decided without importing torch or vLLM."""
+
+    @classmethod
+    def version(cls) -> str:
+        """Version of the backend's distribution."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(cls.distribution) if cls.distribution else ""
+        except PackageNotFoundError:
+            return ""
+
+    @abstractmethod
+    def compile_model(self, model: Any, spec: CompileSpec | None = None) -> CompiledModel:
+        """Compile ``model`` (a path, a name or a model object) and return it ready to run."""
+
+    @abstractmethod
+    def compile_model_aot(
+        self, model: Any, example_inputs: Any, spec: CompileSpec | None = None
+    ) -> CompiledModel:
+        """Precompile ``model`` for ``example_inputs`` and persist the result, so that a
+        later process starts warm; returns the compiled model."""
+
+    def get_optimization_stats(self) -> OptimizationStats | None:
+        """Stats of the most recently compiled model (None before the first compile)."""
+        return self._last.stats if self._last is not None else None
+
+    def _remember(self, compiled: CompiledModel) -> CompiledModel:
+        """Record ``compiled`` as the model ``get_optimization_stats`` reports on."""
+        self._last = compiled
+        return compiled

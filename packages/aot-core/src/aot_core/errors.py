@@ -1,0 +1,51 @@
+"""The exception hierarchy: one base class, one subclass per kind of failure.
+
+Every error message says what went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class AOTError(Exception):
+    """Base class of every error raised by aot packages."""
+
+
+class SpecError(AOTError, ValueError):
+    """A compile spec (or a spec file) holds an invalid value.
+
+    ``field`` names the offending field; ``line`` is set when the value came from a
+    file and its line is known.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.line = line
+
+
+class BackendUnavailableError(AOTError, ImportError):
+    """A backend was asked for but cannot run here (not installed, or unusable)."""
+
+
+class NoBackendInstalledError(BackendUnavailableError):
+    """No package registers a backend in the ``aot.backends`` entry-point group."""
+
+
+class NoUsableBackendError(BackendUnavailableError):
+    """Backends are installed, but none of them can run on this machine."""
+
+
+class CompilationError(AOTError, RuntimeError):
+    """Compiling a model failed in a way that no fallback could recover from."""
+
+
+class ArtifactError(AOTError):
+    """A compiled artifact is missing, tampered with, truncated or built for another system."""
+
+
+class ArtifactIncompatibleError(ArtifactError):
+    """An artifact was built for another backend, torch, vLLM or device; it is never loaded."""
+
+
+class ArtifactCorruptError(ArtifactError):
+    """An artifact's files do not match the checksums in its manifest."""
