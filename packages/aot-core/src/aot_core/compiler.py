@@ -53,8 +53,10 @@ class GenerationParams:
     """Stop a sequence at the end-of-sequence token; False always generates max_new_tokens."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or (
-            self.max_new_tokens < 1
+        if (
+            isinstance(self.max_new_tokens, bool)
+            or not isinstance(self.max_new_tokens, int)
+            or (self.max_new_tokens < 1)
         ):
             raise SpecError(
                 f"max_new_tokens: must be an integer >= 1, got {self.max_new_tokens!r}",

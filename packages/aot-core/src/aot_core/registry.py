@@ -152,8 +152,7 @@ def get_backend(name: str | None = None, *, require_usable: bool = True) -> type
         info = by_name[requested]
         if require_usable and not info.availability.usable:
             raise NoUsableBackendError(
-                f"aot backend {requested!r} ({source}) cannot run here: "
-                f"{info.availability.reason}"
+                f"aot backend {requested!r} ({source}) cannot run here: {info.availability.reason}"
             )
         return info.compiler
     usable = [i for i in infos if i.availability.usable]

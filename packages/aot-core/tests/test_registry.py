@@ -1,0 +1,193 @@
+"""The backend registry, driven by real entry points from a test-only distribution.
+
+Each test writes a small installed distribution (a ``.dist-info`` with
+``entry_points.txt``) plus the module it points at, so discovery goes through
+``importlib.metadata`` exactly as it does for aot-vllm and aot-legacy.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from importlib.metadata import EntryPoint, distributions
+from pathlib import Path
+
+import pytest
+from aot_core import (
+    BackendUnavailableError,
+    NoBackendInstalledError,
+    NoUsableBackendError,
+    get_backend,
+    list_backends,
+    registry,
+)
+
+BACKENDS_MODULE = textwrap.dedent(
+    """
+    from aot_core.compiler import Availability, Compiler
+
+    class _Base(Compiler):
+        distribution = "{dist}"
+        def compile_model(self, model, spec=None):
+            raise NotImplementedError("registry test double: compiles nothing")
+        def compile_model_aot(self, model, example_inputs, spec=None):
+            raise NotImplementedError("registry test double: compiles nothing")
+
+    class Fast(_Base):
+        name = "fast"
+        priority = 100
+        @classmethod
+        def availability(cls):
+            return Availability(usable=False, reason="needs a GPU; none found")
+
+    class Slow(_Base):
+        name = "slow"
+        priority = 10
+        @classmethod
+        def availability(cls):
+            return Availability(usable=True)
+
+    class Other(_Base):
+        name = "other"
+        priority = 50
+        @classmethod
+        def availability(cls):
+            return Availability(usable=True)
+
+    class Crashing(_Base):
+        name = "crashing"
+        priority = 200
+        @classmethod
+        def availability(cls):
+            raise RuntimeError("probe exploded")
+
+    NotACompiler = object()
+    """
+)
+
+Installer = Callable[..., None]
+
+
+@pytest.fixture
+def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Installer]:
+    """Install test distributions into a private site dir the registry will scan."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("AOT_BACKEND", raising=False)
+    counter = iter(range(1000))
+
+    def _install(entries: dict[str, str], *, dist: str | None = None) -> None:
+        n = next(counter)
+        dist = dist or f"aot-test-backends-{n}"
+        module = f"aot_test_backends_{n}"
+        (site / f"{module}.py").write_text(BACKENDS_MODULE.format(dist=dist))
+        info = site / f"{dist.replace('-', '_')}-1.2.3.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+        lines = [f"{name} = {value.format(module=module)}" for name, value in entries.items()]
+        (info / "entry_points.txt").write_text("[aot.backends]\n" + "\n".join(lines) + "\n")
+
+    def _entry_points() -> list[EntryPoint]:
+        return [
+            ep
+            for d in distributions(path=[str(site)])
+            for ep in d.entry_points
+            if ep.group == registry.ENTRY_POINT_GROUP
+        ]
+
+    # Only the private site dir: a developer's own installed backends must not leak in.
+    monkeypatch.setattr(registry, "_entry_points", _entry_points)
+    yield _install
+    for name in [m for m in sys.modules if m.startswith("aot_test_backends_")]:
+        del sys.modules[name]
+
+
+def test_nothing_installed_says_what_to_install(install: Installer) -> None:
+    with pytest.raises(NoBackendInstalledError) as info:
+        get_backend()
+    assert "pip install aot-vllm" in str(info.value)
+    assert "pip install aot-legacy" in str(info.value)
+    assert isinstance(info.value, ImportError)
+
+
+def test_installed_but_unusable_is_a_different_error(install: Installer) -> None:
+    install({"fast": "{module}:Fast"})
+    with pytest.raises(NoUsableBackendError) as info:
+        get_backend()
+    message = str(info.value)
+    assert "none can run here" in message
+    assert "fast: needs a GPU; none found" in message
+    assert "pip install aot-vllm aot-legacy" in message
+
+
+def test_listing_reports_version_and_reason_best_first(install: Installer) -> None:
+    install(
+        {"fast": "{module}:Fast", "slow": "{module}:Slow", "other": "{module}:Other"},
+        dist="aot-test-dist",
+    )
+    infos = list_backends()
+    assert [i.name for i in infos] == ["fast", "other", "slow"]
+    assert {i.version for i in infos} == {"1.2.3"}
+    assert infos[0].availability.usable is False
+    assert infos[0].availability.reason == "needs a GPU; none found"
+
+
+def test_priority_picks_best_usable(install: Installer) -> None:
+    install({"fast": "{module}:Fast", "slow": "{module}:Slow", "other": "{module}:Other"})
+    assert get_backend().name == "other"
+
+
+def test_explicit_name_beats_env_beats_priority(
+    install: Installer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install({"slow": "{module}:Slow", "other": "{module}:Other"})
+    monkeypatch.setenv("AOT_BACKEND", "slow")
+    assert get_backend().name == "slow"
+    assert get_backend("other").name == "other"
+
+
+def test_unknown_or_unusable_name(install: Installer, monkeypatch: pytest.MonkeyPatch) -> None:
+    install({"fast": "{module}:Fast", "slow": "{module}:Slow"})
+    with pytest.raises(
+        BackendUnavailableError,
+        match=r"'vllm' \(requested\) is not installed; "
+        r"`pip install aot-vllm`",
+    ):
+        get_backend("vllm")
+    monkeypatch.setenv("AOT_BACKEND", "fast")
+    with pytest.raises(NoUsableBackendError, match=r"named by \$AOT_BACKEND.*needs a GPU"):
+        get_backend()
+
+
+def test_broken_entry_points_warn_and_are_skipped(install: Installer) -> None:
+    install(
+        {
+            "missing": "aot_no_such_module_anywhere:Thing",
+            "notcls": "{module}:NotACompiler",
+            "slow": "{module}:Slow",
+        }
+    )
+    with pytest.warns(registry.BackendWarning) as record:
+        found = registry.installed_backends()
+    assert list(found) == ["slow"]
+    messages = " ".join(str(w.message) for w in record)
+    assert "'missing'" in messages and "failed to load" in messages
+    assert "'notcls'" in messages and "not an aot_core.Compiler subclass" in messages
+
+
+def test_duplicate_names_warn_and_keep_first(install: Installer) -> None:
+    install({"slow": "{module}:Slow"}, dist="aot-test-a")
+    install({"slow": "{module}:Other"}, dist="aot-test-b")
+    with pytest.warns(registry.BackendWarning, match="registered twice"):
+        found = registry.installed_backends()
+    assert list(found) == ["slow"]
+
+
+def test_crashing_availability_probe_means_unusable(install: Installer) -> None:
+    install({"crashing": "{module}:Crashing", "slow": "{module}:Slow"})
+    infos = {i.name: i for i in list_backends()}
+    assert infos["crashing"].availability.usable is False
+    assert "probe exploded" in infos["crashing"].availability.reason
+    assert get_backend().name == "slow"
