@@ -1,0 +1,412 @@
+"""The old compiler and compiled-model objects, running on an aot backend.
+
+``CompatCompiler`` keeps the old constructor keywords and method names
+(``compile_model``, ``compile_model_aot(model, inputs, config)``,
+``get_optimization_stats()``) and delegates to an ``aot_core.Compiler`` chosen among the
+installed backends. It is a facade rather than a subclass of the backend class because the
+old methods take and return different shapes (a dict config, a dict of stats) than the
+``Compiler`` interface does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, ClassVar
+
+from aot_core.compiler import CompiledModel, Compiler, Generation, GenerationParams
+from aot_core.spec import CompileSpec
+from aot_core.stats import OptimizationStats
+
+from aot_compat.legacy_config import LegacyTranslation, translate
+from aot_compat.selection import DESCRIPTIONS, LEGACY, VLLM, BackendChoice, choose_backend
+
+_COMPILATION_SYSTEMS = {VLLM: "vLLM Native", LEGACY: "Enhanced AOT (legacy)"}
+
+# Old generate() keywords -> GenerationParams fields.
+_GENERATE_KEYWORDS = {
+    "max_tokens": "max_new_tokens",
+    "max_new_tokens": "max_new_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "seed": "seed",
+    "stop_on_eos": "stop_on_eos",
+}
+
+
+class LegacyGeneration(str):
+    """One generated result: the text, as old callers expect, carrying the token ids too."""
+
+    generation: Generation
+    token_ids: tuple[int, ...]
+    prompt_token_ids: tuple[int, ...]
+    finish_reason: str
+
+    def __new__(cls, generation: Generation) -> LegacyGeneration:
+        self = super().__new__(cls, generation.text or "")
+        self.generation = generation
+        self.token_ids = generation.token_ids
+        self.prompt_token_ids = generation.prompt_token_ids
+        self.finish_reason = generation.finish_reason
+        return self
+
+    @property
+    def text(self) -> str:
+        """The generated text ("" where the model has no tokenizer)."""
+        return str.__str__(self)
+
+
+class LegacyStats(dict[str, Any]):
+    """The old stats dict (``stats["vllm_available"]``, ...) plus the typed stats.
+
+    ``optimization_stats`` holds the ``aot_core.OptimizationStats`` of the last compiled
+    model (None before the first compile); its fields are also flattened into the dict.
+    """
+
+    optimization_stats: OptimizationStats | None = None
+
+
+def _params(params: Any, kwargs: Mapping[str, Any]) -> GenerationParams:
+    """GenerationParams from a GenerationParams, old keywords, a dict, or vLLM SamplingParams."""
+    if isinstance(params, GenerationParams):
+        if kwargs:
+            raise TypeError(
+                "pass either a GenerationParams or generate keywords, not both "
+                f"(got {', '.join(sorted(kwargs))})"
+            )
+        return params
+    values: dict[str, Any] = {}
+    if isinstance(params, Mapping):
+        kwargs = {**params, **kwargs}
+    elif params is not None and hasattr(params, "max_tokens"):
+        # an old caller handing over vllm.SamplingParams, as the raw LLM once took
+        values = {
+            "max_new_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": max(int(getattr(params, "top_k", 0) or 0), 0),
+            "seed": getattr(params, "seed", None),
+            "stop_on_eos": not getattr(params, "ignore_eos", False),
+        }
+        values = {k: v for k, v in values.items() if v is not None}
+    elif params is not None:
+        raise TypeError(
+            f"generate params must be a GenerationParams, a dict or keywords, got "
+            f"{type(params).__name__}"
+        )
+    for key, value in kwargs.items():
+        if key == "ignore_eos":
+            values["stop_on_eos"] = not value
+        elif key in _GENERATE_KEYWORDS:
+            values[_GENERATE_KEYWORDS[key]] = value
+        else:
+            allowed = ", ".join(sorted({*_GENERATE_KEYWORDS, "ignore_eos"}))
+            raise TypeError(f"generate() got an unknown keyword {key!r}; allowed: {allowed}")
+    return GenerationParams(**values)
+
+
+def _prompts(prompts: Any) -> Any:
+    """Accept old input shapes: a tensor of token ids becomes a list of token-id lists."""
+    if hasattr(prompts, "tolist") and hasattr(prompts, "dim"):
+        ids = prompts.tolist()
+        return [ids] if prompts.dim() == 1 else ids
+    if isinstance(prompts, str):
+        return [prompts]
+    return prompts
+
+
+def _example_inputs(inputs: Any) -> Any:
+    """Old example inputs, ``(input_ids,)`` tensors, become a list of token-id lists."""
+    if isinstance(inputs, (tuple, list)) and len(inputs) == 1 and hasattr(inputs[0], "dim"):
+        inputs = inputs[0]
+    if hasattr(inputs, "tolist") and hasattr(inputs, "dim"):
+        ids = inputs.tolist()
+        return [ids] if inputs.dim() == 1 else ids
+    return inputs
+
+
+class CompatCompiledModel:
+    """A compiled model with the old calling conventions on top of an aot ``CompiledModel``."""
+
+    def __init__(self, compiled: CompiledModel, *, model_id: str, metadata: Mapping[str, Any]):
+        self.compiled = compiled
+        """The backend's compiled model (the new API)."""
+        self.model_id = model_id
+        self.metadata = dict(metadata)
+        self.closed = False
+
+    def generate(self, prompts: Any, params: Any = None, **kwargs: Any) -> list[LegacyGeneration]:
+        """Generate for each prompt (text or token ids); one result per prompt.
+
+        Takes a ``GenerationParams``, old keywords (``max_tokens``, ``temperature``,
+        ``top_p``, ...) or a vLLM ``SamplingParams``. Each result is a ``str`` (the text) that
+        also carries ``token_ids``, ``prompt_token_ids`` and ``finish_reason``.
+        """
+        if self.closed:
+            raise RuntimeError(f"model {self.model_id!r} was closed; compile it again to generate")
+        outputs = self.compiled.generate(_prompts(prompts), _params(params, kwargs))
+        return [LegacyGeneration(g) for g in outputs]
+
+    @property
+    def stats(self) -> OptimizationStats:
+        """The backend's stats for this model."""
+        return self.compiled.stats
+
+    def get_info(self) -> dict[str, Any]:
+        """Old model info: the metadata recorded at compile time plus the current stats."""
+        return {**self.metadata, "stats": self.stats.to_dict()}
+
+    def close(self) -> None:
+        """Release the engine (processes and memory); calling it twice is harmless."""
+        if not self.closed:
+            self.closed = True
+            self.compiled.close()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if callable(self.compiled):
+            return self.compiled(*args, **kwargs)
+        raise TypeError(
+            f"a model compiled by the {self.metadata.get('backend')} backend is not called "
+            "like a torch module; use generate(prompts, max_tokens=...) instead"
+        )
+
+    def __enter__(self) -> CompatCompiledModel:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        backend = self.metadata.get("backend")
+        return f"<{type(self).__name__} {self.model_id!r} on {backend} ({state})>"
+
+
+def _model_id(model: Any, given: str | None) -> str:
+    if given:
+        return given
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
+        return str(model)
+    name = getattr(model, "name_or_path", None) or getattr(
+        getattr(model, "config", None), "name_or_path", None
+    )
+    return str(name) if name else f"{type(model).__name__}@{id(model):x}"
+
+
+class CompatCompiler:
+    """The old compiler object on an aot backend.
+
+    ``backend_name`` fixes the backend (subclasses such as ``VLLMNativeAOTCompiler``); when
+    it is None the backend is chosen with ``use_vllm_native`` and ``$AOT_BACKEND``.
+    Constructor keywords are the old ones (``enable_cuda_graphs``, ``batch_sizes``,
+    ``cache_dir``, ``compilation_level``, ``enable_chunked_prefill``, ...) or any
+    ``CompileSpec`` field; ``spec=`` takes a ``CompileSpec`` directly.
+    """
+
+    backend_name: ClassVar[str | None] = None
+    """The backend this class always runs on; None to choose among the installed ones."""
+
+    def __init__(
+        self,
+        base_compiler: Any = None,
+        enable_cuda_graphs: bool = True,
+        batch_sizes: Sequence[int] | None = None,
+        *,
+        spec: CompileSpec | None = None,
+        use_vllm_native: bool = True,
+        choice: BackendChoice | None = None,
+        **options: Any,
+    ) -> None:
+        if choice is None:
+            if self.backend_name is not None:
+                choice = choose_backend(
+                    self.backend_name, allow_fallback=False, honour_env=False, stacklevel=3
+                )
+            else:
+                prefer = VLLM if use_vllm_native else LEGACY
+                choice = choose_backend(prefer, stacklevel=3)
+        self.choice = choice
+        """Which backend runs this compiler, and why."""
+        extra: dict[str, Any] = {"enable_cuda_graphs": enable_cuda_graphs, **options}
+        if batch_sizes is not None:
+            extra["batch_sizes"] = batch_sizes
+        if base_compiler is not None:
+            extra["base_compiler"] = base_compiler
+        translation = translate(None, base=spec, backend=choice.name, extra=extra, stacklevel=3)
+        self.backend: Compiler = choice.compiler(translation.spec)
+        """The backend compiler (the new API)."""
+        self.compiled_models: dict[tuple[str, str], CompatCompiledModel] = {}
+        self.model_metadata: dict[str, dict[str, Any]] = {}
+        self._last: CompatCompiledModel | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def spec(self) -> CompileSpec:
+        """The CompileSpec this compiler was built with (before per-call config)."""
+        return self.backend.spec
+
+    @property
+    def backend_id(self) -> str:
+        """Registry name of the backend in use ("vllm", "legacy", ...)."""
+        return self.choice.name
+
+    @property
+    def vllm_available(self) -> bool:
+        """Old attribute: True when the models run on vLLM."""
+        return self.choice.name == VLLM
+
+    def compile_model(
+        self,
+        model: Any,
+        example_inputs: Any = None,
+        model_id: str | None = None,
+        **compile_kwargs: Any,
+    ) -> CompatCompiledModel:
+        """Compile ``model`` (a path, a name or a model object); old signature.
+
+        ``compile_kwargs`` are old config keys, translated like ``compile_model_aot``'s
+        config. With ``example_inputs`` this precompiles and persists like
+        ``compile_model_aot``.
+        """
+        return self._compile(
+            model, example_inputs, compile_kwargs or None, None, model_id, aot=False
+        )
+
+    def compile_model_aot(
+        self,
+        model: Any,
+        inputs: Any = None,
+        config: Any = None,
+        compilation_mode: str | None = None,
+    ) -> CompatCompiledModel:
+        """Precompile ``model`` for ``inputs`` and persist it so that a later process starts
+        warm; old signature.
+
+        ``config`` is the old dict (or model-config object, or a ``CompileSpec``);
+        ``compilation_mode`` the old mode name ("default", "reduce-overhead",
+        "max-autotune"). The same model and settings compiled twice in one process return
+        the same compiled model.
+        """
+        return self._compile(model, inputs, config, compilation_mode, None, aot=True)
+
+    def _compile(
+        self,
+        model: Any,
+        inputs: Any,
+        config: Any,
+        compilation_mode: str | None,
+        model_id: str | None,
+        *,
+        aot: bool,
+    ) -> CompatCompiledModel:
+        translation: LegacyTranslation = translate(
+            config,
+            base=self.spec,
+            backend=self.choice.name,
+            compilation_mode=compilation_mode,
+            stacklevel=4,
+        )
+        spec = translation.spec
+        ident = _model_id(model, model_id or translation.model_id)
+        key = (ident, spec.fingerprint())
+        with self._lock:
+            cached = self.compiled_models.get(key)
+            if cached is not None and not cached.closed:
+                self._last = cached
+                return cached
+            if inputs is not None or aot:
+                compiled = self.backend.compile_model_aot(model, _example_inputs(inputs), spec)
+            else:
+                compiled = self.backend.compile_model(model, spec)
+            metadata = {
+                "model_id": ident,
+                "backend": self.choice.name,
+                "backend_choice": self.choice.reason,
+                "compilation_system": _COMPILATION_SYSTEMS.get(self.choice.name, self.choice.name),
+                "spec": spec.to_dict(),
+                "config_notes": list(translation.notes),
+                "vllm_native": self.choice.name == VLLM,
+            }
+            wrapped = CompatCompiledModel(compiled, model_id=ident, metadata=metadata)
+            self.compiled_models[key] = wrapped
+            self.model_metadata[ident] = metadata
+            self._last = wrapped
+            return wrapped
+
+    def get_model_info(self, model_id: str) -> dict[str, Any]:
+        """Old per-model info; ``{"error": ...}`` for an unknown id, as before."""
+        if model_id in self.model_metadata:
+            return dict(self.model_metadata[model_id])
+        return {"error": f"Model {model_id} not found"}
+
+    def get_optimization_stats(self) -> LegacyStats:
+        """The old stats dict, with the last compiled model's ``OptimizationStats`` in it."""
+        spec = self.spec
+        stats = LegacyStats(
+            backend=self.choice.name,
+            backend_version=self.backend.version(),
+            backend_choice=self.choice.reason,
+            compilation_system=_COMPILATION_SYSTEMS.get(self.choice.name, self.choice.name),
+            description=DESCRIPTIONS.get(self.choice.name, self.choice.name),
+            vllm_available=self.choice.name == VLLM,
+            total_models=sum(not m.closed for m in self.compiled_models.values()),
+            cache_dir=spec.cache_dir,
+            compilation_config=spec.to_dict(),
+        )
+        if self._last is not None:
+            typed = self._last.stats
+            stats.optimization_stats = typed
+            stats.update(typed.to_dict())
+            stats["model_id"] = self._last.model_id
+        return stats
+
+    def close(self) -> None:
+        """Close every model this compiler compiled."""
+        with self._lock:
+            for model in self.compiled_models.values():
+                model.close()
+
+    def __enter__(self) -> CompatCompiler:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} on backend {self.choice.name!r} ({self.choice.reason})>"
+
+
+class VLLMNativeAOTCompiler(CompatCompiler):
+    """The old vLLM-native compiler: always the ``vllm`` backend, never a silent fallback."""
+
+    backend_name = VLLM
+
+
+class EnhancedAOTCompiler(CompatCompiler):
+    """The old Enhanced AOT compiler: always the ``legacy`` backend (plain PyTorch)."""
+
+    backend_name = LEGACY
+
+
+class IntegratedAOTCompiler(CompatCompiler):
+    """The old integrated compiler (Enhanced AOT with CUDA graphs): the ``legacy`` backend."""
+
+    backend_name = LEGACY
+
+
+def compiler_class_for(backend: str) -> type[CompatCompiler]:
+    """The old class name that matches a backend, so ``type(compiler).__name__`` reads as it
+    used to."""
+    return {VLLM: VLLMNativeAOTCompiler, LEGACY: EnhancedAOTCompiler}.get(backend, CompatCompiler)

@@ -1,0 +1,180 @@
+"""The old dict configuration maps to CompileSpec; nothing is silently dropped."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import pytest
+from aot_compat import LegacyConfigError, LegacyConfigWarning, translate
+from aot_core import CompileSpec, SpecError
+
+
+def _quiet(config: object, **kw: object) -> CompileSpec:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # these configs must translate without a word
+        return translate(config, **kw).spec  # type: ignore[arg-type]
+
+
+def test_old_keys_map_to_spec_fields() -> None:
+    spec = _quiet(
+        {
+            "tensor_parallel_size": 1,
+            "max_seq_len": 256,
+            "enable_chunked_prefill": True,
+            "chunking_threshold": 64,
+            "compilation_level": 2,
+            "torch_dtype": "float32",
+            "cudagraph_capture_sizes": [4, 1, 2],
+            "cache_dir": "/tmp/x",
+        }
+    )
+    assert spec.max_model_len == 256
+    assert spec.long_prefill_token_threshold == 64
+    assert spec.compile_mode == "default"
+    assert spec.dtype == "float32"
+    assert spec.cuda_graph_sizes == (1, 2, 4)
+    assert spec.cache_dir == "/tmp/x"
+
+
+def test_compilation_level_zero_means_no_compilation() -> None:
+    assert _quiet({"compilation_level": 0}).compile_mode == "none"
+    with pytest.raises(LegacyConfigError, match="compilation_level"):
+        translate({"compilation_level": 7})
+
+
+@pytest.mark.parametrize(
+    ("mode", "compile_mode", "graphs"),
+    [
+        ("default", "default", True),
+        ("max-autotune", "max-autotune", True),
+        ("reduce-overhead", "default", True),
+        ("max-autotune-no-cudagraphs", "max-autotune", False),
+        ("eval", "default", True),  # the old vLLM wrapper's unused default
+    ],
+)
+def test_compilation_mode_argument(mode: str, compile_mode: str, graphs: bool) -> None:
+    spec = translate(None, compilation_mode=mode).spec
+    assert (spec.compile_mode, spec.cuda_graphs) == (compile_mode, graphs)
+
+
+def test_unknown_compilation_mode_is_an_error() -> None:
+    with pytest.raises(LegacyConfigError, match="reduce-overhead"):
+        translate(None, compilation_mode="turbo")
+
+
+def test_unknown_key_is_an_error_that_names_it_and_suggests() -> None:
+    with pytest.raises(LegacyConfigError) as info:
+        translate({"tensor_paralel_size": 2})
+    message = str(info.value)
+    assert "tensor_paralel_size" in message
+    assert "did you mean 'tensor_parallel_size'" in message
+    assert info.value.field == "tensor_paralel_size"
+    assert isinstance(info.value, SpecError)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        ("max_seq_len_to_capture", 8192, "0.11.0"),
+        ("max_num_partial_prefills", 4, "partial prefills"),
+        ("max_long_partial_prefills", 2, "partial prefills"),
+        ("use_inductor", False, "Inductor"),
+        ("max_compilation_time", 600, "no compile-time limit"),
+    ],
+)
+def test_obsolete_key_warns_naming_it(key: str, value: object, why: str) -> None:
+    with pytest.warns(LegacyConfigWarning, match=key) as record:
+        result = translate({key: value})
+    assert why in str(record[0].message)
+    assert result.notes and key in result.notes[0]
+    assert result.spec == CompileSpec()
+
+
+def test_values_that_were_always_no_ops_stay_quiet() -> None:
+    assert _quiet({"max_num_partial_prefills": 1, "use_inductor": True}) == CompileSpec()
+
+
+def test_backend_only_key_goes_to_that_backend() -> None:
+    spec = _quiet({"gpu_memory_utilization": 0.5}, backend="vllm")
+    assert dict(spec.backend_options) == {"gpu_memory_utilization": 0.5}
+
+
+def test_backend_only_key_warns_on_another_backend() -> None:
+    with pytest.warns(LegacyConfigWarning, match="gpu_memory_utilization.*legacy backend"):
+        spec = translate({"gpu_memory_utilization": 0.5}, backend="legacy").spec
+    assert dict(spec.backend_options) == {}
+
+
+def test_backend_options_pass_through() -> None:
+    spec = _quiet({"backend_options": {"threads": 1}}, backend="legacy")
+    assert dict(spec.backend_options) == {"threads": 1}
+
+
+def test_conflicting_old_keys_are_an_error() -> None:
+    with pytest.raises(LegacyConfigError, match=r"enable_cuda_graphs.*use_cudagraph"):
+        translate({"enable_cuda_graphs": True, "use_cudagraph": False})
+
+
+def test_batch_sizes_with_graphs_off_warn() -> None:
+    with pytest.warns(LegacyConfigWarning, match="batch_sizes"):
+        spec = translate(None, extra={"enable_cuda_graphs": False, "batch_sizes": [1, 2]}).spec
+    assert spec.cuda_graphs is False
+    assert spec.cuda_graph_sizes is None
+
+
+def test_config_applies_on_top_of_the_constructor_spec() -> None:
+    base = translate(None, extra={"batch_sizes": [1, 2, 4, 8], "cache_dir": "/c"}).spec
+    spec = _quiet({"max_seq_len": 128}, base=base)
+    assert spec.cuda_graph_sizes == (1, 2, 4, 8)
+    assert spec.cache_dir == "/c"
+    assert spec.max_model_len == 128
+
+
+def test_invalid_value_error_names_the_old_key() -> None:
+    with pytest.raises(LegacyConfigError, match=r"'max_seq_len'.*max_model_len"):
+        translate({"max_seq_len": -1})
+
+
+def test_compile_spec_is_used_as_is() -> None:
+    spec = CompileSpec(compile_mode="none", cuda_graphs=False)
+    assert translate(spec).spec is spec
+
+
+def test_model_config_object_is_tolerated_and_reported() -> None:
+    @dataclass
+    class ModelConfig:
+        model_name: str
+        size_gb: float
+        family: str
+        max_length: int
+
+    with pytest.warns(LegacyConfigWarning) as record:
+        result = translate(ModelConfig("tiny", 0.01, "llama", 128))
+    assert result.model_id == "tiny"
+    assert result.spec.max_model_len == 128
+    text = " ".join(str(w.message) for w in record)
+    assert "size_gb" in text
+    assert "family" in text
+
+
+def test_old_graph_config_object() -> None:
+    class CudaGraphConfig:
+        def __init__(self) -> None:
+            self.enabled = True
+            self.batch_sizes = [1, 2]
+            self.warmup_steps = 3
+
+    with pytest.warns(LegacyConfigWarning, match="warmup_steps"):
+        spec = translate(None, extra={"graph_config": CudaGraphConfig()}).spec
+    assert spec.cuda_graph_sizes == (1, 2)
+
+
+def test_base_compiler_is_reported() -> None:
+    with pytest.warns(LegacyConfigWarning, match="base_compiler"):
+        translate(None, extra={"base_compiler": object()})
+
+
+def test_not_a_config() -> None:
+    with pytest.raises(LegacyConfigError, match="must be a dict"):
+        translate(42)

