@@ -1,0 +1,760 @@
+"""The ``aot`` command: list backends, precompile artifacts, benchmark, manage the cache.
+
+Every failure the user can fix gets a one-paragraph message on stderr and one of the
+documented exit codes in ``ExitCode`` (also listed by ``aot --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, NoReturn
+
+from aot_core import artifacts
+from aot_core.errors import (
+    ArtifactCorruptError,
+    ArtifactError,
+    ArtifactIncompatibleError,
+    BackendUnavailableError,
+    CompilationError,
+    SpecError,
+)
+from aot_core.spec import CompileSpec
+
+
+class ExitCode(IntEnum):
+    """Exit status of ``aot``; scripts may rely on these numbers."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    MODEL_NOT_FOUND = 3
+    NOT_A_CAUSAL_LM = 4
+    SPEC_ERROR = 5
+    BACKEND_UNAVAILABLE = 6
+    COMPILATION_FAILED = 7
+    ARTIFACT_CORRUPT = 8
+    ARTIFACT_INCOMPATIBLE = 9
+    CACHE_NOT_WRITABLE = 10
+    DISK_FULL = 11
+    MISSING_DEPENDENCY = 12
+    BENCH_FAILED = 13
+    INTERRUPTED = 130
+
+
+EXIT_CODE_HELP: dict[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.FAILURE: "unexpected internal error (please report it with the message)",
+    ExitCode.USAGE: "bad command line",
+    ExitCode.MODEL_NOT_FOUND: "model path missing, or no config.json in it",
+    ExitCode.NOT_A_CAUSAL_LM: "config.json unreadable or not a causal language model",
+    ExitCode.SPEC_ERROR: "invalid spec file or value (field and line named)",
+    ExitCode.BACKEND_UNAVAILABLE: "backend not installed or cannot run here",
+    ExitCode.COMPILATION_FAILED: "the backend failed to compile the model",
+    ExitCode.ARTIFACT_CORRUPT: "artifact tampered, truncated, incomplete or not an artifact",
+    ExitCode.ARTIFACT_INCOMPATIBLE: "artifact built for another backend, torch, vLLM or device",
+    ExitCode.CACHE_NOT_WRITABLE: "cache or output directory cannot be written",
+    ExitCode.DISK_FULL: "no space left on the device (nothing in the cache was changed)",
+    ExitCode.MISSING_DEPENDENCY: "an optional dependency is missing (e.g. matplotlib for --plot)",
+    ExitCode.BENCH_FAILED: "some benchmark runs failed (results of the others are reported)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); nothing half-written was left to load",
+}
+
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+class CLIError(Exception):
+    """A failure with the exit code it maps to and a message for the user."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _progress(message: str) -> None:
+    print(f"aot: {message}", file=sys.stderr, flush=True)
+
+
+def check_model(model: str) -> Path:
+    """A local Hugging Face causal-LM directory, or a ``CLIError`` saying what is wrong."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise CLIError(
+            ExitCode.MODEL_NOT_FOUND,
+            f"model {model!r} not found: no such file or directory. aot works offline: pass a "
+            "local Hugging Face model directory (holding config.json), or run `aot bench` "
+            "without MODEL to use the built-in tiny Llama",
+        )
+    if not path.is_dir():
+        raise CLIError(
+            ExitCode.MODEL_NOT_FOUND,
+            f"model {model!r} is a file; pass the model's directory (the one holding config.json)",
+        )
+    config = path / "config.json"
+    if not config.is_file():
+        raise CLIError(
+            ExitCode.MODEL_NOT_FOUND,
+            f"{path} has no config.json, so it is not a Hugging Face model directory; pass "
+            "the directory that holds config.json",
+        )
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CLIError(ExitCode.NOT_A_CAUSAL_LM, f"{config} cannot be read as JSON: {exc}") from exc
+    archs = data.get("architectures") if isinstance(data, dict) else None
+    if not isinstance(archs, list) or not archs:
+        raise CLIError(
+            ExitCode.NOT_A_CAUSAL_LM,
+            f'{config} names no model architecture ("architectures" is missing); aot '
+            "compiles causal language models such as LlamaForCausalLM",
+        )
+    if not any(isinstance(a, str) and a.endswith(_CAUSAL_SUFFIXES) for a in archs):
+        raise CLIError(
+            ExitCode.NOT_A_CAUSAL_LM,
+            f"{path} is a {', '.join(map(str, archs))}, not a causal language model; aot "
+            "compiles text generators (architectures ending in ForCausalLM or LMHeadModel)",
+        )
+    return path
+
+
+def load_spec(path: str | None) -> CompileSpec:
+    """The spec in ``path`` (TOML or JSON), or the default spec."""
+    if path is None:
+        return CompileSpec()
+    spec_path = Path(path)
+    if not spec_path.is_file():
+        raise SpecError(f"spec file {path} does not exist")
+    return CompileSpec.load(spec_path)
+
+
+def _os_error_code(exc: OSError) -> ExitCode | None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return ExitCode.DISK_FULL
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
+        return ExitCode.CACHE_NOT_WRITABLE
+    return None
+
+
+def _writable(directory: Path, what: str) -> None:
+    """Create ``directory`` and write a probe file, or fail with CACHE_NOT_WRITABLE/DISK_FULL."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-probe-{os.getpid()}"
+        try:
+            with probe.open("wb") as fh:
+                fh.write(b"probe")
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        code = _os_error_code(exc) or ExitCode.CACHE_NOT_WRITABLE
+        raise CLIError(
+            code,
+            f"cannot write to the {what} {directory}: {exc.strerror or exc}. Choose another "
+            f"directory (--cache-dir or ${artifacts.CACHE_ENV_VAR}) or fix its permissions",
+        ) from exc
+
+
+def _store(args: argparse.Namespace) -> artifacts.ArtifactStore:
+    return artifacts.ArtifactStore(args.cache_dir)
+
+
+# --------------------------------------------------------------------------- aot backends
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    """List installed backends with versions and whether each can run here."""
+    from aot_core.registry import KNOWN_DISTRIBUTIONS, list_backends
+
+    infos = list_backends()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": i.name,
+                        "version": i.version,
+                        "distribution": i.distribution,
+                        "priority": i.priority,
+                        "usable": i.availability.usable,
+                        "reason": i.availability.reason,
+                    }
+                    for i in infos
+                ],
+                indent=2,
+            )
+        )
+        return ExitCode.OK
+    if not infos:
+        dists = " or ".join(f"`pip install {d}`" for d in KNOWN_DISTRIBUTIONS.values())
+        print(f"No aot backends are installed. Install one: {dists}.")
+        return ExitCode.OK
+    from aot_core.stats import format_table
+
+    rows = [
+        (
+            i.name,
+            i.version or "?",
+            i.distribution or "?",
+            "yes" if i.availability.usable else "no",
+            i.availability.reason if not i.availability.usable else "",
+        )
+        for i in infos
+    ]
+    print(format_table(("backend", "version", "package", "usable here", "why not"), rows))
+    return ExitCode.OK
+
+
+# --------------------------------------------------------------------------- aot compile
+
+
+def compile_into(
+    *,
+    dest: Path,
+    key: str,
+    backend: str,
+    model: Path,
+    spec: CompileSpec,
+    example_inputs: Any,
+    force: bool,
+    progress: Callable[[str], None],
+    after_compile: Callable[[Any], None] | None = None,
+) -> tuple[artifacts.Manifest, bool]:
+    """Compile into a staging directory beside ``dest``, write the manifest, publish atomically.
+
+    Holds ``dest``'s lock throughout, so a concurrent compile of the same entry waits and
+    then reuses the result. Returns (manifest, compiled); compiled is False when a valid
+    entry was already there. ``after_compile`` gets the compiled model before it is closed
+    (the benchmark generates with it).
+    """
+    from aot_core.registry import get_backend
+
+    cls = get_backend(backend)
+
+    def build(files: Path) -> dict[str, Any]:
+        run_spec = spec.replace(cache_dir=str(files))
+        compiler = cls(run_spec)
+        try:
+            compiled = compiler.compile_model_aot(str(model), example_inputs, run_spec)
+        except (CompilationError, SpecError, BackendUnavailableError, OSError):
+            raise
+        except Exception as exc:  # a backend crash is reported, not a traceback
+            raise CompilationError(
+                f"backend {backend!r} failed to compile {model}: {type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            if after_compile is not None:
+                after_compile(compiled)
+            stats = compiled.stats
+        finally:
+            compiled.close()
+        return {"device": stats.device or "cpu", "extra": {"compile_stats": stats.to_dict()}}
+
+    return artifacts.build_and_publish(
+        dest,
+        key=key,
+        build=build,
+        backend=backend,
+        backend_version=cls.version(),
+        spec=spec.replace(cache_dir=None),
+        model=str(model),
+        force=force,
+        on_wait=progress,
+        on_refused=lambda exc: progress(f"existing artifact not used, compiling afresh: {exc}"),
+    )
+
+
+def default_prompts() -> list[list[int]]:
+    """The fixed token-id prompts shared by ``aot compile`` and ``aot bench`` (bytes < 256)."""
+    texts = (
+        "Ahead-of-time compilation pays off on the second start.",
+        "The quick brown fox jumps over the lazy dog.",
+        "Once upon a time",
+        "Compiled code must be verified before it is loaded, because it runs.",
+    )
+    return [list(t.encode()) for t in texts]
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Precompile MODEL with one backend into a verified artifact."""
+    from aot_core.registry import get_backend
+
+    model = check_model(args.model)
+    spec = load_spec(args.spec)
+    cls = get_backend(args.backend)
+    backend = args.backend
+    key = artifacts.entry_key(
+        backend=backend, backend_version=cls.version(), model=model, spec=spec
+    )
+    if args.out is not None:
+        dest = Path(args.out).expanduser().absolute()
+        if dest.exists() and (
+            not dest.is_dir()
+            or (any(dest.iterdir()) and not (dest / artifacts.MANIFEST_NAME).exists())
+        ):
+            raise CLIError(
+                ExitCode.CACHE_NOT_WRITABLE,
+                f"{dest} exists and is not an aot artifact; refusing to overwrite it. "
+                "Choose a new or empty directory for --out",
+            )
+        _writable(dest.parent, "output directory")
+    else:
+        store = _store(args)
+        dest = store.path(key)
+        _writable(store.entries_dir, "cache directory")
+    _progress(f"compiling {model} with {backend} into {dest}")
+    start = time.perf_counter()
+    manifest, compiled = compile_into(
+        dest=dest,
+        key=key,
+        backend=backend,
+        model=model,
+        spec=spec,
+        example_inputs=default_prompts(),
+        force=args.force,
+        progress=_progress,
+    )
+    if compiled:
+        _progress(f"compiled in {time.perf_counter() - start:.1f} s")
+    else:
+        _progress("a verified artifact for this model, spec and environment already exists")
+    print(dest)
+    for line in artifacts.describe_manifest(manifest):
+        print(f"  {line}")
+    return ExitCode.OK
+
+
+# --------------------------------------------------------------------------- aot bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure eager vs compiled, cold vs warm, each start in a fresh process."""
+    from aot_core import bench
+
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CLIError(
+                ExitCode.MISSING_DEPENDENCY,
+                "--plot needs matplotlib, which is not installed: `pip install "
+                "'aot-core[plot]'` (or `pip install matplotlib`), or drop --plot",
+            ) from None
+    for out, what in ((args.json, "--json"), (args.plot, "--plot")):
+        if out is not None:
+            parent = Path(out).expanduser().absolute().parent
+            if not parent.is_dir():
+                raise CLIError(
+                    ExitCode.CACHE_NOT_WRITABLE, f"{what}: directory {parent} does not exist"
+                )
+    if args.model is None:
+        from aot_core.tiny import ensure_tiny_llama
+
+        _writable(artifacts.default_cache_root(), "cache directory")
+        model = ensure_tiny_llama()
+        model_label = "built-in tiny Llama"
+    else:
+        model = check_model(args.model)
+        model_label = str(model)
+    spec = load_spec(args.spec)
+    result = bench.run_bench(
+        model=model,
+        model_label=model_label,
+        backends=args.backend or None,
+        spec=spec,
+        repeats=args.repeats,
+        max_new_tokens=args.max_new_tokens,
+        timeout_s=args.timeout,
+        work_dir=Path(args.work_dir) if args.work_dir else None,
+        progress=_progress,
+    )
+    print(bench.format_report(result))
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        _progress(f"wrote {args.json}")
+    if args.plot is not None:
+        bench.plot(result, Path(args.plot))
+        _progress(f"wrote {args.plot}")
+    if result["failures"]:
+        return ExitCode.BENCH_FAILED
+    return ExitCode.OK
+
+
+# --------------------------------------------------------------------------- aot cache
+
+
+def _resolve_entry(store: artifacts.ArtifactStore, ref: str) -> Path:
+    """An entry key of the store, or a path to an artifact directory."""
+    as_path = Path(ref).expanduser()
+    if as_path.is_dir():
+        return artifacts.resolve_artifact_dir(as_path)
+    if "/" in ref or ref.startswith("."):
+        raise CLIError(ExitCode.ARTIFACT_CORRUPT, f"{ref}: no such artifact directory")
+    path = store.path(ref)
+    if not path.is_dir():
+        raise CLIError(
+            ExitCode.ARTIFACT_CORRUPT,
+            f"no cache entry {ref!r} in {store.entries_dir}; `aot cache ls` lists them",
+        )
+    return path
+
+
+def cmd_cache_ls(args: argparse.Namespace) -> int:
+    """List the store's entries (cheap: compatibility only, no checksums)."""
+    from aot_core.stats import format_table
+
+    store = _store(args)
+    infos = [store.info(k) for k in store.entry_keys()]
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "key": i.key,
+                        "path": str(i.path),
+                        "size_bytes": i.size_bytes,
+                        "loadable_here": not i.problem,
+                        "problem": i.problem,
+                        "manifest": i.manifest.to_dict() if i.manifest else None,
+                    }
+                    for i in infos
+                ],
+                indent=2,
+            )
+        )
+        return ExitCode.OK
+    print(f"cache: {store.entries_dir}")
+    if not infos:
+        print("(no entries)")
+    else:
+        rows = []
+        for i in infos:
+            m = i.manifest
+            rows.append(
+                (
+                    i.key,
+                    m.backend if m else "?",
+                    Path(m.model).name if m else "?",
+                    m.created_utc if m else "?",
+                    artifacts.format_bytes(i.size_bytes),
+                    "ok" if not i.problem else f"NOT LOADABLE: {i.problem}",
+                )
+            )
+        print(format_table(("key", "backend", "model", "created", "size", "status"), rows))
+    leftovers = store.leftovers()
+    if leftovers:
+        print(
+            f"{len(leftovers)} leftover(s) of interrupted writes (never loaded); "
+            "`aot cache clear --leftovers` removes them"
+        )
+    return ExitCode.OK
+
+
+def cmd_cache_verify(args: argparse.Namespace) -> int:
+    """Check checksums and compatibility of entries; non-zero when any is bad."""
+    store = _store(args)
+    paths = [_resolve_entry(store, r) for r in args.entries] or [
+        store.path(k) for k in store.entry_keys()
+    ]
+    if not paths:
+        print(f"no entries in {store.entries_dir}")
+        return ExitCode.OK
+    worst = ExitCode.OK
+    for path in paths:
+        report = artifacts.verify(path)
+        if not report.ok:
+            print(f"{path}: CORRUPT")
+            for problem in report.problems():
+                print(f"  {problem}")
+            worst = ExitCode.ARTIFACT_CORRUPT
+            continue
+        assert report.manifest is not None
+        problems = artifacts.check_compatible(report.manifest)
+        if problems:
+            print(f"{path}: intact, but INCOMPATIBLE with this environment")
+            for problem in problems:
+                print(f"  {problem}")
+            if worst == ExitCode.OK:
+                worst = ExitCode.ARTIFACT_INCOMPATIBLE
+            continue
+        print(f"{path}: {report.describe()}")
+    return worst
+
+
+def cmd_cache_export(args: argparse.Namespace) -> int:
+    """Pack one entry into a single file."""
+    store = _store(args)
+    path = _resolve_entry(store, args.entry)
+    out = Path(args.out).expanduser()
+    if out.is_dir():
+        out = out / f"{path.name}.aot.tar.gz"
+    if not out.parent.is_dir():
+        raise CLIError(ExitCode.CACHE_NOT_WRITABLE, f"directory {out.parent} does not exist")
+    digest = artifacts.export_artifact(path, out)
+    print(out)
+    print(f"  sha256: {digest}  (the receiver can pin it: aot cache import FILE --sha256 ...)")
+    return ExitCode.OK
+
+
+def cmd_cache_import(args: argparse.Namespace) -> int:
+    """Check an exported artifact and place it in the store."""
+    store = _store(args)
+    src = Path(args.archive).expanduser()
+    if not src.is_file():
+        raise CLIError(ExitCode.ARTIFACT_CORRUPT, f"{src}: no such file")
+    try:
+        store.ensure_writable()
+    except OSError as exc:
+        code = _os_error_code(exc) or ExitCode.CACHE_NOT_WRITABLE
+        raise CLIError(code, f"cannot write to the cache {store.entries_dir}: {exc}") from exc
+    dest, manifest, placed = artifacts.import_artifact(
+        src, store, replace=args.force, expected_sha256=args.sha256
+    )
+    print(dest)
+    if not placed:
+        print("  an identical entry was already present")
+    for line in artifacts.describe_manifest(manifest):
+        print(f"  {line}")
+    return ExitCode.OK
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    """Remove entries (all, named, or those that cannot load here) and leftovers."""
+    store = _store(args)
+    removed = 0
+    if not args.leftovers:
+        if args.entries:
+            keys = list(args.entries)
+        elif args.invalid:
+            keys = [k for k in store.entry_keys() if store.info(k).problem]
+        else:
+            keys = store.entry_keys()
+        for key in keys:
+            if store.remove(key):
+                removed += 1
+            elif args.entries:
+                raise CLIError(ExitCode.ARTIFACT_CORRUPT, f"no cache entry {key!r}")
+    cleaned = 0
+    for key in {p.name[1:].split(".staging-")[0].split(".trash-")[0] for p in store.leftovers()}:
+        try:
+            with artifacts.entry_lock(store.entries_dir / key, timeout_s=0.0):
+                cleaned += len(artifacts.remove_leftovers(store.entries_dir / key))
+        except artifacts.LockTimeoutError:
+            continue  # a live writer owns them
+    print(
+        f"removed {removed} entr{'y' if removed == 1 else 'ies'}"
+        + (f" and {cleaned} leftover(s)" if cleaned else "")
+        + f" from {store.entries_dir}"
+    )
+    return ExitCode.OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _epilog() -> str:
+    codes = "\n".join(f"  {int(c):>3}  {EXIT_CODE_HELP[c]}" for c in ExitCode)
+    return (
+        "examples:\n"
+        "  aot backends\n"
+        "  aot bench --json bench.json --plot bench.png\n"
+        "  aot compile ./my-llama --backend vllm --spec spec.toml\n"
+        "  aot cache ls\n\n"
+        f"cache: --cache-dir, else ${artifacts.CACHE_ENV_VAR}, else ~/.cache/aot\n\n"
+        f"exit codes:\n{codes}"
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(int(ExitCode.USAGE), f"aot: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``aot``."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog="aot",
+        description="Compile LLM inference ahead of time and measure what it bought.",
+        epilog=_epilog(),
+        formatter_class=fmt,
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help=f"artifact store root (default: ${artifacts.CACHE_ENV_VAR} or ~/.cache/aot)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("backends", help="list installed backends and whether each can run here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser(
+        "compile",
+        help="precompile a model into a verified artifact",
+        epilog=_epilog(),
+        formatter_class=fmt,
+    )
+    p.add_argument("model", help="local Hugging Face model directory (holding config.json)")
+    p.add_argument("--backend", required=True, help="backend name (see `aot backends`)")
+    p.add_argument("--spec", help="compile spec file (.toml or .json)")
+    p.add_argument("--out", help="write the artifact to this directory instead of the cache")
+    p.add_argument("--force", action="store_true", help="recompile even if a valid one exists")
+    p.set_defaults(func=cmd_compile)
+
+    from aot_core.bench import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPEATS, DEFAULT_TIMEOUT_S
+
+    p = sub.add_parser(
+        "bench",
+        help="measure eager vs compiled, cold vs warm starts, in fresh processes",
+        epilog=_epilog(),
+        formatter_class=fmt,
+    )
+    p.add_argument("model", nargs="?", help="model directory (default: built-in tiny Llama)")
+    p.add_argument(
+        "--backend",
+        action="append",
+        help="backend to measure (repeatable; default: every usable installed backend)",
+    )
+    p.add_argument("--spec", help="base compile spec file; compile_mode is set per run")
+    p.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=DEFAULT_REPEATS,
+        help=f"fresh-process starts per measurement, medians reported (default {DEFAULT_REPEATS})",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help=f"tokens generated per prompt (default {DEFAULT_MAX_NEW_TOKENS})",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_int,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds before one run is killed (default {DEFAULT_TIMEOUT_S})",
+    )
+    p.add_argument("--json", help="write all results as JSON to this file")
+    p.add_argument("--plot", help="draw the results to this PNG (needs matplotlib)")
+    p.add_argument("--work-dir", help="keep the runs' artifacts and logs here (default: temp)")
+    p.set_defaults(func=cmd_bench)
+
+    cache = sub.add_parser("cache", help="list, verify, export, import or clear artifacts")
+    csub = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
+    csub.required = True
+    c = csub.add_parser("ls", help="list entries and whether each can load here")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.set_defaults(func=cmd_cache_ls)
+    c = csub.add_parser("verify", help="check every file's checksum and the compatibility")
+    c.add_argument("entries", nargs="*", help="entry keys or artifact directories (default: all)")
+    c.set_defaults(func=cmd_cache_verify)
+    c = csub.add_parser("export", help="pack an entry into one file (.tar or .tar.gz)")
+    c.add_argument("entry", help="entry key or artifact directory")
+    c.add_argument("out", help="output file (or directory)")
+    c.set_defaults(func=cmd_cache_export)
+    c = csub.add_parser("import", help="check an exported file and add it to the cache")
+    c.add_argument("archive", help="file written by `aot cache export`")
+    c.add_argument("--sha256", help="refuse the file unless its sha256 is this")
+    c.add_argument("--force", action="store_true", help="replace an entry with other contents")
+    c.set_defaults(func=cmd_cache_import)
+    c = csub.add_parser("clear", help="remove entries (default: all)")
+    c.add_argument("entries", nargs="*", help="entry keys to remove (default: all)")
+    c.add_argument("--invalid", action="store_true", help="only entries that cannot load here")
+    c.add_argument("--leftovers", action="store_true", help="only leftovers of interrupted writes")
+    c.set_defaults(func=cmd_cache_clear)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fail(code: ExitCode, message: str) -> int:
+    print(f"aot: error: {message}", file=sys.stderr, flush=True)
+    return int(code)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the command, map every known failure to its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return int(func(args))
+    except CLIError as exc:
+        return _fail(exc.code, str(exc))
+    except SpecError as exc:
+        where = []
+        if exc.field:
+            where.append(f"field {exc.field!r}")
+        if exc.line:
+            where.append(f"line {exc.line}")
+        suffix = f" [{', '.join(where)}]" if where else ""
+        return _fail(ExitCode.SPEC_ERROR, f"{exc}{suffix}")
+    except BackendUnavailableError as exc:
+        return _fail(ExitCode.BACKEND_UNAVAILABLE, str(exc))
+    except ArtifactIncompatibleError as exc:
+        return _fail(ExitCode.ARTIFACT_INCOMPATIBLE, str(exc))
+    except ArtifactCorruptError as exc:
+        return _fail(ExitCode.ARTIFACT_CORRUPT, str(exc))
+    except CompilationError as exc:
+        return _fail(ExitCode.COMPILATION_FAILED, str(exc))
+    except artifacts.LockTimeoutError as exc:
+        return _fail(ExitCode.CACHE_NOT_WRITABLE, f"{exc}; try again when it has finished")
+    except ArtifactError as exc:
+        return _fail(ExitCode.ARTIFACT_CORRUPT, str(exc))
+    except FileExistsError as exc:
+        return _fail(ExitCode.CACHE_NOT_WRITABLE, f"{exc.strerror}: {exc.filename}")
+    except OSError as exc:
+        code = _os_error_code(exc)
+        if code is None:
+            raise
+        detail = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        if code == ExitCode.DISK_FULL:
+            return _fail(
+                code,
+                f"no space left on the device ({detail}); the partial result was discarded and "
+                "the cache was left as it was. Free some space or use --cache-dir elsewhere",
+            )
+        return _fail(code, f"cannot write ({detail}); use another --cache-dir or fix permissions")
+    except KeyboardInterrupt:
+        return _fail(
+            ExitCode.INTERRUPTED,
+            "interrupted; the partial result was discarded, the cache holds only complete entries",
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point of ``aot``."""
+    try:
+        return run(argv)
+    except Exception as exc:  # the last line of defence: one message, a documented code
+        import traceback
+
+        traceback.print_exc()
+        return _fail(ExitCode.FAILURE, f"unexpected {type(exc).__name__}: {exc}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""Artifacts: manifests, verification, compatibility, export/import and atomic publish.
+
+Artifacts here are small real directories of real files; no backend is involved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aot_core import artifacts
+from aot_core.errors import ArtifactCorruptError, ArtifactError, ArtifactIncompatibleError
+from aot_core.spec import CompileSpec
+
+SPEC = CompileSpec(compile_mode="default", max_model_len=256)
+
+FILES = {
+    "torch_compile_cache/abc/rank_0_0/backbone/artifact.bin": bytes(range(256)) * 40,
+    "torch_compile_cache/abc/computation_graph.py": b"def forward(x):\n    return x\n",
+    "inductor/kernels/k1.so": b"\x7fELF" + b"\x00" * 2000,
+    "empty.txt": b"",
+}
+
+
+def make_model(root: Path, arch: str = "LlamaForCausalLM") -> Path:
+    model = root / "model"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.json").write_text(json.dumps({"architectures": [arch], "hidden_size": 64}))
+    return model
+
+
+def make_artifact(
+    dest: Path,
+    *,
+    model: Path,
+    files: dict[str, bytes] = FILES,
+    backend: str = "test",
+    device: str = "cpu",
+) -> artifacts.Manifest:
+    """Build and publish an artifact the way backends' compiles do, with real files."""
+
+    def build(files_dir: Path) -> dict[str, Any]:
+        for rel, data in files.items():
+            path = files_dir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return {"device": device, "extra": {"note": "test"}}
+
+    manifest, built = artifacts.build_and_publish(
+        dest,
+        key=dest.name,
+        build=build,
+        backend=backend,
+        backend_version="",
+        spec=SPEC,
+        model=model,
+    )
+    assert built
+    return manifest
+
+
+def rewrite_manifest(dest: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    path = dest / artifacts.MANIFEST_NAME
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return make_model(tmp_path)
+
+
+@pytest.fixture
+def art(tmp_path: Path, model: Path) -> Path:
+    dest = tmp_path / "store" / "entries" / "entry-1"
+    make_artifact(dest, model=model)
+    return dest
+
+
+def test_manifest_records_everything_and_round_trips(art: Path, model: Path) -> None:
+    m = artifacts.read_manifest(art)
+    assert m.format_version == artifacts.FORMAT_VERSION
+    assert m.key == "entry-1"
+    assert m.backend == "test"
+    assert m.spec_fingerprint == SPEC.fingerprint()
+    assert CompileSpec.from_dict(m.spec) == SPEC
+    assert m.model_config_hash == artifacts.model_config_hash(model)
+    assert m.torch_version == artifacts.torch_version()
+    assert m.vllm_version == artifacts.vllm_version()
+    assert m.device_kind == "cpu" and m.cpu_arch and m.cpu_isa == artifacts.cpu_isa()
+    by_path = {f.path: f for f in m.files}
+    assert set(by_path) == {f"files/{rel}" for rel in FILES}
+    for rel, data in FILES.items():
+        record = by_path[f"files/{rel}"]
+        assert record.size == len(data)
+        assert record.sha256 == hashlib.sha256(data).hexdigest()
+    assert artifacts.Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    assert m.extra["note"] == "test"
+
+
+def test_intact_artifact_verifies_and_loads(art: Path) -> None:
+    report = artifacts.verify(art)
+    assert report.ok, report.describe()
+    assert artifacts.verify_for_load(art).key == "entry-1"
+    # backends hand over their cache dir, which is the artifact's files/ directory
+    assert artifacts.verify_for_load(art / artifacts.FILES_DIR).key == "entry-1"
+
+
+def test_tampered_file_same_size_is_detected(art: Path) -> None:
+    path = art / "files/torch_compile_cache/abc/computation_graph.py"
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x01  # one flipped bit, same size
+    path.write_bytes(bytes(data))
+    report = artifacts.verify(art)
+    assert not report.ok
+    assert report.tampered == ("files/torch_compile_cache/abc/computation_graph.py",)
+    with pytest.raises(ArtifactCorruptError, match=r"computation_graph\.py"):
+        artifacts.verify_for_load(art)
+
+
+def test_truncated_missing_and_extra_files_are_detected(art: Path) -> None:
+    blob = art / "files/torch_compile_cache/abc/rank_0_0/backbone/artifact.bin"
+    with blob.open("r+b") as fh:
+        fh.truncate(100)
+    (art / "files/inductor/kernels/k1.so").unlink()
+    (art / "files/inductor/kernels/evil.so").write_bytes(b"planted")
+    report = artifacts.verify(art)
+    assert report.truncated == (
+        "files/torch_compile_cache/abc/rank_0_0/backbone/artifact.bin (100 of 10240 bytes)",
+    )
+    assert report.missing == ("files/inductor/kernels/k1.so",)
+    assert report.extra == ("files/inductor/kernels/evil.so",)
+    text = "\n".join(report.problems())
+    assert "truncated" in text and "missing" in text and "unexpected extra file" in text
+    with pytest.raises(ArtifactCorruptError, match="refusing to load a damaged artifact"):
+        artifacts.verify_for_load(art)
+
+
+def test_extra_files_alone_can_be_tolerated_but_never_damage(art: Path) -> None:
+    (art / "files/written-at-load.log").write_text("engine log")
+    with pytest.raises(ArtifactCorruptError, match="unexpected extra file"):
+        artifacts.verify_for_load(art)
+    assert artifacts.verify_for_load(art, allow_extra=True).key == "entry-1"
+    (art / "files/empty.txt").write_text("now not empty")
+    with pytest.raises(ArtifactCorruptError, match=r"tampered.*empty.txt"):
+        artifacts.verify_for_load(art, allow_extra=True)
+
+
+def test_symlinked_file_is_refused(art: Path, tmp_path: Path) -> None:
+    target = art / "files/inductor/kernels/k1.so"
+    outside = tmp_path / "outside.so"
+    outside.write_bytes(target.read_bytes())
+    target.unlink()
+    target.symlink_to(outside)
+    report = artifacts.verify(art)
+    assert report.tampered == ("files/inductor/kernels/k1.so (not a plain file)",)
+
+
+def test_missing_or_garbled_manifest(art: Path, tmp_path: Path) -> None:
+    (art / artifacts.MANIFEST_NAME).write_text("{not json")
+    assert "not valid JSON" in artifacts.verify(art).error
+    with pytest.raises(ArtifactCorruptError, match="not valid JSON"):
+        artifacts.verify_for_load(art)
+    (art / artifacts.MANIFEST_NAME).write_text('{"format_version": 1}')
+    with pytest.raises(ArtifactCorruptError, match="malformed"):
+        artifacts.verify_for_load(art)
+    plain = tmp_path / "not-an-artifact"
+    (plain / "files").mkdir(parents=True)
+    with pytest.raises(ArtifactCorruptError, match=r"no manifest\.json"):
+        artifacts.verify_for_load(plain)
+
+
+def test_manifest_paths_outside_the_artifact_are_tampering(art: Path) -> None:
+    def escape(data: dict[str, Any]) -> None:
+        data["files"][0]["path"] = "files/../../../etc/passwd"
+
+    rewrite_manifest(art, escape)
+    report = artifacts.verify(art)
+    assert any("outside the artifact" in t for t in report.tampered)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d["pins"].update(torch="0.0.1"), "built for torch 0.0.1, this environment has"),
+        (lambda d: d["pins"].update(vllm="0.9.9"), "built for vllm 0.9.9"),
+        (lambda d: d.update(cpu_isa=[*d["cpu_isa"], "amx_int8", "sve2"]), "which this CPU lacks"),
+        (lambda d: d.update(cpu_arch="riscv128"), "built on a riscv128 CPU"),
+        (
+            lambda d: d.update(
+                device="cuda:0 (NVIDIA H100, sm_90)", device_kind="cuda", cuda_capability="9.0"
+            ),
+            "capability 9.0",
+        ),
+        (lambda d: d.update(format_version=999), "upgrade aot-core"),
+    ],
+)
+def test_incompatible_artifacts_are_refused_naming_the_reason(
+    art: Path, change: Callable[[dict[str, Any]], None], expected: str, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(artifacts, "cuda_capabilities", lambda: ())
+    rewrite_manifest(art, change)
+    assert artifacts.verify(art).ok  # the files are intact: only the environment differs
+    problems = artifacts.check_compatible(artifacts.read_manifest(art))
+    assert any(expected in p for p in problems), problems
+    with pytest.raises(ArtifactIncompatibleError, match="built for another environment"):
+        artifacts.verify_for_load(art)
+
+
+def test_cuda_capability_mismatch_names_both(art: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(artifacts, "cuda_capabilities", lambda: ("8.0",))
+    rewrite_manifest(
+        art, lambda d: d.update(device="cuda:0", device_kind="cuda", cuda_capability="9.0")
+    )
+    problems = artifacts.check_compatible(artifacts.read_manifest(art))
+    assert problems == ["built for CUDA capability 9.0, the GPUs here have 8.0"]
+
+
+def test_wrong_backend_is_refused(art: Path) -> None:
+    with pytest.raises(ArtifactIncompatibleError, match="built by backend 'test', not 'vllm'"):
+        artifacts.verify_for_load(art, backend="vllm")
+
+
+def test_entry_key_is_stable_and_tracks_what_invalidates(model: Path, tmp_path: Path) -> None:
+    def key(**kw: Any) -> str:
+        args: dict[str, Any] = {
+            "backend": "legacy",
+            "backend_version": "0.1.0",
+            "model": model,
+            "spec": SPEC,
+        }
+        args.update(kw)
+        return artifacts.entry_key(**args)
+
+    assert key() == key()
+    assert key().startswith("legacy-model-")
+    assert key(spec=SPEC.replace(cache_dir="/somewhere")) == key()  # the path is not identity
+    assert key(spec=SPEC.replace(compile_mode="max-autotune")) != key()
+    assert key(backend_version="0.2.0") != key()
+    other = make_model(tmp_path / "other", arch="MistralForCausalLM")
+    assert key(model=other) != key()
+
+
+def test_export_import_round_trip(art: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "entry.aot.tar.gz"
+    digest = artifacts.export_artifact(art, archive)
+    assert digest == hashlib.sha256(archive.read_bytes()).hexdigest()
+    with tarfile.open(archive) as tar:
+        assert tar.getnames()[0] == artifacts.MANIFEST_NAME
+    store = artifacts.ArtifactStore(tmp_path / "other-store")
+    dest, manifest, placed = artifacts.import_artifact(archive, store, expected_sha256=digest)
+    assert placed and dest == store.path("entry-1")
+    assert artifacts.verify(dest).ok
+    assert manifest == artifacts.read_manifest(art)
+    # importing the same artifact again is a no-op
+    assert artifacts.import_artifact(archive, store)[2] is False
+    assert store.leftovers() == []
+
+
+def test_export_refuses_a_damaged_artifact(art: Path, tmp_path: Path) -> None:
+    (art / "files/empty.txt").write_text("x")
+    with pytest.raises(ArtifactCorruptError, match="refusing to export"):
+        artifacts.export_artifact(art, tmp_path / "out.tar")
+    assert not (tmp_path / "out.tar").exists()
+
+
+def _archive(members: dict[str, bytes], path: Path, *, symlink: str | None = None) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if symlink is not None:
+            info = tarfile.TarInfo(symlink)
+            info.type = tarfile.SYMTYPE
+            info.linkname = "/etc/passwd"
+            tar.addfile(info)
+    return path
+
+
+def _members(art: Path) -> dict[str, bytes]:
+    out = {artifacts.MANIFEST_NAME: (art / artifacts.MANIFEST_NAME).read_bytes()}
+    for f in artifacts.read_manifest(art).files:
+        out[f.path] = (art / f.path).read_bytes()
+    return out
+
+
+def test_import_checks_before_placing_anything(art: Path, tmp_path: Path) -> None:
+    store = artifacts.ArtifactStore(tmp_path / "dst")
+    members = _members(art)
+
+    tampered = dict(members)
+    tampered["files/inductor/kernels/k1.so"] = b"\x7fELF" + b"\x01" * 2000
+    with pytest.raises(ArtifactCorruptError, match="checksums do not match"):
+        artifacts.import_artifact(_archive(tampered, tmp_path / "t.tar"), store)
+
+    traversal = dict(members)
+    traversal["../../outside.txt"] = b"x"
+    with pytest.raises(ArtifactCorruptError, match="unexpected archive member"):
+        artifacts.import_artifact(_archive(traversal, tmp_path / "p.tar"), store)
+
+    with pytest.raises(ArtifactCorruptError, match="unexpected archive member"):
+        artifacts.import_artifact(
+            _archive(members, tmp_path / "s.tar", symlink="files/link"), store
+        )
+
+    short = {k: v for k, v in members.items() if not k.endswith("k1.so")}
+    with pytest.raises(ArtifactCorruptError, match="missing from the archive"):
+        artifacts.import_artifact(_archive(short, tmp_path / "m.tar"), store)
+
+    data = json.loads(members[artifacts.MANIFEST_NAME])
+    data["pins"]["torch"] = "0.0.1"
+    foreign = dict(members)
+    foreign[artifacts.MANIFEST_NAME] = json.dumps(data).encode()
+    with pytest.raises(ArtifactIncompatibleError, match=r"torch 0\.0\.1"):
+        artifacts.import_artifact(_archive(foreign, tmp_path / "f.tar"), store)
+
+    (tmp_path / "junk.tar").write_bytes(b"this is not a tar file at all" * 20)
+    with pytest.raises(ArtifactCorruptError, match="not a readable artifact archive"):
+        artifacts.import_artifact(tmp_path / "junk.tar", store)
+
+    good = _archive(members, tmp_path / "g.tar")
+    with pytest.raises(ArtifactCorruptError, match="sha256 is"):
+        artifacts.import_artifact(good, store, expected_sha256="0" * 64)
+
+    # nothing was placed, nothing was left behind, nothing escaped
+    assert store.entry_keys() == []
+    assert store.leftovers() == []
+    assert not (tmp_path / "outside.txt").exists()
+    assert artifacts.import_artifact(good, store)[2] is True
+
+
+def test_import_does_not_silently_replace_a_different_entry(art: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "a.tar"
+    artifacts.export_artifact(art, archive)
+    store = artifacts.ArtifactStore(tmp_path / "dst")
+    make_artifact(store.path("entry-1"), model=make_model(tmp_path / "m2"), files={"x": b"1"})
+    with pytest.raises(FileExistsError, match="--force"):
+        artifacts.import_artifact(archive, store)
+    assert artifacts.read_manifest(store.path("entry-1")).files[0].path == "files/x"
+    dest, _, placed = artifacts.import_artifact(archive, store, replace=True)
+    assert placed and artifacts.verify(dest).ok and len(artifacts.read_manifest(dest).files) == 4
+
+
+def test_corrupt_existing_entry_is_rebuilt_not_reused(art: Path, model: Path) -> None:
+    (art / "files/empty.txt").write_text("tampered")
+    refused: list[str] = []
+    calls: list[Path] = []
+
+    def build(files_dir: Path) -> dict[str, Any]:
+        calls.append(files_dir)
+        (files_dir / "fresh.bin").write_bytes(b"fresh")
+        return {"device": "cpu"}
+
+    manifest, built = artifacts.build_and_publish(
+        art,
+        key=art.name,
+        build=build,
+        backend="test",
+        backend_version="",
+        spec=SPEC,
+        model=model,
+        on_refused=lambda exc: refused.append(str(exc)),
+    )
+    assert built and len(calls) == 1
+    assert "tampered" in refused[0]
+    assert [f.path for f in manifest.files] == ["files/fresh.bin"]
+    assert artifacts.verify(art).ok
+    # and a valid entry is reused without building
+    again, built_again = artifacts.build_and_publish(
+        art,
+        key=art.name,
+        build=build,
+        backend="test",
+        backend_version="",
+        spec=SPEC,
+        model=model,
+    )
+    assert not built_again and len(calls) == 1 and again == manifest
+
+
+def test_failed_build_leaves_previous_entry_and_no_staging(art: Path, model: Path) -> None:
+    before = artifacts.read_manifest(art)
+
+    def build(files_dir: Path) -> dict[str, Any]:
+        (files_dir / "half.bin").write_bytes(b"half")
+        raise RuntimeError("compiler crashed")
+
+    with pytest.raises(RuntimeError, match="compiler crashed"):
+        artifacts.build_and_publish(
+            art,
+            key=art.name,
+            build=build,
+            backend="test",
+            backend_version="",
+            spec=SPEC,
+            model=model,
+            force=True,
+        )
+    assert artifacts.read_manifest(art) == before
+    assert artifacts.verify(art).ok
+    assert artifacts.ArtifactStore(art.parent.parent).leftovers() == []
+
+
+def test_write_manifest_refuses_symlinks(tmp_path: Path, model: Path) -> None:
+    root = tmp_path / "a"
+    (root / "files").mkdir(parents=True)
+    (root / "files" / "link").symlink_to("/etc/hostname")
+    with pytest.raises(ArtifactError, match="symbolic link"):
+        artifacts.write_manifest(
+            root, key="a", backend="t", backend_version="", spec=SPEC, model=model
+        )
+
+
+def test_store_listing_and_removal(tmp_path: Path, model: Path) -> None:
+    store = artifacts.ArtifactStore(tmp_path / "s")
+    make_artifact(store.path("one"), model=model)
+    make_artifact(store.path("two"), model=model)
+    rewrite_manifest(store.path("two"), lambda d: d["pins"].update(torch="0.0.1"))
+    assert store.entry_keys() == ["one", "two"]
+    assert store.info("one").problem == ""
+    assert "torch 0.0.1" in store.info("two").problem
+    assert store.info("one").size_bytes == sum(len(v) for v in FILES.values()) + len(
+        (store.path("one") / artifacts.MANIFEST_NAME).read_bytes()
+    )
+    assert store.remove("two") is True
+    assert store.remove("two") is False
+    assert store.entry_keys() == ["one"]
+    with pytest.raises(ArtifactError, match="not a valid entry name"):
+        store.path("../escape")
+
+
+def test_default_root_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AOT_CACHE_DIR", str(tmp_path / "c"))
+    assert artifacts.ArtifactStore().root == tmp_path / "c"
+    monkeypatch.delenv("AOT_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert artifacts.default_cache_root() == tmp_path / "x" / "aot"
+
+
+def test_model_config_hash_ignores_key_order(tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "config.json").write_text('{"x": 1, "y": [1, 2]}')
+    (b / "config.json").write_text('{\n  "y": [1, 2],\n  "x": 1\n}')
+    assert artifacts.model_config_hash(a) == artifacts.model_config_hash(b)
+    (b / "config.json").write_text('{"x": 2, "y": [1, 2]}')
+    assert artifacts.model_config_hash(a) != artifacts.model_config_hash(b)
