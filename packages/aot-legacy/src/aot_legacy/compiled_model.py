@@ -1,0 +1,130 @@
+"""``LegacyCompiledModel``: the aot-core compiled-model interface over a static-KV generator."""
+
+from __future__ import annotations
+
+import gc
+import resource
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from aot_core.compiler import CompiledModel, Generation, GenerationParams, Prompt, check_prompts
+from aot_core.errors import AOTError, SpecError
+from aot_core.stats import OptimizationStats
+from aot_legacy.cuda_graphs import CUDAGraphOptimizer
+from aot_legacy.enhanced import EnhancedAOTCompiler
+from aot_legacy.generation import GenerateTimings, StaticKVGenerator
+
+
+def peak_host_memory_bytes() -> int:
+    """Peak resident memory of this process."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+class LegacyCompiledModel(CompiledModel):
+    """A model compiled by the legacy backend, ready to ``generate``."""
+
+    def __init__(
+        self,
+        *,
+        generator: StaticKVGenerator,
+        stats: OptimizationStats,
+        tokenizer: Any | None,
+        owned: list[Any],
+        graphs: CUDAGraphOptimizer | None,
+        compiler: EnhancedAOTCompiler | None,
+    ) -> None:
+        self._generator: StaticKVGenerator | None = generator
+        self._stats = stats
+        self.tokenizer = tokenizer
+        self._owned = owned
+        self.graphs = graphs
+        self._compiler = compiler
+        self.last_timings: GenerateTimings | None = None
+        """Timings of the most recent generate call (decode seconds, token counts)."""
+
+    @property
+    def stats(self) -> OptimizationStats:
+        return self._stats
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called."""
+        return self._generator is None
+
+    def encode(self, prompts: Sequence[Prompt]) -> list[list[int]]:
+        """Token ids of each prompt; text needs the tokenizer saved beside the model."""
+        out: list[list[int]] = []
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                if self.tokenizer is None:
+                    raise SpecError(
+                        f"prompts[{i}]: text prompts need a tokenizer, and this model has "
+                        "none; pass token ids, or a model directory with tokenizer files",
+                        field="prompts",
+                    )
+                ids = list(self.tokenizer(p)["input_ids"])
+                if not ids:
+                    raise SpecError(f"prompts[{i}]: the text encodes to no tokens")
+                out.append(ids)
+            else:
+                out.append([int(t) if not isinstance(t, bool) else t for t in p])
+        return out
+
+    def generate(
+        self, prompts: Sequence[Prompt], params: GenerationParams | None = None
+    ) -> list[Generation]:
+        if self._generator is None:
+            raise AOTError("this compiled model is closed; compile the model again to generate")
+        check_prompts(prompts)
+        params = params if params is not None else GenerationParams()
+        token_prompts = self.encode(prompts)
+        results, timings = self._generator.generate(token_prompts, params)
+        self.last_timings = timings
+        generations = []
+        for prompt, (tokens, reason) in zip(token_prompts, results, strict=True):
+            text = None
+            if self.tokenizer is not None:
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            generations.append(
+                Generation(
+                    prompt_token_ids=tuple(prompt),
+                    token_ids=tuple(tokens),
+                    text=text,
+                    finish_reason=reason,
+                )
+            )
+        self._update_stats(timings)
+        return generations
+
+    def _update_stats(self, t: GenerateTimings) -> None:
+        device_peak = None
+        if self._generator is not None and self._generator.device.type == "cuda":
+            device_peak = int(torch.cuda.max_memory_allocated(self._generator.device))
+        self._stats = self._stats.replace(
+            prompt_tokens_per_s=t.prompt_tokens / t.prefill_s if t.prefill_s > 0 else None,
+            output_tokens_per_s=t.output_tokens / t.total_s if t.total_s > 0 else None,
+            time_to_first_token_s=(
+                sum(t.first_token_s) / len(t.first_token_s) if t.first_token_s else None
+            ),
+            peak_host_memory_bytes=peak_host_memory_bytes(),
+            peak_device_memory_bytes=device_peak or self._stats.peak_device_memory_bytes,
+        )
+
+    def close(self) -> None:
+        if self._generator is None:
+            return
+        device = self._generator.device
+        self._generator = None
+        if self.graphs is not None:
+            self.graphs.close()
+            self.graphs = None
+        if self._compiler is not None:
+            self._compiler.close()
+        self._owned.clear()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()

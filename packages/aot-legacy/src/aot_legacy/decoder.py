@@ -1,0 +1,232 @@
+"""The step interface every model is driven through, and a plain-torch reference decoder.
+
+A ``StaticKVDecoder`` runs one forward step over a static KV cache that the *runtime*
+owns and passes in as explicit tensors, updated in place. Keeping the cache outside the
+module is what lets separately compiled prefill and decode artifacts (and CUDA graphs)
+share it: buffers registered inside a module get a private copy per AOTInductor package.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+@dataclass(frozen=True, kw_only=True)
+class KVLayout:
+    """Shape facts a runtime needs to allocate a static KV cache for a decoder."""
+
+    num_layers: int
+    """Number of attention layers (each has one key and one value tensor)."""
+
+    num_kv_heads: int
+    """Key/value heads per layer."""
+
+    head_dim: int
+    """Size of one head."""
+
+    vocab_size: int
+    """Number of logits per position."""
+
+    max_positions: int
+    """Longest sequence the model's position encoding supports."""
+
+
+class StaticKVDecoder(nn.Module):
+    """One decoding step over an explicit static KV cache.
+
+    ``forward(input_ids, positions, last_index, *kv)``:
+
+    - ``input_ids``, ``positions``: int64 ``[B, T]``; row ``b`` writes its keys/values at
+      cache slots ``positions[b]`` and each query attends to slots ``<=`` its position;
+    - ``last_index``: int64 ``[B]``, which of the T positions to return logits for;
+    - ``kv``: ``2 * num_layers`` tensors ``[max_batch, max_seq, num_kv_heads, head_dim]``
+      (key, value per layer), mutated in place; only rows ``[:B]`` are touched.
+
+    Returns logits ``[B, vocab]`` (float32) at ``last_index``.
+    """
+
+    layout: KVLayout
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+    config_dict: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of the last dim (the RoPE layout HF Llama uses)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def cached_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    scaling: float,
+) -> torch.Tensor:
+    """Write ``k``/``v`` into the cache at ``positions`` and attend over the cache.
+
+    ``q``: ``[B, Hq, T, D]``; ``k``/``v``: ``[B, Hkv, T, D]``; caches
+    ``[max_batch, S, Hkv, D]``. Returns ``[B, T, Hq * D]``.
+    """
+    bsz, n_heads, _, head_dim = q.shape
+    n_kv = k.shape[1]
+    rows = torch.arange(bsz, device=positions.device).unsqueeze(1)
+    k_cache.index_put_((rows, positions), k.transpose(1, 2).to(k_cache.dtype))
+    v_cache.index_put_((rows, positions), v.transpose(1, 2).to(v_cache.dtype))
+    keys = k_cache[:bsz].transpose(1, 2)
+    values = v_cache[:bsz].transpose(1, 2)
+    if n_heads != n_kv:
+        keys = keys.repeat_interleave(n_heads // n_kv, dim=1)
+        values = values.repeat_interleave(n_heads // n_kv, dim=1)
+    slots = torch.arange(k_cache.shape[1], device=positions.device)
+    mask = slots.view(1, 1, 1, -1) <= positions.unsqueeze(1).unsqueeze(-1)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scaling
+    )
+    return out.transpose(1, 2).reshape(bsz, -1, n_heads * head_dim)
+
+
+def gather_last(hidden: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+    """``hidden[b, last_index[b]]`` for each row: ``[B, T, H] -> [B, H]``."""
+    idx = last_index.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+    return hidden.gather(1, idx).squeeze(1)
+
+
+class _RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, n_heads: int, n_kv: int, hidden: int) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = n_heads, n_kv, dim // n_heads
+        self.attn_norm = _RMSNorm(dim)
+        self.wq = nn.Linear(dim, n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(dim, n_kv * self.head_dim, bias=False)
+        self.wv = nn.Linear(dim, n_kv * self.head_dim, bias=False)
+        self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=False)
+        self.mlp_norm = _RMSNorm(dim)
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+
+class TinyDecoder(StaticKVDecoder):
+    """A small Llama-style decoder in plain torch (RMSNorm, RoPE, GQA, SwiGLU).
+
+    For users with a custom model and for tests that should not depend on transformers.
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int = 260,
+        dim: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        n_kv_heads: int = 2,
+        hidden: int = 128,
+        max_positions: int = 512,
+        rope_theta: float = 10000.0,
+        eos_token_id: int | None = 258,
+        pad_token_id: int = 256,
+        seed: int | None = 0,
+    ) -> None:
+        super().__init__()
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.blocks = nn.ModuleList(
+            _Block(dim, n_heads, n_kv_heads, hidden) for _ in range(n_layers)
+        )
+        self.norm = _RMSNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+        head_dim = dim // n_heads
+        inv = 1.0 / (rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        self.register_buffer("inv_freq", inv, persistent=False)
+        self.layout = KVLayout(
+            num_layers=n_layers,
+            num_kv_heads=n_kv_heads,
+            head_dim=head_dim,
+            vocab_size=vocab_size,
+            max_positions=max_positions,
+        )
+        self.eos_token_ids = () if eos_token_id is None else (eos_token_id,)
+        self.pad_token_id = pad_token_id
+        self.config_dict = {
+            "kind": "aot_legacy.TinyDecoder",
+            "vocab_size": vocab_size,
+            "dim": dim,
+            "n_layers": n_layers,
+            "n_heads": n_heads,
+            "n_kv_heads": n_kv_heads,
+            "hidden": hidden,
+            "max_positions": max_positions,
+            "rope_theta": rope_theta,
+            "seed": seed,
+        }
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        input_ids, positions, last_index, *kv = args
+        x = self.embed(input_ids)
+        freqs = positions.unsqueeze(-1).float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos().unsqueeze(1).to(x.dtype), emb.sin().unsqueeze(1).to(x.dtype)
+        bsz, seq = input_ids.shape
+        for i, blk in enumerate(self.blocks):
+            assert isinstance(blk, _Block)
+            h = blk.attn_norm(x)
+            q = blk.wq(h).view(bsz, seq, blk.n_heads, blk.head_dim).transpose(1, 2)
+            k = blk.wk(h).view(bsz, seq, blk.n_kv, blk.head_dim).transpose(1, 2)
+            v = blk.wv(h).view(bsz, seq, blk.n_kv, blk.head_dim).transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            attn = cached_attention(
+                q, k, v, kv[2 * i], kv[2 * i + 1], positions, 1.0 / math.sqrt(blk.head_dim)
+            )
+            x = x + blk.wo(attn)
+            h = blk.mlp_norm(x)
+            x = x + blk.w2(torch.nn.functional.silu(blk.w1(h)) * blk.w3(h))
+        x = gather_last(self.norm(x), last_index)
+        return self.lm_head(x).float()
+
+
+def allocate_kv(
+    layout: KVLayout,
+    *,
+    max_batch: int,
+    max_seq: int,
+    dtype: torch.dtype,
+    device: torch.device | str,
+) -> list[torch.Tensor]:
+    """Zeroed, contiguous key/value tensors for every layer, in ``forward``'s order."""
+    shape = (max_batch, max_seq, layout.num_kv_heads, layout.head_dim)
+    return [
+        torch.zeros(shape, dtype=dtype, device=device) for _ in range(2 * layout.num_layers)
+    ]
+
+
+def kv_bytes(kv: Sequence[torch.Tensor]) -> int:
+    """Bytes held by a KV cache."""
+    return sum(t.numel() * t.element_size() for t in kv)

@@ -1,0 +1,118 @@
+"""Shared fixtures: one tiny HF Llama on disk and one compiled artifact set per session.
+
+Compiles are the slow part on a 2-core machine, so every compiled model below is built
+once per session and shared; tests that need a fresh process reuse the same cache.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2 threads were 20x slower on 2 cores
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from aot_core import CompileSpec, GenerationParams
+from aot_legacy import IntegratedAOTCompiler
+from aot_legacy.compiled_model import LegacyCompiledModel
+from aot_legacy.tiny_model import build_tiny_llama
+
+torch.set_num_threads(1)
+
+HERE = Path(__file__).parent
+
+# Different lengths in one batch, a 1-token prompt, and a batch of 3 (padded to 4).
+PROMPTS: list[list[int]] = [[5, 17, 42, 99, 3, 7], [65], list(b"Hello, world")]
+GREEDY = GenerationParams(max_new_tokens=8, stop_on_eos=False)
+MAX_LEN = 64
+MAX_SEQS = 4
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def spec(**kw: Any) -> CompileSpec:
+    """The test spec: small static shapes, so compiles stay short."""
+    base: dict[str, Any] = {"max_model_len": MAX_LEN, "max_num_seqs": MAX_SEQS}
+    base.update(kw)
+    return CompileSpec(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with a byte-level tokenizer, saved like any HF model."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's compile-cache root, shared by in-process and fresh-process tests."""
+    return tmp_path_factory.mktemp("aot-cache")
+
+
+@pytest.fixture(scope="session")
+def eager(tiny_dir: Path) -> Iterator[LegacyCompiledModel]:
+    """The tiny model run eagerly (the reference for every compiled variant)."""
+    m = IntegratedAOTCompiler().compile_model(tiny_dir, spec(compile_mode="none"))
+    assert isinstance(m, LegacyCompiledModel)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def eager_tokens(eager: LegacyCompiledModel) -> list[tuple[int, ...]]:
+    """Greedy tokens of PROMPTS from the eager model."""
+    return [g.token_ids for g in eager.generate(PROMPTS, GREEDY)]
+
+
+@pytest.fixture(scope="session")
+def compiled(tiny_dir: Path, cache_root: Path) -> Iterator[LegacyCompiledModel]:
+    """torch.compile tier, cold, into the session cache (no packages exist yet)."""
+    s = spec(cache_dir=str(cache_root), backend_options={"aoti": False})
+    m = IntegratedAOTCompiler().compile_model(tiny_dir, s)
+    assert isinstance(m, LegacyCompiledModel)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def packaged(tiny_dir: Path, cache_root: Path) -> Iterator[LegacyCompiledModel]:
+    """AOTInductor packages built by compile_model_aot into the session cache."""
+    m = IntegratedAOTCompiler().compile_model_aot(
+        tiny_dir, PROMPTS, spec(cache_dir=str(cache_root))
+    )
+    assert isinstance(m, LegacyCompiledModel)
+    yield m
+    m.close()
+
+
+def run_child(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> dict[str, Any]:
+    """Run tests/_child.py in a fresh process; returns the JSON it prints last."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "_child.py"), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]

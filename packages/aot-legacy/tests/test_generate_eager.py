@@ -1,0 +1,180 @@
+"""Fast tests: the generate loop, prompts, sampling and stats on the eager tier."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import GREEDY, MAX_LEN, PROMPTS, spec
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from aot_core import AOTError, GenerationParams, OptimizationStats, SpecError, get_backend
+from aot_legacy import IntegratedAOTCompiler, TinyDecoder
+from aot_legacy.compiled_model import LegacyCompiledModel
+
+
+def test_import_does_not_load_torch() -> None:
+    code = (
+        "import sys, aot_legacy, aot_legacy.backend;"
+        "from aot_core import list_backends; list_backends();"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_registered_as_legacy_backend() -> None:
+    info = get_backend("legacy")
+    cls = info.compiler if hasattr(info, "compiler") else info
+    assert cls is IntegratedAOTCompiler
+    assert IntegratedAOTCompiler.availability().usable
+    assert IntegratedAOTCompiler.priority == 50
+
+
+def test_eager_matches_transformers_generate(tiny_dir: Path, eager_tokens: list) -> None:
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dir, local_files_only=True).eval()
+    for prompt, ours in zip(PROMPTS, eager_tokens, strict=True):
+        ref = hf.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=8,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=256,
+        )[0, len(prompt) :].tolist()
+        assert list(ours) == ref
+
+
+def test_batch_padding_does_not_change_tokens(eager: LegacyCompiledModel, eager_tokens: list) -> None:
+    for prompt, expected in zip(PROMPTS, eager_tokens, strict=True):
+        (alone,) = eager.generate([prompt], GREEDY)
+        assert alone.token_ids == expected
+
+
+def test_batch_larger_than_cache_runs_in_chunks(eager: LegacyCompiledModel, eager_tokens: list) -> None:
+    out = eager.generate(PROMPTS * 3, GREEDY)  # 9 prompts, 4 KV rows
+    assert [g.token_ids for g in out] == eager_tokens * 3
+
+
+def test_text_prompts_use_the_saved_tokenizer(eager: LegacyCompiledModel, tiny_dir: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_dir, local_files_only=True)
+    (g,) = eager.generate(["Hello, wörld"], GREEDY)
+    assert list(g.prompt_token_ids) == list("Hello, wörld".encode())
+    assert g.text == tok.decode(list(g.token_ids), skip_special_tokens=True)
+    assert len(g.token_ids) == 8 and g.finish_reason == "length"
+
+
+def test_stops_at_eos(tiny_dir: Path, eager_tokens: list) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, local_files_only=True)
+    stop = eager_tokens[0][2]
+    model.generation_config.eos_token_id = stop  # a token greedy decoding is known to emit
+    with IntegratedAOTCompiler().compile_model(model, spec(compile_mode="none")) as m:
+        first, *_ = m.generate(PROMPTS, GenerationParams(max_new_tokens=8))
+        cut = eager_tokens[0].index(stop) + 1
+        assert first.token_ids == eager_tokens[0][:cut]
+        assert first.finish_reason == "stop"
+        again, *_ = m.generate(PROMPTS, GenerationParams(max_new_tokens=8, stop_on_eos=False))
+        assert again.token_ids == eager_tokens[0] and again.finish_reason == "length"
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(eager: LegacyCompiledModel, eager_tokens: list) -> None:
+    p = GenerationParams(max_new_tokens=8, temperature=1.0, seed=7, stop_on_eos=False)
+    a = [g.token_ids for g in eager.generate(PROMPTS, p)]
+    b = [g.token_ids for g in eager.generate(PROMPTS, p)]
+    assert a == b
+    other = GenerationParams(max_new_tokens=8, temperature=1.0, seed=8, stop_on_eos=False)
+    assert [g.token_ids for g in eager.generate(PROMPTS, other)] != a
+    top1 = GenerationParams(max_new_tokens=8, temperature=0.7, top_k=1, seed=1, stop_on_eos=False)
+    assert [g.token_ids for g in eager.generate(PROMPTS, top1)] == eager_tokens
+    nucleus = GenerationParams(max_new_tokens=8, temperature=1.0, top_p=1e-6, seed=3, stop_on_eos=False)
+    assert [g.token_ids for g in eager.generate(PROMPTS, nucleus)] == eager_tokens
+
+
+def test_generation_stops_at_max_model_len(eager: LegacyCompiledModel) -> None:
+    prompt = [1] * (MAX_LEN - 3)
+    (g,) = eager.generate([prompt], GenerationParams(max_new_tokens=10, stop_on_eos=False))
+    assert len(g.token_ids) == 3 and g.finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    ("prompts", "match"),
+    [
+        ([[1] * MAX_LEN], "max_model_len"),
+        ([[1, 2, 999]], "outside the vocabulary"),
+        ([[]], "empty"),
+        ([], "empty"),
+    ],
+)
+def test_bad_prompts_get_clear_errors(eager: LegacyCompiledModel, prompts: list, match: str) -> None:
+    with pytest.raises(SpecError, match=match):
+        eager.generate(prompts, GREEDY)
+
+
+def test_stats_are_filled_and_round_trip(eager: LegacyCompiledModel) -> None:
+    eager.generate(PROMPTS, GREEDY)
+    s = eager.stats
+    assert s.backend == "legacy" and s.torch_version == torch.__version__
+    assert s.cache.status == "disabled" and "compile_mode" in s.cache.reason
+    assert s.cuda_graphs_note == "disabled: no CUDA device" or torch.cuda.is_available()
+    assert s.kv_cache_tokens == 4 * MAX_LEN
+    assert s.output_tokens_per_s and s.output_tokens_per_s > 0
+    assert s.prompt_tokens_per_s and s.time_to_first_token_s and s.time_to_first_token_s > 0
+    assert s.peak_host_memory_bytes and s.peak_host_memory_bytes > 0
+    assert {"import", "model_load", "kv_cache"} <= set(s.startup_phases)
+    assert OptimizationStats.from_json(s.to_json()) == s
+    assert IntegratedAOTCompiler().get_optimization_stats() is None
+
+
+def test_plain_torch_decoder(tmp_path: Path) -> None:
+    decoder = TinyDecoder(seed=1)
+    compiler = IntegratedAOTCompiler(spec(compile_mode="none", cache_dir=str(tmp_path)))
+    with compiler.compile_model(decoder) as m:
+        batch = m.generate(PROMPTS, GREEDY)
+        alone = [m.generate([p], GREEDY)[0] for p in PROMPTS]
+        assert [g.token_ids for g in batch] == [g.token_ids for g in alone]
+        assert all(g.text is None for g in batch)
+        with pytest.raises(SpecError, match="tokenizer"):
+            m.generate(["text"], GREEDY)
+        assert compiler.get_optimization_stats() == m.stats
+
+
+def test_close_and_context_manager(tiny_dir: Path) -> None:
+    with IntegratedAOTCompiler().compile_model(tiny_dir, spec(compile_mode="none")) as m:
+        m.generate([[1, 2]], GREEDY)
+    assert isinstance(m, LegacyCompiledModel) and m.closed
+    m.close()  # twice is harmless
+    with pytest.raises(AOTError, match="closed"):
+        m.generate([[1, 2]], GREEDY)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"backend_options": {"bogus": 1}}, "does not understand bogus"),
+        ({"backend_options": {"batch_buckets": [1, 4]}}, "batch size >= 2"),
+        ({"backend_options": {"device": "tpu"}}, "device"),
+        ({"max_model_len": 100_000}, "max_position_embeddings"),
+        ({"tensor_parallel_size": 2}, "one device"),
+    ],
+)
+def test_bad_specs_fail_before_compiling(tiny_dir: Path, kw: dict, match: str) -> None:
+    with pytest.raises(SpecError, match=match):
+        IntegratedAOTCompiler().compile_model(tiny_dir, spec(compile_mode="none", **kw))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_asked_without_cuda(tiny_dir: Path) -> None:
+    with pytest.raises(SpecError, match="no CUDA device"):
+        IntegratedAOTCompiler().compile_model(tiny_dir, spec(backend_options={"device": "cuda"}))
+
+
+def test_bad_models_get_clear_errors(tmp_path: Path) -> None:
+    c = IntegratedAOTCompiler(spec(compile_mode="none"))
+    with pytest.raises(SpecError, match="not a directory"):
+        c.compile_model(tmp_path / "missing")
+    with pytest.raises(SpecError, match="no config.json"):
+        c.compile_model(tmp_path)
+    with pytest.raises(SpecError, match="cannot compile a int"):
+        c.compile_model(42)
