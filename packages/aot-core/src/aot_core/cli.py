@@ -537,7 +537,11 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
         if args.entries:
             keys = list(args.entries)
         elif args.invalid:
-            keys = [k for k in store.entry_keys() if store.info(k).problem]
+            keys = [
+                k
+                for k in store.entry_keys()
+                if store.info(k).problem or not artifacts.verify(store.path(k)).ok
+            ]
         else:
             keys = store.entry_keys()
         for key in keys:
@@ -674,7 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_cache_import)
     c = csub.add_parser("clear", help="remove entries (default: all)")
     c.add_argument("entries", nargs="*", help="entry keys to remove (default: all)")
-    c.add_argument("--invalid", action="store_true", help="only entries that cannot load here")
+    c.add_argument(
+        "--invalid", action="store_true", help="only entries that are damaged or cannot load here"
+    )
     c.add_argument("--leftovers", action="store_true", help="only leftovers of interrupted writes")
     c.set_defaults(func=cmd_cache_clear)
     return parser
