@@ -100,6 +100,22 @@ def test_backend_only_key_goes_to_that_backend() -> None:
     assert dict(spec.backend_options) == {"gpu_memory_utilization": 0.5}
 
 
+def test_vllm_engine_keywords_go_to_engine_args() -> None:
+    spec = _quiet(
+        {"seed": 0, "trust_remote_code": False, "cudagraph_num_of_warmups": 3}, backend="vllm"
+    )
+    options = spec.to_dict()["backend_options"]
+    assert options == {
+        "engine_args": {"seed": 0, "trust_remote_code": False},
+        "compilation_config": {"cudagraph_num_of_warmups": 3},
+    }
+
+
+def test_enforce_eager_means_no_compile_and_no_graphs() -> None:
+    spec = _quiet({"enforce_eager": True})
+    assert (spec.compile_mode, spec.cuda_graphs) == ("none", False)
+
+
 def test_backend_only_key_warns_on_another_backend() -> None:
     with pytest.warns(LegacyConfigWarning, match="gpu_memory_utilization.*legacy backend"):
         spec = translate({"gpu_memory_utilization": 0.5}, backend="legacy").spec

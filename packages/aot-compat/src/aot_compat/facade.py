@@ -347,8 +347,14 @@ class CompatCompiler:
         return {"error": f"Model {model_id} not found"}
 
     def get_optimization_stats(self) -> LegacyStats:
-        """The old stats dict, with the last compiled model's ``OptimizationStats`` in it."""
+        """The old stats dict, with the last compiled model's ``OptimizationStats`` in it.
+
+        ``compilation_config`` is the spec the last model was compiled with (the
+        constructor's spec, before any compile).
+        """
         spec = self.spec
+        if self._last is not None:
+            spec = CompileSpec.from_dict(self._last.metadata["spec"])
         stats = LegacyStats(
             backend=self.choice.name,
             backend_version=self.backend.version(),

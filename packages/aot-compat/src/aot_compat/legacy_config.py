@@ -26,20 +26,26 @@ from aot_core.spec import CompileSpec
 
 from aot_compat.errors import LegacyConfigError, LegacyConfigWarning
 
-# Settings that exist only in one backend; they go to that backend's backend_options.
-BACKEND_ONLY_KEYS: dict[str, str] = {
-    "gpu_memory_utilization": "vllm",
-    "kv_cache_memory_bytes": "vllm",
-    "enforce_eager": "vllm",
-    "disable_custom_all_reduce": "vllm",
-    "trust_remote_code": "vllm",
-    "seed": "vllm",
-    "swap_space": "vllm",
-    "block_size": "vllm",
-    "load_format": "vllm",
-    "skip_tokenizer_init": "vllm",
-    "cudagraph_num_of_warmups": "vllm",
-    "warmup_iterations": "legacy",
+# Settings that exist only in one backend: key -> (backend, where in its backend_options).
+# aot-vllm takes raw vllm.LLM keywords under "engine_args" and raw CompilationConfig fields
+# under "compilation_config", and checks both against the installed vLLM release.
+BACKEND_ONLY_KEYS: dict[str, tuple[str, str | None]] = {
+    "gpu_memory_utilization": ("vllm", None),
+    "kv_cache_memory_bytes": ("vllm", None),
+    "optimization_level": ("vllm", None),
+    "cudagraph_mode": ("vllm", None),
+    "max_cudagraph_capture_size": ("vllm", None),
+    "disable_custom_all_reduce": ("vllm", "engine_args"),
+    "trust_remote_code": ("vllm", "engine_args"),
+    "seed": ("vllm", "engine_args"),
+    "swap_space": ("vllm", "engine_args"),
+    "block_size": ("vllm", "engine_args"),
+    "enable_prefix_caching": ("vllm", "engine_args"),
+    "kv_cache_dtype": ("vllm", "engine_args"),
+    "cudagraph_num_of_warmups": ("vllm", "compilation_config"),
+    "device": ("legacy", None),
+    "threads": ("legacy", None),
+    "batch_buckets": ("legacy", None),
 }
 
 # Keys whose feature no longer exists anywhere, with the reason given in the warning.
@@ -49,6 +55,7 @@ OBSOLETE_KEYS: dict[str, str] = {
         "(set cuda_graph_sizes, or batch_sizes)"
     ),
     "max_compilation_time": "aot backends have no compile-time limit",
+    "warmup_iterations": "warm-up runs are chosen by the backend",
     "disable_chunked_mm_input": "it concerns multimodal inputs, which aot does not compile",
     "auto_detect_threshold": (
         "the old threshold guess is replaced by aot_vllm's chunked-prefill planner"
@@ -190,10 +197,22 @@ def _enable_aot(c: _Collector, key: str, value: Any) -> None:
         c.set("compile_mode", "none", key)
 
 
+def _enforce_eager(c: _Collector, key: str, value: Any) -> None:
+    # "eager" meant no compilation and no CUDA graphs; spelled with spec fields so that
+    # every backend honours it (and vLLM 0.17+'s stronger enforce_eager is not relied on)
+    if value:
+        c.set("compile_mode", "none", key)
+        c.set("cuda_graphs", False, key)
+
+
 def _backend_options(c: _Collector, key: str, value: Any) -> None:
     if not isinstance(value, Mapping):
         raise LegacyConfigError(f"{key}: expected a mapping, got {value!r}", field=key)
-    c.options.update(value)
+    for k, v in value.items():
+        current = c.options.get(k)
+        c.options[k] = (
+            {**current, **v} if isinstance(current, dict) and isinstance(v, Mapping) else v
+        )
 
 
 def _base_compiler(c: _Collector, key: str, value: Any) -> None:
@@ -258,6 +277,7 @@ _HANDLERS: dict[str, Callable[[_Collector, str, Any], None]] = {
     "max_chunks_per_request": _partial_prefills,
     "use_inductor": _use_inductor,
     "enable_aot": _enable_aot,
+    "enforce_eager": _enforce_eager,
     "backend_options": _backend_options,
     "graph_config": _graph_config,
     "cuda_graph_config": _graph_config,
@@ -288,9 +308,12 @@ def _translate_key(c: _Collector, key: str, value: Any, *, lenient: bool) -> Non
         if value is not None and c.model_id is None:
             c.model_id = str(value)
     elif key in BACKEND_ONLY_KEYS:
-        owner = BACKEND_ONLY_KEYS[key]
+        owner, section = BACKEND_ONLY_KEYS[key]
         if c.backend in (None, owner):
-            c.options[key] = value
+            if section is None:
+                c.options[key] = value
+            else:
+                c.options.setdefault(section, {})[key] = value
         else:
             c.note(
                 f"config key {key!r} has no effect: it is a setting of the {owner} backend, "
@@ -382,7 +405,13 @@ def translate(
                 f"because {c.sources.get('cuda_graphs', 'the config')!r} turned CUDA graphs off"
             )
     if c.options:
-        fields["backend_options"] = {**start.backend_options, **c.options}
+        merged = {k: v for k, v in start.backend_options.items()}
+        for k, v in c.options.items():
+            if isinstance(v, Mapping) and isinstance(merged.get(k), Mapping):
+                merged[k] = {**merged[k], **v}  # engine_args / compilation_config sections
+            else:
+                merged[k] = v
+        fields["backend_options"] = merged
     try:
         spec = start.replace(**fields) if fields else start
     except SpecError as exc:
