@@ -1,0 +1,166 @@
+"""``aot bench`` plumbing: medians, the report, the plot, and worker failures.
+
+The numbers here are made-up inputs to pure functions; real measurements come from
+``aot bench`` itself (see test_cli_e2e.py for the end-to-end runs).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aot_core import bench
+from aot_core.spec import CompileSpec
+from aot_core.stats import CacheOutcome, CacheStatus, OptimizationStats
+
+
+def record(
+    phase: str,
+    *,
+    startup: float,
+    tps: float,
+    mem: int,
+    tokens: Any = None,
+    ok: bool = True,
+    cache: CacheStatus = "hit",
+) -> dict[str, Any]:
+    if not ok:
+        return {"backend": "b", "phase": phase, "ok": False, "wall_s": 1.0, "error": "boom"}
+    stats = OptimizationStats(
+        backend="b",
+        startup_s=startup,
+        compile_time_s=None if phase == "eager" else startup / 2,
+        output_tokens_per_s=tps,
+        peak_host_memory_bytes=mem,
+        startup_phases={"import": 1.0, "compile": startup / 2},
+        cache=CacheOutcome(
+            status="disabled" if phase == "eager" else cache, reason="r", load_time_s=0.5
+        ),
+    )
+    return {
+        "backend": "b",
+        "phase": phase,
+        "ok": True,
+        "wall_s": startup + 3.0,
+        "result": {"stats": stats.to_dict(), "tokens": tokens or [[1, 2, 3]]},
+    }
+
+
+def test_median_stats_takes_medians_and_skips_failures() -> None:
+    runs = [
+        record("warm", startup=10.0, tps=100.0, mem=1000),
+        record("warm", startup=30.0, tps=300.0, mem=3001),
+        record("warm", startup=20.0, tps=200.0, mem=2000),
+        record("warm", startup=0, tps=0, mem=0, ok=False),
+    ]
+    med = bench.median_stats(runs)
+    assert med is not None
+    assert med.startup_s == 20.0
+    assert med.output_tokens_per_s == 200.0
+    assert med.peak_host_memory_bytes == 2000
+    assert med.startup_phases["compile"] == 10.0
+    assert med.cache.status == "hit" and med.cache.load_time_s == 0.5
+    assert bench.median_stats([record("warm", startup=0, tps=0, mem=0, ok=False)]) is None
+
+
+def _result(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "model": "tiny",
+        "machine": {
+            "machine": "x86_64",
+            "cpu_count": 2,
+            "torch": "2.13.0",
+            "vllm": None,
+            "python": "3.11",
+        },
+        "settings": {"prompts": 4, "prompt_lengths": [5, 6], "max_new_tokens": 8, "repeats": 2},
+        "backends": {"b": bench._summarise_backend("b", "0.1.0", runs)},
+        "skipped": {"other": "needs a GPU"},
+        "failures": [],
+        "total_wall_s": 42.0,
+    }
+
+
+def test_report_has_before_after_tables_with_directions() -> None:
+    runs = [
+        record("eager", startup=10.0, tps=100.0, mem=2 << 20),
+        record("cold", startup=40.0, tps=180.0, mem=3 << 20),
+        record("warm", startup=8.0, tps=200.0, mem=3 << 20),
+    ]
+    text = bench.format_report(_result(runs))
+    assert "eager vs AOT warm start" in text and "AOT cold compile vs warm start" in text
+    assert "skipped other: needs a GPU" in text
+    assert "greedy tokens, compiled vs eager: identical" in text
+    assert "warm-start cache: hit (r)" in text
+    startup = next(line for line in text.splitlines() if line.startswith("startup (s)"))
+    assert "-20.0% better" in startup  # eager 10 s -> warm 8 s
+    tps = next(line for line in text.splitlines() if line.startswith("output tokens/s"))
+    assert "+100.0% better" in tps
+    json.dumps(_result(runs))  # the --json payload is plain JSON
+
+
+def test_report_flags_different_tokens_and_failures() -> None:
+    runs = [
+        record("eager", startup=10.0, tps=100.0, mem=1, tokens=[[1, 2, 3]]),
+        record("cold", startup=40.0, tps=180.0, mem=1, tokens=[[1, 2, 4]]),
+        record("warm", startup=0, tps=0, mem=0, ok=False),
+    ]
+    result = _result(runs)
+    result["failures"] = [
+        {"backend": "b", "phase": "warm", "repeat": 1, "error": "worker exited with status 1"}
+    ]
+    text = bench.format_report(result)
+    assert "compiled vs eager: DIFFERENT" in text
+    assert "1 run(s) FAILED" in text and "b warm repeat 1" in text
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    runs = [
+        record("eager", startup=10.0, tps=100.0, mem=1),
+        record("cold", startup=40.0, tps=180.0, mem=1),
+        record("warm", startup=8.0, tps=200.0, mem=1),
+    ]
+    out = tmp_path / "bench.png"
+    bench.plot(_result(runs), out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_worker_failure_is_reported_with_its_log(tmp_path: Path) -> None:
+    rec = bench.run_worker(
+        backend="no-such-backend",
+        phase="eager",
+        model=tmp_path,
+        artifact=tmp_path / "a",
+        spec=CompileSpec(),
+        prompts=[[1, 2]],
+        max_new_tokens=2,
+        timeout_s=120,
+        log=tmp_path / "w.log",
+    )
+    assert rec["ok"] is False
+    assert "worker exited with status 1" in rec["error"]
+    assert "no-such-backend" in rec["error"] or "no aot backend" in rec["error"]
+    assert Path(rec["log"]).is_file()
+
+
+def test_prompts_are_fixed_byte_tokens() -> None:
+    prompts = bench.bench_prompts()
+    assert prompts == bench.bench_prompts()
+    assert len(prompts) == 4 and all(0 <= t < 256 for p in prompts for t in p)
+
+
+def test_worker_module_has_no_heavy_imports() -> None:
+    import subprocess
+
+    code = (
+        "import sys, aot_core.bench_worker, aot_core.cli, aot_core.bench, aot_core.artifacts;"
+        "print([m for m in ('torch', 'vllm', 'matplotlib') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
