@@ -128,8 +128,25 @@ def build(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def legacy(session: nox.Session) -> None:
-    """aot-legacy on CPU with torch 2.13 (CUDA-graph tests skip without a GPU)."""
-    session.install("pytest", TORCH, "-e", CORE, "-e", LEGACY)
+    """aot-legacy on CPU with torch 2.13 (CUDA-graph tests skip without a GPU).
+
+    `nox -s legacy -- -m "not slow"` runs the fast subset (no compiles).
+    """
+    # The +cpu torch wheel lies in /opt/wheels on the project's machines; without it uv
+    # would fetch the multi-GB CUDA build from PyPI.
+    wheels = ["--find-links", "/opt/wheels"] if Path("/opt/wheels").is_dir() else []
+    session.install(
+        *wheels,
+        "pytest",
+        TORCH,
+        "transformers",
+        "tokenizers",
+        "safetensors",
+        "-e",
+        CORE,
+        "-e",
+        LEGACY,
+    )
     _pytest(session, "packages/aot-legacy/tests")
 
 

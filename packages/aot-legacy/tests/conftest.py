@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from aot_core import CompileSpec, GenerationParams
 from aot_legacy import IntegratedAOTCompiler
 from aot_legacy.compiled_model import LegacyCompiledModel
@@ -102,7 +101,9 @@ def packaged(tiny_dir: Path, cache_root: Path) -> Iterator[LegacyCompiledModel]:
     m.close()
 
 
-def run_child(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> dict[str, Any]:
+def run_child(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> dict[str, Any]:
     """Run tests/_child.py in a fresh process; returns the JSON it prints last."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import GREEDY, MAX_LEN, MAX_SEQS, PROMPTS, run_child, spec
-
 from aot_core import GenerationParams, SpecError
 from aot_legacy import IntegratedAOTCompiler
 from aot_legacy.compiled_model import LegacyCompiledModel
 from aot_legacy.packages import PackagedStep
+from conftest import GREEDY, MAX_LEN, MAX_SEQS, PROMPTS, run_child, spec
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +89,9 @@ def test_pt2_round_trip_in_a_fresh_process(
     assert stats["cache"]["status"] == "hit" and stats["cache"]["load_time_s"] > 0
     assert "package_load" in stats["startup_phases"]
     # Nothing was compiled: Inductor never looked anything up.
-    assert not any(out["inductor_counters"].get(k) for k in ("fxgraph_cache_miss", "fxgraph_cache_hit"))
+    assert not any(
+        out["inductor_counters"].get(k) for k in ("fxgraph_cache_miss", "fxgraph_cache_hit")
+    )
 
 
 def test_packaged_out_of_range_is_refused(packaged: LegacyCompiledModel) -> None:
@@ -109,7 +110,9 @@ def test_packaged_step_checks_shapes_and_strides() -> None:
         seen.append(all(a.is_contiguous() for a in args))
         return torch.zeros(args[0].shape[0], 3)
 
-    plan = StepPlan(max_batch=4, max_seq=16, buckets=(2, 4), compile_mode="default", dtype="float32")
+    plan = StepPlan(
+        max_batch=4, max_seq=16, buckets=(2, 4), compile_mode="default", dtype="float32"
+    )
     kv = [torch.zeros(4, 16, 1, 2)]
     decode = PackagedStep(fake, kind="decode", plan=plan, kv=kv)
     prefill = PackagedStep(fake, kind="prefill", plan=plan, kv=kv)
@@ -131,7 +134,7 @@ def _copy_package(packaged: LegacyCompiledModel, dest: Path) -> Path:
     return dest
 
 
-def test_incompatible_package_falls_back_to_compile(
+def test_incompatible_package_falls_back_to_compile(  # noqa: PLR0917
     packaged: LegacyCompiledModel,
     compiled: LegacyCompiledModel,
     tiny_dir: Path,
@@ -151,7 +154,7 @@ def test_incompatible_package_falls_back_to_compile(
         assert _tokens(m) == eager_tokens  # the warm compile cache serves the fall-back
 
 
-def test_corrupt_package_falls_back_to_compile(
+def test_corrupt_package_falls_back_to_compile(  # noqa: PLR0917
     packaged: LegacyCompiledModel,
     compiled: LegacyCompiledModel,
     tiny_dir: Path,
@@ -172,7 +175,10 @@ def test_corrupt_package_falls_back_to_compile(
 def test_no_cxx_compiler_falls_back_to_eager(
     tiny_dir: Path, tmp_path: Path, eager_tokens: list
 ) -> None:
-    child_spec = json.dumps({"max_model_len": MAX_LEN, "max_num_seqs": MAX_SEQS})
+    # CPU kernels need a C++ compiler; a CUDA build would not, so pin the CPU.
+    child_spec = json.dumps(
+        {"max_model_len": MAX_LEN, "max_num_seqs": MAX_SEQS, "backend_options": {"device": "cpu"}}
+    )
     out = run_child(str(tiny_dir), str(tmp_path), child_spec, env={"CXX": "/nonexistent/g++"})
     assert [tuple(t) for t in out["tokens"]] == eager_tokens
     stats = out["stats"]

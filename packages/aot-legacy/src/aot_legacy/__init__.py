@@ -30,7 +30,16 @@ _LAZY = {
     "build_tiny_llama": "aot_legacy.tiny_model",
 }
 
-__all__ = ["IntegratedAOTCompiler", *sorted(_LAZY)]
+__all__ = [
+    "CUDAGraphOptimizer",
+    "EnhancedAOTCompiler",
+    "IntegratedAOTCompiler",
+    "KVLayout",
+    "LegacyCompiledModel",
+    "StaticKVDecoder",
+    "TinyDecoder",
+    "build_tiny_llama",
+]
 
 
 def __getattr__(name: str) -> Any:

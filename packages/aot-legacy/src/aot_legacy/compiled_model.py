@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-
 from aot_core.compiler import CompiledModel, Generation, GenerationParams, Prompt, check_prompts
 from aot_core.errors import AOTError, SpecError
 from aot_core.stats import OptimizationStats
+
 from aot_legacy.cuda_graphs import CUDAGraphOptimizer
 from aot_legacy.enhanced import EnhancedAOTCompiler
 from aot_legacy.generation import GenerateTimings, StaticKVGenerator

@@ -39,7 +39,7 @@ class KVLayout:
     """Longest sequence the model's position encoding supports."""
 
 
-class StaticKVDecoder(nn.Module):
+class StaticKVDecoder(nn.Module):  # type: ignore[misc]
     """One decoding step over an explicit static KV cache.
 
     ``forward(input_ids, positions, last_index, *kv)``:
@@ -72,6 +72,7 @@ def cached_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    *,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     positions: torch.Tensor,
@@ -106,7 +107,7 @@ def gather_last(hidden: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
     return hidden.gather(1, idx).squeeze(1)
 
 
-class _RMSNorm(nn.Module):
+class _RMSNorm(nn.Module):  # type: ignore[misc]
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -117,7 +118,7 @@ class _RMSNorm(nn.Module):
         return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight
 
 
-class _Block(nn.Module):
+class _Block(nn.Module):  # type: ignore[misc]
     def __init__(self, dim: int, n_heads: int, n_kv: int, hidden: int) -> None:
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = n_heads, n_kv, dim // n_heads
@@ -203,7 +204,13 @@ class TinyDecoder(StaticKVDecoder):
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             attn = cached_attention(
-                q, k, v, kv[2 * i], kv[2 * i + 1], positions, 1.0 / math.sqrt(blk.head_dim)
+                q,
+                k,
+                v,
+                k_cache=kv[2 * i],
+                v_cache=kv[2 * i + 1],
+                positions=positions,
+                scaling=1.0 / math.sqrt(blk.head_dim),
             )
             x = x + blk.wo(attn)
             h = blk.mlp_norm(x)
@@ -222,9 +229,7 @@ def allocate_kv(
 ) -> list[torch.Tensor]:
     """Zeroed, contiguous key/value tensors for every layer, in ``forward``'s order."""
     shape = (max_batch, max_seq, layout.num_kv_heads, layout.head_dim)
-    return [
-        torch.zeros(shape, dtype=dtype, device=device) for _ in range(2 * layout.num_layers)
-    ]
+    return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(2 * layout.num_layers)]
 
 
 def kv_bytes(kv: Sequence[torch.Tensor]) -> int:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from aot_core.errors import ArtifactError
 from aot_core.stats import CacheOutcome
+
 from aot_legacy.decoder import StaticKVDecoder
 from aot_legacy.environment import environment, stable_hash
 from aot_legacy.hf_adapter import config_hash
@@ -196,9 +196,7 @@ class EnhancedAOTCompiler:
                     notes.append(refused)
             if build:
                 try:
-                    built_s = build_packages(
-                        step, plan, kv, pkg_dir, environment=env, key_data=key
-                    )
+                    built_s = build_packages(step, plan, kv, pkg_dir, environment=env, key_data=key)
                     runners = load()
                     reason = "first compile: built AOTInductor packages"
                     if refused:
@@ -218,7 +216,15 @@ class EnhancedAOTCompiler:
                         f"{_first_line(exc)}); using torch.compile"
                     )
         try:
-            return self._compile(step, plan, kv, cache_dir, manual_cuda_graphs, notes, refused)
+            return self._compile(
+                step,
+                plan,
+                kv,
+                cache_dir=cache_dir,
+                manual_cuda_graphs=manual_cuda_graphs,
+                notes=notes,
+                refused=refused,
+            )
         except Exception as exc:  # InductorError, dynamo errors: run eager, say why
             reason = f"torch.compile failed ({type(exc).__name__}: {_first_line(exc)})"
             notes.append(f"{reason}; running eager")
@@ -238,6 +244,7 @@ class EnhancedAOTCompiler:
         step: StaticKVDecoder,
         plan: StepPlan,
         kv: Sequence[torch.Tensor],
+        *,
         cache_dir: Path,
         manual_cuda_graphs: bool,
         notes: list[str],
@@ -313,8 +320,10 @@ class EnhancedAOTCompiler:
                 path=str(inductor_dir),
             )
         elif misses:
-            why = "first compile for this key" if was_empty and not loaded_portable else (
-                f"{misses} graphs not in the cache" + (f", {hits} reused" if hits else "")
+            why = (
+                "first compile for this key"
+                if was_empty and not loaded_portable
+                else (f"{misses} graphs not in the cache" + (f", {hits} reused" if hits else ""))
             )
             cache = CacheOutcome(status="miss", reason=prefix + why, path=str(inductor_dir))
         else:

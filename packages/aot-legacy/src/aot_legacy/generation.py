@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-
 from aot_core.compiler import GenerationParams
 from aot_core.errors import SpecError
+
 from aot_legacy.options import MIN_BUCKET
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -146,7 +146,7 @@ class StaticKVGenerator:
         n = len(prompts)
         size = self.buckets[bisect.bisect_left(self.buckets, n)]
         lens = [len(p) for p in prompts] + [1] * (size - n)
-        seq = max(max(lens), MIN_BUCKET)
+        seq = max(*lens, MIN_BUCKET)
         rows = [list(p) for p in prompts] + [[self.pad_token_id]] * (size - n)
         ids = torch.tensor(
             [r + [self.pad_token_id] * (seq - len(r)) for r in rows], dtype=torch.long
@@ -175,6 +175,7 @@ class StaticKVGenerator:
                 out[r].append(tok)
                 if params.stop_on_eos and tok in self.eos_token_ids:
                     reasons[r] = "stop"
+                # max_model_len bounds prompt plus output, as in vLLM.
                 elif len(out[r]) >= params.max_new_tokens or cur_pos[r] + 1 >= self.max_seq:
                     reasons[r] = "length"
             if all(reasons) or step_i == params.max_new_tokens - 1:

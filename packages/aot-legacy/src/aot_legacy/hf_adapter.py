@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from aot_core.errors import SpecError
+
 from aot_legacy.decoder import KVLayout, StaticKVDecoder, cached_attention, gather_last, rotate_half
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
@@ -80,7 +80,15 @@ class HFCausalLMStep(StaticKVDecoder):
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-            out = cached_attention(q, k, v, kv[2 * i], kv[2 * i + 1], positions, attn.scaling)
+            out = cached_attention(
+                q,
+                k,
+                v,
+                k_cache=kv[2 * i],
+                v_cache=kv[2 * i + 1],
+                positions=positions,
+                scaling=attn.scaling,
+            )
             x = x + attn.o_proj(out)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         x = gather_last(inner.norm(x), last_index)

@@ -25,7 +25,7 @@ MIN_TORCH = (2, 6)
 
 def _parse_version(text: str) -> tuple[int, ...]:
     parts = []
-    for piece in text.split("+")[0].split(".")[:2]:
+    for piece in text.split("+", maxsplit=1)[0].split(".")[:2]:
         digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
@@ -71,7 +71,9 @@ class IntegratedAOTCompiler(Compiler):
 
     # ------------------------------------------------------------------ internals
 
-    def _build(self, model: Any, spec: CompileSpec | None, *, example_inputs: Any, aot: bool) -> Any:
+    def _build(
+        self, model: Any, spec: CompileSpec | None, *, example_inputs: Any, aot: bool
+    ) -> Any:
         spec = spec if spec is not None else self.spec
         if not isinstance(spec, CompileSpec):
             raise SpecError(f"spec: expected a CompileSpec, got {type(spec).__name__}")
@@ -204,8 +206,11 @@ class IntegratedAOTCompiler(Compiler):
             backend_version=self.version(),
             torch_version=str(torch.__version__),
             device=describe_device(device),
-            compile_mode={"package": "aot-inductor", "compile": f"torch.compile ({plan.compile_mode})",
-                          "eager": "eager"}[runners.tier],
+            compile_mode={
+                "package": "aot-inductor",
+                "compile": f"torch.compile ({plan.compile_mode})",
+                "eager": "eager",
+            }[runners.tier],
             compile_time_s=runners.compile_time_s,
             cache=runners.cache,
             cuda_graph_sizes=graphs.sizes,
@@ -282,12 +287,12 @@ def _example_prompts(example_inputs: Any, tokenizer: Any | None) -> list[list[in
     if all(isinstance(t, int) for t in example_inputs):
         example_inputs = [example_inputs]
     out = []
-    for i, p in enumerate(example_inputs):
+    for i, prompt in enumerate(example_inputs):
+        p = prompt
         if isinstance(p, str):
             if tokenizer is None:
                 raise SpecError(
-                    f"example_inputs[{i}]: text needs a tokenizer beside the model; pass "
-                    "token ids",
+                    f"example_inputs[{i}]: text needs a tokenizer beside the model; pass token ids",
                     field="example_inputs",
                 )
             p = tokenizer(p)["input_ids"]

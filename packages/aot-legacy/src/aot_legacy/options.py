@@ -77,7 +77,9 @@ class LegacyOptions:
                 )
             kw["device"] = dev
         if "batch_buckets" in opts:
-            kw["batch_buckets"] = _check_buckets(opts["batch_buckets"], "backend_options.batch_buckets")
+            kw["batch_buckets"] = _check_buckets(
+                opts["batch_buckets"], "backend_options.batch_buckets"
+            )
         for name in ("aoti", "persistent_cache"):
             if name in opts:
                 if not isinstance(opts[name], bool):
@@ -106,7 +108,9 @@ class LegacyOptions:
 
 def _check_buckets(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)) or not value:
-        raise SpecError(f"{where}: must be a non-empty list of batch sizes", field="backend_options")
+        raise SpecError(
+            f"{where}: must be a non-empty list of batch sizes", field="backend_options"
+        )
     out = []
     for v in value:
         if isinstance(v, bool) or not isinstance(v, int) or v < MIN_BUCKET:
@@ -194,8 +198,9 @@ def resolve_plan(
             field="tensor_parallel_size",
         )
     if spec.chunked_prefill:
-        notes.append("chunked prefill is not implemented by the legacy backend; prompts are "
-                     "prefilled whole")
+        notes.append(
+            "chunked prefill is not implemented by the legacy backend; prompts are prefilled whole"
+        )
     plan = StepPlan(
         max_batch=max_batch,
         max_seq=max_seq,

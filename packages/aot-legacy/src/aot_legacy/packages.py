@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from aot_core.errors import ArtifactCorruptError, ArtifactError, ArtifactIncompatibleError
+
 from aot_legacy.decoder import StaticKVDecoder
 from aot_legacy.environment import mismatches
 from aot_legacy.options import MIN_BUCKET, StepPlan
@@ -119,7 +119,9 @@ def build_packages(
             if plan.max_batch > MIN_BUCKET
             else None
         )
-        seq_dim = Dim("seq", min=MIN_BUCKET, max=plan.max_seq) if plan.max_seq > MIN_BUCKET else None
+        seq_dim = (
+            Dim("seq", min=MIN_BUCKET, max=plan.max_seq) if plan.max_seq > MIN_BUCKET else None
+        )
         kv_shapes = tuple(None for _ in kv)
         prefill_ex = _example(plan, min(8, plan.max_seq), device)
         decode_ex = _example(plan, 1, device)
