@@ -1,0 +1,144 @@
+"""``aot compile`` and ``aot bench`` end to end with the real backends (slow).
+
+Each test runs the installed ``aot`` command in a subprocess on the built-in tiny Llama and
+skips when the backend is not installed or cannot run here. They assert behaviour (exit
+codes, a verified artifact, reuse, refusal of a tampered one, identical greedy tokens);
+the numbers are what ``aot bench`` prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from aot_core import artifacts
+from aot_core.cli import ExitCode
+from aot_core.errors import BackendUnavailableError
+from aot_core.registry import get_backend
+from aot_core.tiny import write_tiny_llama
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["vllm", "legacy"])
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    try:
+        get_backend(name)
+    except BackendUnavailableError as exc:
+        pytest.skip(f"backend {name} not usable here: {exc}")
+    return name
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "AOT_CACHE_DIR": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    return write_tiny_llama(tmp_path / "tiny-llama")
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "spec.toml"
+    path.write_text('compile_mode = "default"\nmax_model_len = 256\nmax_num_seqs = 4\n')
+    return path
+
+
+AOT = [sys.executable, "-m", "aot_core.cli"]
+
+
+def aot(
+    args: list[str], env: dict[str, str], timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AOT, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+
+
+def test_compile_reuse_and_tamper_recovery(
+    backend: str, tiny: Path, spec_file: Path, env: dict[str, str]
+) -> None:
+    args = ["compile", str(tiny), "--backend", backend, "--spec", str(spec_file)]
+    first = aot(args, env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    entry = Path(first.stdout.splitlines()[0])
+    report = artifacts.verify(entry)
+    assert report.ok and report.manifest is not None
+    assert report.manifest.backend == backend and report.manifest.files
+    assert aot(["cache", "verify"], env).returncode == 0
+
+    again = aot(args, env)
+    assert again.returncode == 0
+    assert "already exists" in again.stderr
+
+    victim = max(report.manifest.files, key=lambda f: f.size)
+    path = entry / victim.path
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    bad = aot(["cache", "verify"], env)
+    assert bad.returncode == ExitCode.ARTIFACT_CORRUPT and victim.path in bad.stdout
+
+    recovered = aot(args, env)
+    assert recovered.returncode == 0, recovered.stderr[-3000:]
+    assert "existing artifact not used, compiling afresh" in recovered.stderr
+    assert artifacts.verify(entry).ok
+
+
+def test_sigint_during_compile_leaves_no_loadable_entry(
+    backend: str, tiny: Path, spec_file: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    proc = subprocess.Popen(
+        [*AOT, "compile", str(tiny), "--backend", backend, "--spec", str(spec_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    entries = tmp_path / "cache" / "entries"
+    deadline = time.monotonic() + 300
+    while not (entries.is_dir() and any(".staging-" in p.name for p in entries.iterdir())):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(5)  # well into the compile
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == ExitCode.INTERRUPTED, err[-3000:]
+    store = artifacts.ArtifactStore(tmp_path / "cache")
+    assert store.entry_keys() == []  # nothing half-written was published
+    assert "interrupted" in err
+
+
+def test_bench_end_to_end(backend: str, env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = aot(
+        ["bench", "--backend", backend, "--repeats", "1", "--max-new-tokens", "8",
+         "--json", str(out)],
+        env,
+        timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "eager vs AOT warm start" in proc.stdout
+    assert "[3/3]" in proc.stderr  # progress was shown
+    result = json.loads(out.read_text())
+    b = result["backends"][backend]
+    for phase in ("eager", "cold", "warm"):
+        assert b["median"][phase] is not None, phase
+        assert b["median"][phase]["output_tokens_per_s"] > 0
+    assert b["tokens_match_eager"] is True
+    assert b["warm_cache"], "the warm start reports its cache outcome"
