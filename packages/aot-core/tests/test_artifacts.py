@@ -105,6 +105,16 @@ def test_manifest_records_everything_and_round_trips(art: Path, model: Path) -> 
     assert m.extra["note"] == "test"
 
 
+def test_artifact_root_tells_artifacts_from_plain_caches(art: Path, tmp_path: Path) -> None:
+    assert artifacts.artifact_root(art) == art
+    assert artifacts.artifact_root(art / "files") == art
+    assert artifacts.artifact_root(str(art / "files")) == art
+    plain = tmp_path / "plain-cache" / "files"
+    plain.mkdir(parents=True)
+    assert artifacts.artifact_root(plain) is None
+    assert artifacts.artifact_root(None) is None
+
+
 def test_intact_artifact_verifies_and_loads(art: Path) -> None:
     report = artifacts.verify(art)
     assert report.ok, report.describe()

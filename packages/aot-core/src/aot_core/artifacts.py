@@ -455,6 +455,23 @@ def resolve_artifact_dir(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def artifact_root(cache_dir: str | os.PathLike[str] | None) -> Path | None:
+    """The artifact that ``cache_dir`` belongs to, or None for a plain cache directory.
+
+    Backends call this with ``spec.cache_dir``: when it returns a path, the directory is
+    (part of) a published artifact and must pass ``verify_for_load`` before anything in it
+    is loaded; when None, the directory is the backend's own working cache.
+    """
+    if cache_dir is None:
+        return None
+    p = Path(cache_dir).expanduser()
+    if (p / MANIFEST_NAME).is_file() and (p / FILES_DIR).is_dir():
+        return p
+    if p.name == FILES_DIR and (p.parent / MANIFEST_NAME).is_file():
+        return p.parent
+    return None
+
+
 def read_manifest(artifact_dir: str | os.PathLike[str]) -> Manifest:
     """Read and parse an artifact's manifest; missing or unreadable is ``ArtifactCorruptError``."""
     root = resolve_artifact_dir(artifact_dir)
