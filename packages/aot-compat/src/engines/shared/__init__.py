@@ -91,8 +91,11 @@ _LAZY = {
     "IntegratedAOTCompiler": "aot_compat.facade:IntegratedAOTCompiler",
     "CompatCompiledModel": "aot_compat.facade:CompatCompiledModel",
     "CUDAGraphOptimizer": "engines.shared.cuda_graph_optimizer:CUDAGraphOptimizer",
-    "ChunkedPrefillPlanner": "engines.shared.vllm_chunked_prefill:ChunkedPrefillPlanner",
+    "plan_chunked_prefill": "engines.shared.vllm_chunked_prefill:plan_chunked_prefill",
     "VLLMChunkedPrefillConfig": "engines.shared.vllm_chunked_prefill:VLLMChunkedPrefillConfig",
+    "create_vllm_enhanced_compiler": (
+        "engines.shared.vllm_chunked_prefill:create_vllm_enhanced_compiler"
+    ),
     "VLLMChunkedPrefillOptimizer": (
         "engines.shared.vllm_chunked_prefill:VLLMChunkedPrefillOptimizer"
     ),
@@ -109,9 +112,6 @@ _MIGRATIONS: dict[str, Moved | Removed] = {
         target="engines.shared:IntegratedAOTCompiler", note="call the class with the same keywords"
     ),
     "create_enhanced_compiler_vllm": Moved(target="engines.shared:create_vllm_native_compiler"),
-    "create_vllm_enhanced_compiler": Moved(
-        target="engines.shared.vllm_chunked_prefill:create_vllm_enhanced_compiler"
-    ),
     "CudaGraphConfig": Removed(
         replacement="pass enable_cuda_graphs=... and batch_sizes=[...] to "
         "create_enhanced_compiler (cuda_graphs and cuda_graph_sizes in aot_core.CompileSpec)"
@@ -130,9 +130,7 @@ __getattr__ = getattr_migration(
     lazy=_LAZY,
     requires={
         "CUDAGraphOptimizer": "aot-legacy",
-        "ChunkedPrefillPlanner": "aot-vllm",
-        "VLLMChunkedPrefillConfig": "aot-vllm",
-        "VLLMChunkedPrefillOptimizer": "aot-vllm",
+        "plan_chunked_prefill": "aot-vllm",
     },
 )
 
@@ -142,8 +140,11 @@ __all__ = [
     "CompatCompiledModel",
     "EnhancedAOTCompiler",
     "IntegratedAOTCompiler",
+    "VLLMChunkedPrefillConfig",
+    "VLLMChunkedPrefillOptimizer",
     "VLLMNativeAOTCompiler",
     "create_enhanced_compiler",
+    "create_vllm_enhanced_compiler",
     "create_vllm_native_compiler",
 ]
 
