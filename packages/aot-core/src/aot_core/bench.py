@@ -278,17 +278,26 @@ def run_bench(
                         f"[{done}/{total}] {name}: {PHASE_LABELS[phase]} "
                         f"(repeat {rep + 1}/{repeats}) ..."
                     )
-                    record = run_worker(
-                        backend=name,
-                        phase=phase,
-                        model=model,
-                        artifact=target,
-                        spec=base,
-                        prompts=prompts,
-                        max_new_tokens=max_new_tokens,
-                        timeout_s=timeout_s,
-                        log=logs / f"{name}-{phase}-{rep + 1}.log",
-                    )
+                    if phase == "warm" and not runs[-1]["ok"]:
+                        # Without its cold artifact a "warm" start would be a cold one.
+                        record = {
+                            "backend": name,
+                            "phase": phase,
+                            "ok": False,
+                            "error": "skipped: the cold compile of this repeat failed",
+                        }
+                    else:
+                        record = run_worker(
+                            backend=name,
+                            phase=phase,
+                            model=model,
+                            artifact=target,
+                            spec=base,
+                            prompts=prompts,
+                            max_new_tokens=max_new_tokens,
+                            timeout_s=timeout_s,
+                            log=logs / f"{name}-{phase}-{rep + 1}.log",
+                        )
                     record["repeat"] = rep + 1
                     runs.append(record)
                     progress(f"[{done}/{total}] {name}: {PHASE_LABELS[phase]}: {_summary(record)}")
