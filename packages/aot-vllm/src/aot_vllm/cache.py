@@ -1,0 +1,227 @@
+"""The per-spec compile cache: one verified aot-core artifact entry per (spec, model, versions).
+
+An entry is ``<store>/entries/<key>/`` with ``manifest.json`` and ``files/``; vLLM's cache
+root (``VLLM_CACHE_ROOT``) is ``files/vllm`` and Inductor's (``TORCHINDUCTOR_CACHE_DIR``)
+is ``files/inductor``. The key folds in the spec fingerprint, the model's config hash,
+the torch, vLLM and aot-vllm versions and the host, so anything that invalidates compiled
+code gets a new entry instead of a stale load.
+
+Compiled files hold code that runs when loaded, so an entry is verified against its
+manifest before vLLM sees it. A damaged entry (a file changed, truncated or missing, or
+the manifest gone) is moved aside and rebuilt, with a warning that says what was wrong.
+The manifest is rewritten after every successful start, because vLLM legitimately adds
+to its cache (new shapes, a recompile after a failed load).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from aot_core.artifacts import (
+    MANIFEST_NAME,
+    ArtifactStore,
+    entry_key,
+    entry_lock,
+    read_manifest,
+    remove_leftovers,
+    verify_for_load,
+    write_manifest,
+)
+from aot_core.errors import ArtifactError
+from aot_core.spec import CompileSpec
+
+BACKEND = "vllm"
+EntryState = Literal["absent", "intact", "refused"]
+
+# Suffixes of files that hold compiled code or compiled graphs (Inductor's generated
+# sources and shared objects, FX-graph and AOTAutograd cache entries, vLLM's artifacts).
+_COMPILED_DIRS = ("inductor", "torch_compile_cache")
+
+
+class CacheWarning(UserWarning):
+    """A cache entry could not be used (damaged, incompatible) and is being rebuilt."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileState:
+    """Size and modification time of one cached file."""
+
+    size: int
+    """Bytes."""
+
+    mtime_ns: int
+    """Modification time in nanoseconds."""
+
+
+Snapshot = dict[str, FileState]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenedEntry:
+    """What was found when an entry was opened for a start."""
+
+    state: EntryState
+    """absent (first compile), intact (verified), or refused (damaged, moved aside)."""
+
+    problem: str = ""
+    """Why a refused entry could not be used."""
+
+    extra: Mapping[str, Any]
+    """The ``extra`` record of the previous manifest (e.g. a known AOT load failure)."""
+
+
+class CacheEntry:
+    """One entry of the store, for one spec and model."""
+
+    def __init__(
+        self, *, spec: CompileSpec, model: str, backend_version: str, root: str | None = None
+    ) -> None:
+        self.store = ArtifactStore(root if root is not None else spec.cache_dir)
+        self.spec = spec
+        self.model = model
+        self.backend_version = backend_version
+        self.key = entry_key(
+            backend=BACKEND, backend_version=backend_version, model=model, spec=spec
+        )
+        self.path = self.store.path(self.key)
+
+    @property
+    def files_dir(self) -> Path:
+        """The directory the manifest covers."""
+        return self.path / "files"
+
+    @property
+    def vllm_root(self) -> Path:
+        """``VLLM_CACHE_ROOT`` for engines of this entry."""
+        return self.files_dir / "vllm"
+
+    @property
+    def inductor_dir(self) -> Path:
+        """``TORCHINDUCTOR_CACHE_DIR`` for engines of this entry."""
+        return self.files_dir / "inductor"
+
+    @property
+    def log_dir(self) -> Path:
+        """Where start logs go (beside, not inside, the verified files)."""
+        return self.store.root / "logs" / self.key
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the entry's lock (one start or seal at a time per entry)."""
+        self.store.entries_dir.mkdir(parents=True, exist_ok=True)
+        with entry_lock(self.path):
+            yield
+
+    def open(self) -> OpenedEntry:
+        """Verify the entry (call with the lock held); move a damaged one aside."""
+        remove_leftovers(self.path)
+        if not self.path.exists():
+            self._make_dirs()
+            return OpenedEntry(state="absent", extra={})
+        try:
+            manifest = verify_for_load(self.path, backend=BACKEND, allow_extra=True)
+        except ArtifactError as exc:
+            problem = str(exc)
+            warnings.warn(
+                f"aot-vllm: the compile cache entry {self.path} cannot be used ({problem}); "
+                "it was moved aside and the model is compiled again",
+                CacheWarning,
+                stacklevel=3,
+            )
+            self._discard()
+            self._make_dirs()
+            return OpenedEntry(state="refused", problem=problem, extra={})
+        return OpenedEntry(state="intact", extra=dict(manifest.extra))
+
+    def seal(self, *, device: str, extra: Mapping[str, Any]) -> None:
+        """Write the manifest over the entry's current files (call with the lock held)."""
+        write_manifest(
+            self.path,
+            key=self.key,
+            backend=BACKEND,
+            backend_version=self.backend_version,
+            spec=self.spec,
+            model=self.model,
+            device=device,
+            extra=dict(extra),
+        )
+
+    def previous_extra(self) -> dict[str, Any]:
+        """The ``extra`` record of the current manifest, or empty."""
+        try:
+            return dict(read_manifest(self.path).extra)
+        except ArtifactError:
+            return {}
+
+    def snapshot(self) -> Snapshot:
+        """Every file under ``files/`` with its size and mtime."""
+        out: Snapshot = {}
+        root = self.files_dir
+        if not root.is_dir():
+            return out
+        for dirpath, _dirs, names in os.walk(root):
+            for name in names:
+                full = Path(dirpath) / name
+                with contextlib.suppress(OSError):
+                    st = full.lstat()
+                    out[str(full.relative_to(root))] = FileState(
+                        size=st.st_size, mtime_ns=st.st_mtime_ns
+                    )
+        return out
+
+    def _make_dirs(self) -> None:
+        for d in (self.vllm_root, self.inductor_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def _discard(self) -> None:
+        trash = self.path.parent / f".{self.path.name}.trash-{os.getpid()}-{secrets.token_hex(4)}"
+        os.rename(self.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def compiled_files(snapshot: Snapshot) -> set[str]:
+    """The files of a snapshot that hold compiled code or graphs."""
+    return {
+        rel
+        for rel in snapshot
+        if rel.split(os.sep, 1)[0] in _COMPILED_DIRS
+        or f"{os.sep}torch_compile_cache{os.sep}" in rel
+        or f"{os.sep}torch_aot_compile{os.sep}" in rel
+    }
+
+
+def written_files(before: Snapshot, after: Snapshot) -> set[str]:
+    """Compiled files created or rewritten between two snapshots."""
+    changed = set()
+    for rel in compiled_files(after):
+        old = before.get(rel)
+        new = after[rel]
+        if old is None or old.size != new.size or old.mtime_ns != new.mtime_ns:
+            changed.add(rel)
+    return changed
+
+
+def describe_extra(extra: Mapping[str, Any]) -> str:
+    """A compact JSON form of a manifest's extra record, for notes."""
+    return json.dumps(dict(extra), sort_keys=True, default=str)
+
+
+__all__ = [
+    "MANIFEST_NAME",
+    "CacheEntry",
+    "CacheWarning",
+    "FileState",
+    "OpenedEntry",
+    "Snapshot",
+    "compiled_files",
+    "written_files",
+]

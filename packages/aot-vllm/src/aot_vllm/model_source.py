@@ -1,0 +1,83 @@
+"""Which model to start: a local directory, a hub name, or a Hugging Face model object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aot_core.errors import SpecError
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSource:
+    """A model as vLLM will be asked to load it."""
+
+    name_or_path: str
+    """What is passed to ``vllm.LLM(model=...)``."""
+
+    local_dir: Path | None
+    """The model directory when the model is local, else None (a hub name)."""
+
+    has_tokenizer: bool
+    """A tokenizer is present (always assumed True for hub names)."""
+
+    has_weights: bool
+    """Weight files are present (always assumed True for hub names)."""
+
+
+def resolve_model(model: Any) -> ModelSource:
+    """Turn what the user passed into a ``ModelSource``, or raise ``SpecError`` saying why not."""
+    text = _name_or_path(model)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SpecError(
+                f"model: {path} is a directory without config.json; point at a Hugging Face "
+                "model directory (config.json plus weights) or pass a model name",
+                field="model",
+            )
+        names = {p.name for p in path.iterdir()}
+        return ModelSource(
+            name_or_path=str(path.resolve()),
+            local_dir=path.resolve(),
+            has_tokenizer=any(n in names for n in _TOKENIZER_FILES),
+            has_weights=any(n.endswith(_WEIGHT_SUFFIXES) for n in names),
+        )
+    if text.startswith(("/", "./", "../", "~")) or os.sep in text.strip("/").replace("/", "", 1):
+        raise SpecError(
+            f"model: {text!r} looks like a path but no such directory exists; check the path "
+            "or pass a model name such as 'org/model'",
+            field="model",
+        )
+    return ModelSource(name_or_path=text, local_dir=None, has_tokenizer=True, has_weights=True)
+
+
+def _name_or_path(model: Any) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        text = os.fspath(model)
+    else:
+        # Hugging Face PreTrainedModel exposes name_or_path; its config keeps _name_or_path.
+        config = getattr(model, "config", None)
+        text = (
+            getattr(model, "name_or_path", None)
+            or getattr(config, "name_or_path", None)
+            or getattr(config, "_name_or_path", None)
+            or ""
+        )
+        if not isinstance(text, str):
+            text = ""
+        if not text:
+            raise SpecError(
+                f"model: cannot tell where a {type(model).__name__} was loaded from; pass a "
+                "local model directory, a model name, or a Hugging Face model whose "
+                "name_or_path is set (save it with save_pretrained and pass the directory)",
+                field="model",
+            )
+    if not text.strip():
+        raise SpecError("model: the model name or path is empty", field="model")
+    return text

@@ -1,0 +1,126 @@
+"""Memory and child processes of this process: what an engine costs and what it leaves behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+import psutil
+
+
+def tree_rss(proc: psutil.Process | None = None) -> int:
+    """Resident bytes of a process plus all its descendants (vLLM's engine processes)."""
+    proc = proc or psutil.Process()
+    total = 0
+    try:
+        total += proc.memory_info().rss
+        children = proc.children(recursive=True)
+    except psutil.Error:
+        return total
+    for child in children:
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def child_pids() -> set[int]:
+    """Pids of this process's live descendants."""
+    try:
+        return {c.pid for c in psutil.Process().children(recursive=True) if _alive(c)}
+    except psutil.Error:
+        return set()
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def alive(pids: Iterable[int]) -> list[int]:
+    """The pids of ``pids`` that are still running (zombies count as gone)."""
+    out = []
+    for pid in pids:
+        try:
+            if _alive(psutil.Process(pid)):
+                out.append(pid)
+        except psutil.Error:
+            continue
+    return out
+
+
+def reap(pids: Iterable[int], *, timeout_s: float = 10.0) -> list[int]:
+    """Wait for ``pids`` to exit; terminate, then kill the ones that will not.
+
+    Only pids the caller started (an engine's processes) are passed in. Returns the pids
+    that had to be signalled.
+    """
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.Error:
+            continue
+    _gone, still = psutil.wait_procs(procs, timeout=timeout_s)
+    signalled = []
+    for proc in still:
+        try:
+            proc.terminate()
+            signalled.append(proc.pid)
+        except psutil.Error:
+            continue
+    _gone, still = psutil.wait_procs(still, timeout=5.0)
+    for proc in still:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(still, timeout=5.0)
+    return signalled
+
+
+class PeakMemory:
+    """Samples the RSS of this process and its children in a background thread."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> int:
+        """Take one sample now; returns it."""
+        value = tree_rss()
+        self.peak = max(self.peak, value)
+        return value
+
+    def start(self) -> PeakMemory:
+        """Start sampling (idempotent)."""
+        if self._thread is None:
+            self._stop.clear()
+            self.sample()
+            self._thread = threading.Thread(target=self._run, name="aot-vllm-rss", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        """Stop sampling; returns the peak seen."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        self.sample()
+        return self.peak
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+
+def now() -> float:
+    """Wall-clock seconds (comparable with log record times across processes)."""
+    return time.time()
