@@ -465,3 +465,30 @@ def test_model_config_hash_ignores_key_order(tmp_path: Path) -> None:
     assert artifacts.model_config_hash(a) == artifacts.model_config_hash(b)
     (b / "config.json").write_text('{"x": 2, "y": [1, 2]}')
     assert artifacts.model_config_hash(a) != artifacts.model_config_hash(b)
+
+
+def test_using_artifact_reseals_what_a_successful_start_wrote(art: Path) -> None:
+    with artifacts.using_artifact(art) as manifest:
+        assert manifest.key == "entry-1"
+        (art / "files/torch_compile_cache/abc/new-shape.py").write_text("compiled at load")
+    report = artifacts.verify(art)
+    assert report.ok, report.describe()
+    assert "files/torch_compile_cache/abc/new-shape.py" in {
+        f.path for f in artifacts.read_manifest(art).files
+    }
+
+
+def test_using_artifact_does_not_bless_what_a_failed_start_wrote(art: Path) -> None:
+    with pytest.raises(RuntimeError, match="engine died"), artifacts.using_artifact(art):
+        (art / "files/half-written.so").write_bytes(b"\x7fEL")
+        raise RuntimeError("engine died")
+    with pytest.raises(ArtifactCorruptError, match=r"half-written\.so"):
+        artifacts.verify_for_load(art)
+
+
+def test_using_artifact_refuses_before_the_block_runs(art: Path) -> None:
+    (art / "files/empty.txt").write_text("tampered")
+    ran = []
+    with pytest.raises(ArtifactCorruptError), artifacts.using_artifact(art):
+        ran.append(True)
+    assert ran == []

@@ -693,6 +693,39 @@ def verify_for_load(
     return report.manifest
 
 
+@contextlib.contextmanager
+def using_artifact(
+    artifact_dir: str | os.PathLike[str],
+    *,
+    backend: str | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[Manifest]:
+    """Hold an artifact for one start: lock, ``verify_for_load``, yield, then re-seal.
+
+    Engines legitimately write into their compile cache while starting from it (a new
+    shape, vLLM's own bookkeeping). Files written by an engine that only loaded verified
+    code are recorded in a fresh manifest when the block exits normally, so the next
+    start verifies again. If the block fails, the manifest is left as it was: whatever
+    the interrupted engine wrote stays unlisted and the next ``verify_for_load`` refuses
+    the artifact instead of loading a half-written file.
+    """
+    root = resolve_artifact_dir(artifact_dir)
+    with entry_lock(root, on_wait=on_wait):
+        manifest = verify_for_load(root, backend=backend)
+        yield manifest
+        if not verify(root).ok:
+            write_manifest(
+                root,
+                key=manifest.key,
+                backend=manifest.backend,
+                backend_version=manifest.backend_version,
+                spec=CompileSpec.from_dict(manifest.spec),
+                model=manifest.model,
+                device=manifest.device,
+                extra=manifest.extra,
+            )
+
+
 # --------------------------------------------------------------------------- locking and publish
 
 

@@ -16,6 +16,7 @@ worker's own timings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -109,21 +110,24 @@ def main(argv: list[str] | None = None) -> int:
         loaded = False
         if args.phase == "warm":
             t = time.perf_counter()
+            held = artifacts.using_artifact(artifact, backend=args.backend)
             try:
-                artifacts.verify_for_load(artifact, backend=args.backend)
+                held.__enter__()
             except ArtifactError as exc:
                 notes.append(f"artifact refused, compiling afresh: {exc}")
             else:
                 loaded = True
             timings["verify_s"] = time.perf_counter() - t
         if loaded:
-            run_spec = spec.replace(cache_dir=str(artifact / artifacts.FILES_DIR))
-            compiled = cls(run_spec).compile_model_aot(args.model, prompts, run_spec)
-            timings["start_s"] = time.perf_counter() - t_start
-            try:
-                generate(compiled)
-            finally:
-                compiled.close()
+            with contextlib.ExitStack() as stack:
+                stack.push(held)  # re-seals the files the engine added, on success only
+                run_spec = spec.replace(cache_dir=str(artifact / artifacts.FILES_DIR))
+                compiled = cls(run_spec).compile_model_aot(args.model, prompts, run_spec)
+                timings["start_s"] = time.perf_counter() - t_start
+                try:
+                    generate(compiled)
+                finally:
+                    compiled.close()
         else:
             marks: dict[str, float] = {}
 

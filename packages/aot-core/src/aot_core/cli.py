@@ -10,11 +10,14 @@ import argparse
 import errno
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from enum import IntEnum
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 from aot_core import artifacts
@@ -259,6 +262,9 @@ def compile_into(
             stats = compiled.stats
         finally:
             compiled.close()
+        if INTERRUPTED.is_set():
+            # Some compilers swallow KeyboardInterrupt and finish anyway; never publish then.
+            raise KeyboardInterrupt
         return {"device": stats.device or "cpu", "extra": {"compile_stats": stats.to_dict()}}
 
     return artifacts.build_and_publish(
@@ -751,8 +757,23 @@ def run(argv: Sequence[str] | None = None) -> int:
         )
 
 
+INTERRUPTED = threading.Event()
+"""Set by SIGINT/SIGTERM; checked before anything is published, in case a library
+swallowed the KeyboardInterrupt the signal raised."""
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point of ``aot``."""
+    INTERRUPTED.clear()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _on_signal)
     try:
         return run(argv)
     except Exception as exc:  # the last line of defence: one message, a documented code
@@ -760,6 +781,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         traceback.print_exc()
         return _fail(ExitCode.FAILURE, f"unexpected {type(exc).__name__}: {exc}")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
