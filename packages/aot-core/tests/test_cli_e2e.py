@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from aot_core import artifacts
+from aot_core.bench import bench_model_shape
 from aot_core.cli import ExitCode
 from aot_core.errors import BackendUnavailableError
 from aot_core.registry import get_backend
@@ -48,13 +49,17 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
-    return write_tiny_llama(tmp_path / "tiny-llama")
+    return write_tiny_llama(tmp_path / "tiny-llama", shape=bench_model_shape())
 
 
 @pytest.fixture
-def spec_file(tmp_path: Path) -> Path:
+def spec_file(tmp_path: Path, backend: str) -> Path:
     path = tmp_path / "spec.toml"
-    path.write_text('compile_mode = "default"\nmax_model_len = 256\nmax_num_seqs = 4\n')
+    text = 'compile_mode = "default"\nmax_model_len = 256\nmax_num_seqs = 4\n'
+    if backend == "vllm":
+        # vLLM on CPU otherwise reserves 92% of node memory and fails beside other processes
+        text += "\n[backend_options]\nkv_cache_memory_bytes = 67108864\n"
+    path.write_text(text)
     return path
 
 

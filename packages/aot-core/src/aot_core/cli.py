@@ -365,10 +365,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     ExitCode.CACHE_NOT_WRITABLE, f"{what}: directory {parent} does not exist"
                 )
     if args.model is None:
-        from aot_core.tiny import ensure_tiny_llama
-
         _writable(artifacts.default_cache_root(), "cache directory")
-        model = ensure_tiny_llama()
+        model = bench.ensure_bench_model()
         model_label = "built-in tiny Llama"
     else:
         model = check_model(args.model)
