@@ -46,4 +46,14 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "AOTVLLMWarning",
+    "CacheWarning",
+    "ChunkedPrefillSettings",
+    "PrefillPlan",
+    "VLLMCompiledModel",
+    "VLLMNativeAOTCompiler",
+    "Workload",
+    "chunked_prefill_settings",
+    "plan_chunked_prefill",
+]

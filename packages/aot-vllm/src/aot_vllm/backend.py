@@ -85,8 +85,9 @@ class VLLMNativeAOTCompiler(Compiler):
             )
         if importlib.util.find_spec("torch") is None:
             return Availability(
-                usable=False, reason=f"{dist} {version} is installed but torch is missing; "
-                f"reinstall it: pip install --force-reinstall {dist}=={version}"
+                usable=False,
+                reason=f"{dist} {version} is installed but torch is missing; "
+                f"reinstall it: pip install --force-reinstall {dist}=={version}",
             )
         return Availability(usable=True)
 
@@ -167,17 +168,21 @@ def build(
         with entry.locked():
             opened = entry.open()
             path, path_env = _cache_path(
-                runtime, engine_spec, facts.has_aot_compile, is_cpu, opened.extra, notes
+                runtime,
+                spec=engine_spec,
+                has_aot=facts.has_aot_compile,
+                is_cpu=is_cpu,
+                extra=dict(opened.extra),
+                notes=notes,
             )
-            env.apply(
-                {
-                    **translation.env,
-                    **path_env,
-                    "VLLM_CACHE_ROOT": str(entry.vllm_root),
-                    "TORCHINDUCTOR_CACHE_DIR": str(entry.inductor_dir),
-                    "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if inline else "1",
-                }
-            )
+            engine_env = {
+                **translation.env,
+                **path_env,
+                "VLLM_CACHE_ROOT": str(entry.vllm_root),
+                "TORCHINDUCTOR_CACHE_DIR": str(entry.inductor_dir),
+                "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if inline else "1",
+            }
+            env.apply(engine_env)
             before = entry.snapshot()
             counters_before = evidence.read_counters() if inline else None
             memory.start()
@@ -196,6 +201,7 @@ def build(
                 vocab_size=vocab,
                 eos_token_ids=eos,
                 llm_kwargs=kwargs,
+                engine_env=engine_env,
             )
             try:
                 records = log.records(since=t_start - 1.0)
@@ -281,10 +287,12 @@ def build(
         raise
 
 
-def _seal(entry: CacheEntry, device: str, extra: dict[str, Any], compiled: VLLMCompiledModel) -> None:
+def _seal(
+    entry: CacheEntry, device: str, extra: dict[str, Any], compiled: VLLMCompiledModel
+) -> None:
     try:
         entry.seal(device=device, extra=extra)
-    except Exception as exc:  # noqa: BLE001 - the model runs; only the next start is cold
+    except Exception as exc:
         message = f"the compile cache entry {entry.path} could not be sealed ({exc}); the next "
         message += "start compiles again"
         warnings.warn(f"aot-vllm: {message}", AOTVLLMWarning, stacklevel=4)
@@ -292,9 +300,7 @@ def _seal(entry: CacheEntry, device: str, extra: dict[str, Any], compiled: VLLMC
         compiled._set_stats(stats.replace(notes=(*stats.notes, message)))
 
 
-def _engine_kwargs(
-    translated: dict[str, Any], source: Any, notes: list[str]
-) -> dict[str, Any]:
+def _engine_kwargs(translated: dict[str, Any], source: Any, notes: list[str]) -> dict[str, Any]:
     kwargs = dict(translated)
     if not source.has_tokenizer and "skip_tokenizer_init" not in kwargs:
         kwargs["skip_tokenizer_init"] = True
@@ -318,12 +324,13 @@ def _platform_is_cpu() -> bool:
         from vllm.platforms import current_platform
 
         return bool(current_platform.is_cpu())
-    except Exception:  # noqa: BLE001 - an unknown platform is treated as an accelerator
+    except Exception:
         return False
 
 
 def _cache_path(
     runtime: RuntimeOptions,
+    *,
     spec: CompileSpec,
     has_aot: bool,
     is_cpu: bool,
@@ -359,9 +366,7 @@ def _cache_path(
     return "vllm-default", {}
 
 
-def _compile_time(
-    records: Sequence[Any], phases: dict[str, float], compiles: bool
-) -> float | None:
+def _compile_time(records: Sequence[Any], phases: dict[str, float], compiles: bool) -> float | None:
     if not compiles:
         return None
     for pattern in (evidence.TORCH_COMPILE_TOTAL, evidence.COMPILATION_IN_INIT):
@@ -378,7 +383,7 @@ def _device(is_cpu: bool) -> str:
     try:
         if torch is not None and torch.cuda.is_available():
             return f"cuda:0 ({torch.cuda.get_device_name(0)})"
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     return "accelerator"
 
@@ -414,8 +419,9 @@ def _stats(
     notes: list[str],
     extra_resolved: dict[str, Any],
 ) -> OptimizationStats:
-    cache_config = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None),
-                           "cache_config", None)
+    cache_config = getattr(
+        getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "cache_config", None
+    )
     blocks = getattr(cache_config, "num_gpu_blocks", None)
     block_size = getattr(cache_config, "block_size", None)
     kv_tokens: int | None = None
@@ -438,8 +444,8 @@ def _stats(
         graph_note = ""
     mode_name = resolved.get("mode_name") or resolved.get("mode")
     backend = resolved.get("compile_backend")
-    compile_mode = f"{mode_name} ({backend})" if backend and resolved.get("mode") else str(
-        mode_name
+    compile_mode = (
+        f"{mode_name} ({backend})" if backend and resolved.get("mode") else str(mode_name)
     )
     if is_cpu and spec.compiles and resolved.get("mode") == 2:
         notes.append(
@@ -477,4 +483,3 @@ def generation_params(value: Any) -> GenerationParams:
 
 
 __all__ = ["AOTVLLMWarning", "VLLMNativeAOTCompiler", "build", "installed_vllm"]
-

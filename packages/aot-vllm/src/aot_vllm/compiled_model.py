@@ -41,6 +41,7 @@ class VLLMCompiledModel(CompiledModel):
         vocab_size: int | None,
         eos_token_ids: tuple[int, ...],
         llm_kwargs: dict[str, Any],
+        engine_env: dict[str, str] | None = None,
     ) -> None:
         self._running: engine_mod.RunningEngine | None = running
         self.source = source
@@ -53,6 +54,8 @@ class VLLMCompiledModel(CompiledModel):
         self.eos_token_ids = eos_token_ids
         self.llm_kwargs = dict(llm_kwargs)
         """The keyword arguments the engine was built with (``model`` excluded)."""
+        self.engine_env = dict(engine_env or {})
+        """Environment variables set for this engine (restored on ``close``)."""
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ engine access
@@ -91,8 +94,11 @@ class VLLMCompiledModel(CompiledModel):
                 continue
             ids = list(prompt)
             for j, tok in enumerate(ids):
-                if isinstance(tok, bool) or not isinstance(tok, int) or tok < 0 or (
-                    self.vocab_size is not None and tok >= self.vocab_size
+                if (
+                    isinstance(tok, bool)
+                    or not isinstance(tok, int)
+                    or tok < 0
+                    or (self.vocab_size is not None and tok >= self.vocab_size)
                 ):
                     limit = f" below {self.vocab_size}" if self.vocab_size is not None else ""
                     raise SpecError(
@@ -201,7 +207,7 @@ class VLLMCompiledModel(CompiledModel):
         try:
             if getattr(self, "_running", None) is not None:
                 self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
+        except Exception:
             pass
 
 

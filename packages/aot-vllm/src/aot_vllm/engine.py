@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import os
@@ -102,10 +103,8 @@ def stop(engine: RunningEngine) -> list[int]:
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     shutdown = getattr(core, "shutdown", None)
     if callable(shutdown):
-        try:
+        with contextlib.suppress(Exception):
             shutdown()
-        except Exception:  # noqa: BLE001 - a dead engine cannot be shut down twice
-            pass
     del core, shutdown, llm
     gc.collect()
     _cleanup_vllm_state()
@@ -121,15 +120,11 @@ def _cleanup_vllm_state() -> None:
         return
     cleanup = getattr(module, "cleanup_dist_env_and_memory", None)
     if callable(cleanup):
-        try:
+        with contextlib.suppress(Exception):
             cleanup()
-        except Exception:  # noqa: BLE001 - best effort: the engine is gone either way
-            pass
     else:
         for name in ("destroy_model_parallel", "destroy_distributed_environment"):
             fn = getattr(module, name, None)
             if callable(fn):
-                try:
+                with contextlib.suppress(Exception):
                     fn()
-                except Exception:  # noqa: BLE001
-                    pass

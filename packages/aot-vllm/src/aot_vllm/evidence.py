@@ -121,17 +121,16 @@ def decide_cache_outcome(ev: StartEvidence, *, load_time_s: float | None) -> Cac
     """The cache verdict for one start, with the evidence named in the reason."""
     records = list(ev.records)
     if not ev.compiles:
-        return CacheOutcome(status="disabled", reason="compile_mode 'none': nothing is compiled",
-                            path=ev.path)
+        return CacheOutcome(
+            status="disabled", reason="compile_mode 'none': nothing is compiled", path=ev.path
+        )
     if ev.cache_disabled or first(records, CACHE_DISABLED):
         return CacheOutcome(
             status="disabled",
             reason="vLLM's compile cache is disabled (VLLM_DISABLE_COMPILE_CACHE=1)",
             path=ev.path,
         )
-    refused = (
-        f"cache entry refused ({ev.entry_problem}); " if ev.entry_state == "refused" else ""
-    )
+    refused = f"cache entry refused ({ev.entry_problem}); " if ev.entry_state == "refused" else ""
     failure = aot_load_failure(records)
     if failure is not None:
         path, reason = failure
@@ -197,8 +196,9 @@ def decide_cache_outcome(ev: StartEvidence, *, load_time_s: float | None) -> Cac
             load_time_s=load_time_s,
             path=ev.path,
         )
-    return CacheOutcome(status="unknown", reason="no log line, counter or cache file tells",
-                        path=ev.path)
+    return CacheOutcome(
+        status="unknown", reason="no log line, counter or cache file tells", path=ev.path
+    )
 
 
 def _counted(fx_miss: int, aot_compiles: int, written: int) -> str:
@@ -258,7 +258,7 @@ def read_counters() -> Counters:
             import importlib
 
             module = importlib.import_module("vllm.compilation.counter")
-        except Exception:  # noqa: BLE001 - a release without counters
+        except Exception:
             module = None
     counter = getattr(module, "compilation_counter", None)
     if counter is not None:
@@ -268,7 +268,7 @@ def read_counters() -> Counters:
     if "torch" in sys.modules:
         try:
             from torch._dynamo.utils import counters
-        except Exception:  # noqa: BLE001
+        except Exception:
             counters = {}
         for group in ("inductor", "aot_autograd"):
             for name, value in dict(counters.get(group, {})).items():
@@ -281,5 +281,3 @@ def as_plain(counters: Counters | None) -> dict[str, Any]:
     if counters is None:
         return {}
     return {"vllm": dict(counters.vllm), "inductor": dict(counters.inductor)}
-
-

@@ -38,7 +38,10 @@ class ExampleInputs:
 
 
 def parse_example_inputs(value: Any) -> ExampleInputs:
-    """Accept a list of prompts, one token-id prompt, or ``{"prompts": ..., "max_new_tokens": n}``."""
+    """Accept a list of prompts, one token-id prompt, or a mapping.
+
+    The mapping form is ``{"prompts": [...], "max_new_tokens": n}`` (or ``"params"``).
+    """
     params = GenerationParams()
     if isinstance(value, Mapping):
         unknown = set(value) - {"prompts", "max_new_tokens", "params"}
@@ -58,8 +61,10 @@ def parse_example_inputs(value: Any) -> ExampleInputs:
         value = value.get("prompts")
     if isinstance(value, str):
         value = [value]
-    elif isinstance(value, Sequence) and value and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in value
+    elif (
+        isinstance(value, Sequence)
+        and value
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
     ):
         value = [list(value)]
     if value is None or not isinstance(value, Sequence):
@@ -153,8 +158,7 @@ def inform_spec(
             sizes.append(top)
         changes["cuda_graph_sizes"] = tuple(sizes)
         notes.append(
-            f"cuda_graph_sizes={tuple(sizes)} from the examples (batch size "
-            f"{examples.batch_size})"
+            f"cuda_graph_sizes={tuple(sizes)} from the examples (batch size {examples.batch_size})"
         )
     if spec.max_num_seqs is not None and examples.batch_size > spec.max_num_seqs:
         notes.append(

@@ -51,8 +51,7 @@ def split_options(spec: CompileSpec) -> tuple[RuntimeOptions, CompileSpec]:
     cache = options.get("compile_cache", "auto")
     if cache not in ("auto", "aot", "inductor"):
         raise SpecError(
-            "backend_options.compile_cache: must be 'auto', 'aot' or 'inductor', got "
-            f"{cache!r}",
+            f"backend_options.compile_cache: must be 'auto', 'aot' or 'inductor', got {cache!r}",
             field="backend_options",
         )
     best = options.get("best_effort", False)

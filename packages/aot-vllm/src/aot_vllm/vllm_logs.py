@@ -98,8 +98,8 @@ class LogCapture:
         self.log_file = log_file
         self.config_file = log_file.with_suffix(".logging.json")
         self.enabled = os.environ.get("VLLM_CONFIGURE_LOGGING", "1") != "0"
-        self.reason = "" if self.enabled else (
-            "VLLM_CONFIGURE_LOGGING=0: vLLM's log lines were not captured"
+        self.reason = (
+            "" if self.enabled else ("VLLM_CONFIGURE_LOGGING=0: vLLM's log lines were not captured")
         )
         self._handler: logging.Handler | None = None
 

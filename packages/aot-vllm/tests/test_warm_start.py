@@ -1,0 +1,65 @@
+"""Cold then warm start in fresh processes, and recovery from a damaged cache entry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).with_name("start_once.py")
+
+
+def _start(model: Path, cache: Path, *extra: str) -> dict[str, Any]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(model), str(cache), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("AOT-RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(lines[-1][len("AOT-RESULT ") :])
+
+
+@pytest.fixture(scope="module")
+def cold_warm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    cache = tmp_path_factory.mktemp("warm-cache")
+    cold = _start(tiny_model, cache)
+    warm = _start(tiny_model, cache)
+    return {"cache": cache, "cold": cold, "warm": warm}
+
+
+def test_cold_then_warm_start_reports_a_hit_and_starts_faster(cold_warm: dict[str, Any]) -> None:
+    cold, warm = cold_warm["cold"]["stats"], cold_warm["warm"]["stats"]
+    assert cold["cache"]["status"] == "miss", cold["cache"]
+    assert warm["cache"]["status"] == "hit", warm["cache"]
+    assert warm["cache"]["path"] == cold["cache"]["path"]
+    # Compile-and-warm-up is where a cache pays; compare that phase and the whole start.
+    assert warm["startup_phases"]["compile_warmup"] < cold["startup_phases"]["compile_warmup"]
+    assert warm["startup_s"] < cold["startup_s"]
+    assert cold_warm["warm"]["tokens"] == cold_warm["cold"]["tokens"]
+
+
+def test_damaged_cache_entry_falls_back_to_compiling(
+    cold_warm: dict[str, Any], tiny_model: Path
+) -> None:
+    entry = Path(cold_warm["warm"]["stats"]["cache"]["path"])
+    compiled = sorted(p for p in (entry / "files" / "inductor").rglob("*") if p.is_file())
+    assert compiled, "the cold start should have written compiled files"
+    victim = next((p for p in compiled if p.suffix == ".so"), compiled[0])
+    victim.write_bytes(b"\x00" * 64)  # corrupt one compiled file
+    again = _start(tiny_model, cold_warm["cache"])
+    assert any("cannot be used" in w and "compiled again" in w for w in again["warnings"])
+    assert again["stats"]["cache"]["status"] == "miss"
+    assert "refused" in again["stats"]["cache"]["reason"]
+    assert again["tokens"] == cold_warm["cold"]["tokens"]
