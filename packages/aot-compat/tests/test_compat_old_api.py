@@ -28,8 +28,15 @@ pytestmark = pytest.mark.slow
 PROMPTS = [list(b"Hello"), list(b"World")]
 MAX_TOKENS = 8
 
-# What old callers passed: a dict with keys the old vLLM wrapper read.
-OLD_CONFIG = {"tensor_parallel_size": 1, "max_seq_len": 128, "max_seq_len_to_capture": 8192}
+# What old callers passed: a dict with keys the old vLLM wrapper read. The KV-cache size is a
+# vLLM setting (the legacy backend warns it has no effect there); without it vLLM on CPU
+# reserves a fraction of the node's memory, too much for a shared 2-core test machine.
+OLD_CONFIG = {
+    "tensor_parallel_size": 1,
+    "max_seq_len": 128,
+    "max_seq_len_to_capture": 8192,
+    "kv_cache_memory_bytes": 64 << 20,
+}
 
 
 @dataclass
