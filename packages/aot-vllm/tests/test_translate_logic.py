@@ -1,0 +1,456 @@
+"""Translation logic from the built-in fact table: runs with no vLLM installed.
+
+Every test here forces "no vLLM installed", so the same answers come out whether or not
+the environment holds a release; test_translate_release.py checks the table against the
+real classes of each release.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aot_core.errors import BackendUnavailableError, SpecError
+from aot_core.spec import CompileSpec
+from aot_vllm import translate as tr
+from aot_vllm.translate import (
+    KNOWN_BACKEND_OPTIONS,
+    Translation,
+    parse_version,
+    read_resolved_config,
+    release_facts,
+    translate,
+)
+
+ALL_MINORS = [
+    "0.10.2", "0.11.0", "0.11.1", "0.11.2", "0.12.0", "0.13.0", "0.14.1", "0.15.1",
+    "0.16.0", "0.17.1", "0.18.1", "0.19.1", "0.20.2", "0.21.0", "0.22.1", "0.23.0",
+    "0.24.0", "0.25.1", "0.26.0", "0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0",
+    "0.32.0", "0.33.0",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def no_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend nothing is installed, so only the fact table answers."""
+    monkeypatch.setattr(tr, "_vllm_importable", lambda: False)
+
+
+def t(version: str, best_effort: bool = False, **spec: Any) -> Translation:
+    return translate(CompileSpec(**spec), vllm_version=version, best_effort=best_effort)
+
+
+def cc(translation: Translation) -> dict[str, Any]:
+    config = translation.llm_kwargs["compilation_config"]
+    assert isinstance(config, dict)
+    return config
+
+
+# --------------------------------------------------------------------------- versions
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.10.2", (0, 10, 2)),
+        ("0.10.2.post2", (0, 10, 2)),
+        ("0.12.0.post2+cpu", (0, 12, 0)),
+        ("0.11.1rc3.dev12+gabc", (0, 11, 1)),
+        ("v0.33", (0, 33, 0)),
+    ],
+)
+def test_parse_version(text: str, expected: tuple[int, int, int]) -> None:
+    assert parse_version(text) == expected
+
+
+def test_parse_version_rejects_garbage() -> None:
+    with pytest.raises(SpecError, match="cannot read a release number"):
+        parse_version("latest")
+
+
+def test_release_older_than_supported_is_unavailable() -> None:
+    with pytest.raises(BackendUnavailableError, match=r"0\.10\.1.*oldest supported.*0\.10\.2"):
+        release_facts("0.10.1.1")
+
+
+@pytest.mark.parametrize(
+    ("version", "key", "alias"),
+    [
+        ("0.10.2", "level", False),
+        ("0.11.0", "level", False),
+        ("0.11.1", "mode", True),
+        ("0.17.1", "mode", True),
+        ("0.18.0", "mode", False),
+        ("0.33.0", "mode", False),
+    ],
+)
+def test_compile_key_by_release(version: str, key: str, alias: bool) -> None:
+    facts = release_facts(version)
+    assert (facts.compile_key, facts.level_alias) == (key, alias)
+    assert cc(t(version)) == {key: 3}
+
+
+@pytest.mark.parametrize("version", ALL_MINORS)
+def test_default_spec_is_minimal_everywhere(version: str) -> None:
+    result = t(version)
+    kwargs = result.llm_kwargs
+    assert kwargs["enable_chunked_prefill"] is True
+    assert "enforce_eager" not in kwargs
+    assert not set(kwargs) & {"max_num_partial_prefills", "max_long_partial_prefills"}
+    assert result.vllm_version == version
+    assert result.checked_against_classes is False
+    assert any("built-in table only" in w for w in result.warnings)
+
+
+def test_facts_table_boundaries() -> None:
+    old, new = release_facts("0.11.0"), release_facts("0.11.1")
+    assert old.has_legacy_cudagraph_flags and not new.has_legacy_cudagraph_flags
+    assert not old.honours_chunked_prefill_off and new.honours_chunked_prefill_off
+    assert old.max_capture_key is None and new.max_capture_key == "max_cudagraph_capture_size"
+    assert not release_facts("0.16.0").enforce_eager_disables_compile
+    assert release_facts("0.17.0").enforce_eager_disables_compile
+    assert not release_facts("0.11.2").has_optimization_level
+    assert release_facts("0.12.0").has_optimization_level
+    assert release_facts("0.26.0").has_partial_prefill_args
+    assert not release_facts("0.27.0").has_partial_prefill_args
+    assert release_facts("0.12.0").engine_capture_sizes_key == "cuda_graph_sizes"
+    assert release_facts("0.13.0").engine_capture_sizes_key == "cudagraph_capture_sizes"
+    assert "truncates" in release_facts("0.10.2").unknown_cc_key
+    assert not release_facts("0.10.2").has_max_autotune_env
+    assert release_facts("0.11.0").has_max_autotune_env
+
+
+def test_nothing_installed_and_no_version_is_unavailable() -> None:
+    with pytest.raises(BackendUnavailableError, match="pip install vllm"):
+        translate(CompileSpec())
+
+
+def test_newer_than_known_release_is_flagged() -> None:
+    result = t("0.40.0")
+    assert any("newer than 0.33.0" in w for w in result.warnings)
+
+
+# --------------------------------------------------------------------------- compilation
+
+
+def test_no_cuda_graphs_is_cudagraph_mode_none_never_enforce_eager() -> None:
+    for version in ALL_MINORS:
+        result = t(version, cuda_graphs=False)
+        assert cc(result)["cudagraph_mode"] == "NONE"
+        assert cc(result)[release_facts(version).compile_key] == 3
+        assert "enforce_eager" not in result.llm_kwargs
+
+
+def test_capture_and_compile_sizes_go_to_compilation_config() -> None:
+    for version in ("0.10.2", "0.12.0", "0.33.0"):
+        config = cc(t(version, cuda_graph_sizes=(4, 1, 2), compile_sizes=(8,)))
+        assert config["cudagraph_capture_sizes"] == [1, 2, 4]
+        assert config["compile_sizes"] == [8]
+
+
+def test_compile_none_is_mode_zero_without_graphs() -> None:
+    result = t("0.33.0", compile_mode="none")
+    assert cc(result) == {"mode": 0, "cudagraph_mode": "NONE"}
+    assert any("no CUDA graphs without compiling" in w for w in result.warnings)
+
+
+def test_graphs_requested_without_compile_is_refused() -> None:
+    spec = {"compile_mode": "none", "cuda_graph_sizes": (1, 2)}
+    with pytest.raises(SpecError, match=r"vLLM 0\.20\.2 cannot honour CUDA graphs"):
+        t("0.20.2", **spec)
+    result = t("0.20.2", best_effort=True, **spec)
+    assert cc(result)["cudagraph_mode"] == "NONE"
+    assert "cudagraph_capture_sizes" not in cc(result)
+    assert any("best effort" in w for w in result.warnings)
+
+
+def test_cudagraph_mode_option() -> None:
+    opts = {"cudagraph_mode": "full_decode_only"}
+    assert cc(t("0.11.0", backend_options=opts))["cudagraph_mode"] == "FULL_DECODE_ONLY"
+    with pytest.raises(SpecError, match="contradicts cuda_graphs"):
+        t("0.11.0", cuda_graphs=False, backend_options=opts)
+    with pytest.raises(SpecError, match="unknown CUDA-graph mode 'SOMETIMES'"):
+        t("0.11.0", backend_options={"cudagraph_mode": "SOMETIMES"})
+
+
+def test_max_autotune_mapping() -> None:
+    old = t("0.10.2", compile_mode="max-autotune")
+    assert cc(old)["inductor_compile_config"] == {
+        "max_autotune": True,
+        "coordinate_descent_tuning": True,
+    }
+    assert old.env == {}  # the env switches arrived in 0.11.0
+    new = t("0.11.0", compile_mode="max-autotune")
+    assert new.env["VLLM_ENABLE_INDUCTOR_MAX_AUTOTUNE"] == "1"
+    assert new.env["VLLM_ENABLE_INDUCTOR_COORDINATE_DESCENT_TUNING"] == "1"
+    default = t("0.32.0")
+    assert default.env["VLLM_ENABLE_INDUCTOR_MAX_AUTOTUNE"] == "0"
+    assert "inductor_compile_config" not in cc(default)
+
+
+def test_default_effort_on_0_10_2_says_static_sizes_are_autotuned() -> None:
+    result = t("0.10.2", compile_sizes=(4,))
+    assert any("autotunes" in w for w in result.warnings)
+
+
+def test_enforce_eager_only_with_compile_none() -> None:
+    with pytest.raises(SpecError, match="enforce_eager: true contradicts compile_mode"):
+        t("0.17.0", backend_options={"enforce_eager": True})
+    result = t("0.17.0", compile_mode="none", cuda_graphs=False,
+               backend_options={"enforce_eager": True})  # fmt: skip
+    assert result.llm_kwargs["enforce_eager"] is True
+    assert cc(result) == {"mode": 0, "cudagraph_mode": "NONE"}
+
+
+def test_max_cudagraph_capture_size_per_release() -> None:
+    opts = {"max_cudagraph_capture_size": 16}
+    old = t("0.11.0", backend_options=opts)
+    assert old.llm_kwargs["cuda_graph_sizes"] == [16]
+    assert "max_capture_size" not in cc(old)
+    new = t("0.11.1", backend_options=opts)
+    assert cc(new)["max_cudagraph_capture_size"] == 16
+    assert "cuda_graph_sizes" not in new.llm_kwargs
+    with pytest.raises(SpecError, match="either cuda_graph_sizes or"):
+        t("0.20.0", cuda_graph_sizes=(1, 2), backend_options=opts)
+    with pytest.raises(SpecError, match="cuda_graphs is false"):
+        t("0.20.0", cuda_graphs=False, backend_options=opts)
+
+
+def test_optimization_level_needs_0_12() -> None:
+    opts = {"optimization_level": 1}
+    with pytest.raises(SpecError, match=r"vLLM 0\.11\.2 cannot honour optimization_level=1"):
+        t("0.11.2", backend_options=opts)
+    assert t("0.12.0", backend_options=opts).llm_kwargs["optimization_level"] == 1
+
+
+def test_use_aot_compile_needs_0_11_1() -> None:
+    with pytest.raises(SpecError, match=r"vLLM 0\.11\.0 cannot honour use_aot_compile=true"):
+        t("0.11.0", backend_options={"use_aot_compile": True})
+    assert t("0.11.0", backend_options={"use_aot_compile": False}).env.get(
+        "VLLM_USE_AOT_COMPILE") is None  # fmt: skip
+    result = t("0.32.0", backend_options={"use_aot_compile": False})
+    assert result.env["VLLM_USE_AOT_COMPILE"] == "0"
+
+
+def test_cache_dir_is_cache_root_not_compilation_cache_dir() -> None:
+    result = t("0.32.0", cache_dir="/tmp/x")
+    assert result.env["VLLM_CACHE_ROOT"] == "/tmp/x"
+    assert "cache_dir" not in cc(result)
+
+
+# --------------------------------------------------------------------------- chunked prefill
+
+
+@pytest.mark.parametrize("version", ["0.10.2", "0.11.0"])
+def test_chunked_prefill_off_refused_before_0_11_1(version: str) -> None:
+    with pytest.raises(SpecError) as info:
+        t(version, chunked_prefill=False)
+    message = str(info.value)
+    assert f"vLLM {version}" in message and "enable_chunked_prefill=False" in message
+    assert ">=0.11.1" in message
+    assert info.value.field == "chunked_prefill"
+
+
+def test_chunked_prefill_off_best_effort_warns_and_keeps_it_on() -> None:
+    result = t("0.10.2", best_effort=True, chunked_prefill=False)
+    assert result.llm_kwargs["enable_chunked_prefill"] is True
+    assert any("enable_chunked_prefill=False" in w for w in result.warnings)
+
+
+def test_chunked_prefill_off_honoured_from_0_11_1() -> None:
+    kwargs = t("0.11.1", chunked_prefill=False, max_num_batched_tokens=512,
+               max_model_len=512).llm_kwargs  # fmt: skip
+    assert kwargs["enable_chunked_prefill"] is False
+    assert kwargs["max_num_batched_tokens"] == 512
+
+
+def test_scheduler_and_resource_fields() -> None:
+    kwargs = t(
+        "0.27.1",
+        max_num_batched_tokens=256,
+        max_num_seqs=8,
+        max_model_len=128,
+        long_prefill_token_threshold=64,
+        dtype="bf16",
+        tensor_parallel_size=2,
+        backend_options={"gpu_memory_utilization": 0.5, "kv_cache_memory_bytes": 1 << 26},
+    ).llm_kwargs
+    assert kwargs["max_num_batched_tokens"] == 256
+    assert kwargs["max_num_seqs"] == 8
+    assert kwargs["max_model_len"] == 128
+    assert kwargs["long_prefill_token_threshold"] == 64
+    assert kwargs["dtype"] == "bfloat16"
+    assert kwargs["tensor_parallel_size"] == 2
+    assert kwargs["pipeline_parallel_size"] == 1
+    assert kwargs["gpu_memory_utilization"] == 0.5
+    assert kwargs["kv_cache_memory_bytes"] == 1 << 26
+
+
+# --------------------------------------------------------------------------- backend_options
+
+
+def test_unknown_backend_option_names_the_key() -> None:
+    with pytest.raises(SpecError, match=r"backend_options\.cudagraph_mod: unknown option") as info:
+        t("0.32.0", backend_options={"cudagraph_mod": "NONE"})
+    assert "did you mean 'cudagraph_mode'" in str(info.value)
+    assert info.value.field == "backend_options"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("enforce_eager", "yes", "must be true or false"),
+        ("gpu_memory_utilization", 1.5, r"must be a number in \(0, 1\]"),
+        ("gpu_memory_utilization", True, r"must be a number in \(0, 1\]"),
+        ("kv_cache_memory_bytes", 0, "must be an integer >= 1"),
+        ("optimization_level", 4, "must be 0, 1, 2 or 3"),
+        ("compilation_config", 3, "must be a table"),
+        ("engine_args", "x", "must be a table"),
+        ("use_aot_compile", 1, "must be true or false"),
+    ],
+)
+def test_bad_option_values(key: str, value: Any, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        t("0.32.0", backend_options={key: value})
+
+
+def test_every_known_option_has_help() -> None:
+    assert all(option.help for option in KNOWN_BACKEND_OPTIONS.values())
+
+
+@pytest.mark.parametrize("key", ["max_num_partial_prefills", "max_long_partial_prefills"])
+@pytest.mark.parametrize("version", ["0.10.2", "0.26.0", "0.33.0"])
+def test_partial_prefill_args_never_pass(key: str, version: str) -> None:
+    with pytest.raises(SpecError, match=f"engine_args.{key}: not supported"):
+        t(version, backend_options={"engine_args": {key: 1}})
+
+
+def test_engine_args_pass_through_and_collisions() -> None:
+    extra = {"load_format": "dummy", "skip_tokenizer_init": True}
+    kwargs = t("0.32.0", backend_options={"engine_args": extra}).llm_kwargs
+    assert kwargs["load_format"] == "dummy" and kwargs["skip_tokenizer_init"] is True
+    with pytest.raises(SpecError, match=r"engine_args\.max_num_seqs: set by the spec already"):
+        t("0.32.0", max_num_seqs=4, backend_options={"engine_args": {"max_num_seqs": 8}})
+    with pytest.raises(SpecError, match=r"use backend_options\.compilation_config"):
+        t("0.32.0", backend_options={"engine_args": {"compilation_config": {}}})
+
+
+def test_compilation_config_overrides_and_aliases() -> None:
+    new = t("0.32.0", backend_options={"compilation_config": {"level": 2, "max_capture_size": 8}})
+    assert cc(new)["mode"] == 2 and "level" not in cc(new)
+    assert cc(new)["max_cudagraph_capture_size"] == 8
+    assert any("spelled mode" in w for w in new.warnings)
+    assert any("replaces mode=3" in w for w in new.warnings)
+    old = t("0.10.2", backend_options={"compilation_config": {"mode": 2}})
+    assert cc(old) == {"level": 2}
+    # 0.11.1-0.17 still accept level beside mode: keep what the user wrote
+    mid = t("0.12.0", backend_options={"compilation_config": {"level": 2}})
+    assert cc(mid)["level"] == 2
+
+
+def test_removed_compilation_fields_are_refused() -> None:
+    with pytest.raises(SpecError, match=r"0\.11\.1 cannot honour compilation_config.use_cudag"):
+        t("0.11.1", backend_options={"compilation_config": {"use_cudagraph": False}})
+    with pytest.raises(SpecError, match=r"full_cuda_graph.*removed in vLLM 0\.11\.1"):
+        t("0.20.0", backend_options={"compilation_config": {"full_cuda_graph": True}})
+    with pytest.raises(SpecError, match=r"use_inductor.*removed in vLLM 0\.12"):
+        t("0.12.0", backend_options={"compilation_config": {"use_inductor": True}})
+    with pytest.raises(SpecError, match="max_cudagraph_capture_size"):
+        t("0.11.0", backend_options={"compilation_config": {"max_cudagraph_capture_size": 8}})
+    # still valid on the releases that have them
+    assert (
+        cc(t("0.10.2", backend_options={"compilation_config": {"use_cudagraph": False}}))[
+            "use_cudagraph"
+        ]
+        is False
+    )
+
+
+# --------------------------------------------------------------------------- results
+
+
+def test_translation_is_frozen_kw_only() -> None:
+    result = t("0.32.0")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.vllm_version = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Translation({}, {}, (), "0.32.0")  # type: ignore[misc]
+
+
+def test_import_does_not_import_vllm_or_torch() -> None:
+    code = (
+        "import sys, aot_vllm.translate as t; "
+        "assert 'vllm' not in sys.modules and 'torch' not in sys.modules, sys.modules.keys()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _config(**parts: Any) -> SimpleNamespace:
+    return SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=SimpleNamespace(**parts)))
+
+
+def test_read_resolved_config_new_style() -> None:
+    class Mode(int):
+        name = "DYNAMO_TRACE_ONCE"
+
+    @dataclasses.dataclass
+    class Compilation:
+        mode: Any
+        cudagraph_mode: Any
+        cudagraph_capture_sizes: list[int]
+        compile_sizes: list[int]
+        backend: str
+
+    @dataclasses.dataclass
+    class Scheduler:
+        enable_chunked_prefill: bool
+        max_num_batched_tokens: int
+        max_num_seqs: int
+        long_prefill_token_threshold: int
+
+    llm = _config(
+        compilation_config=Compilation(
+            Mode(2), SimpleNamespace(name="NONE"), [4, 1], [], "inductor"
+        ),
+        scheduler_config=Scheduler(False, 512, 8, 0),
+        model_config=SimpleNamespace(max_model_len=256, enforce_eager=False),
+    )
+    got = read_resolved_config(llm)
+    assert (
+        got["mode_key"] == "mode" and got["mode"] == 2 and got["mode_name"] == "DYNAMO_TRACE_ONCE"
+    )
+    assert got["cudagraph_mode"] == "NONE"
+    assert got["cudagraph_capture_sizes"] == [1, 4]
+    assert got["enable_chunked_prefill"] is False
+    assert got["max_num_batched_tokens"] == 512 and got["max_num_seqs"] == 8
+    assert got["max_model_len"] == 256
+
+
+def test_read_resolved_config_old_style_prefers_resolved_chunked_flag() -> None:
+    @dataclasses.dataclass
+    class Compilation:
+        level: int
+        cudagraph_mode: Any = None
+        cudagraph_capture_sizes: Any = None
+
+    @dataclasses.dataclass
+    class Scheduler:
+        enable_chunked_prefill: Any = False  # the user's raw input on <=0.11.0
+        chunked_prefill_enabled: bool = True  # what the engine resolved
+        max_num_batched_tokens: int = 2048
+        max_num_seqs: int = 128
+
+    got = read_resolved_config(_config(compilation_config=Compilation(3),
+                                       scheduler_config=Scheduler()))  # fmt: skip
+    assert got["mode_key"] == "level" and got["mode"] == 3
+    assert got["enable_chunked_prefill"] is True
+    assert got["cudagraph_mode"] is None and got["cudagraph_capture_sizes"] is None
+
+
+def test_read_resolved_config_rejects_other_objects() -> None:
+    with pytest.raises(TypeError, match=r"pass a vllm\.LLM"):
+        read_resolved_config(object())

@@ -1,0 +1,257 @@
+"""Translation checked against the installed vLLM release's real classes.
+
+The ``vllm_translation`` nox session runs this file once per vLLM release (0.10.2 ..
+0.33), each in an import-only environment (``--no-deps`` vLLM beside a few light
+packages). It needs ``from vllm.config import CompilationConfig`` and
+``from vllm.engine.arg_utils import EngineArgs`` to import, and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aot_core.errors import SpecError
+from aot_core.spec import CompileSpec
+from aot_vllm import translate as tr
+from aot_vllm.translate import parse_version, release_facts, translate
+
+vllm_config = pytest.importorskip("vllm.config", reason="needs an installed vLLM release")
+arg_utils = pytest.importorskip("vllm.engine.arg_utils")
+CompilationConfig = vllm_config.CompilationConfig
+EngineArgs = arg_utils.EngineArgs
+
+CLASSES = tr._read_installed()
+assert CLASSES is not None
+VERSION = parse_version(CLASSES.version)
+CC_FIELDS = {f.name: f for f in dataclasses.fields(CompilationConfig)}
+ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineArgs)}
+
+# Specs that exercise every branch of the translation that produces keys.
+SPECS: dict[str, CompileSpec] = {
+    "default": CompileSpec(),
+    "eager": CompileSpec(compile_mode="none", cuda_graphs=False),
+    "eager-enforced": CompileSpec(
+        compile_mode="none", cuda_graphs=False, backend_options={"enforce_eager": True}
+    ),
+    "no-graphs": CompileSpec(cuda_graphs=False),
+    "sizes": CompileSpec(
+        cuda_graph_sizes=(1, 2, 4, 8),
+        compile_sizes=(1, 8),
+        max_num_batched_tokens=256,
+        max_num_seqs=8,
+        max_model_len=256,
+        long_prefill_token_threshold=64,
+    ),
+    "max-autotune": CompileSpec(compile_mode="max-autotune", compile_sizes=(4,)),
+    "max-capture": CompileSpec(backend_options={"max_cudagraph_capture_size": 16}),
+    "graph-mode": CompileSpec(backend_options={"cudagraph_mode": "PIECEWISE"}),
+    "chunked-off": CompileSpec(
+        chunked_prefill=False, max_num_batched_tokens=512, max_model_len=512
+    ),
+    "resources": CompileSpec(
+        dtype="float32",
+        cache_dir="/tmp/aot-translate-test",
+        backend_options={
+            "gpu_memory_utilization": 0.5,
+            "kv_cache_memory_bytes": 64 << 20,
+            "use_aot_compile": False,
+            "disable_compile_cache": True,
+            "optimization_level": 2,
+            "engine_args": {"load_format": "dummy", "skip_tokenizer_init": True},
+        },
+    ),
+    "overrides": CompileSpec(
+        backend_options={
+            "compilation_config": {"level": 3, "max_capture_size": 8, "cudagraph_num_of_warmups": 1}
+        }
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding only a tiny Llama config.json."""
+    directory = tmp_path_factory.mktemp("tiny-config")
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 260,
+        "max_position_embeddings": 512,
+        "torch_dtype": "float32",
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def _normal(value: Any) -> Any:
+    """Compare what went in with what the config holds (enums by name/int, lists as sets)."""
+    if isinstance(value, enum.Enum):
+        return value.name if not isinstance(value, int) else int(value)
+    if isinstance(value, (list, tuple, set)):
+        return sorted({_normal(v) for v in value})
+    return value
+
+
+def _translate_or_skip(name: str) -> tr.Translation:
+    try:
+        return translate(SPECS[name], best_effort=True)
+    except SpecError as exc:  # pragma: no cover - best effort never raises for these
+        pytest.fail(f"{name}: {exc}")
+
+
+def test_installed_release_is_in_range() -> None:
+    assert release_facts(VERSION).version == VERSION
+    assert VERSION >= (0, 10, 2)
+
+
+def test_fact_table_agrees_with_the_classes() -> None:
+    """Everything the table claims that a class can show, the installed release shows."""
+    table = release_facts(VERSION)
+    seen = tr._with_classes(table, CLASSES)
+    for name in (
+        "compile_key",
+        "level_alias",
+        "max_capture_key",
+        "has_legacy_cudagraph_flags",
+        "has_use_inductor",
+        "has_optimization_level",
+        "has_partial_prefill_args",
+        "has_aot_compile",
+        "has_max_autotune_env",
+    ):
+        assert getattr(table, name) == getattr(seen, name), name
+    # EngineArgs' CUDA-graph sizes field: the old name while it exists, then the new one.
+    if table.engine_capture_sizes_key == "cuda_graph_sizes":
+        assert "cuda_graph_sizes" in ENGINE_FIELDS
+    else:
+        assert "cuda_graph_sizes" not in ENGINE_FIELDS
+        assert table.engine_capture_sizes_key in ENGINE_FIELDS
+    assert set(tr.CUDAGRAPH_MODES) <= CLASSES.cudagraph_modes
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_compilation_config_accepted_with_every_key_kept(name: str) -> None:
+    result = _translate_or_skip(name)
+    assert result.checked_against_classes
+    cc = result.llm_kwargs["compilation_config"]
+    for key in cc:
+        assert key in CC_FIELDS and CC_FIELDS[key].init, key
+    # LLM() filters the dict with is_init_field (0.10.2 via filter(), which truncates at
+    # an unknown key); a dict that survives that filter whole loses nothing.
+    is_init_field = vllm_config.is_init_field  # what LLM() imports, in every release
+    assert dict(filter(lambda kv: is_init_field(CompilationConfig, kv[0]), cc.items())) == cc
+    built = CompilationConfig(**cc)
+    for key, value in cc.items():
+        got = getattr(built, key)
+        if isinstance(value, dict):
+            assert value.items() <= dict(got).items(), key
+        else:
+            assert _normal(got) == _normal(value), key
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_engine_args_accept_every_kwarg(name: str, config_dir: Path) -> None:
+    result = _translate_or_skip(name)
+    assert set(result.llm_kwargs) <= ENGINE_FIELDS, set(result.llm_kwargs) - ENGINE_FIELDS
+    args = EngineArgs(model=str(config_dir), **result.llm_kwargs)
+    for key, value in result.llm_kwargs.items():
+        if key != "compilation_config":
+            assert getattr(args, key) == value, key
+    assert not {"max_num_partial_prefills", "max_long_partial_prefills"} & set(result.llm_kwargs)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_env_vars_exist_in_this_release(name: str) -> None:
+    result = _translate_or_skip(name)
+    for var in result.env:
+        if var.startswith("VLLM_") and var != "VLLM_CACHE_ROOT":
+            assert var in CLASSES.env_vars, var
+
+
+def test_compile_key_matches_release() -> None:
+    cc = translate(CompileSpec()).llm_kwargs["compilation_config"]
+    expected = "level" if VERSION < (0, 11, 1) else "mode"
+    assert cc == {expected: 3}
+
+
+def test_chunked_prefill_off_by_release() -> None:
+    spec = SPECS["chunked-off"]
+    if VERSION < (0, 11, 1):
+        with pytest.raises(SpecError, match=rf"vLLM {VERSION[0]}\.{VERSION[1]}\.{VERSION[2]}"):
+            translate(spec)
+        assert translate(spec, best_effort=True).warnings
+    else:
+        assert translate(spec).llm_kwargs["enable_chunked_prefill"] is False
+
+
+def test_max_capture_size_by_release() -> None:
+    result = translate(SPECS["max-capture"])
+    if "max_cudagraph_capture_size" in CC_FIELDS:
+        assert result.llm_kwargs["compilation_config"]["max_cudagraph_capture_size"] == 16
+        assert "cuda_graph_sizes" not in result.llm_kwargs
+    else:
+        assert not CC_FIELDS["max_capture_size"].init  # computed on these releases
+        assert result.llm_kwargs["cuda_graph_sizes"] == [16]
+
+
+def test_release_refuses_what_it_cannot_honour() -> None:
+    unknown = CompileSpec(backend_options={"compilation_config": {"not_a_field": 1}})
+    with pytest.raises(SpecError, match="CompilationConfig has no such field"):
+        translate(unknown)
+    with pytest.raises(SpecError, match="EngineArgs has no such field"):
+        translate(CompileSpec(backend_options={"engine_args": {"not_an_arg": 1}}))
+    removed = "use_cudagraph" if "use_cudagraph" not in CC_FIELDS else "not_a_field"
+    with pytest.raises(SpecError, match=removed):
+        translate(CompileSpec(backend_options={"compilation_config": {removed: True}}))
+    if "optimization_level" not in ENGINE_FIELDS:
+        with pytest.raises(SpecError, match="optimization_level"):
+            translate(CompileSpec(backend_options={"optimization_level": 1}))
+    if "VLLM_USE_AOT_COMPILE" not in CLASSES.env_vars:
+        with pytest.raises(SpecError, match="use_aot_compile"):
+            translate(CompileSpec(backend_options={"use_aot_compile": True}))
+
+
+def test_bad_value_is_refused_before_any_engine() -> None:
+    spec = CompileSpec(backend_options={"compilation_config": {"cudagraph_num_of_warmups": "x"}})
+    with pytest.raises(SpecError, match="rejects compilation_config"):
+        translate(spec)
+
+
+def test_read_resolved_config_on_real_config_classes() -> None:
+    from types import SimpleNamespace
+
+    cc = translate(SPECS["sizes"]).llm_kwargs["compilation_config"]
+    scheduler_cls = vllm_config.SchedulerConfig
+    wanted: dict[str, Any] = {
+        "max_num_batched_tokens": 256,
+        "max_num_seqs": 8,
+        "max_model_len": 256,
+        "enable_chunked_prefill": True,
+    }
+    if "is_encoder_decoder" in inspect.signature(scheduler_cls).parameters:
+        wanted["is_encoder_decoder"] = False  # a required InitVar in later releases
+    scheduler = scheduler_cls(**wanted)
+    llm = SimpleNamespace(
+        llm_engine=SimpleNamespace(
+            vllm_config=SimpleNamespace(
+                compilation_config=CompilationConfig(**cc), scheduler_config=scheduler
+            )
+        )
+    )
+    got = tr.read_resolved_config(llm)
+    assert got["mode"] == 3
+    assert got["mode_key"] == ("level" if VERSION < (0, 11, 1) else "mode")
+    assert got["cudagraph_capture_sizes"] == [1, 2, 4, 8]
+    assert got["max_num_batched_tokens"] == 256 and got["max_num_seqs"] == 8
+    assert got["enable_chunked_prefill"] is True
