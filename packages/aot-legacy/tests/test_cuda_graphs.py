@@ -73,7 +73,8 @@ def cuda_eager_tokens(tiny_dir: Path) -> list[tuple[int, ...]]:
 
 
 @pytest.mark.cuda
-def test_cuda_matches_cpu_eager(cuda_eager_tokens: list, eager_tokens: list) -> None:
+def test_graphs_do_not_change_tokens(cuda_eager_tokens: list, eager_tokens: list) -> None:
+    # On a CUDA machine the session's `eager` model captured graphs; this one did not.
     assert cuda_eager_tokens == eager_tokens
 
 
@@ -106,9 +107,14 @@ def test_compiled_with_graphs(tiny_dir: Path, tmp_path: Path, cuda_eager_tokens:
 def test_packaged_with_graphs(tiny_dir: Path, tmp_path: Path, cuda_eager_tokens: list) -> None:
     s = spec(cache_dir=str(tmp_path), backend_options={"device": "cuda"})
     with IntegratedAOTCompiler().compile_model_aot(tiny_dir, PROMPTS, s) as m:
-        assert m.stats.resolved_config["tier"] == "package", m.stats.notes
         assert m.stats.cuda_graph_sizes == (2, 4)
         assert [g.token_ids for g in m.generate(PROMPTS, GREEDY)] == cuda_eager_tokens
+        if m.stats.resolved_config["tier"] != "package":
+            # Some torch builds crash loading CUDA packages (torch 2.11+cu130 on an H100
+            # did); the probe process takes the crash and the model falls back, saying why.
+            assert any("probe process failed" in n for n in m.stats.notes), m.stats.notes
+            assert m.stats.resolved_config["tier"] == "compile"
+            pytest.xfail(f"this torch cannot load CUDA AOTInductor packages: {m.stats.notes}")
     with IntegratedAOTCompiler().compile_model(tiny_dir, s) as m:
         assert m.stats.cache.status == "hit" and m.stats.resolved_config["tier"] == "package"
         assert [g.token_ids for g in m.generate(PROMPTS, GREEDY)] == cuda_eager_tokens

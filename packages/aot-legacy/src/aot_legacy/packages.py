@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +24,7 @@ import torch
 from aot_core.errors import ArtifactCorruptError, ArtifactError, ArtifactIncompatibleError
 
 from aot_legacy.decoder import StaticKVDecoder
-from aot_legacy.environment import mismatches
+from aot_legacy.environment import mismatches, stable_hash
 from aot_legacy.options import MIN_BUCKET, StepPlan
 
 PACKAGE_FORMAT = 1
@@ -30,6 +32,17 @@ PACKAGE_FORMAT = 1
 
 MANIFEST = "manifest.json"
 FILES = ("prefill.pt2", "decode.pt2")
+PROBE_TIMEOUT_S = 600
+
+# Loads the packages in a throw-away process: a loader that crashes (a segfault was seen
+# loading CUDA packages with torch 2.11+cu130) must not take the user's process with it.
+_PROBE_CODE = """
+import sys
+from torch._inductor import aoti_load_package
+index = int(sys.argv[1])
+for path in sys.argv[2:]:
+    aoti_load_package(path, device_index=index)
+"""
 
 
 class PackagedStep:
@@ -200,6 +213,43 @@ def verify_package(
     return manifest
 
 
+def probe_load(directory: Path, *, environment: dict[str, str], device_index: int) -> None:
+    """Load the packages once in a child process; raise ArtifactIncompatibleError if that
+    fails or crashes. The verdict is remembered per environment beside the package."""
+    record = directory / f"probe-{stable_hash(environment)}.json"
+    try:
+        verdict = json.loads(record.read_text())
+    except (OSError, ValueError):
+        verdict = None
+    if not isinstance(verdict, dict) or "ok" not in verdict:
+        cmd = [sys.executable, "-c", _PROBE_CODE, str(device_index)]
+        cmd += [str(directory / name) for name in FILES]
+        try:
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False
+            )
+            ok = proc.returncode == 0
+            if proc.returncode < 0:
+                detail = f"the loader crashed with signal {-proc.returncode}"
+            else:
+                tail = proc.stderr.strip().splitlines()
+                detail = f"exit code {proc.returncode}: {tail[-1][:300] if tail else ''}"
+        except subprocess.TimeoutExpired:
+            ok, detail = False, f"loading took over {PROBE_TIMEOUT_S} s"
+        verdict = {"ok": ok, "detail": "" if ok else detail, "environment": environment}
+        tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(verdict, indent=2))
+            os.replace(tmp, record)
+        except OSError:  # a read-only package directory still gets a verdict, just not saved
+            pass
+    if not verdict["ok"]:
+        raise ArtifactIncompatibleError(
+            f"{directory}: loading the package in a probe process failed ({verdict['detail']}); "
+            "this torch cannot load it here"
+        )
+
+
 def load_packages(
     directory: Path,
     *,
@@ -215,6 +265,9 @@ def load_packages(
     verify_package(directory, environment=environment, key_data=key_data)
     device = kv[0].device
     index = device.index if device.type == "cuda" and device.index is not None else -1
+    if device.type == "cuda" and index < 0:
+        index = torch.cuda.current_device()
+    probe_load(directory, environment=environment, device_index=index)
     loaded = []
     for name in FILES:
         try:
