@@ -23,6 +23,7 @@ from aot_vllm.translate import (
     parse_version,
     read_resolved_config,
     release_facts,
+    resolution_notes,
     translate,
 )
 
@@ -454,3 +455,26 @@ def test_read_resolved_config_old_style_prefers_resolved_chunked_flag() -> None:
 def test_read_resolved_config_rejects_other_objects() -> None:
     with pytest.raises(TypeError, match=r"pass a vllm\.LLM"):
         read_resolved_config(object())
+
+
+def test_resolution_notes_explain_platform_changes() -> None:
+    spec = CompileSpec(cuda_graph_sizes=(1, 2), max_num_batched_tokens=256, chunked_prefill=True)
+    cpu = {
+        "mode": 2,
+        "mode_name": "DYNAMO_TRACE_ONCE",
+        "cudagraph_mode": "NONE",
+        "cudagraph_capture_sizes": [],
+        "enable_chunked_prefill": True,
+        "max_num_batched_tokens": 256,
+    }
+    notes = resolution_notes(spec, cpu)
+    assert any("DYNAMO_TRACE_ONCE" in n for n in notes)
+    assert any("captures none" in n for n in notes)
+    assert len(notes) == 2
+    gpu = dict(cpu, mode=3, cudagraph_mode="PIECEWISE", cudagraph_capture_sizes=[1, 2])
+    assert resolution_notes(spec, gpu) == ()
+    forced = dict(gpu, enable_chunked_prefill=False, max_num_batched_tokens=512)
+    notes = resolution_notes(spec, forced)
+    assert any("chunked prefill is off" in n for n in notes)
+    assert any("max_num_batched_tokens=512" in n for n in notes)
+    assert resolution_notes(CompileSpec(compile_mode="none", cuda_graphs=False), {"mode": 0}) == ()

@@ -64,6 +64,7 @@ __all__ = [
     "parse_version",
     "read_resolved_config",
     "release_facts",
+    "resolution_notes",
     "translate",
 ]
 
@@ -862,6 +863,55 @@ def read_resolved_config(llm: Any) -> dict[str, Any]:
     out["max_model_len"] = getattr(mc, "max_model_len", None) if mc is not None else None
     out["enforce_eager"] = getattr(mc, "enforce_eager", None) if mc is not None else None
     return out
+
+
+def resolution_notes(spec: CompileSpec, resolved: Mapping[str, Any]) -> tuple[str, ...]:
+    """Where the engine resolved something other than what ``spec`` asked for, and why.
+
+    vLLM adapts settings to the platform after the arguments are accepted (the CPU
+    backend compiles with mode 2 instead of piecewise mode 3 and captures no CUDA
+    graphs; ARM/POWER CPUs of old releases turn chunked prefill off; a token budget is
+    raised to max_model_len when chunked prefill is off). Those changes are stated here
+    so they are never silent.
+    """
+    notes: list[str] = []
+    mode = resolved.get("mode")
+    if mode is not None:
+        if not spec.compiles and mode != _MODE_NONE:
+            notes.append(f"asked for no compilation but vLLM resolved compile mode {mode}")
+        elif spec.compiles and mode == _MODE_NONE:
+            notes.append("asked for compilation but vLLM resolved compile mode 0 (none)")
+        elif spec.compiles and mode != _MODE_VLLM_COMPILE:
+            name = resolved.get("mode_name") or mode
+            notes.append(
+                f"vLLM compiles with mode {name} here, not its piecewise mode 3 (the CPU "
+                "backend compiles the whole model with Inductor)"
+            )
+    graphs = resolved.get("cudagraph_mode")
+    if spec.cuda_graphs and spec.compiles and graphs == "NONE":
+        notes.append("CUDA graphs were asked for but vLLM captures none on this platform")
+    sizes = resolved.get("cudagraph_capture_sizes")
+    if (
+        spec.cuda_graph_sizes
+        and sizes is not None
+        and graphs != "NONE"
+        and sorted(sizes) != sorted(spec.cuda_graph_sizes)
+    ):
+        notes.append(
+            f"vLLM captures CUDA graphs for sizes {sorted(sizes)}, not the requested "
+            f"{list(spec.cuda_graph_sizes)}"
+        )
+    chunked = resolved.get("enable_chunked_prefill")
+    if chunked is not None and chunked != spec.chunked_prefill:
+        notes.append(
+            f"chunked prefill is {'on' if chunked else 'off'} in the engine although the spec "
+            f"asked for it {'on' if spec.chunked_prefill else 'off'}"
+        )
+    for name in ("max_num_batched_tokens", "max_num_seqs", "max_model_len"):
+        want, got = getattr(spec, name), resolved.get(name)
+        if want is not None and got is not None and want != got:
+            notes.append(f"vLLM resolved {name}={got}, the spec asked for {want}")
+    return tuple(notes)
 
 
 def _vllm_config(llm: Any) -> Any:
