@@ -156,7 +156,7 @@ def test_capture_and_compile_sizes_go_to_compilation_config() -> None:
 def test_compile_none_is_mode_zero_without_graphs() -> None:
     result = t("0.33.0", compile_mode="none")
     assert cc(result) == {"mode": 0, "cudagraph_mode": "NONE"}
-    assert any("no CUDA graphs without compiling" in w for w in result.warnings)
+    assert any("no CUDA graphs are captured" in w for w in result.warnings)
 
 
 def test_graphs_requested_without_compile_is_refused() -> None:

@@ -455,7 +455,14 @@ def translate(
     False. Raises ``SpecError`` for a setting the release cannot honour unless
     ``best_effort``, which turns those into ``Translation.warnings``.
     """
-    installed = _read_installed() if _vllm_importable() else None
+    installed: _Classes | None = None
+    if _vllm_importable():
+        try:
+            installed = _read_installed()
+        except BackendUnavailableError:
+            if vllm_version is None:
+                raise
+            # Translating for a named release does not need the broken installed one.
     if vllm_version is None:
         if installed is None:
             raise BackendUnavailableError(
@@ -556,17 +563,20 @@ def _compilation(b: _Build) -> None:
             )
         graph_mode = "NONE"
     elif not spec.compiles:
-        # vLLM captures graphs of the compiled (piecewise) model; with mode NONE they are
-        # switched off (0.12+ overrides them to NONE, older releases never capture them).
+        # "none" stays fully eager in every release: piecewise graphs need vLLM's compile
+        # (0.12+ override them to NONE without it), and eager FULL-graph capture depends on
+        # the release and attention backend. A raw compilation_config override can still
+        # ask for it.
         if graph_mode not in (None, "NONE") or spec.cuda_graph_sizes:
             b.cannot(
                 "CUDA graphs with compile_mode 'none'",
-                "vLLM captures CUDA graphs only of a compiled model",
+                "compile_mode 'none' runs vLLM fully eager, and aot-vllm captures CUDA graphs "
+                "only of the compiled model",
                 "Set cuda_graphs = false, or pick compile_mode 'default'.",
                 field="cuda_graphs",
             )
         else:
-            b.note("compile_mode 'none': vLLM captures no CUDA graphs without compiling")
+            b.note("compile_mode 'none': no CUDA graphs are captured without compiling")
         graph_mode = "NONE"
     if graph_mode is not None:
         cc["cudagraph_mode"] = graph_mode
