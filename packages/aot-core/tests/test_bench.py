@@ -113,7 +113,8 @@ def test_report_flags_different_tokens_and_failures() -> None:
         {"backend": "b", "phase": "warm", "repeat": 1, "error": "worker exited with status 1"}
     ]
     text = bench.format_report(result)
-    assert "compiled vs eager: DIFFERENT" in text
+    assert "compiled vs eager: DIFFERENT (0/1 prompts identical; prompt 0 departs at" in text
+    assert "generated token 2" in text
     assert "1 run(s) FAILED" in text and "b warm repeat 1" in text
 
 
