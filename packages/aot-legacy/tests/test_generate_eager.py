@@ -187,3 +187,29 @@ def test_bad_models_get_clear_errors(tmp_path: Path) -> None:
         c.compile_model(tmp_path)
     with pytest.raises(SpecError, match="cannot compile a int"):
         c.compile_model(42)
+
+
+def test_runs_the_core_tiny_model(tmp_path: Path) -> None:
+    tiny = pytest.importorskip("aot_core.tiny")
+    model_dir = tiny.write_tiny_llama(tmp_path / "core-tiny")
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+    prompt = [5, 17, 42]
+    ref = hf.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, 3, dtype=torch.long),
+        max_new_tokens=6,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=256,
+    )[0, 3:].tolist()
+    with IntegratedAOTCompiler().compile_model(model_dir, spec(compile_mode="none")) as m:
+        out = m.generate([prompt, "Hello"], GenerationParams(max_new_tokens=6, stop_on_eos=False))
+        assert list(out[0].token_ids) == ref
+        assert list(out[1].prompt_token_ids) == list(b"Hello") and out[1].text is not None
+
+
+def test_unused_spec_fields_are_noted(tiny_dir: Path) -> None:
+    s = spec(compile_mode="none", max_num_batched_tokens=512)
+    with IntegratedAOTCompiler().compile_model(tiny_dir, s) as m:
+        assert any("max_num_batched_tokens is not used" in n for n in m.stats.notes)
+        assert any("chunked prefill" in n for n in m.stats.notes)

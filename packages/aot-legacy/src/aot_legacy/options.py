@@ -197,6 +197,15 @@ def resolve_plan(
             "device; set both to 1 or use the vllm backend",
             field="tensor_parallel_size",
         )
+    if spec.compile_sizes:
+        notes.append(
+            "compile_sizes are not used: the legacy backend compiles graphs dynamic in batch "
+            "and prompt length"
+        )
+    if spec.max_num_batched_tokens is not None:
+        notes.append(
+            "max_num_batched_tokens is not used: the legacy backend prefills each batch whole"
+        )
     if spec.chunked_prefill:
         notes.append(
             "chunked prefill is not implemented by the legacy backend; prompts are prefilled whole"
