@@ -175,7 +175,7 @@ class Workload:
         output_mean: float,
         output_max: int | None = None,
     ) -> Workload:
-        """A deterministic workload spread evenly between mean and max (no randomness)."""
+        """A deterministic workload with these means and maxima (no randomness)."""
         if num_requests < 1:
             raise SpecError("workload: num_requests must be >= 1")
         if not 1 <= prompt_mean <= prompt_max:
@@ -185,17 +185,16 @@ class Workload:
             raise SpecError("workload: need 1 <= output_mean <= output_max")
 
         def spread(mean: float, top: int) -> tuple[int, ...]:
-            # Half the requests at a low value, half rising to the max; mean preserved.
-            if num_requests == 1:
+            # A linear ramp up to the max keeps the mean when it can (mean >= max / 2);
+            # otherwise one request at the max (the long tail) and the rest equal.
+            n = num_requests
+            if n == 1:
                 return (max(1, round(mean)),)
-            hi = [
-                round(mean + (top - mean) * (i + 1) / (num_requests // 2 + 1))
-                for i in range(num_requests // 2)
-            ]
-            rest = num_requests - len(hi)
-            low_total = mean * num_requests - sum(hi)
-            low = max(1, round(low_total / rest))
-            return tuple([low] * rest + hi)
+            low = 2 * mean - top
+            if low >= 1:
+                return tuple(round(low + (top - low) * i / (n - 1)) for i in range(n))
+            rest = max(1, round((mean * n - top) / (n - 1)))
+            return (*([rest] * (n - 1)), top)
 
         return cls(
             prompt_lengths=spread(prompt_mean, prompt_max),
