@@ -60,3 +60,25 @@ def test_removed_wrapper_explains() -> None:
 
     with pytest.raises(AttributeError, match="resolved_config"):
         module.VLLMChunkedModelWrapper  # noqa: B018
+
+
+def test_plan_uses_aot_vllm_planner(installed: set[str]) -> None:
+    opt = VLLMChunkedPrefillOptimizer()
+    if "vllm" not in installed:
+        with pytest.raises(ImportError, match="pip install aot-vllm"):
+            opt.plan([[1] * 10])
+        return
+    from engines.shared import plan_chunked_prefill
+
+    plan = opt.plan([[1] * 300, [2] * 20], max_new_tokens=8)
+    direct = plan_chunked_prefill(
+        __import__("aot_vllm").Workload.from_prompts([[1] * 300, [2] * 20], max_new_tokens=8)
+    )
+    assert plan == direct
+    assert plan.max_num_batched_tokens >= plan.max_num_seqs
+
+
+def test_old_threshold_guess_is_deprecated() -> None:
+    opt = VLLMChunkedPrefillOptimizer(VLLMChunkedPrefillConfig(long_prefill_token_threshold=5))
+    with pytest.warns(DeprecationWarning, match="plan"):
+        assert opt.analyze_dataset_for_optimal_threshold([{"max_tokens_est": 9000}]) == 5

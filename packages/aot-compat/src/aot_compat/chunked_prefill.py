@@ -119,15 +119,36 @@ class VLLMChunkedPrefillOptimizer:
         """``base_config`` with the chunked-prefill keys added (old config-dict form)."""
         return {**(base_config or {}), **self.config.to_config()}
 
-    def plan(self, prompts: Sequence[Sequence[int]], **kwargs: Any) -> Any:
-        """aot-vllm's recommendation for ``prompts`` (``aot_vllm.plan_chunked_prefill``)."""
+    def plan(
+        self, prompts: Sequence[Sequence[int] | str], *, max_new_tokens: int = 16, **kwargs: Any
+    ) -> Any:
+        """aot-vllm's recommendation (``max_num_batched_tokens``, ``max_num_seqs``) for
+        serving ``prompts`` together: its documented rule, or a measured sweep with
+        ``measure=True, model=...`` (see ``aot_vllm.plan_chunked_prefill``)."""
         try:
             from aot_vllm import chunked_prefill
         except ImportError as exc:
             raise ImportError(
                 f"chunked-prefill planning needs aot-vllm: pip install aot-vllm ({exc})"
             ) from exc
-        return chunked_prefill.plan_chunked_prefill(prompts, **kwargs)
+        workload = chunked_prefill.Workload.from_prompts(
+            list(prompts), max_new_tokens=max_new_tokens
+        )
+        return chunked_prefill.plan_chunked_prefill(workload, **kwargs)
+
+    def analyze_dataset_for_optimal_threshold(self, dataset_stats: Sequence[Any]) -> int:
+        """Deprecated: returns the configured threshold unchanged.
+
+        The old method guessed a threshold from dataset statistics with a fixed rule; use
+        ``plan()`` for a recommendation that says how it was reached.
+        """
+        warnings.warn(
+            "analyze_dataset_for_optimal_threshold() no longer guesses a threshold; use "
+            "VLLMChunkedPrefillOptimizer.plan(prompts) (aot_vllm.plan_chunked_prefill)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.config.long_prefill_token_threshold
 
     def get_statistics(self) -> dict[str, Any]:
         """Old statistics dict: what was analysed and the current settings."""
