@@ -149,6 +149,15 @@ def test_generate_accepts_old_keyword_styles(old_run: OldRun) -> None:
         old_run.compiled_model.generate(PROMPTS, max_length=3)
 
 
+def test_results_pickle(old_run: OldRun) -> None:
+    import pickle
+
+    out = old_run.outputs[0]
+    back = pickle.loads(pickle.dumps(out))
+    assert back == out
+    assert back.token_ids == out.token_ids
+
+
 def test_close_releases_the_model(old_run: OldRun) -> None:
     old_run.compiler.close()
     assert old_run.compiled_model.closed

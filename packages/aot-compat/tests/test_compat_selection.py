@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aot_compat import BackendFallbackWarning, choose_backend, selection
+from aot_compat import BackendFallbackWarning, LegacyConfigWarning, choose_backend, selection
 from aot_core import (
     Availability,
     CompiledModel,
@@ -231,3 +231,29 @@ def test_old_chunked_prefill_factory(backends: dict[str, Any]) -> None:
     assert compiler.spec.long_prefill_token_threshold == 256
     with pytest.warns(Warning, match="max_chunks_per_request"):
         create_vllm_enhanced_compiler(max_chunks_per_request=4)
+
+
+def test_old_positional_constructors(backends: dict[str, Any]) -> None:
+    from engines.shared import EnhancedAOTCompiler, IntegratedAOTCompiler, VLLMNativeAOTCompiler
+
+    backends["install"](vllm=OK, legacy=OK)
+    with pytest.warns(LegacyConfigWarning, match="batch_sizes"):
+        v = VLLMNativeAOTCompiler(None, False, [1, 2], "/tmp/c", 0)
+    assert (v.spec.cuda_graphs, v.spec.cache_dir, v.spec.compile_mode) == (False, "/tmp/c", "none")
+    with pytest.warns(LegacyConfigWarning, match="max_compilation_time"):
+        e = EnhancedAOTCompiler("/tmp/e", False, 600)
+    assert (e.spec.cache_dir, e.spec.compile_mode) == ("/tmp/e", "none")
+    i = IntegratedAOTCompiler("/tmp/i", True, None, True, [2, 4])
+    assert i.spec.cuda_graph_sizes == (2, 4)
+    with pytest.raises(TypeError, match="at most 4 positional"):
+        EnhancedAOTCompiler("/a", True, 1, None, "extra")
+    with pytest.raises(TypeError, match="'cache_dir' twice"):
+        EnhancedAOTCompiler("/a", cache_dir="/b")
+
+
+def test_spec_keyword_is_not_undone_by_the_old_default(backends: dict[str, Any]) -> None:
+    backends["install"](vllm=OK)
+    spec = CompileSpec(cuda_graphs=False, compile_mode="max-autotune")
+    compiler = create_enhanced_compiler(spec=spec)
+    assert compiler.spec == spec
+    assert create_enhanced_compiler(False, spec=CompileSpec()).spec.cuda_graphs is False

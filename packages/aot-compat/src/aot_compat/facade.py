@@ -11,7 +11,7 @@ old methods take and return different shapes (a dict config, a dict of stats) th
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -56,6 +56,9 @@ class LegacyGeneration(str):
     def text(self) -> str:
         """The generated text ("" where the model has no tokenizer)."""
         return str.__str__(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (LegacyGeneration, (self.generation,))
 
 
 class LegacyStats(dict[str, Any]):
@@ -213,17 +216,36 @@ class CompatCompiler:
     backend_name: ClassVar[str | None] = None
     """The backend this class always runs on; None to choose among the installed ones."""
 
+    positional: ClassVar[tuple[str, ...]] = (
+        "base_compiler",
+        "enable_cuda_graphs",
+        "batch_sizes",
+        "cache_dir",
+        "compilation_level",
+        "enable_chunked_prefill",
+    )
+    """The old constructor's positional parameters, in order (they differed per class)."""
+
     def __init__(
         self,
-        base_compiler: Any = None,
-        enable_cuda_graphs: bool = True,
-        batch_sizes: Sequence[int] | None = None,
-        *,
+        *args: Any,
         spec: CompileSpec | None = None,
         use_vllm_native: bool = True,
         choice: BackendChoice | None = None,
         **options: Any,
     ) -> None:
+        if len(args) > len(self.positional):
+            raise TypeError(
+                f"{type(self).__name__}() takes at most {len(self.positional)} positional "
+                f"arguments ({', '.join(self.positional)}), got {len(args)}"
+            )
+        for name, value in zip(self.positional, args, strict=False):
+            if name in options:
+                raise TypeError(f"{type(self).__name__}() got {name!r} twice")
+            options[name] = value
+        if spec is not None and options.get("enable_cuda_graphs") is True:
+            # the old keyword defaults to True; it must not undo cuda_graphs=False in spec=
+            del options["enable_cuda_graphs"]
         if choice is None:
             if self.backend_name is not None:
                 choice = choose_backend(
@@ -234,11 +256,7 @@ class CompatCompiler:
                 choice = choose_backend(prefer, stacklevel=3)
         self.choice = choice
         """Which backend runs this compiler, and why."""
-        extra: dict[str, Any] = {"enable_cuda_graphs": enable_cuda_graphs, **options}
-        if batch_sizes is not None:
-            extra["batch_sizes"] = batch_sizes
-        if base_compiler is not None:
-            extra["base_compiler"] = base_compiler
+        extra = {k: v for k, v in options.items() if not (k == "batch_sizes" and v is None)}
         translation = translate(None, base=spec, backend=choice.name, extra=extra, stacklevel=3)
         self.backend: Compiler = choice.compiler(translation.spec)
         """The backend compiler (the new API)."""
@@ -404,12 +422,20 @@ class EnhancedAOTCompiler(CompatCompiler):
     """The old Enhanced AOT compiler: always the ``legacy`` backend (plain PyTorch)."""
 
     backend_name = LEGACY
+    positional = ("cache_dir", "enable_aot", "max_compilation_time", "cuda_graph_config")
 
 
 class IntegratedAOTCompiler(CompatCompiler):
     """The old integrated compiler (Enhanced AOT with CUDA graphs): the ``legacy`` backend."""
 
     backend_name = LEGACY
+    positional = (
+        "cache_dir",
+        "enable_aot",
+        "max_compilation_time",
+        "enable_cuda_graphs",
+        "batch_sizes",
+    )
 
 
 def compiler_class_for(backend: str) -> type[CompatCompiler]:

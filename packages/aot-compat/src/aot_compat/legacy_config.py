@@ -296,6 +296,8 @@ def _known_keys() -> list[str]:
 
 
 def _translate_key(c: _Collector, key: str, value: Any, *, lenient: bool) -> None:
+    if value is None and (key in OBSOLETE_KEYS or key in BACKEND_ONLY_KEYS):
+        return  # None is how old signatures spelled "not set"
     if key in _HANDLERS:
         _HANDLERS[key](c, key, value)
     elif key in _SPEC_FIELDS:
