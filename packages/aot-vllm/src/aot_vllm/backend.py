@@ -447,11 +447,13 @@ def _stats(
     compile_mode = (
         f"{mode_name} ({backend})" if backend and resolved.get("mode") else str(mode_name)
     )
-    if is_cpu and spec.compiles and resolved.get("mode") == 2:
-        notes.append(
-            "vLLM's CPU backend compiles the whole model once with Inductor (mode "
-            "DYNAMO_TRACE_ONCE) instead of vLLM's piecewise compilation"
-        )
+    from aot_vllm import translate as translate_mod
+
+    # Where vLLM resolved something else than the spec asked (the CPU backend's mode 2, no
+    # CUDA graphs, ...): the translation module knows why, per release.
+    explain = getattr(translate_mod, "resolution_notes", None)
+    if callable(explain):
+        notes.extend(n for n in explain(spec, resolved) if n not in notes)
     torch = sys.modules.get("torch")
     return OptimizationStats(
         backend="vllm",
