@@ -3,6 +3,7 @@ engine for the whole module, started one after the other)."""
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -46,7 +47,12 @@ def runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     out: dict = {"children_before": process_tree.child_pids()}
     compiler = VLLMNativeAOTCompiler()
     for mode in ("default", "none"):
-        model = compiler.compile_model(tiny_model, _spec(mode, cache))
+        if mode == "default":
+            # The compiled engine is built the AOT way: examples fill open fields and run once.
+            examples = {"prompts": PROMPTS, "max_new_tokens": GREEDY.max_new_tokens}
+            model = compiler.compile_model_aot(tiny_model, examples, _spec(mode, cache))
+        else:
+            model = compiler.compile_model(tiny_model, _spec(mode, cache))
         try:
             out[mode] = {
                 "greedy": model.generate(PROMPTS, GREEDY),
@@ -124,6 +130,18 @@ def test_stats_are_plausible(runs: dict) -> None:
     assert eager.cache.status == "disabled" and eager.compile_time_s is None
     assert eager.resolved_config["mode"] == 0
     assert runs["none"]["remembered"] == eager
+
+
+def test_compile_model_aot_fills_open_fields_and_seals_the_cache(runs: dict) -> None:
+    model = runs["default"]["model"]
+    assert model.spec is not None
+    assert model.spec.max_model_len == 256  # set by the user: never changed
+    assert model.spec.cuda_graph_sizes == (1, 2, 4)  # batch of 3 seen in the examples
+    assert any("cuda_graph_sizes" in n for n in runs["default"]["stats"].notes)
+    entry = Path(runs["default"]["stats"].resolved_config["cache_entry"])
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert manifest["backend"] == "vllm" and manifest["files"]
+    assert manifest["extra"]["cache_path"] == runs["default"]["stats"].resolved_config["cache_path"]
 
 
 def test_close_leaves_no_engine_process_and_restores_env(runs: dict) -> None:

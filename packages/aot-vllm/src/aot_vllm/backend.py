@@ -202,6 +202,7 @@ def build(
                 eos_token_ids=eos,
                 llm_kwargs=kwargs,
                 engine_env=engine_env,
+                spec=spec,
             )
             try:
                 records = log.records(since=t_start - 1.0)

@@ -17,6 +17,7 @@ from aot_core.compiler import (
     check_prompts,
 )
 from aot_core.errors import AOTError, SpecError
+from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
 
 from aot_vllm import engine as engine_mod
@@ -42,6 +43,7 @@ class VLLMCompiledModel(CompiledModel):
         eos_token_ids: tuple[int, ...],
         llm_kwargs: dict[str, Any],
         engine_env: dict[str, str] | None = None,
+        spec: CompileSpec | None = None,
     ) -> None:
         self._running: engine_mod.RunningEngine | None = running
         self.source = source
@@ -54,6 +56,8 @@ class VLLMCompiledModel(CompiledModel):
         self.eos_token_ids = eos_token_ids
         self.llm_kwargs = dict(llm_kwargs)
         """The keyword arguments the engine was built with (``model`` excluded)."""
+        self.spec = spec
+        """The spec this model was built from (after ``compile_model_aot`` filled it in)."""
         self.engine_env = dict(engine_env or {})
         """Environment variables set for this engine (restored on ``close``)."""
         self._lock = threading.Lock()
