@@ -492,3 +492,18 @@ def test_using_artifact_refuses_before_the_block_runs(art: Path) -> None:
     with pytest.raises(ArtifactCorruptError), artifacts.using_artifact(art):
         ran.append(True)
     assert ran == []
+
+
+def test_an_entry_for_another_key_is_rebuilt_not_reused(art: Path, model: Path) -> None:
+    refused: list[str] = []
+
+    def build(files_dir: Path) -> dict[str, Any]:
+        (files_dir / "other.bin").write_bytes(b"other")
+        return {"device": "cpu"}
+
+    manifest, built = artifacts.build_and_publish(
+        art, key="another-model-key", build=build, backend="test", backend_version="",
+        spec=SPEC, model=model, on_refused=lambda exc: refused.append(str(exc)),
+    )  # fmt: skip
+    assert built and manifest.key == "another-model-key"
+    assert "holds another model or spec" in refused[0]

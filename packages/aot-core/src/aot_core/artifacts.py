@@ -887,7 +887,12 @@ def build_and_publish(
         remove_leftovers(target)
         if target.exists() and not force:
             try:
-                return verify_for_load(target, backend=backend), False
+                existing = verify_for_load(target, backend=backend)
+                if existing.key != key:
+                    raise ArtifactIncompatibleError(
+                        f"{target} holds another model or spec (entry {existing.key}, wanted {key})"
+                    )
+                return existing, False
             except ArtifactError as exc:
                 if on_refused is not None:
                     on_refused(exc)
