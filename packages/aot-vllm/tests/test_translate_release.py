@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import inspect
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +256,46 @@ def test_read_resolved_config_on_real_config_classes() -> None:
     assert got["cudagraph_capture_sizes"] == [1, 2, 4, 8]
     assert got["max_num_batched_tokens"] == 256 and got["max_num_seqs"] == 8
     assert got["enable_chunked_prefill"] is True
+
+
+# --------------------------------------------------------------------------- resolution
+# VllmConfig resolution (no engine start) needs the model-inspection imports of a full
+# install; the import-only nox environments set AOT_TRANSLATION_IMPORT_ONLY=1.
+needs_full_install = pytest.mark.skipif(
+    os.environ.get("AOT_TRANSLATION_IMPORT_ONLY") == "1",
+    reason="import-only vLLM environment (no model inspection)",
+)
+
+
+def _resolve(spec: CompileSpec, config_dir: Path) -> dict[str, Any]:
+    from types import SimpleNamespace
+
+    kwargs = translate(spec).llm_kwargs
+    args = EngineArgs(
+        model=str(config_dir), skip_tokenizer_init=True, load_format="dummy", **kwargs
+    )
+    config = args.create_engine_config()
+    return tr.read_resolved_config(SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=config)))
+
+
+@pytest.mark.slow
+@needs_full_install
+def test_engine_config_resolves_what_was_asked(config_dir: Path) -> None:
+    eager = CompileSpec(compile_mode="none", cuda_graphs=False, max_model_len=256)
+    got = _resolve(eager, config_dir)
+    assert got["mode"] == 0 and got["cudagraph_mode"] == "NONE"
+    assert tr.resolution_notes(eager, got) == ()
+
+    compiled = CompileSpec(max_model_len=256, max_num_batched_tokens=128, max_num_seqs=4)
+    got = _resolve(compiled, config_dir)
+    assert got["mode"] != 0
+    assert (got["max_num_batched_tokens"], got["max_num_seqs"]) == (128, 4)
+    assert got["enable_chunked_prefill"] is True
+    for note in tr.resolution_notes(compiled, got):  # only platform adaptations, stated
+        assert "mode" in note or "CUDA graphs" in note
+
+    if VERSION >= (0, 11, 1):
+        off = CompileSpec(chunked_prefill=False, max_model_len=256, max_num_batched_tokens=256)
+        got = _resolve(off, config_dir)
+        assert got["enable_chunked_prefill"] is False
+        assert got["max_num_batched_tokens"] == 256
