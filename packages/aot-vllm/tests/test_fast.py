@@ -289,3 +289,21 @@ def test_stats_json_round_trip_of_a_recorded_start(tmp_path: Path) -> None:
     )
     assert OptimizationStats.from_json(stats.to_json()) == stats
     assert json.loads(stats.to_json())["resolved_config"]["counters"] == {"a": 1}
+
+
+def test_model_inspection_results_are_shared_between_entries(tmp_path: Path) -> None:
+    first = _sealed_entry(tmp_path)
+    info = first.vllm_root / "modelinfos" / "llama.json"
+    info.parent.mkdir(parents=True)
+    info.write_text('{"hash": "h", "modelinfo": {}}')
+    first.share_modelinfos()
+    other = CacheEntry(
+        spec=CompileSpec(cache_dir=str(tmp_path / "store"), max_num_seqs=4),
+        model="org/model",
+        backend_version="0.1.0",
+    )
+    assert other.key != first.key
+    with other.locked():
+        other.open()
+        assert other.seed_modelinfos() == 1
+    assert (other.vllm_root / "modelinfos" / "llama.json").read_text() == info.read_text()

@@ -167,6 +167,7 @@ def build(
 
         with entry.locked():
             opened = entry.open()
+            entry.seed_modelinfos()
             path, path_env = _cache_path(
                 runtime,
                 spec=engine_spec,
@@ -276,6 +277,7 @@ def build(
                         "vllm_version": translation.vllm_version,
                         "reason": failure[1],
                     }
+                entry.share_modelinfos()
                 _seal(entry, _device(is_cpu), extra, compiled)
             except BaseException:
                 compiled.close()

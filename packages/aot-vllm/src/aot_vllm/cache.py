@@ -178,6 +178,43 @@ class CacheEntry:
                     )
         return out
 
+    @property
+    def shared_modelinfos(self) -> Path:
+        """Store-wide copy of vLLM's model-inspection results (not compiled code)."""
+        return self.store.root / "shared" / "vllm-modelinfos"
+
+    def seed_modelinfos(self) -> int:
+        """Copy the store's model-inspection results into this entry; returns how many.
+
+        Without them vLLM inspects the architecture in a fresh subprocess (tens of seconds
+        on a small CPU) on the first start of every entry. vLLM checks each file against a
+        hash of the model's source module, so a stale one is ignored, never trusted.
+        """
+        source = self.shared_modelinfos
+        target = self.vllm_root / "modelinfos"
+        if not source.is_dir():
+            return 0
+        copied = 0
+        for item in source.glob("*.json"):
+            dest = target / item.name
+            if not dest.exists():
+                target.mkdir(parents=True, exist_ok=True)
+                _atomic_copy(item, dest)
+                copied += 1
+        return copied
+
+    def share_modelinfos(self) -> None:
+        """Publish this entry's model-inspection results to the store (best effort)."""
+        source = self.vllm_root / "modelinfos"
+        if not source.is_dir():
+            return
+        with contextlib.suppress(OSError):
+            for item in source.glob("*.json"):
+                dest = self.shared_modelinfos / item.name
+                if not dest.exists() or dest.read_bytes() != item.read_bytes():
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    _atomic_copy(item, dest)
+
     def _make_dirs(self) -> None:
         for d in (self.vllm_root, self.inductor_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -186,6 +223,12 @@ class CacheEntry:
         trash = self.path.parent / f".{self.path.name}.trash-{os.getpid()}-{secrets.token_hex(4)}"
         os.rename(self.path, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _atomic_copy(source: Path, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, dest)
 
 
 def compiled_files(snapshot: Snapshot) -> set[str]:
