@@ -41,3 +41,10 @@ def config_only_model(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
     directory = tmp_path_factory.mktemp("tiny-config-only")
     (directory / "config.json").write_bytes((tiny_model / "config.json").read_bytes())
     return directory
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache store for the in-process engine tests: every spec gets its own entry, and
+    only the first start pays vLLM's model-inspection subprocess (shared between entries)."""
+    return tmp_path_factory.mktemp("aot-store")

@@ -63,7 +63,7 @@ def test_measure_needs_a_model() -> None:
 
 
 @pytest.mark.slow
-def test_measured_sweep_runs_the_engine(tiny_model: Path, tmp_path: Path) -> None:
+def test_measured_sweep_runs_the_engine(tiny_model: Path, store: Path) -> None:
     workload = Workload.from_prompts(
         [[(i * 7) % 200 + 1 for i in range(n)] for n in (120, 30, 60)], max_new_tokens=8
     )
@@ -71,7 +71,7 @@ def test_measured_sweep_runs_the_engine(tiny_model: Path, tmp_path: Path) -> Non
         compile_mode="none",
         cuda_graphs=False,
         max_model_len=256,
-        cache_dir=str(tmp_path),
+        cache_dir=str(store),
         backend_options={"kv_cache_memory_bytes": 64 << 20},
     )
     plan = plan_chunked_prefill(

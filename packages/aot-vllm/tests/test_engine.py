@@ -41,9 +41,9 @@ def _spec(mode: str, cache: Path) -> CompileSpec:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def runs(tiny_model: Path, store: Path) -> Iterator[dict]:
     """Start compiled, generate, close; then eager. Engines never overlap in this process."""
-    cache = tmp_path_factory.mktemp("vllm-cache")
+    cache = store
     out: dict = {"children_before": process_tree.child_pids()}
     compiler = VLLMNativeAOTCompiler()
     for mode in ("default", "none"):
@@ -156,12 +156,12 @@ def test_close_leaves_no_engine_process_and_restores_env(runs: dict) -> None:
         model.close()  # twice is harmless
 
 
-def test_subprocess_engine_is_reaped_on_close(config_only_model: Path, tmp_path: Path) -> None:
+def test_subprocess_engine_is_reaped_on_close(config_only_model: Path, store: Path) -> None:
     spec = CompileSpec(
         compile_mode="none",
         cuda_graphs=False,
         max_model_len=128,
-        cache_dir=str(tmp_path),
+        cache_dir=str(store),
         backend_options={
             "engine_process": "subprocess",
             "kv_cache_memory_bytes": KV_BYTES,
@@ -181,9 +181,9 @@ def test_subprocess_engine_is_reaped_on_close(config_only_model: Path, tmp_path:
 
 
 @pytest.fixture(scope="module")
-def aot_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+def aot_runs(tiny_model: Path, store: Path) -> list[dict]:
     """Two starts with vLLM's AOT artifacts forced on, the second reusing the first's cache."""
-    cache = tmp_path_factory.mktemp("aot-cache")
+    cache = store
     spec = _spec("default", cache).replace(
         backend_options={"kv_cache_memory_bytes": KV_BYTES, "compile_cache": "aot"}
     )
