@@ -80,7 +80,11 @@ def test_compile_reuse_and_tamper_recovery(
     args = ["compile", str(tiny), "--backend", backend, "--spec", str(spec_file)]
     first = aot(args, env)
     assert first.returncode == 0, first.stderr[-3000:]
-    entry = Path(first.stdout.splitlines()[0])
+    # engines log to stdout too, so ask the cache where the entry is
+    listed = json.loads(aot(["cache", "ls", "--json"], env).stdout)
+    assert len(listed) == 1 and listed[0]["loadable_here"]
+    entry = Path(listed[0]["path"])
+    assert str(entry) in first.stdout
     report = artifacts.verify(entry)
     assert report.ok and report.manifest is not None
     assert report.manifest.backend == backend and report.manifest.files
