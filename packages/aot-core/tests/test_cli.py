@@ -493,3 +493,21 @@ def test_bench_without_backends(
     code, _, err = run(["bench"], capsys)
     assert code == ExitCode.BACKEND_UNAVAILABLE
     assert "pip install aot-vllm" in err
+
+
+def test_engine_output_during_compile_goes_to_stderr() -> None:
+    code = textwrap.dedent(
+        """
+        import os, subprocess
+        from aot_core.cli import stdout_to_stderr
+        with stdout_to_stderr():
+            os.write(1, b"engine log via fd 1\\n")
+            print("python log via sys.stdout")
+            subprocess.run(["echo", "engine child process log"], check=True)
+        print("/path/to/result")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout == "/path/to/result\n"
+    for line in ("engine log via fd 1", "python log via sys.stdout", "engine child process log"):
+        assert line in proc.stderr

@@ -7,6 +7,7 @@ documented exit codes in ``ExitCode`` (also listed by ``aot --help``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -14,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum
 from pathlib import Path
 from types import FrameType
@@ -138,6 +139,29 @@ def load_spec(path: str | None) -> CompileSpec:
     if not spec_path.is_file():
         raise SpecError(f"spec file {path} does not exist")
     return CompileSpec.load(spec_path)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to file descriptor 1 to stderr for a while.
+
+    Engines log to stdout (vLLM's logger holds the original stream, and its engine
+    processes inherit the descriptor), so only an fd-level redirect keeps stdout for
+    results that scripts read.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no usable stdout: nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _os_error_code(exc: OSError) -> ExitCode | None:
@@ -321,16 +345,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
         _writable(store.entries_dir, "cache directory")
     _progress(f"compiling {model} with {backend} into {dest}")
     start = time.perf_counter()
-    manifest, compiled = compile_into(
-        dest=dest,
-        key=key,
-        backend=backend,
-        model=model,
-        spec=spec,
-        example_inputs=default_prompts(),
-        force=args.force,
-        progress=_progress,
-    )
+    with stdout_to_stderr():
+        manifest, compiled = compile_into(
+            dest=dest,
+            key=key,
+            backend=backend,
+            model=model,
+            spec=spec,
+            example_inputs=default_prompts(),
+            force=args.force,
+            progress=_progress,
+        )
     if compiled:
         _progress(f"compiled in {time.perf_counter() - start:.1f} s")
     else:
