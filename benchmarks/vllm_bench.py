@@ -13,9 +13,11 @@ not a process that still holds compiled code in memory):
   3. eager start  compile_mode "none" (its cache directory primed by one discarded start,
                   so it too skips vLLM's first-run model inspection)
 
-Throughput workload: 8 prompts of 32 tokens, 128 new tokens each, greedy, EOS ignored;
-the median of 3 timed runs after one warm-up run. Torch uses one thread
-(OMP_NUM_THREADS=1): on a 2-core machine more threads only oversubscribe.
+Throughput workload (defaults; --batch, --new-tokens, --dtype change them): 8 prompts of
+32 tokens, 128 new tokens each, greedy, EOS ignored, float32 (the tiny model's own dtype;
+"auto" makes vLLM downcast to bfloat16 on CPUs that have it); the median of 3 timed runs
+after one warm-up run. Torch uses one thread (OMP_NUM_THREADS=1): on a 2-core machine more
+threads only oversubscribe.
 
 Goals (issue 3): wrapper >= 0.98x raw vLLM; warm start <= 1.5x eager start; compiled
 output tokens/s >= 1.3x eager.
@@ -34,7 +36,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-BATCH, PROMPT_LEN, NEW_TOKENS, RUNS = 8, 32, 128, 3
+PROMPT_LEN, RUNS = 32, 3
+# Overridable from the command line (--batch, --new-tokens, --dtype); children get them
+# through the environment so every process measures the same workload.
+BATCH = int(os.environ.get("AOT_BENCH_BATCH", "8"))
+NEW_TOKENS = int(os.environ.get("AOT_BENCH_NEW_TOKENS", "128"))
+DTYPE = os.environ.get("AOT_BENCH_DTYPE", "float32")
 KV_BYTES = 64 << 20
 MARK = "BENCH-RESULT "
 
@@ -49,7 +56,7 @@ def _spec(mode: str, cache: str) -> Any:
     return CompileSpec(
         compile_mode=mode,  # type: ignore[arg-type]
         cuda_graphs=mode != "none",
-        dtype="float32",
+        dtype=DTYPE,
         max_model_len=256,
         max_num_seqs=BATCH,
         cache_dir=cache,
@@ -139,12 +146,22 @@ def main() -> None:
     )
     parser.add_argument("--workdir", help="where the model and caches go (default: a temp dir)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--batch", type=int, help=f"prompts per generate call ({BATCH})")
+    parser.add_argument("--new-tokens", type=int, help=f"tokens per prompt ({NEW_TOKENS})")
+    parser.add_argument("--dtype", help=f"model dtype, as in CompileSpec ({DTYPE})")
     parser.add_argument(
         "--child", nargs=3, metavar=("MODE", "MODEL", "CACHE"), help=argparse.SUPPRESS
     )
     parser.add_argument("--compare-raw", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    for flag, var in (
+        ("batch", "AOT_BENCH_BATCH"),
+        ("new_tokens", "AOT_BENCH_NEW_TOKENS"),
+        ("dtype", "AOT_BENCH_DTYPE"),
+    ):
+        if getattr(args, flag, None) is not None and not args.child:
+            os.environ[var] = str(getattr(args, flag))
     if args.child:
         mode, model, cache = args.child
         print(MARK + json.dumps(child(mode, model, cache, args.compare_raw)), flush=True)
