@@ -478,3 +478,14 @@ def test_resolution_notes_explain_platform_changes() -> None:
     assert any("chunked prefill is off" in n for n in notes)
     assert any("max_num_batched_tokens=512" in n for n in notes)
     assert resolution_notes(CompileSpec(compile_mode="none", cuda_graphs=False), {"mode": 0}) == ()
+
+
+def test_broken_vllm_blocks_only_the_installed_translation(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> None:
+        raise BackendUnavailableError("vLLM is installed but cannot be imported: boom")
+
+    monkeypatch.setattr(tr, "_vllm_importable", lambda: True)
+    monkeypatch.setattr(tr, "_read_installed", broken)
+    with pytest.raises(BackendUnavailableError, match="boom"):
+        translate(CompileSpec())
+    assert t("0.20.0").checked_against_classes is False
