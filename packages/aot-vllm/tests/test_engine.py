@@ -3,9 +3,11 @@ engine for the whole module, started one after the other)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,8 +75,11 @@ def runs(tiny_model: Path, store: Path) -> Iterator[dict]:
             }
             if mode == "default":
                 _errors_on_a_live_model(model)
+            engine_ref = weakref.ref(model.llm)
         finally:
             model.close()
+        gc.collect()
+        out[mode]["engine_freed"] = engine_ref() is None
         out[mode]["children_after_close"] = process_tree.child_pids()
         out[mode]["env_after"] = os.environ.get("VLLM_CACHE_ROOT")
     yield out
@@ -148,6 +153,8 @@ def test_close_leaves_no_engine_process_and_restores_env(runs: dict) -> None:
     for mode in ("default", "none"):
         assert runs[mode]["children_after_close"] <= runs["children_before"]
         assert runs[mode]["env_after"] != runs[mode]["env_during"]
+        # Nothing keeps the engine (weights, KV cache) alive after close.
+        assert runs[mode]["engine_freed"]
         model = runs[mode]["model"]
         assert model.closed
         assert not process_tree.alive(model.engine_pids)
