@@ -307,3 +307,31 @@ def test_model_inspection_results_are_shared_between_entries(tmp_path: Path) -> 
         other.open()
         assert other.seed_modelinfos() == 1
     assert (other.vllm_root / "modelinfos" / "llama.json").read_text() == info.read_text()
+
+
+def test_sampling_params_follow_generation_params() -> None:
+    from types import SimpleNamespace
+
+    from aot_vllm.compiled_model import VLLMCompiledModel
+
+    no_tokenizer = SimpleNamespace(has_tokenizer=False, eos_token_ids=(258,))
+    sp = VLLMCompiledModel.sampling_params(
+        no_tokenizer,  # type: ignore[arg-type]
+        GenerationParams(max_new_tokens=5, temperature=0.7, top_k=0, seed=3),
+    )
+    assert sp.max_tokens == 5 and sp.temperature == 0.7 and sp.seed == 3
+    assert sp.top_k in (-1, 0)  # "all tokens" in the release's own spelling
+    assert list(sp.stop_token_ids) == [258] and not sp.ignore_eos  # EOS from the config
+    sp = VLLMCompiledModel.sampling_params(
+        no_tokenizer,  # type: ignore[arg-type]
+        GenerationParams(stop_on_eos=False),
+    )
+    assert sp.ignore_eos and not sp.stop_token_ids
+
+
+def test_model_token_facts_read_the_config(tiny_model: Path) -> None:
+    from aot_vllm.compiled_model import model_token_facts
+
+    vocab, eos = model_token_facts(tiny_model)
+    assert vocab == 260 and eos == (258,)
+    assert model_token_facts(None) == (None, ())
