@@ -137,6 +137,11 @@ def test_recompiling_the_same_model_reuses_it(old_run: OldRun) -> None:
         warnings.simplefilter("ignore", LegacyConfigWarning)
         again = old_run.compiler.compile_model_aot(old_run.model, None, dict(OLD_CONFIG))
     assert again is old_run.compiled_model
+    # the old compile_model(model, example_inputs, model_id, **config) reaches the same model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LegacyConfigWarning)
+        same = old_run.compiler.compile_model(old_run.model, None, None, **OLD_CONFIG)
+    assert same is old_run.compiled_model
     info = old_run.compiler.get_model_info(old_run.model)
     assert info["backend"] == old_run.compiler.backend_id
     assert "max_seq_len_to_capture" in " ".join(info["config_notes"])
