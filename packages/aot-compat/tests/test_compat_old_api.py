@@ -154,6 +154,18 @@ def test_generate_accepts_old_keyword_styles(old_run: OldRun) -> None:
         old_run.compiled_model.generate(PROMPTS, max_length=3)
 
 
+def test_cuda_graphs_where_cuda_exists(old_run: OldRun) -> None:
+    import torch
+
+    typed = old_run.stats.optimization_stats
+    if not torch.cuda.is_available():
+        assert typed.cuda_graph_sizes == ()  # enable_cuda_graphs=True cannot capture on CPU
+        assert typed.cuda_graphs_note, "stats must say why CUDA graphs are off"
+        pytest.skip("no CUDA device: checked that the stats say why graphs are off")
+    if old_run.compiler.backend_id == "legacy":
+        assert typed.cuda_graph_sizes, f"no CUDA graphs captured: {typed.cuda_graphs_note}"
+
+
 def test_results_pickle(old_run: OldRun) -> None:
     import pickle
 
