@@ -160,7 +160,7 @@ def test_compile_none_is_mode_zero_without_graphs() -> None:
 
 
 def test_graphs_requested_without_compile_is_refused() -> None:
-    spec = {"compile_mode": "none", "cuda_graph_sizes": (1, 2)}
+    spec: dict[str, Any] = {"compile_mode": "none", "cuda_graph_sizes": (1, 2)}
     with pytest.raises(SpecError, match=r"vLLM 0\.20\.2 cannot honour CUDA graphs"):
         t("0.20.2", **spec)
     result = t("0.20.2", best_effort=True, **spec)

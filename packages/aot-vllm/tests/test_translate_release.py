@@ -27,8 +27,14 @@ arg_utils = pytest.importorskip("vllm.engine.arg_utils")
 CompilationConfig = vllm_config.CompilationConfig
 EngineArgs = arg_utils.EngineArgs
 
-CLASSES = tr._read_installed()
-assert CLASSES is not None
+
+def _installed() -> tr._Classes:
+    classes = tr._read_installed()
+    assert classes is not None
+    return classes
+
+
+CLASSES = _installed()
 VERSION = parse_version(CLASSES.version)
 CC_FIELDS = {f.name: f for f in dataclasses.fields(CompilationConfig)}
 ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineArgs)}
