@@ -153,14 +153,22 @@ def test_truncated_missing_and_extra_files_are_detected(art: Path) -> None:
         artifacts.verify_for_load(art)
 
 
-def test_extra_files_alone_can_be_tolerated_but_never_damage(art: Path) -> None:
-    (art / "files/written-at-load.log").write_text("engine log")
+def test_extra_files_can_be_discarded_but_damage_is_never_loaded(art: Path) -> None:
+    planted = art / "files/inductor/planted.so"
+    planted.write_bytes(b"code nobody verified")
     with pytest.raises(ArtifactCorruptError, match="unexpected extra file"):
         artifacts.verify_for_load(art)
-    assert artifacts.verify_for_load(art, allow_extra=True).key == "entry-1"
+    assert planted.exists()
+    assert artifacts.verify_for_load(art, discard_extra=True).key == "entry-1"
+    # the unlisted file is gone before anything could load it, and the entry verifies
+    assert not planted.exists()
+    assert artifacts.verify(art).ok
     (art / "files/empty.txt").write_text("now not empty")
+    (art / "files/another-extra.bin").write_bytes(b"x")
     with pytest.raises(ArtifactCorruptError, match=r"tampered.*empty.txt"):
-        artifacts.verify_for_load(art, allow_extra=True)
+        artifacts.verify_for_load(art, discard_extra=True)
+    # a refused entry is left as it is, for `aot cache verify` to show
+    assert (art / "files/another-extra.bin").exists()
 
 
 def test_symlinked_file_is_refused(art: Path, tmp_path: Path) -> None:

@@ -665,7 +665,7 @@ def _backend_version(backend: str) -> str | None:
 
 
 def verify_for_load(
-    artifact_dir: str | os.PathLike[str], *, backend: str | None = None, allow_extra: bool = False
+    artifact_dir: str | os.PathLike[str], *, backend: str | None = None, discard_extra: bool = False
 ) -> Manifest:
     """Gate in front of loading compiled code: raise unless the artifact is intact and fits here.
 
@@ -673,14 +673,16 @@ def verify_for_load(
     ``ArtifactCorruptError`` (tampered, truncated, missing or unlisted files, bad manifest)
     or ``ArtifactIncompatibleError`` (another backend, torch, vLLM or device). Callers then
     compile afresh into a new directory; they never load the refused files.
-    ``allow_extra`` tolerates unlisted files, for backends whose engine writes beside
-    its cache while loading; an unlisted file is never code the manifest vouches for.
+    ``discard_extra`` is for backends whose engine writes into its cache while starting:
+    instead of refusing an entry over unlisted files, it deletes them (the caller holds the
+    entry's lock) once everything listed has verified, so the engine never reads a file
+    the manifest does not vouch for; at worst it recomputes what they held.
     """
     report = verify(artifact_dir)
     if report.manifest is None:
         raise ArtifactCorruptError(report.error)
     damaged = report.tampered or report.truncated or report.missing
-    if (damaged or (report.extra and not allow_extra)) and report.error == "":
+    if (damaged or (report.extra and not discard_extra)) and report.error == "":
         raise ArtifactCorruptError(
             f"{report.path}: refusing to load a damaged artifact: {report.describe()}"
         )
@@ -690,6 +692,9 @@ def verify_for_load(
             f"{report.path}: refusing to load an artifact built for another environment: "
             + "; ".join(problems)
         )
+    root = Path(report.path)
+    for rel in report.extra:
+        (root / rel).unlink(missing_ok=True)
     return report.manifest
 
 

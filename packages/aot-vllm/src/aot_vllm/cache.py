@@ -128,7 +128,7 @@ class CacheEntry:
             self._make_dirs()
             return OpenedEntry(state="absent", extra={})
         try:
-            manifest = verify_for_load(self.path, backend=BACKEND, allow_extra=True)
+            manifest = verify_for_load(self.path, backend=BACKEND, discard_extra=True)
         except ArtifactError as exc:
             problem = str(exc)
             warnings.warn(
