@@ -12,13 +12,11 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
-from importlib.metadata import EntryPoint, distributions
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aot_core import artifacts, cli, registry
+from aot_core import artifacts, cli
 from aot_core.cli import ExitCode, main
 from test_artifacts import make_artifact, make_model, rewrite_manifest
 
@@ -47,27 +45,6 @@ FAKE_BACKENDS = textwrap.dedent(
             return Availability(usable=False, reason="needs a CUDA device; none found")
     """
 )
-
-
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private site dir; only backends installed into it are visible to the registry."""
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.delenv("AOT_BACKEND", raising=False)
-
-    def _entry_points() -> list[EntryPoint]:
-        return [
-            ep
-            for d in distributions(path=[str(site)])
-            for ep in d.entry_points
-            if ep.group == registry.ENTRY_POINT_GROUP
-        ]
-
-    monkeypatch.setattr(registry, "_entry_points", _entry_points)
-    yield site
-    sys.modules.pop("aot_cli_test_backends", None)
 
 
 @pytest.fixture

@@ -7,10 +7,8 @@ Each test writes a small installed distribution (a ``.dist-info`` with
 
 from __future__ import annotations
 
-import sys
 import textwrap
-from collections.abc import Callable, Iterator
-from importlib.metadata import EntryPoint, distributions
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -70,12 +68,8 @@ Installer = Callable[..., None]
 
 
 @pytest.fixture
-def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Installer]:
-    """Install test distributions into a private site dir the registry will scan."""
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.delenv("AOT_BACKEND", raising=False)
+def install(site: Path) -> Installer:
+    """Install test distributions into the private site dir the registry scans."""
     counter = iter(range(1000))
 
     def _install(entries: dict[str, str], *, dist: str | None = None) -> None:
@@ -89,19 +83,7 @@ def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Install
         lines = [f"{name} = {value.format(module=module)}" for name, value in entries.items()]
         (info / "entry_points.txt").write_text("[aot.backends]\n" + "\n".join(lines) + "\n")
 
-    def _entry_points() -> list[EntryPoint]:
-        return [
-            ep
-            for d in distributions(path=[str(site)])
-            for ep in d.entry_points
-            if ep.group == registry.ENTRY_POINT_GROUP
-        ]
-
-    # Only the private site dir: a developer's own installed backends must not leak in.
-    monkeypatch.setattr(registry, "_entry_points", _entry_points)
-    yield _install
-    for name in [m for m in sys.modules if m.startswith("aot_test_backends_")]:
-        del sys.modules[name]
+    return _install
 
 
 def test_nothing_installed_says_what_to_install(install: Installer) -> None:
