@@ -291,6 +291,39 @@ def test_scheduler_and_resource_fields() -> None:
     assert kwargs["kv_cache_memory_bytes"] == 1 << 26
 
 
+def test_cpu_kv_cache_before_0_20_is_the_env_var_in_whole_gib() -> None:
+    spec = CompileSpec(backend_options={"kv_cache_memory_bytes": (1 << 30) + 1})
+    old = translate(spec, vllm_version="0.19.1", cpu=True)
+    assert old.env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert "kv_cache_memory_bytes" not in old.llm_kwargs
+    assert any("rounded up to 2 GiB" in w for w in old.warnings)
+    exact = CompileSpec(backend_options={"kv_cache_memory_bytes": 3 << 30})
+    assert translate(exact, vllm_version="0.10.2", cpu=True).env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    new = translate(spec, vllm_version="0.20.2", cpu=True)
+    assert new.llm_kwargs["kv_cache_memory_bytes"] == (1 << 30) + 1
+    assert "VLLM_CPU_KVCACHE_SPACE" not in new.env
+    # Off CPU the argument is vLLM's own in every release.
+    gpu = translate(spec, vllm_version="0.19.1")
+    assert gpu.llm_kwargs["kv_cache_memory_bytes"] == (1 << 30) + 1
+
+
+def test_gpu_memory_utilization_on_cpu_before_0_20_is_refused() -> None:
+    spec = CompileSpec(backend_options={"gpu_memory_utilization": 0.5})
+    with pytest.raises(SpecError, match=r"vLLM 0\.19\.1 cannot honour gpu_memory_utilization"):
+        translate(spec, vllm_version="0.19.1", cpu=True)
+    loose = translate(spec, vllm_version="0.19.1", cpu=True, best_effort=True)
+    assert "gpu_memory_utilization" not in loose.llm_kwargs and loose.warnings
+    assert (
+        translate(spec, vllm_version="0.20.2", cpu=True).llm_kwargs["gpu_memory_utilization"] == 0.5
+    )
+
+
+@pytest.mark.parametrize("key", ["kv_cache_memory_bytes", "gpu_memory_utilization"])
+def test_memory_engine_args_point_at_the_checked_option(key: str) -> None:
+    with pytest.raises(SpecError, match=f"use backend_options.{key}"):
+        t("0.32.0", backend_options={"engine_args": {key: 1}})
+
+
 # --------------------------------------------------------------------------- backend_options
 
 
@@ -299,6 +332,9 @@ def test_unknown_backend_option_names_the_key() -> None:
         t("0.32.0", backend_options={"cudagraph_mod": "NONE"})
     assert "did you mean 'cudagraph_mode'" in str(info.value)
     assert info.value.field == "backend_options"
+    # The runtime's own keys are known too (and left for the runtime to read).
+    assert "engine_process" in str(info.value)
+    assert "engine_process" not in t("0.32.0", backend_options={"engine_process": "inline"}).env
 
 
 @pytest.mark.parametrize(

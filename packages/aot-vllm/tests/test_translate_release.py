@@ -212,6 +212,24 @@ def test_max_capture_size_by_release() -> None:
         assert result.llm_kwargs["cuda_graph_sizes"] == [16]
 
 
+def test_cpu_kv_cache_fact_matches_the_cpu_platform_source() -> None:
+    """The CPU platform reads kv_cache_memory_bytes from 0.20; before, only its env var."""
+    import importlib.util
+
+    found = importlib.util.find_spec("vllm.platforms.cpu")
+    assert found is not None and found.origin
+    source = Path(found.origin).read_text(encoding="utf-8")
+    reads_bytes = "cache_config.kv_cache_memory_bytes" in source
+    assert release_facts(VERSION).cpu_kv_cache_arg == reads_bytes
+    assert "VLLM_CPU_KVCACHE_SPACE" in source
+    cpu = translate(CompileSpec(backend_options={"kv_cache_memory_bytes": 64 << 20}), cpu=True)
+    if reads_bytes:
+        assert cpu.llm_kwargs["kv_cache_memory_bytes"] == 64 << 20
+    else:
+        assert cpu.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+        assert "kv_cache_memory_bytes" not in cpu.llm_kwargs
+
+
 def test_release_refuses_what_it_cannot_honour() -> None:
     unknown = CompileSpec(backend_options={"compilation_config": {"not_a_field": 1}})
     with pytest.raises(SpecError, match="CompilationConfig has no such field"):

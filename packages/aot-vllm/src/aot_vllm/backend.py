@@ -20,7 +20,7 @@ from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
 
 from aot_vllm import engine as engine_mod
-from aot_vllm import evidence, process_tree
+from aot_vllm import evidence, kv_sizing, process_tree
 from aot_vllm.cache import CacheEntry
 from aot_vllm.compiled_model import VLLMCompiledModel, model_token_facts
 from aot_vllm.example_inputs import ExampleInputs, inform_spec, parse_example_inputs
@@ -152,7 +152,9 @@ def build(
         engine_mod.import_vllm()
         from aot_vllm.translate import read_resolved_config, release_facts, translate
 
-        translation = translate(engine_spec, best_effort=runtime.best_effort)
+        is_cpu = _platform_is_cpu()
+        engine_spec = _size_cpu_kv_cache(engine_spec, source, notes) if is_cpu else engine_spec
+        translation = translate(engine_spec, best_effort=runtime.best_effort, cpu=is_cpu)
         for message in translation.warnings:
             warnings.warn(f"aot-vllm: {message}", AOTVLLMWarning, stacklevel=3)
         notes.extend(translation.warnings)
@@ -161,7 +163,6 @@ def build(
         vocab, eos = model_token_facts(source.local_dir)
         has_tokenizer = not kwargs.get("skip_tokenizer_init", False)
         inline = _inline(runtime, engine_spec)
-        is_cpu = _platform_is_cpu()
         facts = release_facts(translation.vllm_version)
         log.attach_in_process()
 
@@ -314,6 +315,19 @@ def _engine_kwargs(translated: dict[str, Any], source: Any, notes: list[str]) ->
     # Per-request timings (time to first token) need vLLM's request stats.
     kwargs.setdefault("disable_log_stats", False)
     return kwargs
+
+
+def _size_cpu_kv_cache(spec: CompileSpec, source: Any, notes: list[str]) -> CompileSpec:
+    """Give a CPU engine the KV cache its spec can use, not vLLM's share of the machine."""
+    if kv_sizing.user_sized(spec):
+        return spec
+    size = kv_sizing.cpu_kv_cache_size(spec, source.local_dir)
+    if isinstance(size, str):
+        notes.append(f"KV cache left at vLLM's CPU default: {size}")
+        return spec
+    notes.append(size.reason)
+    options = {**spec.backend_options, "kv_cache_memory_bytes": size.nbytes}
+    return spec.replace(backend_options=options)
 
 
 def _inline(runtime: RuntimeOptions, spec: CompileSpec) -> bool:

