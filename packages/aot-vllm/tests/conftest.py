@@ -17,6 +17,17 @@ from aot_core.tiny import write_tiny_llama
 KV_BYTES = 64 << 20
 
 
+@pytest.fixture(scope="session", autouse=True)
+def aot_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """aot's default cache root for the session (and the processes it starts), so tests
+    never write to the user's ~/.cache/aot."""
+    if os.environ.get("AOT_CACHE_DIR"):
+        return Path(os.environ["AOT_CACHE_DIR"])
+    home = tmp_path_factory.mktemp("aot-home")
+    os.environ["AOT_CACHE_DIR"] = str(home)
+    return home
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete tiny Llama directory (weights and byte-level tokenizer)."""

@@ -291,7 +291,10 @@ def test_stats_json_round_trip_of_a_recorded_start(tmp_path: Path) -> None:
     assert json.loads(stats.to_json())["resolved_config"]["counters"] == {"a": 1}
 
 
-def test_model_inspection_results_are_shared_between_entries(tmp_path: Path) -> None:
+def test_model_inspection_results_are_shared_between_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AOT_CACHE_DIR", str(tmp_path / "aot-home"))
     first = _sealed_entry(tmp_path)
     info = first.vllm_root / "modelinfos" / "llama.json"
     info.parent.mkdir(parents=True)
@@ -307,6 +310,16 @@ def test_model_inspection_results_are_shared_between_entries(tmp_path: Path) -> 
         other.open()
         assert other.seed_modelinfos() == 1
     assert (other.vllm_root / "modelinfos" / "llama.json").read_text() == info.read_text()
+    # Machine-wide: an entry in another cache directory finds them too.
+    elsewhere = CacheEntry(
+        spec=CompileSpec(cache_dir=str(tmp_path / "other-store")),
+        model="org/model",
+        backend_version="0.1.0",
+    )
+    with elsewhere.locked():
+        elsewhere.open()
+        assert elsewhere.seed_modelinfos() == 1
+    assert (tmp_path / "aot-home" / "shared" / "vllm-modelinfos" / "llama.json").is_file()
 
 
 def test_sampling_params_follow_generation_params() -> None:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from aot_core.artifacts import (
     MANIFEST_NAME,
     ArtifactStore,
+    default_cache_root,
     entry_key,
     entry_lock,
     read_manifest,
@@ -180,11 +181,16 @@ class CacheEntry:
 
     @property
     def shared_modelinfos(self) -> Path:
-        """Store-wide copy of vLLM's model-inspection results (not compiled code)."""
-        return self.store.root / "shared" / "vllm-modelinfos"
+        """Machine-wide copy of vLLM's model-inspection results (not compiled code).
+
+        It lives under aot's default cache root, not this entry's store, for the same
+        reason vLLM keeps its own under ``~/.cache/vllm``: every start on the machine, in
+        any cache directory, eager or compiled, can skip the inspection once one has run.
+        """
+        return default_cache_root() / "shared" / "vllm-modelinfos"
 
     def seed_modelinfos(self) -> int:
-        """Copy the store's model-inspection results into this entry; returns how many.
+        """Copy the shared model-inspection results into this entry; returns how many.
 
         Without them vLLM inspects the architecture in a fresh subprocess (tens of seconds
         on a small CPU) on the first start of every entry. vLLM checks each file against a
