@@ -74,6 +74,19 @@ def _timed(fn: Any) -> float:
     return statistics.median(times)
 
 
+def _timed_pair(a: Any, b: Any) -> tuple[float, float]:
+    """Medians for two calls run alternately (order swapped each round), so drift in the
+    machine's speed falls on both alike."""
+    a(), b()  # warm-up
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(2 * RUNS):
+        for which in (0, 1) if i % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            (a, b)[which]()
+            times[which].append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def child(mode: str, model: str, cache: str, compare_raw: bool) -> dict[str, Any]:
     """One start in this (fresh) process; returns what was measured."""
     from aot_core.compiler import GenerationParams
@@ -105,8 +118,10 @@ def child(mode: str, model: str, cache: str, compare_raw: bool) -> dict[str, Any
             sp = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True, temperature=0.0)
             raw_inputs = [{"prompt_token_ids": p} for p in prompts]
             llm = compiled.llm
-            same_raw = _timed(lambda: llm.generate(raw_inputs, sp, use_tqdm=False))
-            same_wrap = _timed(lambda: compiled.generate(prompts, params))
+            same_raw, same_wrap = _timed_pair(
+                lambda: llm.generate(raw_inputs, sp, use_tqdm=False),
+                lambda: compiled.generate(prompts, params),
+            )
             result["same_engine_raw_tok_s"] = out_tokens / same_raw
             result["same_engine_wrapper_tok_s"] = out_tokens / same_wrap
             kwargs, env = dict(compiled.llm_kwargs), dict(compiled.engine_env)
@@ -167,18 +182,10 @@ def main() -> None:
         print(MARK + json.dumps(child(mode, model, cache, args.compare_raw)), flush=True)
         return
 
-    from aot_core.tiny import TINY, TinyLlamaShape, write_tiny_llama
+    from aot_core.tiny import TINY, write_tiny_llama
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="aot-vllm-bench-"))
-    # vLLM's CPU attention needs head size >= 32.
-    shape = (
-        TINY
-        if TINY.hidden_size // TINY.num_attention_heads >= 32
-        else TinyLlamaShape(
-            hidden_size=32 * TINY.num_attention_heads,
-            intermediate_size=64 * TINY.num_attention_heads,
-        )
-    )
+    shape = TINY
     model = write_tiny_llama(work / "tiny-llama", shape=shape)
     compiled_cache, eager_cache = work / "cache-compiled", work / "cache-eager"
     for d in (compiled_cache, eager_cache):

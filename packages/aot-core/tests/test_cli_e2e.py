@@ -52,13 +52,10 @@ def tiny(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def spec_file(tmp_path: Path, backend: str) -> Path:
+def spec_file(tmp_path: Path) -> Path:
     path = tmp_path / "spec.toml"
-    text = 'compile_mode = "default"\nmax_model_len = 256\nmax_num_seqs = 4\n'
-    if backend == "vllm":
-        # vLLM on CPU otherwise reserves 92% of node memory and fails beside other processes
-        text += "\n[backend_options]\nkv_cache_memory_bytes = 67108864\n"
-    path.write_text(text)
+    # No KV-cache size for vLLM: aot-vllm sizes it from max_num_seqs x max_model_len on CPU.
+    path.write_text('compile_mode = "default"\nmax_model_len = 256\nmax_num_seqs = 4\n')
     return path
 
 
