@@ -42,6 +42,7 @@ nox.options.sessions = [
     "vllm_translation",
     "vllm",
     "compat",
+    "main_job",
 ]
 
 
@@ -319,9 +320,23 @@ def bench(session: nox.Session) -> None:
 def e2e(session: nox.Session) -> None:
     """The `aot` command end to end (compile, reuse, tamper, interrupt, bench) on both
     real backends: the slow CLI tests the backend-free `core` session skips. Not in the
-    default list, to keep CI within its time budget; run it before a release."""
+    default list (it adds about ten minutes of real compiles); `main_job` is the part CI
+    runs. Run it before a release."""
     _install_every_backend(session, "pytest")
     _pytest(session, "packages/aot-core/tests", default_args=("-m", "slow"))
+
+
+@nox.session(python=PYTHON)
+def main_job(session: nox.Session) -> None:
+    """The README's main job checked in CI: `aot bench` end to end on both real backends
+    (cold, warm and eager fresh-process starts, one repeat, short generations), asserting
+    its table, JSON, progress, cache hit and compiled == eager tokens."""
+    _install_every_backend(session, "pytest")
+    _pytest(
+        session,
+        "packages/aot-core/tests/test_cli_e2e.py",
+        default_args=("-m", "slow", "-k", "test_bench_end_to_end"),
+    )
 
 
 if __name__ == "__main__":
