@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aot_core import artifacts
+from aot_core.artifacts import environment
 from aot_core.errors import ArtifactCorruptError, ArtifactError, ArtifactIncompatibleError
 from aot_core.spec import CompileSpec
 
@@ -223,7 +224,7 @@ def test_manifest_paths_outside_the_artifact_are_tampering(art: Path) -> None:
 def test_incompatible_artifacts_are_refused_naming_the_reason(
     art: Path, change: Callable[[dict[str, Any]], None], expected: str, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(artifacts, "cuda_capabilities", lambda: ())
+    monkeypatch.setattr(environment, "cuda_capabilities", lambda: ())
     rewrite_manifest(art, change)
     assert artifacts.verify(art).ok  # the files are intact: only the environment differs
     problems = artifacts.check_compatible(artifacts.read_manifest(art))
@@ -233,7 +234,7 @@ def test_incompatible_artifacts_are_refused_naming_the_reason(
 
 
 def test_cuda_capability_mismatch_names_both(art: Path, monkeypatch: Any) -> None:
-    monkeypatch.setattr(artifacts, "cuda_capabilities", lambda: ("8.0",))
+    monkeypatch.setattr(environment, "cuda_capabilities", lambda: ("8.0",))
     rewrite_manifest(
         art, lambda d: d.update(device="cuda:0", device_kind="cuda", cuda_capability="9.0")
     )

@@ -1,0 +1,120 @@
+"""Compiled artifacts: a directory of compiled files plus a manifest that proves what they are.
+
+An artifact directory holds ``manifest.json`` and ``files/`` (what the backend wrote while
+compiling; a backend's ``spec.cache_dir`` points there). The manifest records the format
+version, the backend and its version, the torch and vLLM versions, the device (CUDA
+capability or CPU architecture and ISA), the spec fingerprint, the model-config hash, and
+every file with its sha256 and size.
+
+Compiled files hold code that runs when loaded, so nothing loads unless ``verify_for_load``
+passes: every file matches its checksum, no file was added, and the artifact was built for
+this environment. Writers publish atomically (build in a staging directory beside the
+destination, fsync, rename) under a per-entry ``flock``, so concurrent compiles of the
+same entry all finish with one intact entry, and an interrupted compile leaves only a
+staging directory that no reader ever looks at.
+
+The submodules, each importing only those listed before it:
+
+- ``environment``: what compiled code depends on here (CPU ISA, CUDA capabilities, versions).
+- ``manifest``: the manifest format (``Manifest``, ``FileRecord``), reading it, file helpers.
+- ``identity``: the model-config hash and the cache-entry name (``entry_key``).
+- ``verification``: checking files against the manifest and the manifest against this host.
+- ``publishing``: writing the manifest, the per-entry lock, staging and the atomic publish.
+- ``store``: ``ArtifactStore`` (the cache directory of entries) and how entries are described.
+- ``transfer``: exporting an artifact to one tar file and importing it into a store.
+
+Everything public is re-exported here, so ``from aot_core.artifacts import X`` works for
+every name. Nothing here imports torch or vLLM; versions come from ``importlib.metadata``.
+"""
+
+from aot_core.artifacts.environment import (
+    cpu_isa,
+    cuda_capabilities,
+    device_kind,
+    host_fingerprint,
+    package_version,
+    torch_version,
+    vllm_version,
+)
+from aot_core.artifacts.identity import entry_key, model_config_hash
+from aot_core.artifacts.manifest import (
+    FILES_DIR,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    FileRecord,
+    Manifest,
+    artifact_root,
+    fsync_tree,
+    read_manifest,
+    resolve_artifact_dir,
+)
+from aot_core.artifacts.publishing import (
+    LockTimeoutError,
+    build_and_publish,
+    entry_lock,
+    publish,
+    remove_entry,
+    remove_leftovers,
+    staging_dir,
+    using_artifact,
+    write_manifest,
+)
+from aot_core.artifacts.store import (
+    CACHE_ENV_VAR,
+    ArtifactStore,
+    EntryInfo,
+    default_cache_root,
+    describe_manifest,
+    directory_size,
+    format_bytes,
+)
+from aot_core.artifacts.transfer import export_artifact, import_artifact
+from aot_core.artifacts.verification import (
+    VerifyReport,
+    check_compatible,
+    verify,
+    verify_for_load,
+)
+
+__all__ = [
+    "CACHE_ENV_VAR",
+    "FILES_DIR",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "ArtifactStore",
+    "EntryInfo",
+    "FileRecord",
+    "LockTimeoutError",
+    "Manifest",
+    "VerifyReport",
+    "artifact_root",
+    "build_and_publish",
+    "check_compatible",
+    "cpu_isa",
+    "cuda_capabilities",
+    "default_cache_root",
+    "describe_manifest",
+    "device_kind",
+    "directory_size",
+    "entry_key",
+    "entry_lock",
+    "export_artifact",
+    "format_bytes",
+    "fsync_tree",
+    "host_fingerprint",
+    "import_artifact",
+    "model_config_hash",
+    "package_version",
+    "publish",
+    "read_manifest",
+    "remove_entry",
+    "remove_leftovers",
+    "resolve_artifact_dir",
+    "staging_dir",
+    "torch_version",
+    "using_artifact",
+    "verify",
+    "verify_for_load",
+    "vllm_version",
+    "write_manifest",
+]

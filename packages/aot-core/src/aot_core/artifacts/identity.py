@@ -1,0 +1,71 @@
+"""Model identity: the model-config hash and the cache-entry name of a compile."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from aot_core.artifacts.environment import host_fingerprint, torch_version, vllm_version
+from aot_core.artifacts.manifest import FORMAT_VERSION
+from aot_core.spec import CompileSpec
+
+
+def _model_dir(model: str | os.PathLike[str]) -> Path | None:
+    path = Path(model).expanduser()
+    return path if path.is_dir() else None
+
+
+def model_config_hash(model: str | os.PathLike[str]) -> str:
+    """sha256 of the model's config.json (canonical JSON), or of its name when not a directory.
+
+    Compiled code depends on the architecture, which config.json describes; weights are
+    not hashed (they are inputs, not code).
+    """
+    directory = _model_dir(model)
+    if directory is not None and (directory / "config.json").is_file():
+        data = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(f"name:{model}".encode()).hexdigest()
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
+    return slug[:60]
+
+
+def entry_key(
+    *, backend: str, backend_version: str, model: str | os.PathLike[str], spec: CompileSpec
+) -> str:
+    """The cache-entry name for compiling ``model`` with ``backend`` and ``spec`` here.
+
+    Everything that invalidates compiled code goes into it, so an upgrade of torch, vLLM or
+    the backend, or another device, gets a new entry instead of loading a stale one.
+    """
+    name = Path(model).name if _model_dir(model) is not None else str(model)
+    pins = _pins_for(backend)
+    payload = json.dumps(
+        {
+            "format": FORMAT_VERSION,
+            "backend": backend,
+            "backend_version": backend_version,
+            "spec": spec.replace(cache_dir=None).fingerprint(),
+            "model": model_config_hash(model),
+            "pins": pins,
+            "host": host_fingerprint(),
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return f"{_slug(backend)}-{_slug(name)}-{digest}"
+
+
+def _pins_for(backend: str) -> dict[str, str | None]:
+    # vLLM's compiled code depends on vLLM as well as torch; every backend depends on torch.
+    pins: dict[str, str | None] = {"torch": torch_version()}
+    if backend == "vllm":
+        pins["vllm"] = vllm_version()
+    return pins

@@ -1,0 +1,146 @@
+"""The store: a directory of published entries, and how ``aot cache`` describes them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aot_core.artifacts.manifest import Manifest, _walk_files, read_manifest
+from aot_core.artifacts.publishing import remove_entry
+from aot_core.artifacts.verification import check_compatible
+from aot_core.errors import ArtifactCorruptError, ArtifactError
+
+CACHE_ENV_VAR = "AOT_CACHE_DIR"
+_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def default_cache_root() -> Path:
+    """$AOT_CACHE_DIR, else $XDG_CACHE_HOME/aot, else ~/.cache/aot."""
+    env = os.environ.get(CACHE_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "aot"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntryInfo:
+    """One entry of the store, as ``aot cache ls`` shows it (no checksums computed)."""
+
+    key: str
+    """Entry name."""
+
+    path: Path
+    """Artifact directory."""
+
+    manifest: Manifest | None
+    """Parsed manifest, None when unreadable."""
+
+    problem: str
+    """Why it cannot load here (corrupt manifest or incompatible); empty when it can."""
+
+    size_bytes: int
+    """Bytes on disk."""
+
+
+class ArtifactStore:
+    """A directory of artifacts: ``<root>/entries/<key>/{manifest.json,files/}``."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_cache_root()
+
+    @property
+    def entries_dir(self) -> Path:
+        """Where published entries live."""
+        return self.root / "entries"
+
+    def path(self, key: str) -> Path:
+        """The artifact directory of ``key`` (which may not exist)."""
+        if not _KEY_RE.match(key):
+            raise ArtifactError(
+                f"{key!r} is not a valid entry name (letters, digits, '.', '_', '-'); "
+                "see `aot cache ls`"
+            )
+        return self.entries_dir / key
+
+    def ensure_writable(self) -> None:
+        """Create the store and prove a file can be written there; raises ``OSError``."""
+        self.entries_dir.mkdir(parents=True, exist_ok=True)
+        probe = self.entries_dir / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            with probe.open("wb") as fh:
+                fh.write(b"ok")
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+
+    def entry_keys(self) -> list[str]:
+        """Names of the published entries, sorted."""
+        if not self.entries_dir.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.entries_dir.iterdir() if not p.name.startswith(".") and p.is_dir()
+        )
+
+    def leftovers(self) -> list[Path]:
+        """Staging and trash directories left by interrupted writers."""
+        if not self.entries_dir.is_dir():
+            return []
+        return sorted(
+            p
+            for p in self.entries_dir.iterdir()
+            if p.name.startswith(".") and (".staging-" in p.name or ".trash-" in p.name)
+        )
+
+    def info(self, key: str) -> EntryInfo:
+        """Manifest, loadability and size of one entry (cheap: no checksums)."""
+        path = self.path(key)
+        size = sum(p.stat().st_size for _, p in _walk_files(path) if not p.is_symlink())
+        try:
+            manifest = read_manifest(path)
+        except ArtifactCorruptError as exc:
+            return EntryInfo(key=key, path=path, manifest=None, problem=str(exc), size_bytes=size)
+        problems = check_compatible(manifest)
+        return EntryInfo(
+            key=key, path=path, manifest=manifest, problem="; ".join(problems), size_bytes=size
+        )
+
+    def remove(self, key: str) -> bool:
+        """Delete one entry atomically; False when absent."""
+        return remove_entry(self.path(key))
+
+
+def directory_size(path: Path) -> int:
+    """Bytes of the plain files below ``path``."""
+    return sum(p.stat().st_size for _, p in _walk_files(path) if not p.is_symlink())
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> "1.5 KiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def describe_manifest(manifest: Manifest) -> Sequence[str]:
+    """Key facts of a manifest, one "name: value" per line."""
+    device = manifest.device
+    if manifest.device_kind == "cpu":
+        device = f"{device} ({manifest.cpu_arch})"
+    return (
+        f"backend: {manifest.backend} {manifest.backend_version}",
+        f"torch: {manifest.torch_version or '-'}   vllm: {manifest.vllm_version or '-'}",
+        f"device: {device}",
+        f"model: {manifest.model} (config {manifest.model_config_hash[:12]})",
+        f"spec: {manifest.spec_fingerprint[:12]}   files: {len(manifest.files)} "
+        f"({format_bytes(manifest.total_size)})   created: {manifest.created_utc}",
+    )

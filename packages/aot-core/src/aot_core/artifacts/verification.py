@@ -1,0 +1,222 @@
+"""Checking an artifact: its files against the manifest, and the manifest against this host."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from aot_core.artifacts import environment
+from aot_core.artifacts.environment import cpu_isa, package_version, vllm_version
+from aot_core.artifacts.manifest import (
+    FILES_DIR,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    Manifest,
+    _sha256_file,
+    _walk_files,
+    read_manifest,
+    resolve_artifact_dir,
+)
+from aot_core.errors import ArtifactCorruptError, ArtifactIncompatibleError
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyReport:
+    """The outcome of checking an artifact's files against its manifest."""
+
+    path: str
+    """The artifact directory."""
+
+    manifest: Manifest | None
+    """The parsed manifest, or None when it is missing or unreadable."""
+
+    tampered: tuple[str, ...] = ()
+    """Files whose bytes differ from the manifest's checksum."""
+
+    truncated: tuple[str, ...] = ()
+    """Files shorter than the manifest says."""
+
+    missing: tuple[str, ...] = ()
+    """Files the manifest lists that are not there."""
+
+    extra: tuple[str, ...] = ()
+    """Files (or links) present that the manifest does not list."""
+
+    error: str = ""
+    """Why the manifest itself could not be used, when it could not."""
+
+    @property
+    def ok(self) -> bool:
+        """True when the manifest is readable and every file matches it exactly."""
+        return self.manifest is not None and not (
+            self.error or self.tampered or self.truncated or self.missing or self.extra
+        )
+
+    def problems(self) -> list[str]:
+        """Human-readable problems, one per line; empty when ok."""
+        out = [self.error] if self.error else []
+        for label, names in (
+            ("tampered (checksum differs)", self.tampered),
+            ("truncated", self.truncated),
+            ("missing", self.missing),
+            ("unexpected extra file", self.extra),
+        ):
+            out.extend(f"{label}: {n}" for n in names)
+        return out
+
+    def describe(self) -> str:
+        """One paragraph: "ok" or the problems."""
+        if self.ok:
+            assert self.manifest is not None
+            return f"ok ({len(self.manifest.files)} files verified)"
+        return "; ".join(self.problems())
+
+
+def verify(artifact_dir: str | os.PathLike[str]) -> VerifyReport:
+    """Check every file of an artifact against its manifest (checksums, sizes, extras)."""
+    root = resolve_artifact_dir(artifact_dir)
+    try:
+        manifest = read_manifest(root)
+    except ArtifactCorruptError as exc:
+        return VerifyReport(path=str(root), manifest=None, error=str(exc))
+    tampered: list[str] = []
+    truncated: list[str] = []
+    missing: list[str] = []
+    listed = set()
+    for record in manifest.files:
+        rel = record.path
+        listed.add(rel)
+        if not _safe_relpath(rel) or not rel.startswith(f"{FILES_DIR}/"):
+            tampered.append(f"{rel} (path outside the artifact)")
+            continue
+        path = root / rel
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            tampered.append(f"{rel} (not a plain file)")
+            continue
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            missing.append(rel)
+            continue
+        if size < record.size:
+            truncated.append(f"{rel} ({size} of {record.size} bytes)")
+        elif size != record.size or _sha256_file(path) != record.sha256:
+            tampered.append(rel)
+    extra = [rel for rel, _ in _walk_files(root) if rel not in listed and rel != MANIFEST_NAME]
+    return VerifyReport(
+        path=str(root),
+        manifest=manifest,
+        tampered=tuple(tampered),
+        truncated=tuple(truncated),
+        missing=tuple(missing),
+        extra=tuple(extra),
+    )
+
+
+def _safe_relpath(rel: str) -> bool:
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and ".." not in parts and "" not in parts
+
+
+def check_compatible(manifest: Manifest, *, backend: str | None = None) -> list[str]:
+    """Why ``manifest``'s artifact cannot load in this environment; empty when it can.
+
+    Checks the format version, the backend name (when given), the backend's version,
+    every pinned package version (torch, and vLLM for the vllm backend), and the device:
+    CUDA capability, or CPU architecture and ISA extensions.
+    """
+    problems: list[str] = []
+    if manifest.format_version > FORMAT_VERSION:
+        problems.append(
+            f"manifest format {manifest.format_version} is newer than this aot-core understands "
+            f"({FORMAT_VERSION}); upgrade aot-core"
+        )
+    if backend is not None and manifest.backend != backend:
+        problems.append(f"built by backend {manifest.backend!r}, not {backend!r}")
+    current_backend = _backend_version(manifest.backend)
+    if current_backend is not None and current_backend != manifest.backend_version:
+        problems.append(
+            f"built with backend {manifest.backend} {manifest.backend_version}, this "
+            f"environment has {current_backend}"
+        )
+    for package, wanted in sorted(manifest.pins.items()):
+        have = vllm_version() if package == "vllm" else package_version(package)
+        if have != wanted:
+            problems.append(
+                f"built for {package} {wanted or '(not installed)'}, this environment has "
+                f"{package} {have or '(not installed)'}"
+            )
+    arch = platform.machine()
+    if manifest.cpu_arch != arch:
+        problems.append(f"built on a {manifest.cpu_arch} CPU, this machine is {arch}")
+    if manifest.device_kind == "cuda":
+        caps = environment.cuda_capabilities()
+        if not caps:
+            problems.append(
+                f"built for a CUDA device (capability {manifest.cuda_capability or '?'}), "
+                "and no NVIDIA GPU is visible here"
+            )
+        elif manifest.cuda_capability and manifest.cuda_capability not in caps:
+            problems.append(
+                f"built for CUDA capability {manifest.cuda_capability}, the GPUs here have "
+                f"{', '.join(caps)}"
+            )
+    elif manifest.device_kind == "cpu":
+        lacking = sorted(set(manifest.cpu_isa) - set(cpu_isa()))
+        if lacking:
+            problems.append(
+                f"built for a CPU with {', '.join(lacking)}, which this CPU lacks (compiled "
+                "kernels would crash with illegal instructions)"
+            )
+    return problems
+
+
+def _backend_version(backend: str) -> str | None:
+    """The installed version of ``backend``'s distribution, None when it is not installed."""
+    from aot_core.registry import KNOWN_DISTRIBUTIONS, installed_backends
+
+    dist = KNOWN_DISTRIBUTIONS.get(backend)
+    if dist is not None:
+        return package_version(dist)
+    with contextlib.suppress(Exception):
+        cls = installed_backends().get(backend)
+        if cls is not None:
+            return cls.version() or None
+    return None
+
+
+def verify_for_load(
+    artifact_dir: str | os.PathLike[str], *, backend: str | None = None, discard_extra: bool = False
+) -> Manifest:
+    """Gate in front of loading compiled code: raise unless the artifact is intact and fits here.
+
+    ``artifact_dir`` is the artifact directory or its ``files/`` directory. Raises
+    ``ArtifactCorruptError`` (tampered, truncated, missing or unlisted files, bad manifest)
+    or ``ArtifactIncompatibleError`` (another backend, torch, vLLM or device). Callers then
+    compile afresh into a new directory; they never load the refused files.
+    ``discard_extra`` is for backends whose engine writes into its cache while starting:
+    instead of refusing an entry over unlisted files, it deletes them (the caller holds the
+    entry's lock) once everything listed has verified, so the engine never reads a file
+    the manifest does not vouch for; at worst it recomputes what they held.
+    """
+    report = verify(artifact_dir)
+    if report.manifest is None:
+        raise ArtifactCorruptError(report.error)
+    damaged = report.tampered or report.truncated or report.missing
+    if (damaged or (report.extra and not discard_extra)) and report.error == "":
+        raise ArtifactCorruptError(
+            f"{report.path}: refusing to load a damaged artifact: {report.describe()}"
+        )
+    problems = check_compatible(report.manifest, backend=backend)
+    if problems:
+        raise ArtifactIncompatibleError(
+            f"{report.path}: refusing to load an artifact built for another environment: "
+            + "; ".join(problems)
+        )
+    root = Path(report.path)
+    for rel in report.extra:
+        (root / rel).unlink(missing_ok=True)
+    return report.manifest
