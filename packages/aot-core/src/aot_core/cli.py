@@ -175,15 +175,7 @@ def _os_error_code(exc: OSError) -> ExitCode | None:
 def _writable(directory: Path, what: str) -> None:
     """Create ``directory`` and write a probe file, or fail with CACHE_NOT_WRITABLE/DISK_FULL."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-probe-{os.getpid()}"
-        try:
-            with probe.open("wb") as fh:
-                fh.write(b"probe")
-                fh.flush()
-                os.fsync(fh.fileno())
-        finally:
-            probe.unlink(missing_ok=True)
+        artifacts.ensure_writable(directory)
     except OSError as exc:
         code = _os_error_code(exc) or ExitCode.CACHE_NOT_WRITABLE
         raise CLIError(

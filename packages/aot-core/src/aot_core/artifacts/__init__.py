@@ -66,6 +66,7 @@ from aot_core.artifacts.store import (
     default_cache_root,
     describe_manifest,
     directory_size,
+    ensure_writable,
     format_bytes,
 )
 from aot_core.artifacts.transfer import export_artifact, import_artifact
@@ -96,6 +97,7 @@ __all__ = [
     "describe_manifest",
     "device_kind",
     "directory_size",
+    "ensure_writable",
     "entry_key",
     "entry_lock",
     "export_artifact",

@@ -70,16 +70,7 @@ class ArtifactStore:
 
     def ensure_writable(self) -> None:
         """Create the store and prove a file can be written there; raises ``OSError``."""
-        self.entries_dir.mkdir(parents=True, exist_ok=True)
-        probe = self.entries_dir / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            with probe.open("wb") as fh:
-                fh.write(b"ok")
-                fh.flush()
-                os.fsync(fh.fileno())
-        finally:
-            with contextlib.suppress(OSError):
-                probe.unlink()
+        ensure_writable(self.entries_dir)
 
     def entry_keys(self) -> list[str]:
         """Names of the published entries, sorted."""
@@ -115,6 +106,24 @@ class ArtifactStore:
     def remove(self, key: str) -> bool:
         """Delete one entry atomically; False when absent."""
         return remove_entry(self.path(key))
+
+
+def ensure_writable(directory: Path) -> None:
+    """Create ``directory`` and prove a file can be written (and synced) there.
+
+    Raises ``OSError`` (permissions, read-only file system, disk full) before any real
+    work starts, so a caller can report it instead of failing half-way through a compile.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        with probe.open("wb") as fh:
+            fh.write(b"ok")
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
 def directory_size(path: Path) -> int:
