@@ -70,9 +70,7 @@ def bytes_per_token(
     config: Mapping[str, Any], dtype: str, kv_cache_dtype: str | None
 ) -> int | None:
     """K and V bytes one token takes over all layers; None for a layout this cannot read."""
-    text = config.get("text_config")
-    if isinstance(text, Mapping):
-        config = text
+    config = _language_model(config)
     layers = config.get("num_hidden_layers")
     heads = config.get("num_attention_heads")
     kv_heads = config.get("num_key_value_heads", heads)
@@ -136,10 +134,14 @@ def cpu_kv_cache_size(
     return KVCacheSize(nbytes=nbytes, tokens=tokens, reason=reason)
 
 
-def _declared_length(config: Mapping[str, Any]) -> int | None:
+def _language_model(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The config of the part that holds the KV cache (a multimodal model's text_config)."""
     text = config.get("text_config")
-    if isinstance(text, Mapping):
-        config = text
+    return text if isinstance(text, Mapping) else config
+
+
+def _declared_length(config: Mapping[str, Any]) -> int | None:
+    config = _language_model(config)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = config.get(key)
         if isinstance(value, int) and value > 0:
