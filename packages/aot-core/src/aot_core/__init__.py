@@ -23,6 +23,7 @@ from aot_core.errors import (
     SpecError,
 )
 from aot_core.registry import BackendInfo, create_compiler, get_backend, list_backends
+from aot_core.scoring import Score, ScoreRequest
 from aot_core.spec import CompileSpec
 from aot_core.stats import CacheOutcome, Comparison, OptimizationStats, compare
 
@@ -48,6 +49,8 @@ __all__ = [
     "NoUsableBackendError",
     "OptimizationStats",
     "Prompt",
+    "Score",
+    "ScoreRequest",
     "SpecError",
     "compare",
     "create_compiler",

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, ClassVar
 
 from aot_core.errors import SpecError
+from aot_core.scoring import Score, ScoreRequest, rolling_requests, sum_scores
 from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
 
@@ -113,6 +114,37 @@ class CompiledModel(ABC):
         self, prompts: Sequence[Prompt], params: GenerationParams | None = None
     ) -> list[Generation]:
         """Generate for each prompt; one ``Generation`` per prompt, in order."""
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
+        """Log-likelihood of each continuation given its context; one ``Score`` per request.
+
+        Contexts must be non-empty (the first token of a sequence has no probability to
+        score). A request longer than ``max_model_len`` is refused with ``SpecError``,
+        never truncated. Backends that can score override this; the default refuses.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot score log-likelihoods; use a backend that does "
+            "(`aot backends` lists them)"
+        )
+
+    def score_rolling(self, sequences: Sequence[Sequence[int]]) -> list[Score]:
+        """Log-likelihood of each whole sequence (every token after the first), for perplexity.
+
+        Sequences longer than ``max_model_len`` are split into disjoint windows the way
+        lm-evaluation-harness splits them: a window holds at most ``max_model_len`` tokens,
+        the first of which is the token before it (context only), so every token after the
+        sequence's first is scored exactly once.
+        """
+        limit = self.max_model_len
+        plans = [rolling_requests(seq, limit) for seq in sequences]
+        flat = [req for plan in plans for req in plan]
+        scores = iter(self.score(flat) if flat else [])
+        return [sum_scores([next(scores) for _ in plan]) for plan in plans]
+
+    @property
+    def max_model_len(self) -> int | None:
+        """Longest context plus continuation this model accepts, in tokens (None: unknown)."""
+        return None
 
     @property
     @abstractmethod
