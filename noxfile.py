@@ -43,6 +43,7 @@ nox.options.sessions = [
     "vllm",
     "compat",
     "main_job",
+    "eval",
 ]
 
 
@@ -377,6 +378,26 @@ def main_job(session: nox.Session) -> None:
         "packages/aot-core/tests/test_cli_e2e.py",
         default_args=("-m", "slow", "-k", "test_bench_end_to_end"),
     )
+
+
+LM_EVAL = "lm-eval==0.4.13"
+
+
+@nox.session(python=PYTHON, name="eval")
+def eval_session(session: nox.Session) -> None:
+    """`aot eval`: real lm-eval jobs through aot on both backends, on the task fixtures
+    shipped in the tests (nothing downloaded); scores checked against transformers' own
+    forward pass, and eager against compiled. `nox -s eval_slow` runs the heavier rest."""
+    _install_every_backend(session, "pytest", LM_EVAL, "transformers")
+    _pytest(session, "packages/aot-core/tests/evaluation", default_args=("-m", "not slow"))
+
+
+@nox.session(python=PYTHON)
+def eval_slow(session: nox.Session) -> None:
+    """The `eval` session's slow tests: bfloat16 parity, longer jobs, the job benchmark
+    smoke run. Not in the default list."""
+    _install_every_backend(session, "pytest", LM_EVAL, "transformers")
+    _pytest(session, "packages/aot-core/tests/evaluation", default_args=("-m", "slow"))
 
 
 if __name__ == "__main__":

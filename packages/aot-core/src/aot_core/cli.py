@@ -50,6 +50,10 @@ class ExitCode(IntEnum):
     DISK_FULL = 11
     MISSING_DEPENDENCY = 12
     BENCH_FAILED = 13
+    TASK_NOT_FOUND = 20
+    DATASET_NOT_LOCAL = 21
+    NO_TOKENIZER = 22
+    PARITY_EXCEEDED = 23
     INTERRUPTED = 130
 
 
@@ -68,6 +72,10 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.DISK_FULL: "no space left on the device (nothing in the cache was changed)",
     ExitCode.MISSING_DEPENDENCY: "an optional dependency is missing (e.g. matplotlib for --plot)",
     ExitCode.BENCH_FAILED: "some benchmark runs failed (results of the others are reported)",
+    ExitCode.TASK_NOT_FOUND: "aot eval: no lm-eval task has that name (--include-path for YAMLs)",
+    ExitCode.DATASET_NOT_LOCAL: "aot eval: a task's dataset is not on this machine (runs offline)",
+    ExitCode.NO_TOKENIZER: "aot eval: the model directory has no tokenizer for text tasks",
+    ExitCode.PARITY_EXCEEDED: "aot eval --parity: eager and compiled differ beyond the tolerance",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C); nothing half-written was left to load",
 }
 
@@ -599,6 +607,7 @@ def _epilog() -> str:
         "  aot backends\n"
         "  aot bench --json bench.json --plot bench.png\n"
         "  aot compile ./my-llama --backend vllm --spec spec.toml\n"
+        "  aot eval ./my-llama --tasks hellaswag --limit 100\n"
         "  aot cache ls\n\n"
         f"cache: --cache-dir, else ${artifacts.CACHE_ENV_VAR}, else ~/.cache/aot\n\n"
         f"exit codes:\n{codes}"
@@ -682,6 +691,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="draw the results to this PNG (needs matplotlib)")
     p.add_argument("--work-dir", help="keep the runs' artifacts and logs here (default: temp)")
     p.set_defaults(func=cmd_bench)
+
+    from aot_core.evaluation.command import add_parser as add_eval_parser
+
+    add_eval_parser(sub, fmt, _epilog())
 
     cache = sub.add_parser("cache", help="list, verify, export, import or clear artifacts")
     csub = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
