@@ -380,7 +380,8 @@ def main_job(session: nox.Session) -> None:
     )
 
 
-LM_EVAL = "lm-eval==0.4.13"
+# [hf]: lm-eval's own transformers model, the reference the scores are checked against.
+LM_EVAL = "lm-eval[hf]==0.4.13"
 
 
 @nox.session(python=PYTHON, name="eval")

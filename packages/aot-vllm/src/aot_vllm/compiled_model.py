@@ -128,6 +128,9 @@ class VLLMCompiledModel(CompiledModel):
         }
         if params.seed is not None:
             kwargs["seed"] = params.seed
+        if params.stop and self.has_tokenizer:
+            # Text stops need the tokenizer; without one the caller cuts the text itself.
+            kwargs["stop"] = list(params.stop)
         if params.stop_on_eos and not self.has_tokenizer and self.eos_token_ids:
             # Without a tokenizer vLLM does not know the EOS id; the model config does.
             kwargs["stop_token_ids"] = list(self.eos_token_ids)
@@ -203,12 +206,16 @@ class VLLMCompiledModel(CompiledModel):
         # Prefix-cache hits would skip positions, so vLLM itself bypasses reading the
         # prefix cache for such requests (0.10.2-0.11.0 in the KV-cache manager, 0.11.1+
         # through SamplingParams.skip_reading_prefix_cache).
-        sampling = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False)
+        sampling = SamplingParams(
+            max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False
+        )
         with self._lock:
             outputs = self.llm.generate(inputs, sampling, use_tqdm=False)
             self._memory.sample()
         return [
-            _score_from_prompt_logprobs(out.prompt_logprobs, [*context, *continuation], len(context))
+            _score_from_prompt_logprobs(
+                out.prompt_logprobs, [*context, *continuation], len(context)
+            )
             for out, (context, continuation) in zip(outputs, requests, strict=True)
         ]
 

@@ -14,6 +14,7 @@ from typing import Any
 from aot_core.evaluation.errors import (
     DatasetNotLocalError,
     EvalError,
+    EvalUsageError,
     LMEvalMissingError,
     LMEvalOptionsError,
     NoTokenizerError,
@@ -69,7 +70,10 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
         "any decision or greedy generation differs",
     )
     p.add_argument(
-        "--timeout", type=float, default=3600.0, help="with --parity: seconds per run (default 3600)"
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="with --parity: seconds per run (default 3600)",
     )
     p.add_argument(
         "--lm-eval",
@@ -93,6 +97,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         NoTokenizerError: ExitCode.NO_TOKENIZER,
         ParityExceededError: ExitCode.PARITY_EXCEEDED,
         LMEvalOptionsError: ExitCode.USAGE,
+        EvalUsageError: ExitCode.USAGE,
     }
     try:
         return _run(args)
@@ -156,8 +161,8 @@ def _single(
 ) -> int:
     from aot_core.cli import stdout_to_stderr
     from aot_core.evaluation.job import JobRequest, run_job, summary, write_outputs
-    from aot_core.evaluation.tokenizer import load_tokenizer
     from aot_core.evaluation.plugin import register
+    from aot_core.evaluation.tokenizer import load_tokenizer
 
     config = model_config(args, model)
     tokenizer = load_tokenizer(config)  # a text task without a tokenizer fails here, early

@@ -29,5 +29,9 @@ class ParityExceededError(EvalError):
     """Eager and compiled runs differ by more than the tolerance the user allowed."""
 
 
-class LMEvalOptionsError(EvalError):
+class EvalUsageError(EvalError):
+    """Options that do not go together."""
+
+
+class LMEvalOptionsError(EvalUsageError):
     """lm-eval refused its options (e.g. --log_samples without an output directory)."""

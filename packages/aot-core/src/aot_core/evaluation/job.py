@@ -57,16 +57,15 @@ def lm_eval_config(argv: Sequence[str]) -> Any:
         raise LMEvalOptionsError(f"lm-eval refused the options: {exc}") from exc
 
 
-def run_job(
-    request: JobRequest, tokenizer: Any, progress: Callable[[str], None]
-) -> dict[str, Any]:
+def run_job(request: JobRequest, tokenizer: Any, progress: Callable[[str], None]) -> dict[str, Any]:
     """Run the job and return lm-eval's results with an ``aot`` section added."""
     from aot_core.evaluation.tasks import load_tasks, resolve_tasks
 
     cfg = lm_eval_config(request.lm_eval_argv)
     task_manager = resolve_tasks(cfg)
     tasks = load_tasks(task_manager, cfg.tasks)  # datasets are read before any engine starts
-    progress(f"tasks ready: {', '.join(t.task_name if hasattr(t, 'task_name') else str(t) for t in tasks)}")
+    names = [getattr(t, "task_name", None) or str(t) for t in tasks]
+    progress(f"tasks ready: {', '.join(names)}")
     marks: dict[str, float] = {}
 
     def body(model: CompiledModel) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -166,7 +165,9 @@ def write_outputs(results: dict[str, Any], output: Path) -> list[Path]:
         path = output / f"samples_{task}.jsonl"
         with path.open("w", encoding="utf-8") as fh:
             for row in rows:
-                fh.write(json.dumps(row, default=handle_non_serializable, ensure_ascii=False) + "\n")
+                fh.write(
+                    json.dumps(row, default=handle_non_serializable, ensure_ascii=False) + "\n"
+                )
         written.append(path)
     return written
 
@@ -182,8 +183,9 @@ def summary(results: dict[str, Any]) -> str:
     if "groups" in results:
         lines.append(make_table(results, "groups"))
     lines.append(
-        f"aot: {stats['backend']} {stats.get('backend_version', '')} ({stats.get('compile_mode')}), "
-        f"start: {aot['start']['path']}, cache: {cache.get('status')}"
+        f"aot: {stats['backend']} {stats.get('backend_version', '')} "
+        f"({stats.get('compile_mode')}), start: {aot['start']['path']}, "
+        f"cache: {cache.get('status')}"
         + (f" ({cache.get('reason')})" if cache.get("reason") else "")
     )
     requests = aot["requests"]

@@ -219,7 +219,9 @@ class AotLM(TemplateLM):  # type: ignore[misc]
         if not isinstance(gen_kwargs, dict):
             raise SpecError(f"generate_until: gen_kwargs must be a dict, got {gen_kwargs!r}")
         kwargs = normalize_gen_kwargs(gen_kwargs, default_max_gen_toks=self.max_gen_toks)
-        until = handle_stop_sequences(kwargs.pop("until", None), eos=self.tok_decode([self.eot_token_id]))
+        until = handle_stop_sequences(
+            kwargs.pop("until", None), eos=self.tok_decode([self.eot_token_id])
+        )
         max_gen_toks = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
         kwargs.pop("do_sample", None)
         unknown = sorted(set(kwargs) - set(_SAMPLING_KEYS))
@@ -236,10 +238,15 @@ class AotLM(TemplateLM):  # type: ignore[misc]
             # lm-eval and vLLM spell "every token" -1; aot spells it 0.
             top_k=max(int(kwargs.get("top_k") or 0), 0),
             seed=int(kwargs["seed"]) if kwargs.get("seed") is not None else None,
+            # Lets vLLM end a sequence at a stop string, as lm-eval's vllm model does; the
+            # text is cut below either way, so every backend returns the same text.
+            stop=tuple(s for s in until if s),
         )
         return params, until
 
-    def _generate(self, contexts: list[str], params: GenerationParams, until: list[str]) -> list[str]:
+    def _generate(
+        self, contexts: list[str], params: GenerationParams, until: list[str]
+    ) -> list[str]:
         prompts = [self.tok_encode(c) or [self.prefix_token_id] for c in contexts]
         # One generated token must fit after the prompt.
         self._check_lengths([len(p) + 1 for p in prompts], "generation prompt")

@@ -1,8 +1,9 @@
-"""What ``--model_args`` may say to aot's lm-eval model, parsed and checked before any engine starts."""
+"""What ``--model_args`` may say to aot's lm-eval model, checked before any engine starts."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,9 @@ class EvalModelConfig:
         return not self.spec.compiles
 
 
-def parse_model_args(args: Mapping[str, Any], base_spec: CompileSpec | None = None) -> EvalModelConfig:
+def parse_model_args(
+    args: Mapping[str, Any], base_spec: CompileSpec | None = None
+) -> EvalModelConfig:
     """An ``EvalModelConfig`` from lm-eval's parsed ``--model_args`` (plus its extras).
 
     Keys: ``pretrained`` (or ``model``), ``backend``, ``spec`` (a spec file), ``eager``,
@@ -73,14 +76,18 @@ def parse_model_args(args: Mapping[str, Any], base_spec: CompileSpec | None = No
     spec_fields = {f.name for f in dataclasses.fields(CompileSpec)}
     unknown = sorted(set(args) - set(_OWN_KEYS) - spec_fields - set(LM_EVAL_PASSED))
     if unknown:
+        close = difflib.get_close_matches(unknown[0], [*_OWN_KEYS, *spec_fields], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise SpecError(
-            f"model_args: unknown key {unknown[0]!r}; aot's model takes "
+            f"model_args: unknown key {unknown[0]!r}{hint}; aot's model takes "
             f"{', '.join(_OWN_KEYS)} and any spec field ({', '.join(sorted(spec_fields))})",
             field=unknown[0],
         )
     model = args.get("pretrained", args.get("model"))
     if not model:
-        raise SpecError("model_args: pass the model directory as pretrained=DIR", field="pretrained")
+        raise SpecError(
+            "model_args: pass the model directory as pretrained=DIR", field="pretrained"
+        )
     spec = base_spec if base_spec is not None else CompileSpec()
     if args.get("spec"):
         from aot_core.cli import load_spec
@@ -98,7 +105,9 @@ def parse_model_args(args: Mapping[str, Any], base_spec: CompileSpec | None = No
         tokenizer=Path(str(args["tokenizer"])).expanduser() if args.get("tokenizer") else None,
         max_gen_toks=_positive(args.get("max_gen_toks", 256), "max_gen_toks"),
         add_bos_token=(
-            None if args.get("add_bos_token") is None else _flag(args["add_bos_token"], "add_bos_token")
+            None
+            if args.get("add_bos_token") is None
+            else _flag(args["add_bos_token"], "add_bos_token")
         ),
         prefix_token_id=(
             None

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aot_core.evaluation.errors import EvalError, ParityExceededError
+from aot_core.evaluation.errors import EvalUsageError, ParityExceededError
 
 RUNS = ("eager", "compiled")
 
@@ -163,8 +163,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _child_argv(args: argparse.Namespace, model: Path, passthrough: list[str], out: Path) -> list[str]:
-    argv = [sys.executable, "-m", "aot_core.cli"]
+def _child_argv(
+    args: argparse.Namespace, model: Path, passthrough: list[str], out: Path
+) -> list[str]:
+    argv = [sys.executable, "-m", "aot_core"]
     if args.cache_dir:
         argv += ["--cache-dir", args.cache_dir]
     argv += ["eval", str(model), "--tasks", args.tasks, "--log-samples", "--output", str(out)]
@@ -185,13 +187,15 @@ def run_parity(
 ) -> int:
     """Run both jobs, print the report, write ``parity.json``; raise when out of tolerance."""
     if args.eager:
-        raise EvalError("--parity runs both eager and compiled; drop --eager")
+        raise EvalUsageError("--parity runs both eager and compiled; drop --eager")
     with tempfile.TemporaryDirectory(prefix="aot-parity-") as tmp:
         root = Path(args.output).expanduser() if args.output else Path(tmp)
         header = []
         for label in RUNS:
             out = root / label
-            argv = _child_argv(args, model, passthrough, out) + (["--eager"] if label == "eager" else [])
+            argv = _child_argv(args, model, passthrough, out) + (
+                ["--eager"] if label == "eager" else []
+            )
             progress(f"parity: {label} run in a fresh process")
             # The child's table goes to stderr: stdout carries only the report.
             proc = subprocess.run(argv, stdout=sys.stderr, timeout=args.timeout, check=False)
@@ -200,9 +204,10 @@ def run_parity(
                 return proc.returncode
             aot = json.loads((out / "results.json").read_text(encoding="utf-8"))["aot"]
             stats = aot["stats"]
+            dtype = stats.get("resolved_config", {}).get("dtype") or aot["spec"]["dtype"]
             header.append(
                 f"  {label:<8} {stats['backend']} {stats.get('backend_version', '')}, "
-                f"{stats.get('compile_mode')}, dtype {stats.get('resolved_config', {}).get('dtype', aot['spec']['dtype'])}, "
+                f"{stats.get('compile_mode')}, dtype {dtype}, "
                 f"start {aot['start']['path']}, job {aot['wall_s']['total']:.1f} s"
             )
             notes = aot.get("notes") or []
@@ -210,7 +215,10 @@ def run_parity(
         print(format_report(report, header + [f"  note: {n}" for n in notes]))
         if args.output:
             (root / "parity.json").write_text(
-                json.dumps([asdict(t) | {"mean_abs_delta": t.mean_abs_delta} for t in report], indent=2) + "\n",
+                json.dumps(
+                    [asdict(t) | {"mean_abs_delta": t.mean_abs_delta} for t in report], indent=2
+                )
+                + "\n",
                 encoding="utf-8",
             )
             progress(f"wrote {root / 'parity.json'}")

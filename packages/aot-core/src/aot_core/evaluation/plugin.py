@@ -7,6 +7,7 @@ that aot-core declares (``aot = "aot_core.evaluation.lm:AotLM"``) by themselves.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 from aot_core.evaluation import MODEL_NAME
@@ -21,7 +22,9 @@ LM_EVAL_HINT = "pip install 'aot-core[eval]' (lm-eval 0.4.13 and transformers)"
 def require_lm_eval() -> None:
     """Fail with an install hint when lm-eval is missing."""
     if importlib.util.find_spec("lm_eval") is None:
-        raise LMEvalMissingError(f"aot eval needs lm-evaluation-harness, which is not installed: {LM_EVAL_HINT}")
+        raise LMEvalMissingError(
+            f"aot eval needs lm-evaluation-harness, which is not installed: {LM_EVAL_HINT}"
+        )
 
 
 def register() -> None:
@@ -32,7 +35,6 @@ def register() -> None:
     import lm_eval.models  # noqa: F401
     from lm_eval.api import registry
 
-    try:
+    # Already there means an earlier call, or lm-eval found the entry point itself.
+    with contextlib.suppress(ValueError):
         registry.model_registry.register(MODEL_NAME, target=TARGET)
-    except ValueError:
-        pass  # already there: an earlier call, or lm-eval found the entry point itself

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from aot_core import artifacts
 from aot_core.compiler import CompiledModel
 from aot_core.errors import ArtifactError
-
 from aot_core.evaluation.model_args import EvalModelConfig
 
 T = TypeVar("T")
@@ -73,13 +72,31 @@ def run_with_model(
     )
     dest = artifacts.ArtifactStore(cache_dir).path(key)
     note = ""
+    entry = _Entry(cls=cls, config=config, dest=dest, key=key)
     if (dest / artifacts.MANIFEST_NAME).exists():
         try:
-            return _warm(cls, config, dest, key, body, progress)
+            return _warm(entry, body, progress)
         except ArtifactError as exc:
             note = f"cached artifact refused, compiled afresh: {exc}"
             progress(note)
-    return _cold(cls, config, dest, key, body, progress, force=bool(note), note=note)
+    return _cold(entry, body, progress, force=bool(note), note=note)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Entry:
+    """The artifact store entry a compiled job uses."""
+
+    cls: Any
+    """The backend class."""
+
+    config: EvalModelConfig
+    """The job's model and spec."""
+
+    dest: Path
+    """The entry's directory."""
+
+    key: str
+    """The entry's key."""
 
 
 class _Outcome:
@@ -104,15 +121,11 @@ class _Outcome:
 
 
 def _warm(
-    cls: Any,
-    config: EvalModelConfig,
-    dest: Path,
-    key: str,
-    body: Callable[[CompiledModel], T],
-    progress: Callable[[str], None],
+    entry: _Entry, body: Callable[[CompiledModel], T], progress: Callable[[str], None]
 ) -> tuple[T, StartRecord]:
     from aot_core.cli import default_prompts
 
+    cls, config, dest, key = entry.cls, entry.config, entry.dest, entry.key
     outcome = _Outcome()
     with contextlib.ExitStack() as stack:
         # Verifies every checksum before anything loads; raises ArtifactError if refused.
@@ -128,10 +141,7 @@ def _warm(
 
 
 def _cold(
-    cls: Any,
-    config: EvalModelConfig,
-    dest: Path,
-    key: str,
+    entry: _Entry,
     body: Callable[[CompiledModel], T],
     progress: Callable[[str], None],
     *,
@@ -140,6 +150,7 @@ def _cold(
 ) -> tuple[T, StartRecord]:
     from aot_core.cli import compile_into, default_prompts
 
+    cls, config, dest, key = entry.cls, entry.config, entry.dest, entry.key
     artifacts.ensure_writable(dest.parent)
     progress(f"compiling {config.model} with {cls.name} into {dest} (the next job starts warm)")
     outcome = _Outcome()
@@ -156,6 +167,6 @@ def _cold(
     )
     if not outcome.ran:
         # Another job published the entry while this one waited for its lock.
-        return _warm(cls, config, dest, key, body, progress)
+        return _warm(entry, body, progress)
     path = "cold" if compiled_now else "warm"
     return outcome.result(), StartRecord(path=path, artifact=str(dest), key=key, note=note)
