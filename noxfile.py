@@ -390,13 +390,14 @@ def eval_session(session: nox.Session) -> None:
     shipped in the tests (nothing downloaded); scores checked against transformers' own
     forward pass, and eager against compiled. `nox -s eval_slow` runs the heavier rest."""
     _install_every_backend(session, "pytest", LM_EVAL, "transformers")
-    _pytest(session, "packages/aot-core/tests/evaluation", default_args=("-m", "not slow"))
+    _pytest(session, "packages/aot-core/tests/evaluation", default_args=("-rA", "-m", "not slow"))
 
 
 @nox.session(python=PYTHON)
 def eval_slow(session: nox.Session) -> None:
-    """The `eval` session's slow tests: bfloat16 parity, longer jobs, the job benchmark
-    smoke run. Not in the default list."""
+    """The `eval` session's slow tests: bfloat16 parity on both backends, reported as
+    measured (compiled and eager kernels round differently there). Not in the default list;
+    `python benchmarks/eval_jobs.py` is the job-level benchmark."""
     _install_every_backend(session, "pytest", LM_EVAL, "transformers")
     _pytest(session, "packages/aot-core/tests/evaluation", default_args=("-m", "slow"))
 

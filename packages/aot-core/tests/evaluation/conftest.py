@@ -18,6 +18,10 @@ from typing import Any
 
 import pytest
 
+# As `aot eval` does: nothing here may reach for the Hugging Face Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 HERE = Path(__file__).parent
 TASKS = HERE / "tasks"
 LIMIT = "8"
