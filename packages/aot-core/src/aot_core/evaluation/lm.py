@@ -256,11 +256,26 @@ class AotLM(TemplateLM):  # type: ignore[misc]
         self.counters.generate_requests += len(prompts)
         self.counters.prompt_tokens += sum(len(p) for p in prompts)
         self.counters.generated_tokens += sum(len(g.token_ids) for g in generations)
-        # The full text is cut at the first stop sequence, as lm-eval's models do.
+        # The backend's own text where it has one (vLLM's is the text lm-eval's vllm model
+        # reads), else ours; then cut at the first stop sequence, as lm-eval's models do.
         return [
-            postprocess_generated_text(self.tok_decode(g.token_ids), until, None)
+            postprocess_generated_text(
+                g.text if g.text is not None else self._generated_text(g.token_ids), until, None
+            )
             for g in generations
         ]
+
+    def _generated_text(self, tokens: Sequence[int]) -> str:
+        """The text of generated tokens, as an incremental detokenizer (vLLM's, so lm-eval's
+        vllm model) emits it: text that ends in an unfinished character (U+FFFD) is held
+        back until a later token completes it, so a generation that stops there ends before
+        it. Decoding all tokens at once would add the U+FFFD."""
+        text = self.tok_decode(tokens)
+        end = len(tokens)
+        while text.endswith("\ufffd") and end > 0:
+            end -= 1
+            text = self.tok_decode(tokens[:end])
+        return text
 
     def _check_lengths(self, lengths: list[int], what: str) -> None:
         limit = self.max_length
