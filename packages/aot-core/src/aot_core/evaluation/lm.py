@@ -256,12 +256,10 @@ class AotLM(TemplateLM):  # type: ignore[misc]
         self.counters.generate_requests += len(prompts)
         self.counters.prompt_tokens += sum(len(p) for p in prompts)
         self.counters.generated_tokens += sum(len(g.token_ids) for g in generations)
-        # The backend's own text where it has one (vLLM's is the text lm-eval's vllm model
-        # reads), else ours; then cut at the first stop sequence, as lm-eval's models do.
+        # One decoding for every backend (special tokens kept, as lm-eval's models keep
+        # them), then cut at the first stop sequence, as lm-eval's models do.
         return [
-            postprocess_generated_text(
-                g.text if g.text is not None else self._generated_text(g.token_ids), until, None
-            )
+            postprocess_generated_text(self._generated_text(g.token_ids), until, None)
             for g in generations
         ]
 
