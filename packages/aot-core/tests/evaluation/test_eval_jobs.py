@@ -103,7 +103,7 @@ def _loglikelihoods(rows: dict[int, dict[str, Any]]) -> list[float]:
     for doc in sorted(rows):
         for resp in rows[doc]["resps"]:
             value = resp[0]
-            out.append(float(value[0] if isinstance(value, list) else value))
+            out.append(float(value[0] if isinstance(value, (list, tuple)) else value))
     return out
 
 
