@@ -353,9 +353,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         store = _store(args)
         dest = store.path(key)
         where, what = store.entries_dir, "cache directory"
-    # Before anything is written: a directory aot cannot prove it wrote is never replaced
-    # (build_and_publish checks again under the lock).
-    artifacts.check_replaceable(dest)
+    # A directory aot cannot prove it wrote is refused by build_and_publish, under the
+    # entry's lock and before anything is compiled.
     try:
         _writable(where, what)
     except CLIError:

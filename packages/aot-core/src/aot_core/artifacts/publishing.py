@@ -42,6 +42,7 @@ from aot_core.artifacts.manifest import (
     check_owned,
     fsync_tree,
     is_empty_dir,
+    ownership_problem,
     resolve_artifact_dir,
 )
 from aot_core.artifacts.verification import verify, verify_for_load
@@ -213,7 +214,8 @@ def entry_lock(
     it locked and starts over if not; with that rule the holder may delete the file. It
     does so on release when the entry is gone (never built, removed), so lock files exist
     only for entries that exist, not for every key ever tried. (An aot-core older than this
-    rule must not share a cache with this one while entries are being removed.)
+    rule must not share a cache with this one while entries are being removed.) A lock
+    beside something aot did not write (a refused ``--out``) is deleted the same way.
 
     The kernel drops the lock when its holder dies, so a killed writer never blocks others.
     ``read_only_ok`` is for readers: where the lock file cannot be created (read-only media,
@@ -255,7 +257,9 @@ def entry_lock(
             if exclusive:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)
-                    if not (target.exists() or target.is_symlink()):
+                    if ownership_problem(target) is not None or not (
+                        target.exists() or target.is_symlink()
+                    ):
                         lock_path.unlink()  # still held: see the docstring
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
@@ -437,7 +441,6 @@ def build_and_publish(
     reused; only building needs write access.
     """
     target = Path(dest)
-    check_replaceable(target)
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(entry_lock(target, on_wait=on_wait))
@@ -447,7 +450,8 @@ def build_and_publish(
                 raise
             return existing, False
         remove_leftovers(target)
-        check_replaceable(target)  # again, now that no aot writer can be changing it
+        # Under the lock, where no aot writer is halfway through replacing it.
+        check_replaceable(target)
         if target.exists() and not force:
             try:
                 existing = verify_for_load(target, backend=backend)
