@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -310,3 +312,33 @@ def test_removing_a_linked_entry_removes_the_link_only(
     # a later cleanup has nothing to report
     assert main([*argv, "--leftovers"]) == ExitCode.OK
     assert "leftover" not in capsys.readouterr().out
+
+
+def test_compile_out_onto_a_mount_point_gets_a_documented_code(tmp_path: Path) -> None:
+    """An empty --out that is a mount point cannot be renamed over: exit 10, no traceback."""
+    site = tmp_path / "site"
+    site.mkdir()
+    install_writer(site)
+    model = make_model(tmp_path / "m")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    aot = f"{sys.executable} -m aot_core.cli --cache-dir {tmp_path / 'c'}"
+    script = (
+        f"mount -t tmpfs -o size=1m tmpfs {mnt} && "
+        f"{aot} compile {model} --backend writer --out {mnt}; echo rc=$?"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
+    try:
+        proc = subprocess.run(
+            ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=env,
+            timeout=120, check=False,
+        )  # fmt: skip
+    except FileNotFoundError:
+        pytest.skip("needs unshare")
+    if "rc=" not in proc.stdout:
+        pytest.skip(f"needs `unshare -m` and tmpfs mounts: {proc.stderr[-300:]}")
+    assert f"rc={int(ExitCode.CACHE_NOT_WRITABLE)}" in proc.stdout, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Device or resource busy" in proc.stderr

@@ -182,7 +182,16 @@ def stdout_to_stderr() -> Iterator[None]:
 def _os_error_code(exc: OSError) -> ExitCode | None:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return ExitCode.DISK_FULL
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
+    if exc.errno in (
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOTDIR,
+        errno.EEXIST,
+        errno.EISDIR,
+        errno.ENOTEMPTY,
+        errno.EBUSY,  # e.g. --out names a mount point, which cannot be renamed over
+    ):
         return ExitCode.CACHE_NOT_WRITABLE
     return None
 
