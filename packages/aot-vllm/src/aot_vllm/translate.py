@@ -79,14 +79,31 @@ class _Spelling:
     """The state of one translation: inputs, facts, and what has been produced so far."""
 
     spec: CompileSpec
+    """The spec being spelled."""
+
     options: dict[str, Any]
+    """Its backend options, checked (``options.check_options``)."""
+
     release: Release
+    """The release spelled for, with its facts."""
+
     best_effort: bool
+    """Turn settings the release cannot honour into warnings instead of errors."""
+
     cpu: bool = False
+    """The engine runs on vLLM's CPU platform."""
+
     cc: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """``compilation_config`` so far."""
+
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Other ``vllm.LLM`` keyword arguments so far."""
+
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Environment variables so far (each from an ``engine_env`` function)."""
+
     warnings: list[str] = dataclasses.field(default_factory=list)
+    """Adaptations and, under best effort, refusals, in the order they happened."""
 
     @property
     def facts(self) -> ReleaseFacts:
