@@ -36,6 +36,7 @@ __all__ = [
     "CUDAGRAPH_MODES",
     "NEWEST_KNOWN",
     "OLDEST_SUPPORTED",
+    "VLLM_DISTRIBUTIONS",
     "CompileLevel",
     "InstalledClasses",
     "Release",
@@ -48,6 +49,7 @@ __all__ = [
     "release_facts",
     "resolve_release",
     "unsupported_reason",
+    "vllm_importable",
 ]
 
 Version = tuple[int, int, int]
