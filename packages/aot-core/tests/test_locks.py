@@ -94,7 +94,7 @@ def test_deleting_lock_files_never_lets_two_processes_hold_one_lock(tmp_path: Pa
     script.write_text(STRESS)
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), str(dest), "300"], stdout=subprocess.PIPE, text=True
+            [sys.executable, str(script), str(dest), "150"], stdout=subprocess.PIPE, text=True
         )
         for _ in range(4)
     ]
