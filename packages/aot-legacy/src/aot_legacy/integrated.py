@@ -85,7 +85,9 @@ class IntegratedAOTCompiler(Compiler):
         phases: dict[str, float] = {}
         cache_root = default_cache_root(spec)
         package_dir = Path(options.package_dir).expanduser() if options.package_dir else None
-        artifact = None
+        # Before any file of a published artifact is read: verify it against its manifest.
+        artifact = _verify_artifact(cache_root, package_dir, backend=self.name)
+        phases["verify_artifact"] = time.perf_counter() - t_start
         t0 = time.perf_counter()
         import torch
 
@@ -272,6 +274,28 @@ class _Parts:
     artifact: Path | None
     phases: dict[str, float]
     t_start: float
+
+
+def _verify_artifact(cache_root: Path, package_dir: Path | None, *, backend: str) -> Path | None:
+    """The published aot artifact the caches lie in, verified; None for a plain cache.
+
+    ``aot_core.artifacts.verify_for_load`` checks every file against the artifact's
+    manifest (no file changed, truncated, missing or added) and the manifest against this
+    environment; it raises ``ArtifactCorruptError`` / ``ArtifactIncompatibleError``, and
+    nothing of the artifact is read before it passes.
+    """
+    from aot_core.artifacts import artifact_root, verify_for_load
+
+    for given in (cache_root, package_dir):
+        if given is None:
+            continue
+        path = given.absolute()
+        for candidate in (path, *path.parents):
+            root = artifact_root(candidate)
+            if root is not None and path.is_relative_to(root):
+                verify_for_load(root, backend=backend)
+                return root
+    return None
 
 
 def _pick_device(choice: str, torch: Any) -> Any:
