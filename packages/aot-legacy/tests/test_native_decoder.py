@@ -109,6 +109,14 @@ def test_other_rope_types_fall_back_to_transformers(tmp_path: Path) -> None:
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
     with IntegratedAOTCompiler().compile_model(directory, spec(compile_mode="none")) as m:
         assert any("cannot build this config (RoPE type 'yarn')" in n for n in m.stats.notes)
+    (directory / "model.safetensors").unlink()  # config-only, through transformers too
+    with pytest.warns(PlaceholderWeightsWarning):
+        m = IntegratedAOTCompiler().compile_model(directory, spec(compile_mode="none"))
+    with m:
+        assert (
+            m.stats.resolved_config["model_loader"] == "transformers (random placeholder weights)"
+        )
+        assert len(m.generate(PROMPTS, GREEDY)[0].token_ids) == GREEDY.max_new_tokens
 
 
 def test_published_llama_3_2_config_parses_like_transformers() -> None:

@@ -131,7 +131,9 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None, placeholder: bo
         )
     if placeholder:
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype or "auto")
+        named = getattr(config, "dtype", None)  # "auto": the dtype config.json names
+        chosen = dtype or (getattr(torch, named) if isinstance(named, str) else named)
+        model = AutoModelForCausalLM.from_config(config, dtype=chosen or torch.float32)
         return model.eval()
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
