@@ -147,12 +147,24 @@ def test_published_llama_3_2_config_parses_like_transformers() -> None:
     torch.testing.assert_close(inverse_frequencies(cfg), want)
 
 
-def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(
+def test_unsupported_architecture_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aot_core.cli import ExitCode, main
+
+    model = tmp_path / "gpt2"
+    model.mkdir()
+    (model / "config.json").write_text(
         json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_layer": 2})
     )
     with pytest.raises(SpecError, match=r"not GPT2LMHeadModel \(model_type 'gpt2'\)"):
-        IntegratedAOTCompiler().compile_model(tmp_path, spec(compile_mode="none"))
+        IntegratedAOTCompiler().compile_model(model, spec(compile_mode="none"))
+    # A config-only directory through `aot compile`: a documented exit, not a traceback.
+    code = main(
+        ["--cache-dir", str(tmp_path / "cache"), "compile", str(model), "--backend", "legacy"]
+    )
+    err = capsys.readouterr().err
+    assert code == ExitCode.SPEC_ERROR and "GPT2LMHeadModel" in err and "Traceback" not in err
 
 
 def test_checkpoint_that_does_not_fit_its_config(tmp_path: Path) -> None:
