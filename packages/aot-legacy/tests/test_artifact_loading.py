@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from aot_core import ArtifactCorruptError, ArtifactIncompatibleError
-from aot_core.artifacts import FILES_DIR, build_and_publish, verify
+from aot_core.artifacts import FILES_DIR, build_and_publish, entry_key, verify
 from aot_legacy import IntegratedAOTCompiler
 from aot_legacy.compiled_model import LegacyCompiledModel
 from conftest import GREEDY, MAX_LEN, MAX_SEQS, PROMPTS, run_child, spec
@@ -33,7 +33,13 @@ def published(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     """An artifact holding both tiers' compiled files, published as ``aot compile`` does."""
-    dest = tmp_path_factory.mktemp("store") / "legacy-tiny-test"
+    key = entry_key(
+        backend="legacy",
+        backend_version=IntegratedAOTCompiler.version(),
+        model=tiny_dir,
+        spec=spec(),
+    )
+    dest = tmp_path_factory.mktemp("store") / key
 
     def build(files: Path) -> dict[str, object]:
         shutil.copytree(cache_root, files, dirs_exist_ok=True)
@@ -41,7 +47,7 @@ def published(
 
     build_and_publish(
         dest,
-        key=dest.name,
+        key=key,
         build=build,
         backend="legacy",
         backend_version=IntegratedAOTCompiler.version(),
@@ -146,14 +152,19 @@ def test_tampered_artifact_is_refused_before_loading(
             IntegratedAOTCompiler(s).compile_model_aot(tiny_dir, PROMPTS, s)
 
 
-def test_artifact_for_another_torch_is_refused(
+def test_edited_or_foreign_manifest_is_refused(
     published: Path, tiny_dir: Path, tmp_path: Path
 ) -> None:
     artifact = tmp_path / "artifact"
     shutil.copytree(published, artifact)
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    manifest["pins"]["torch"] = "2.5.0"
-    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    path = artifact / "manifest.json"
+    original = json.loads(path.read_text())
     s = spec(cache_dir=_files(artifact))
-    with pytest.raises(ArtifactIncompatibleError, match=r"torch 2\.5\.0"):
+    # An edited pin contradicts the recorded torch_version and the key: corrupt.
+    path.write_text(json.dumps({**original, "pins": {**original["pins"], "torch": "2.5.0"}}))
+    with pytest.raises(ArtifactCorruptError, match="inconsistent"):
+        IntegratedAOTCompiler(s).compile_model(tiny_dir, s)
+    # Built on a CPU with an extension this one lacks: incompatible, never loaded.
+    path.write_text(json.dumps({**original, "cpu_isa": [*original["cpu_isa"], "avx512f"]}))
+    with pytest.raises(ArtifactIncompatibleError, match="avx512f"):
         IntegratedAOTCompiler(s).compile_model(tiny_dir, s)
