@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from aot_core import ArtifactCorruptError, ArtifactIncompatibleError
+from aot_core.errors import NotOwnedError
 from aot_legacy.package_build import FILES
-from aot_legacy.packages import PACKAGE_FORMAT, verify_package
+from aot_legacy.packages import PACKAGE_FORMAT, check_replaceable, verify_package
 
 ENV = {"torch": "test", "cpu_isa": "AVX2"}
 KEY = {"model_config": "abc", "weights": "inputs"}
@@ -79,3 +80,22 @@ def test_other_environment_is_refused(tmp_path: Path) -> None:
     _package(tmp_path, environment={**ENV, "torch": "2.5.0"})
     with pytest.raises(ArtifactIncompatibleError, match=r"torch: built for '2\.5\.0'"):
         _verify(tmp_path)
+
+
+def test_a_package_dir_holding_user_files_is_never_replaced(tmp_path: Path) -> None:
+    # The issue-10 case through backend_options.package_dir: another tool's manifest.json
+    # fails package verification, and the rebuild must not delete the directory.
+    user = tmp_path / "web"
+    (user / "assets").mkdir(parents=True)
+    (user / "manifest.json").write_text('{"name": "x"}')
+    (user / "index.html").write_text("hi")
+    with pytest.raises(NotOwnedError, match="nothing was changed"):
+        check_replaceable(user)
+    assert sorted(p.name for p in user.iterdir()) == ["assets", "index.html", "manifest.json"]
+
+
+def test_empty_and_package_dirs_may_be_replaced(tmp_path: Path) -> None:
+    check_replaceable(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty")
+    check_replaceable(_package(tmp_path / "empty"))

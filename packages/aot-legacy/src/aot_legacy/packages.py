@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from aot_core.errors import ArtifactCorruptError, ArtifactError, ArtifactIncompatibleError
+from aot_core.artifacts.manifest import is_empty_dir
+from aot_core.errors import (
+    ArtifactCorruptError,
+    ArtifactError,
+    ArtifactIncompatibleError,
+    NotOwnedError,
+)
 
 from aot_legacy.decoder import StaticKVDecoder
 from aot_legacy.environment import mismatches
@@ -138,7 +144,10 @@ def build_packages(
 
     Written into a temporary sibling and renamed, so an interrupted build never leaves a
     directory that a later run would load. A full disk raises ``OSError(ENOSPC)``.
+    ``dest`` may be the user's ``backend_options.package_dir``: it is replaced only when it
+    is empty or a package directory this backend wrote (``NotOwnedError`` otherwise).
     """
+    check_replaceable(dest)
     t0 = time.perf_counter()
     names, tensors = step_tensors(step)
     try:
@@ -184,6 +193,32 @@ def build_packages(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return time.perf_counter() - t0
+
+
+def check_replaceable(dest: Path) -> None:
+    """Refuse to replace ``dest`` unless it is absent, empty or a package directory.
+
+    Proof that this backend wrote it is a package manifest (a JSON object with an integer
+    format, an environment and per-file checksums); anything else is the user's.
+    """
+    if not (dest.exists() or dest.is_symlink()) or is_empty_dir(dest):
+        return
+    try:
+        data = read_manifest(dest)
+    except ArtifactError:
+        data = {}
+    if not (
+        dest.is_dir()
+        and not dest.is_symlink()
+        and isinstance(data.get("format"), int)
+        and isinstance(data.get("environment"), dict)
+        and isinstance(data.get("files"), dict)
+    ):
+        raise NotOwnedError(
+            f"refusing to replace {dest} with AOTInductor packages: it is not a package "
+            "directory aot-legacy wrote (no package manifest), so it may hold your files; "
+            "nothing was changed. Point backend_options.package_dir at a new or empty directory"
+        )
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
