@@ -94,7 +94,7 @@ def test_manifest_records_everything_and_round_trips(art: Path, model: Path) -> 
     assert CompileSpec.from_dict(m.spec) == SPEC
     assert m.model_config_hash == artifacts.model_config_hash(model)
     assert m.torch_version == artifacts.torch_version()
-    assert m.vllm_version == artifacts.vllm_version()
+    assert m.pins == {} and m.vllm_version is None  # backend "test" is not installed: no pins
     assert m.device_kind == "cpu" and m.cpu_arch and m.cpu_isa == artifacts.cpu_isa()
     by_path = {f.path: f for f in m.files}
     assert set(by_path) == {f"files/{rel}" for rel in FILES}

@@ -41,6 +41,10 @@ _DTYPES: dict[str, str] = {
 # Bumped whenever the meaning of a field changes, so old fingerprints stop matching.
 SPEC_SCHEMA_VERSION = 1
 
+FINGERPRINT_IGNORES: frozenset[str] = frozenset({"cache_dir"})
+"""Fields ``CompileSpec.fingerprint()`` leaves out: where files are kept does not change
+what is compiled, so the same spec in another directory has the same identity."""
+
 _MAX_SIZE = 1 << 20
 
 
@@ -74,12 +78,13 @@ def _freeze(value: Any, where: str) -> Any:
     )
 
 
-def _thaw(value: Any) -> Any:
-    """The JSON form of a value made by ``_freeze``."""
+def thaw(value: Any) -> Any:
+    """The JSON form of a frozen spec value: mappings become dicts (keys as strings),
+    tuples become lists; backends use it to hand ``backend_options`` tables on."""
     if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
+        return {str(k): thaw(v) for k, v in value.items()}
     if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
+        return [thaw(v) for v in value]
     return value
 
 
@@ -242,7 +247,7 @@ class CompileSpec:
         """A JSON-compatible dict holding every field (lists for tuples)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            out[f.name] = _thaw(getattr(self, f.name))
+            out[f.name] = thaw(getattr(self, f.name))
         return out
 
     @classmethod
@@ -330,8 +335,12 @@ class CompileSpec:
     # ------------------------------------------------------------------ identity
 
     def fingerprint(self) -> str:
-        """A hex digest identifying this spec: equal specs give equal digests in any process."""
-        payload = {"schema": SPEC_SCHEMA_VERSION, "spec": self.to_dict()}
+        """A hex digest identifying what this spec compiles: equal specs give equal digests
+        in any process. Fields in ``FINGERPRINT_IGNORES`` are hashed as if left at None, so
+        digests match those of specs written before they were ignored."""
+        data = self.to_dict()
+        data.update(dict.fromkeys(FINGERPRINT_IGNORES))
+        payload = {"schema": SPEC_SCHEMA_VERSION, "spec": data}
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(text.encode()).hexdigest()
 

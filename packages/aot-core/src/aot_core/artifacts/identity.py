@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from aot_core.artifacts.environment import host_fingerprint, torch_version, vllm_version
+from aot_core.artifacts.environment import host_fingerprint
 from aot_core.artifacts.manifest import FORMAT_VERSION
 from aot_core.spec import CompileSpec
 
@@ -52,7 +52,7 @@ def entry_key(
             "format": FORMAT_VERSION,
             "backend": backend,
             "backend_version": backend_version,
-            "spec": spec.replace(cache_dir=None).fingerprint(),
+            "spec": spec.fingerprint(),
             "model": model_config_hash(model),
             "pins": pins,
             "host": host_fingerprint(),
@@ -64,8 +64,9 @@ def entry_key(
 
 
 def _pins_for(backend: str) -> dict[str, str | None]:
-    # vLLM's compiled code depends on vLLM as well as torch; every backend depends on torch.
-    pins: dict[str, str | None] = {"torch": torch_version()}
-    if backend == "vllm":
-        pins["vllm"] = vllm_version()
-    return pins
+    """The versions ``backend`` pins into its artifacts: its own ``Compiler.pins()``, read
+    with its own version lookups; empty when that backend is not installed here."""
+    from aot_core.registry import installed_backends
+
+    cls = installed_backends().get(backend)
+    return dict(cls.pins()) if cls is not None else {}

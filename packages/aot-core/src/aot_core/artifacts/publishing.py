@@ -24,7 +24,6 @@ from aot_core.artifacts.environment import (
     device_kind,
     package_version,
     torch_version,
-    vllm_version,
 )
 from aot_core.artifacts.identity import _pins_for, model_config_hash
 from aot_core.artifacts.manifest import (
@@ -81,6 +80,7 @@ def write_manifest(
         capability = _capability_from_device(device) or next(
             iter(environment.cuda_capabilities()), None
         )
+    pins = _pins_for(backend)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         key=key,
@@ -89,15 +89,15 @@ def write_manifest(
         backend_version=backend_version,
         aot_core_version=package_version("aot-core") or "",
         torch_version=torch_version(),
-        vllm_version=vllm_version(),
-        pins=MappingProxyType(_pins_for(backend)),
+        vllm_version=pins.get("vllm"),  # format 1 keeps this pin in a field of its own too
+        pins=MappingProxyType(pins),
         device=device,
         device_kind=kind,
         cuda_capability=capability,
         cpu_arch=platform.machine(),
         cpu_isa=cpu_isa(),
         spec=MappingProxyType(spec.to_dict()),
-        spec_fingerprint=spec.replace(cache_dir=None).fingerprint(),
+        spec_fingerprint=spec.fingerprint(),
         model=str(model),
         model_config_hash=model_config_hash(model),
         files=tuple(records),
