@@ -134,7 +134,9 @@ def test_backends_lists_version_and_why_not(
     code, out, _ = run(["backends"], capsys)
     assert code == ExitCode.OK
     lines = out.splitlines()
-    assert lines[0].split() == ["backend", "version", "package", "usable", "here", "why", "not"]
+    assert lines[0].split() == [
+        "backend", "version", "package", "what", "usable", "here", "why", "not"
+    ]  # fmt: skip
     needs = next(line for line in lines if line.startswith("needsgpu"))
     assert "0.0.7" in needs and " no " in needs and "needs a CUDA device; none found" in needs
     ready = next(line for line in lines if line.startswith("ready"))

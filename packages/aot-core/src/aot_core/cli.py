@@ -30,7 +30,9 @@ from aot_core.errors import (
     CompilationError,
     SpecError,
 )
+from aot_core.prompts import default_prompts
 from aot_core.spec import CompileSpec
+from aot_core.workflow import INTERRUPTED, compile_into
 
 
 class ExitCode(IntEnum):
@@ -193,16 +195,22 @@ def _store(args: argparse.Namespace) -> artifacts.ArtifactStore:
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
-    """List installed backends with versions and whether each can run here."""
-    from aot_core.registry import KNOWN_DISTRIBUTIONS, list_backends
+    """List installed backends with versions and whether each can run here.
 
-    infos = list_backends()
+    "Can run here" is the registry's one meaning: each backend's own checks, including
+    (unless --quick) importing its engine and finding a device, as aot-compat decides.
+    """
+    from aot_core.registry import install_hint, list_backends
+
+    with stdout_to_stderr():  # engines may log to stdout while they import
+        infos = list_backends(deep=not args.quick)
     if args.json:
         print(
             json.dumps(
                 [
                     {
                         "name": i.name,
+                        "description": i.description,
                         "version": i.version,
                         "distribution": i.distribution,
                         "priority": i.priority,
@@ -216,8 +224,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
         )
         return ExitCode.OK
     if not infos:
-        dists = " or ".join(f"`pip install {d}`" for d in KNOWN_DISTRIBUTIONS.values())
-        print(f"No aot backends are installed. Install one: {dists}.")
+        print(f"No aot backends are installed. To {install_hint()}.")
         return ExitCode.OK
     from aot_core.stats import format_table
 
@@ -226,86 +233,20 @@ def cmd_backends(args: argparse.Namespace) -> int:
             i.name,
             i.version or "?",
             i.distribution or "?",
+            i.description or "-",
             "yes" if i.availability.usable else "no",
             i.availability.reason if not i.availability.usable else "",
         )
         for i in infos
     ]
-    print(format_table(("backend", "version", "package", "usable here", "why not"), rows))
+    header = ("backend", "version", "package", "what", "usable here", "why not")
+    print(format_table(header, rows))
+    if args.quick:
+        print("(--quick: engines were not imported; `aot backends` alone checks them too)")
     return ExitCode.OK
 
 
 # --------------------------------------------------------------------------- aot compile
-
-
-def compile_into(
-    *,
-    dest: Path,
-    key: str,
-    backend: str,
-    model: Path,
-    spec: CompileSpec,
-    example_inputs: Any,
-    force: bool,
-    progress: Callable[[str], None],
-    after_compile: Callable[[Any], None] | None = None,
-) -> tuple[artifacts.Manifest, bool]:
-    """Compile into a staging directory beside ``dest``, write the manifest, publish atomically.
-
-    Holds ``dest``'s lock throughout, so a concurrent compile of the same entry waits and
-    then reuses the result. Returns (manifest, compiled); compiled is False when a valid
-    entry was already there. ``after_compile`` gets the compiled model before it is closed
-    (the benchmark generates with it).
-    """
-    from aot_core.registry import get_backend
-
-    cls = get_backend(backend)
-
-    def build(files: Path) -> dict[str, Any]:
-        run_spec = spec.replace(cache_dir=str(files))
-        compiler = cls(run_spec)
-        try:
-            compiled = compiler.compile_model_aot(str(model), example_inputs, run_spec)
-        except (CompilationError, SpecError, BackendUnavailableError, OSError):
-            raise
-        except Exception as exc:  # a backend crash is reported, not a traceback
-            raise CompilationError(
-                f"backend {backend!r} failed to compile {model}: {type(exc).__name__}: {exc}"
-            ) from exc
-        try:
-            if after_compile is not None:
-                after_compile(compiled)
-            stats = compiled.stats
-        finally:
-            compiled.close()
-        if INTERRUPTED.is_set():
-            # Some compilers swallow KeyboardInterrupt and finish anyway; never publish then.
-            raise KeyboardInterrupt
-        return {"device": stats.device or "cpu", "extra": {"compile_stats": stats.to_dict()}}
-
-    return artifacts.build_and_publish(
-        dest,
-        key=key,
-        build=build,
-        backend=backend,
-        backend_version=cls.version(),
-        spec=spec.replace(cache_dir=None),
-        model=str(model),
-        force=force,
-        on_wait=progress,
-        on_refused=lambda exc: progress(f"existing artifact not used, compiling afresh: {exc}"),
-    )
-
-
-def default_prompts() -> list[list[int]]:
-    """The fixed token-id prompts shared by ``aot compile`` and ``aot bench`` (bytes < 256)."""
-    texts = (
-        "Ahead-of-time compilation pays off on the second start.",
-        "The quick brown fox jumps over the lazy dog.",
-        "Once upon a time",
-        "Compiled code must be verified before it is loaded, because it runs.",
-    )
-    return [list(t.encode()) for t in texts]
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -406,12 +347,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     print(bench.format_report(result))
     if args.json is not None:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
         _progress(f"wrote {args.json}")
     if args.plot is not None:
         bench.plot(result, Path(args.plot))
         _progress(f"wrote {args.plot}")
-    if result["failures"]:
+    if result.failures:
         return ExitCode.BENCH_FAILED
     return ExitCode.OK
 
@@ -630,6 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backends", help="list installed backends and whether each can run here")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="skip importing each engine (seconds each); installed versions are still checked",
+    )
     p.set_defaults(func=cmd_backends)
 
     p = sub.add_parser(
@@ -774,11 +720,6 @@ def run(argv: Sequence[str] | None = None) -> int:
             ExitCode.INTERRUPTED,
             "interrupted; the partial result was discarded, the cache holds only complete entries",
         )
-
-
-INTERRUPTED = threading.Event()
-"""Set by SIGINT/SIGTERM; checked before anything is published, in case a library
-swallowed the KeyboardInterrupt the signal raised."""
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
