@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import torch
 from aot_core import CompileSpec, GenerationParams
+from aot_core.tiny import TinyLlamaShape, write_tiny_llama
 from aot_legacy import IntegratedAOTCompiler
 from aot_legacy.compiled_model import LegacyCompiledModel
-from aot_legacy.tiny_model import build_tiny_llama
 
 torch.set_num_threads(1)
 
@@ -35,6 +35,9 @@ PROMPTS: list[list[int]] = [[5, 17, 42, 99, 3, 7], [65], list(b"Hello, world")]
 GREEDY = GenerationParams(max_new_tokens=8, stop_on_eos=False)
 MAX_LEN = 64
 MAX_SEQS = 4
+# Half the built-in model's width: the legacy backend has no head-size floor (vLLM's CPU
+# attention has), and narrower layers keep the many compiles here short.
+TINY = TinyLlamaShape(hidden_size=64, intermediate_size=128)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -56,7 +59,7 @@ def spec(**kw: Any) -> CompileSpec:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama with a byte-level tokenizer, saved like any HF model."""
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), shape=TINY)
 
 
 @pytest.fixture(scope="session")
