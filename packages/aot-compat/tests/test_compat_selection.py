@@ -19,8 +19,8 @@ from aot_core import (
     CompileSpec,
     NoBackendInstalledError,
     NoUsableBackendError,
+    registry,
 )
-from aot_core import registry
 from engines.shared import create_enhanced_compiler, create_vllm_native_compiler
 
 

@@ -196,9 +196,7 @@ def test_discovery_is_cached_until_refreshed(install: Installer, site: Path) -> 
     late = site / "late-1.0.dist-info"
     late.mkdir()
     (late / "METADATA").write_text("Metadata-Version: 2.1\nName: late\nVersion: 1.0\n")
-    (late / "entry_points.txt").write_text(
-        "[aot.backends]\nother = aot_test_backends_0:Other\n"
-    )
+    (late / "entry_points.txt").write_text("[aot.backends]\nother = aot_test_backends_0:Other\n")
     assert list(registry.installed_backends()) == ["slow"]  # the cached discovery
     registry.refresh()
     assert sorted(registry.installed_backends()) == ["other", "slow"]
