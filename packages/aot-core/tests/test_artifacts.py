@@ -516,3 +516,24 @@ def test_an_entry_for_another_key_is_rebuilt_not_reused(art: Path, model: Path) 
     )  # fmt: skip
     assert built and manifest.key == "another-model-key"
     assert "holds another model or spec" in refused[0]
+
+
+def test_an_artifact_being_built_is_already_an_artifact(tmp_path: Path, model: Path) -> None:
+    # A backend handed the staging files/ as spec.cache_dir finds its (empty) artifact.
+    seen: dict[str, Any] = {}
+
+    def build(files_dir: Path) -> dict[str, Any]:
+        root = artifacts.artifact_root(files_dir)
+        seen["root"] = root
+        seen["files"] = artifacts.verify_for_load(files_dir).files if root else None
+        (files_dir / "table.bin").write_bytes(b"compiled")
+        return {"device": "cpu"}
+
+    dest = tmp_path / "store" / "entries" / "building"
+    manifest, built = artifacts.build_and_publish(
+        dest, key="building", build=build, backend="test", backend_version="", spec=SPEC,
+        model=model,
+    )  # fmt: skip
+    assert built and seen["root"] is not None and seen["root"].name.startswith(".building.")
+    assert seen["files"] == ()
+    assert [f.path for f in manifest.files] == ["files/table.bin"]

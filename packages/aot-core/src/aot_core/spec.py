@@ -123,7 +123,18 @@ class CompileSpec:
     """Weight and activation dtype: auto, float32, float16 or bfloat16 (aliases accepted)."""
 
     cache_dir: str | None = None
-    """Directory for compile caches; None uses the backend's per-spec default."""
+    """Where the backend keeps what it compiles for this spec (None: a place of its own
+    choosing under aot's cache root, ``$AOT_CACHE_DIR`` else ``~/.cache/aot``).
+
+    One meaning for every backend: everything the backend writes while compiling or
+    loading goes below this directory, and nothing compiled is loaded from it unverified.
+    When it is an aot artifact's ``files/`` directory (``aot_core.artifacts.artifact_root``
+    finds the artifact; ``aot compile`` and ``aot bench`` pass one, with an empty manifest
+    while it is being built) the artifact is the entry: the backend writes its files
+    straight in, verifies the artifact with ``verify_for_load`` before loading, and leaves
+    the lock and the manifest to the artifact's owner. Any other directory is the root of
+    the backend's own verified entries, keyed by model, spec and versions, so one directory
+    serves many compiles. Not part of ``fingerprint()`` (``FINGERPRINT_IGNORES``)."""
 
     tensor_parallel_size: int = 1
     """Number of devices a layer is split across."""
@@ -184,8 +195,10 @@ class CompileSpec:
                 field="backend_options",
             )
         set_(self, "backend_options", _freeze(self.backend_options, "backend_options"))
+        self._check_contradictions()
 
-        # Contradictions between fields.
+    def _check_contradictions(self) -> None:
+        """Refuse fields that are each valid but cannot hold together."""
         if not self.cuda_graphs and self.cuda_graph_sizes:
             raise SpecError(
                 "cuda_graph_sizes: capture sizes were given but cuda_graphs is false; "

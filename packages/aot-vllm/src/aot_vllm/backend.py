@@ -23,7 +23,7 @@ from aot_core.stats import OptimizationStats
 from aot_vllm import engine as engine_mod
 from aot_vllm import evidence, kv_sizing, process_tree
 from aot_vllm.backend_options import VLLMOptions
-from aot_vllm.cache import CacheEntry
+from aot_vllm.cache import CacheEntry, open_entry
 from aot_vllm.compiled_model import VLLMCompiledModel, model_token_facts
 from aot_vllm.example_inputs import ExampleInputs, inform_spec, parse_example_inputs
 from aot_vllm.model_source import resolve_model
@@ -177,7 +177,7 @@ def build(
     if found is None:
         raise BackendUnavailableError(f"vLLM is not installed; {_INSTALL_HINT}")
 
-    entry = CacheEntry(spec=spec, model=source.name_or_path, backend_version=_aot_vllm_version())
+    entry = open_entry(spec=spec, model=source.name_or_path, backend_version=_aot_vllm_version())
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(t_start))
     log = LogCapture(entry.log_dir / f"start-{stamp}-{os.getpid()}.log")
     env = engine_mod.EnvPatch()

@@ -262,9 +262,10 @@ def build_and_publish(
     """Produce the artifact ``dest`` once, safely against concurrent writers and interrupts.
 
     Under ``dest``'s lock: leftovers of dead writers are removed; an existing entry that
-    passes ``verify_for_load`` is reused (unless ``force``); otherwise ``build(files_dir)``
-    fills a fresh staging directory and returns ``{"device": ..., "extra": {...}}``, the
-    manifest is written and the directory is published with one rename. Returns
+    passes ``verify_for_load`` is reused (unless ``force``); otherwise a fresh staging
+    directory gets an empty manifest (so it is an artifact, ``artifact_root``, from the
+    start), ``build(files_dir)`` fills it and returns ``{"device": ..., "extra": {...}}``,
+    the real manifest is written and the directory is published with one rename. Returns
     (manifest, built). Concurrent callers wait for the first and then reuse its entry.
     """
     target = Path(dest)
@@ -284,6 +285,16 @@ def build_and_publish(
         with staging_dir(target) as staging:
             files = staging / FILES_DIR
             files.mkdir()
+            # An empty manifest first: while it builds, the backend's cache_dir is already
+            # an artifact (artifact_root finds it), so it writes its files straight in.
+            write_manifest(
+                staging,
+                key=key,
+                backend=backend,
+                backend_version=backend_version,
+                spec=spec,
+                model=model,
+            )
             info = build(files)
             manifest = write_manifest(
                 staging,
