@@ -591,6 +591,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompile even if a valid one exists")
     p.set_defaults(func=cmd_compile)
 
+    _add_bench_parser(sub, fmt)
+    _add_cache_parser(sub)
+    return parser
+
+
+def _add_bench_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """``aot bench`` and its options."""
     from aot_core.bench import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPEATS, DEFAULT_TIMEOUT_S
 
     p = sub.add_parser(
@@ -629,6 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="keep the runs' artifacts and logs here (default: temp)")
     p.set_defaults(func=cmd_bench)
 
+
+def _add_cache_parser(sub: Any) -> None:
+    """``aot cache`` and its actions."""
     cache = sub.add_parser("cache", help="list, verify, export, import or clear artifacts")
     csub = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
     csub.required = True
@@ -654,7 +664,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--leftovers", action="store_true", help="only leftovers of interrupted writes")
     c.set_defaults(func=cmd_cache_clear)
-    return parser
 
 
 def _positive_int(text: str) -> int:
