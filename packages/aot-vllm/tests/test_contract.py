@@ -68,6 +68,7 @@ def test_an_artifacts_files_dir_is_the_entry_itself(tmp_path: Path) -> None:
     entry = open_entry(spec=spec, model="org/model", backend_version="0.1.0")
     assert isinstance(entry, ArtifactFiles) and entry.path == art
     assert entry.vllm_root == art / "files" / "vllm"  # no store nested in files/
+    assert not entry.log_dir.is_relative_to(art)  # logs are not part of the artifact
     with entry.locked():  # the artifact's owner holds the lock: taking none here
         assert entry.open().state == "intact"
     (art / "files" / "inductor" / "ab" / "kernel.so").write_bytes(b"\x7fELF tampered")

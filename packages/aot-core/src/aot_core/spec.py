@@ -126,8 +126,10 @@ class CompileSpec:
     """Where the backend keeps what it compiles for this spec (None: a place of its own
     choosing under aot's cache root, ``$AOT_CACHE_DIR`` else ``~/.cache/aot``).
 
-    One meaning for every backend: everything the backend writes while compiling or
-    loading goes below this directory, and nothing compiled is loaded from it unverified.
+    One meaning for every backend: what the backend compiles for this spec, and the caches
+    its engine loads compiled code from, go below this directory (logs and machine-wide
+    facts that are not compiled code may live in aot's cache root), and nothing compiled
+    is loaded from it unverified.
     When it is an aot artifact's ``files/`` directory (``aot_core.artifacts.artifact_root``
     finds the artifact; ``aot compile`` and ``aot bench`` pass one, with an empty manifest
     while it is being built) the artifact is the entry: the backend writes its files

@@ -247,6 +247,12 @@ class ArtifactFiles(CacheEntry):
         super().__init__(spec=spec, model=model, backend_version=backend_version)
         self.path = root
 
+    @property
+    def log_dir(self) -> Path:
+        """Start logs go to aot's own store, never into the artifact: they are not compiled
+        code, and a file written before verification would be unlisted there."""
+        return default_cache_root() / "logs" / self.key
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """The artifact's owner holds its lock for the whole start."""
