@@ -50,7 +50,7 @@ def aot(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
 def test_listed_by_aot_backends_and_chosen_by_get_backend(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    listed = {b["name"]: b for b in json.loads(aot(["backends", "--json"], env).stdout)}
+    listed = {b["name"]: b for b in json.loads(aot(["backends", "--check", "--json"], env).stdout)}
     assert listed["toy"]["usable"] is True
     assert listed["toy"]["distribution"] == "aot-toybackend"
     assert listed["toy"]["description"] == toy.ToyCompiler.description

@@ -5,7 +5,7 @@ or the Enhanced AOT path where vLLM cannot run". Here that becomes a preference 
 aot-core's one chooser, ``aot_core.registry.choose``: the preferred backend (``policy``)
 when it can run here, else the next installed one by priority, with a
 ``BackendFallbackWarning`` that says why; ``$AOT_BACKEND`` overrides both. "Can run here"
-is the registry's deep check, the same one ``aot backends`` shows: the backend's own
+is the registry's deep check, the same one ``aot backends --check`` shows: the backend's own
 availability and engine checks (an installed but broken vLLM, say, passes ``find_spec``
 and fails only on import). This module keeps the policy and the old API's messages.
 """

@@ -197,13 +197,14 @@ def _store(args: argparse.Namespace) -> artifacts.ArtifactStore:
 def cmd_backends(args: argparse.Namespace) -> int:
     """List installed backends with versions and whether each can run here.
 
-    "Can run here" is the registry's one meaning: each backend's own checks, including
-    (unless --quick) importing its engine and finding a device, as aot-compat decides.
+    "Can run here" has the registry's one meaning: each backend's own cheap check, and
+    with --check also its engine check (the engine imports and finds a device: what
+    aot-compat requires before it chooses a backend; seconds per backend).
     """
     from aot_core.registry import install_hint, list_backends
 
     with stdout_to_stderr():  # engines may log to stdout while they import
-        infos = list_backends(deep=not args.quick)
+        infos = list_backends(deep=args.check)
     if args.json:
         print(
             json.dumps(
@@ -216,6 +217,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
                         "priority": i.priority,
                         "usable": i.availability.usable,
                         "reason": i.availability.reason,
+                        "engine_checked": args.check,
                     }
                     for i in infos
                 ],
@@ -241,8 +243,10 @@ def cmd_backends(args: argparse.Namespace) -> int:
     ]
     header = ("backend", "version", "package", "what", "usable here", "why not")
     print(format_table(header, rows))
-    if args.quick:
-        print("(--quick: engines were not imported; `aot backends` alone checks them too)")
+    if not args.check:
+        print(
+            "(engines not imported; `aot backends --check` also imports each, as aot-compat does)"
+        )
     return ExitCode.OK
 
 
@@ -572,9 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backends", help="list installed backends and whether each can run here")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
-        "--quick",
+        "--check",
         action="store_true",
-        help="skip importing each engine (seconds each); installed versions are still checked",
+        help="also import each engine and look for its device (seconds each), as aot-compat does",
     )
     p.set_defaults(func=cmd_backends)
 
