@@ -28,7 +28,7 @@ def test_settings_validate_and_apply() -> None:
         chunked_prefill_settings(enabled=False, max_num_batched_tokens=256, max_model_len=512)
     with pytest.raises(SpecError, match="below max_num_seqs"):
         chunked_prefill_settings(max_num_batched_tokens=8, max_num_seqs=16)
-    with pytest.raises(SpecError, match="needs chunked prefill"):
+    with pytest.raises(SpecError, match="needs chunked_prefill"):
         chunked_prefill_settings(enabled=False, long_prefill_token_threshold=64)
 
 

@@ -16,16 +16,12 @@ from typing import Any
 import pytest
 from aot_core.errors import BackendUnavailableError, SpecError
 from aot_core.spec import CompileSpec
-from aot_vllm import translate as tr
-from aot_vllm.translate import (
-    KNOWN_BACKEND_OPTIONS,
-    Translation,
-    parse_version,
-    read_resolved_config,
-    release_facts,
-    resolution_notes,
-    translate,
-)
+from aot_vllm import releases
+from aot_vllm.engine_env import EngineVar
+from aot_vllm.options import KNOWN_BACKEND_OPTIONS
+from aot_vllm.readback import read_resolved_config, resolution_notes
+from aot_vllm.releases import parse_version, release_facts
+from aot_vllm.translate import Translation, translate
 
 ALL_MINORS = [
     "0.10.2", "0.11.0", "0.11.1", "0.11.2", "0.12.0", "0.13.0", "0.14.1", "0.15.1",
@@ -38,7 +34,7 @@ ALL_MINORS = [
 @pytest.fixture(autouse=True)
 def no_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pretend nothing is installed, so only the fact table answers."""
-    monkeypatch.setattr(tr, "_vllm_importable", lambda: False)
+    monkeypatch.setattr(releases, "vllm_importable", lambda: False)
 
 
 def t(version: str, best_effort: bool = False, **spec: Any) -> Translation:
@@ -123,6 +119,39 @@ def test_facts_table_boundaries() -> None:
     assert "truncates" in release_facts("0.10.2").unknown_cc_key
     assert not release_facts("0.10.2").has_max_autotune_env
     assert release_facts("0.11.0").has_max_autotune_env
+
+
+def test_every_fact_is_read_off_a_class_or_kept_in_the_table() -> None:
+    fields = {f.name for f in dataclasses.fields(releases.ReleaseFacts)} - {"version"}
+    assert releases.CLASS_FACTS.issubset(fields)
+    # What no class shows is behaviour, read from each release's source.
+    assert fields - releases.CLASS_FACTS == {
+        "honours_chunked_prefill_off",
+        "enforce_eager_disables_compile",
+        "unknown_cc_key",
+        "cpu_kv_cache_arg",
+    }
+
+
+@pytest.mark.parametrize("version", ["0.10.2", "0.11.1", "0.20.2", "0.33.0"])
+def test_translation_carries_the_facts_it_used(version: str) -> None:
+    release = t(version).release
+    assert release.facts == release_facts(version)
+    assert release.classes is None and release.installed is None
+
+
+@pytest.mark.parametrize("version", ALL_MINORS)
+def test_every_variable_set_is_an_engine_var(version: str) -> None:
+    specs = [
+        CompileSpec(cache_dir="/tmp/x"),
+        CompileSpec(compile_mode="max-autotune"),
+        CompileSpec(backend_options={"use_aot_compile": False, "disable_compile_cache": True}),
+    ]
+    names = {var.value for var in EngineVar}
+    for spec in specs:
+        assert set(translate(spec, vllm_version=version).env) <= names
+    sized = CompileSpec(backend_options={"kv_cache_memory_bytes": 1 << 30})
+    assert set(translate(sized, vllm_version=version, cpu=True).env) <= names
 
 
 def test_nothing_installed_and_no_version_is_unavailable() -> None:
@@ -520,8 +549,8 @@ def test_broken_vllm_blocks_only_the_installed_translation(monkeypatch: pytest.M
     def broken() -> None:
         raise BackendUnavailableError("vLLM is installed but cannot be imported: boom")
 
-    monkeypatch.setattr(tr, "_vllm_importable", lambda: True)
-    monkeypatch.setattr(tr, "_read_installed", broken)
+    monkeypatch.setattr(releases, "vllm_importable", lambda: True)
+    monkeypatch.setattr(releases, "read_installed", broken)
     with pytest.raises(BackendUnavailableError, match="boom"):
         translate(CompileSpec())
     assert t("0.20.0").checked_against_classes is False

@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
-from aot_vllm import translate as tr
-from aot_vllm.translate import parse_version, release_facts, translate
+from aot_vllm import releases
+from aot_vllm.readback import read_resolved_config, resolution_notes
+from aot_vllm.releases import parse_version, release_facts
+from aot_vllm.translate import Translation, translate
 
 vllm_config = pytest.importorskip("vllm.config", reason="needs an installed vLLM release")
 arg_utils = pytest.importorskip("vllm.engine.arg_utils")
@@ -28,8 +30,8 @@ CompilationConfig = vllm_config.CompilationConfig
 EngineArgs = arg_utils.EngineArgs
 
 
-def _installed() -> tr._Classes:
-    classes = tr._read_installed()
+def _installed() -> releases.InstalledClasses:
+    classes = releases.read_installed()
     assert classes is not None
     return classes
 
@@ -110,7 +112,7 @@ def _normal(value: Any) -> Any:
     return value
 
 
-def _translate_or_skip(name: str) -> tr.Translation:
+def _translate_or_skip(name: str) -> Translation:
     try:
         return translate(SPECS[name], best_effort=True)
     except SpecError as exc:  # pragma: no cover - best effort never raises for these
@@ -125,7 +127,7 @@ def test_installed_release_is_in_range() -> None:
 def test_fact_table_agrees_with_the_classes() -> None:
     """Everything the table claims that a class can show, the installed release shows."""
     table = release_facts(VERSION)
-    seen = tr._with_classes(table, CLASSES)
+    seen = releases.facts_from_classes(table, CLASSES)
     for name in (
         "compile_key",
         "level_alias",
@@ -144,7 +146,14 @@ def test_fact_table_agrees_with_the_classes() -> None:
     else:
         assert "cuda_graph_sizes" not in ENGINE_FIELDS
         assert table.engine_capture_sizes_key in ENGINE_FIELDS
-    assert set(tr.CUDAGRAPH_MODES) <= CLASSES.cudagraph_modes
+    assert set(releases.CUDAGRAPH_MODES) <= CLASSES.cudagraph_modes
+
+
+def test_translation_uses_the_facts_the_classes_show() -> None:
+    """One path: the facts a translation (and the runtime after it) uses are the classes'."""
+    release = translate(CompileSpec()).release
+    assert release.classes is CLASSES
+    assert release.facts == releases.facts_from_classes(release_facts(VERSION), CLASSES)
 
 
 @pytest.mark.parametrize("name", list(SPECS))
@@ -274,7 +283,7 @@ def test_read_resolved_config_on_real_config_classes() -> None:
             )
         )
     )
-    got = tr.read_resolved_config(llm)
+    got = read_resolved_config(llm)
     assert got["mode"] == 3
     assert got["mode_key"] == ("level" if VERSION < (0, 11, 1) else "mode")
     assert got["cudagraph_capture_sizes"] == [1, 2, 4, 8]
@@ -299,7 +308,7 @@ def _resolve(spec: CompileSpec, config_dir: Path) -> dict[str, Any]:
         model=str(config_dir), skip_tokenizer_init=True, load_format="dummy", **kwargs
     )
     config = args.create_engine_config()
-    return tr.read_resolved_config(SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=config)))
+    return read_resolved_config(SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=config)))
 
 
 @pytest.mark.slow
@@ -308,14 +317,14 @@ def test_engine_config_resolves_what_was_asked(config_dir: Path) -> None:
     eager = CompileSpec(compile_mode="none", cuda_graphs=False, max_model_len=256)
     got = _resolve(eager, config_dir)
     assert got["mode"] == 0 and got["cudagraph_mode"] == "NONE"
-    assert tr.resolution_notes(eager, got) == ()
+    assert resolution_notes(eager, got) == ()
 
     compiled = CompileSpec(max_model_len=256, max_num_batched_tokens=128, max_num_seqs=4)
     got = _resolve(compiled, config_dir)
     assert got["mode"] != 0
     assert (got["max_num_batched_tokens"], got["max_num_seqs"]) == (128, 4)
     assert got["enable_chunked_prefill"] is True
-    for note in tr.resolution_notes(compiled, got):  # only platform adaptations, stated
+    for note in resolution_notes(compiled, got):  # only platform adaptations, stated
         assert "mode" in note or "CUDA graphs" in note
 
     if VERSION >= (0, 11, 1):

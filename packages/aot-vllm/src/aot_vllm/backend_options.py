@@ -1,8 +1,8 @@
 """``VLLMOptions``: the vLLM backend's options class (``Compiler.options_class``).
 
 It validates ``spec.backend_options`` as a start would, without importing vLLM: the keys
-the runtime reads (``runtime_options``) and the keys spelled for vLLM (checked by the
-translation), and it answers where an old configuration key goes (``migration``).
+the runtime reads (``runtime_options``) and the keys spelled for vLLM (``options``), and
+it answers where an old configuration key goes (``migration``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from aot_core.options import BackendOptions, OptionPath
 from aot_core.spec import CompileSpec
 
 from aot_vllm.migration import MIGRATIONS
+from aot_vllm.options import check_options
 from aot_vllm.runtime_options import RuntimeOptions, split_options
 
 
@@ -34,8 +35,6 @@ class VLLMOptions(BackendOptions):
     @classmethod
     def validate(cls, spec: CompileSpec) -> Self:
         """Check every key and value; unknown keys are ``SpecError``s naming the key."""
-        from aot_vllm.translate import _check_options
-
         runtime, engine_spec = split_options(spec)
-        checked = _check_options(engine_spec.backend_options)
+        checked = check_options(engine_spec)
         return cls(runtime=runtime, engine=MappingProxyType(checked))

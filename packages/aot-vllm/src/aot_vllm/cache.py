@@ -20,7 +20,6 @@ to its cache (new shapes, a recompile after a failed load).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -31,13 +30,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aot_core.artifacts import (
-    MANIFEST_NAME,
     ArtifactStore,
     artifact_root,
     default_cache_root,
     entry_key,
     entry_lock,
-    read_manifest,
     remove_leftovers,
     verify_for_load,
     write_manifest,
@@ -160,13 +157,6 @@ class CacheEntry:
             device=device,
             extra=dict(extra),
         )
-
-    def previous_extra(self) -> dict[str, Any]:
-        """The ``extra`` record of the current manifest, or empty."""
-        try:
-            return dict(read_manifest(self.path).extra)
-        except ArtifactError:
-            return {}
 
     def snapshot(self) -> Snapshot:
         """Every file under ``files/`` with its size and mtime."""
@@ -306,13 +296,7 @@ def written_files(before: Snapshot, after: Snapshot) -> set[str]:
     return changed
 
 
-def describe_extra(extra: Mapping[str, Any]) -> str:
-    """A compact JSON form of a manifest's extra record, for notes."""
-    return json.dumps(dict(extra), sort_keys=True, default=str)
-
-
 __all__ = [
-    "MANIFEST_NAME",
     "ArtifactFiles",
     "CacheEntry",
     "CacheWarning",

@@ -35,6 +35,9 @@ from aot_core.compiler import GenerationParams, Prompt
 from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
 
+from aot_vllm.shapes import next_pow2
+from aot_vllm.translate import scheduler_args
+
 RULE_MIN_BUDGET = 256
 RULE_MAX_BUDGET = 16384
 RULE_MAX_SEQS = 256
@@ -67,14 +70,7 @@ class ChunkedPrefillSettings:
 
     def engine_kwargs(self) -> dict[str, Any]:
         """The vLLM engine arguments these settings become (None values left out)."""
-        out: dict[str, Any] = {"enable_chunked_prefill": self.enabled}
-        if self.max_num_batched_tokens is not None:
-            out["max_num_batched_tokens"] = self.max_num_batched_tokens
-        if self.max_num_seqs is not None:
-            out["max_num_seqs"] = self.max_num_seqs
-        if self.long_prefill_token_threshold:
-            out["long_prefill_token_threshold"] = self.long_prefill_token_threshold
-        return out
+        return scheduler_args(self.apply(CompileSpec()))
 
 
 def chunked_prefill_settings(
@@ -85,47 +81,18 @@ def chunked_prefill_settings(
     long_prefill_token_threshold: int = 0,
     max_model_len: int | None = None,
 ) -> ChunkedPrefillSettings:
-    """Validated chunked-prefill settings; errors name the setting and the fix."""
-    for name, value, low in (
-        ("max_num_batched_tokens", max_num_batched_tokens, 1),
-        ("max_num_seqs", max_num_seqs, 1),
-        ("max_model_len", max_model_len, 1),
-    ):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < low
-        ):
-            raise SpecError(f"{name}: must be an integer >= {low}, got {value!r}", field=name)
-    if long_prefill_token_threshold < 0:
-        raise SpecError(
-            "long_prefill_token_threshold: must be >= 0", field="long_prefill_token_threshold"
-        )
-    if long_prefill_token_threshold and not enabled:
-        raise SpecError(
-            "long_prefill_token_threshold: needs chunked prefill; enable it or use 0",
-            field="long_prefill_token_threshold",
-        )
-    if (
-        not enabled
-        and max_num_batched_tokens is not None
-        and max_model_len is not None
-        and max_num_batched_tokens < max_model_len
-    ):
-        raise SpecError(
-            f"max_num_batched_tokens: {max_num_batched_tokens} is below max_model_len "
-            f"{max_model_len} with chunked prefill off, so a full-length prompt never fits a "
-            "step; raise the budget or enable chunked prefill",
-            field="max_num_batched_tokens",
-        )
-    if (
-        max_num_batched_tokens is not None
-        and max_num_seqs is not None
-        and max_num_batched_tokens < max_num_seqs
-    ):
-        raise SpecError(
-            f"max_num_batched_tokens: {max_num_batched_tokens} is below max_num_seqs "
-            f"{max_num_seqs}; each running sequence needs a token per step",
-            field="max_num_batched_tokens",
-        )
+    """Validated chunked-prefill settings; errors name the setting and the fix.
+
+    ``CompileSpec`` checks these fields (and ``max_model_len``, which is only checked
+    against the budget, not kept); nothing about them is vLLM-specific.
+    """
+    CompileSpec(
+        chunked_prefill=enabled,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs,
+        long_prefill_token_threshold=long_prefill_token_threshold,
+        max_model_len=max_model_len,
+    )
     return ChunkedPrefillSettings(
         enabled=enabled,
         max_num_batched_tokens=max_num_batched_tokens,
@@ -278,15 +245,11 @@ class PrefillPlan:
         return "\n".join(lines)
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(1, n))))
-
-
 def rule_plan(workload: Workload, *, enabled: bool = True) -> PrefillPlan:
     """The documented rule (see the module docstring); no engine is started."""
-    seqs = min(RULE_MAX_SEQS, _next_pow2(len(workload.prompt_lengths)))
+    seqs = min(RULE_MAX_SEQS, next_pow2(len(workload.prompt_lengths)))
     p90 = workload.percentile(90)
-    budget = min(RULE_MAX_BUDGET, max(RULE_MIN_BUDGET, _next_pow2(p90 + seqs)))
+    budget = min(RULE_MAX_BUDGET, max(RULE_MIN_BUDGET, next_pow2(p90 + seqs)))
     why = (
         f"{len(workload.prompt_lengths)} requests -> {seqs} sequence slots; p90 prompt "
         f"{p90} tokens + {seqs} decode tokens -> budget {budget}"
@@ -347,55 +310,8 @@ def plan_chunked_prefill(
             "plan_chunked_prefill: a sweep of chunk budgets needs chunked_prefill on in the spec",
             field="chunked_prefill",
         )
-    seqs = rule.max_num_seqs
-    candidates = sorted(
-        set(budgets)
-        if budgets
-        else {
-            max(seqs, rule.max_num_batched_tokens // 2),
-            rule.max_num_batched_tokens,
-            min(RULE_MAX_BUDGET, rule.max_num_batched_tokens * 2),
-        }
-    )
-    if any(b < seqs for b in candidates):
-        raise SpecError(
-            f"plan_chunked_prefill: every budget must be >= max_num_seqs {seqs}",
-            field="max_num_batched_tokens",
-        )
-    from aot_vllm.backend import VLLMNativeAOTCompiler
-    from aot_vllm.compiled_model import model_token_facts
-    from aot_vllm.model_source import resolve_model
-
-    vocab, _ = model_token_facts(resolve_model(model).local_dir)
-    prompts = _prompts_for(workload, vocab or 256)
-    params = GenerationParams(max_new_tokens=max(workload.output_lengths), stop_on_eos=False)
-    total_prompt = sum(workload.prompt_lengths)
-    need = max(workload.prompt_lengths) + params.max_new_tokens
-    points: list[SweepPoint] = []
-    compiler = VLLMNativeAOTCompiler()
-    for budget in candidates:
-        trial = base.replace(
-            max_num_batched_tokens=budget,
-            max_num_seqs=seqs,
-            max_model_len=base.max_model_len or max(need, 16),
-        )
-        with compiler.compile_model(model, trial) as compiled:
-            compiled.generate(prompts[:1], GenerationParams(max_new_tokens=2))  # warm-up
-            t0 = time.perf_counter()
-            gens = compiled.generate(prompts, params)
-            wall = time.perf_counter() - t0
-            ttft = compiled.stats.time_to_first_token_s
-        out_tokens = sum(len(g.token_ids) for g in gens)
-        points.append(
-            SweepPoint(
-                max_num_batched_tokens=budget,
-                max_num_seqs=seqs,
-                wall_s=wall,
-                total_tokens_per_s=(total_prompt + out_tokens) / wall,
-                output_tokens_per_s=out_tokens / wall,
-                time_to_first_token_s=ttft,
-            )
-        )
+    candidates = _candidate_budgets(rule, budgets)
+    points = [_measure(workload, model, base, budget, rule.max_num_seqs) for budget in candidates]
     if objective == "ttft" and all(p.time_to_first_token_s for p in points):
         best = min(points, key=lambda p: (p.time_to_first_token_s, p.max_num_batched_tokens))
         metric = f"lowest mean TTFT {best.time_to_first_token_s:.3f} s"
@@ -404,10 +320,56 @@ def plan_chunked_prefill(
         metric = f"highest throughput {best.total_tokens_per_s:.1f} tok/s"
     return PrefillPlan(
         max_num_batched_tokens=best.max_num_batched_tokens,
-        max_num_seqs=seqs,
+        max_num_seqs=rule.max_num_seqs,
         enabled=True,
         method="measured sweep",
         rationale=f"{metric} of {len(points)} budgets measured on the engine "
         f"(rule alone would pick {rule.max_num_batched_tokens})",
         measurements=tuple(points),
+    )
+
+
+def _candidate_budgets(rule: PrefillPlan, budgets: Sequence[int] | None) -> list[int]:
+    seqs, budget = rule.max_num_seqs, rule.max_num_batched_tokens
+    default = {max(seqs, budget // 2), budget, min(RULE_MAX_BUDGET, budget * 2)}
+    candidates = sorted(set(budgets) if budgets else default)
+    if any(b < seqs for b in candidates):
+        raise SpecError(
+            f"plan_chunked_prefill: every budget must be >= max_num_seqs {seqs}",
+            field="max_num_batched_tokens",
+        )
+    return candidates
+
+
+def _measure(
+    workload: Workload, model: Any, base: CompileSpec, budget: int, seqs: int
+) -> SweepPoint:
+    """Serve ``workload`` once on a fresh engine with this budget (after a short warm-up)."""
+    from aot_vllm.backend import VLLMNativeAOTCompiler
+    from aot_vllm.compiled_model import model_token_facts
+    from aot_vllm.model_source import resolve_model
+
+    vocab, _ = model_token_facts(resolve_model(model).local_dir)
+    prompts = _prompts_for(workload, vocab or 256)
+    params = GenerationParams(max_new_tokens=max(workload.output_lengths), stop_on_eos=False)
+    need = max(workload.prompt_lengths) + params.max_new_tokens
+    trial = base.replace(
+        max_num_batched_tokens=budget,
+        max_num_seqs=seqs,
+        max_model_len=base.max_model_len or max(need, 16),
+    )
+    with VLLMNativeAOTCompiler().compile_model(model, trial) as compiled:
+        compiled.generate(prompts[:1], GenerationParams(max_new_tokens=2))  # warm-up
+        t0 = time.perf_counter()
+        gens = compiled.generate(prompts, params)
+        wall = time.perf_counter() - t0
+        ttft = compiled.stats.time_to_first_token_s
+    out_tokens = sum(len(g.token_ids) for g in gens)
+    return SweepPoint(
+        max_num_batched_tokens=budget,
+        max_num_seqs=seqs,
+        wall_s=wall,
+        total_tokens_per_s=(sum(workload.prompt_lengths) + out_tokens) / wall,
+        output_tokens_per_s=out_tokens / wall,
+        time_to_first_token_s=ttft,
     )

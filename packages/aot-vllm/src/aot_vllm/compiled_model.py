@@ -22,6 +22,7 @@ from aot_core.stats import OptimizationStats
 
 from aot_vllm import engine as engine_mod
 from aot_vllm import process_tree
+from aot_vllm.engine_env import EnvPatch
 from aot_vllm.model_source import ModelSource
 from aot_vllm.vllm_logs import LogCapture
 
@@ -35,7 +36,7 @@ class VLLMCompiledModel(CompiledModel):
         running: engine_mod.RunningEngine,
         source: ModelSource,
         stats: OptimizationStats,
-        env: engine_mod.EnvPatch,
+        env: EnvPatch,
         log_capture: LogCapture,
         memory: process_tree.PeakMemory,
         has_tokenizer: bool,

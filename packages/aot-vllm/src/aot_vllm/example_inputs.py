@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
 
 from aot_vllm.model_source import ModelSource
+from aot_vllm.shapes import next_pow2, pow2_ladder
 
 _MIN_MODEL_LEN = 128
 
@@ -55,9 +57,7 @@ def parse_example_inputs(value: Any) -> ExampleInputs:
             p = value["params"]
             params = p if isinstance(p, GenerationParams) else GenerationParams(**dict(p))
         if "max_new_tokens" in value:
-            params = GenerationParams(
-                **{**_params_dict(params), "max_new_tokens": value["max_new_tokens"]}
-            )
+            params = dataclasses.replace(params, max_new_tokens=value["max_new_tokens"])
         value = value.get("prompts")
     if isinstance(value, str):
         value = [value]
@@ -78,24 +78,6 @@ def parse_example_inputs(value: Any) -> ExampleInputs:
     except SpecError as exc:
         raise SpecError(f"example_inputs: {exc}", field="example_inputs") from None
     return ExampleInputs(prompts=tuple(value), params=params)
-
-
-def _params_dict(params: GenerationParams) -> dict[str, Any]:
-    return {
-        "max_new_tokens": params.max_new_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "top_k": params.top_k,
-        "seed": params.seed,
-        "stop_on_eos": params.stop_on_eos,
-    }
-
-
-def _next_pow2(n: int) -> int:
-    p = 1
-    while p < n:
-        p *= 2
-    return p
 
 
 def _model_max_len(source: ModelSource) -> int | None:
@@ -126,7 +108,7 @@ def inform_spec(
     need = examples.longest() + examples.params.max_new_tokens
     limit = _model_max_len(source)
     if spec.max_model_len is None:
-        value = max(_MIN_MODEL_LEN, _next_pow2(need))
+        value = max(_MIN_MODEL_LEN, next_pow2(need))
         if limit is not None:
             if need > limit:
                 raise SpecError(
@@ -146,19 +128,13 @@ def inform_spec(
             field="example_inputs",
         )
     if spec.cuda_graphs and spec.compiles and spec.cuda_graph_sizes is None:
-        top = _next_pow2(examples.batch_size)
+        top = next_pow2(examples.batch_size)
         if spec.max_num_seqs is not None:
             top = min(top, spec.max_num_seqs)
-        sizes = []
-        s = 1
-        while s <= top:
-            sizes.append(s)
-            s *= 2
-        if top not in sizes:
-            sizes.append(top)
-        changes["cuda_graph_sizes"] = tuple(sizes)
+        sizes = pow2_ladder(top)
+        changes["cuda_graph_sizes"] = sizes
         notes.append(
-            f"cuda_graph_sizes={tuple(sizes)} from the examples (batch size {examples.batch_size})"
+            f"cuda_graph_sizes={sizes} from the examples (batch size {examples.batch_size})"
         )
     if spec.max_num_seqs is not None and examples.batch_size > spec.max_num_seqs:
         notes.append(

@@ -20,6 +20,8 @@ from typing import Any
 
 from aot_core.spec import CompileSpec
 
+from aot_vllm.engine_env import EngineVar
+
 # vLLM's own default max_num_seqs for the LLM class on CPU, per device, in every release
 # from 0.10.2 to 0.33 (EngineArgs._set_default_args / get_batch_defaults).
 CPU_DEFAULT_MAX_NUM_SEQS = 256
@@ -63,7 +65,7 @@ def user_sized(spec: CompileSpec) -> bool:
     keys = ("kv_cache_memory_bytes", "gpu_memory_utilization", "num_gpu_blocks_override")
     if any(k in options for k in keys) or any(k in engine_args for k in keys):
         return True
-    return bool(os.environ.get("VLLM_CPU_KVCACHE_SPACE"))
+    return bool(os.environ.get(EngineVar.VLLM_CPU_KVCACHE_SPACE.value))
 
 
 def bytes_per_token(
@@ -132,6 +134,21 @@ def cpu_kv_cache_size(
         "backend_options.kv_cache_memory_bytes to choose"
     )
     return KVCacheSize(nbytes=nbytes, tokens=tokens, reason=reason)
+
+
+def size_cpu_kv_cache(spec: CompileSpec, model_dir: Path | None) -> tuple[CompileSpec, str]:
+    """``spec`` with the KV cache it can use on CPU, and a note; unchanged if the user sized it.
+
+    The size goes in as ``backend_options.kv_cache_memory_bytes``, which the translation
+    spells for the release (an argument from 0.20, ``VLLM_CPU_KVCACHE_SPACE`` before).
+    """
+    if user_sized(spec):
+        return spec, ""
+    size = cpu_kv_cache_size(spec, model_dir)
+    if isinstance(size, str):
+        return spec, f"KV cache left at vLLM's CPU default: {size}"
+    options = {**spec.backend_options, "kv_cache_memory_bytes": size.nbytes}
+    return spec.replace(backend_options=options), size.reason
 
 
 def _language_model(config: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable
 
 import psutil
@@ -119,8 +118,3 @@ class PeakMemory:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.sample()
-
-
-def now() -> float:
-    """Wall-clock seconds (comparable with log record times across processes)."""
-    return time.time()

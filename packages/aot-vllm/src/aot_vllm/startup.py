@@ -1,0 +1,179 @@
+"""Starting one ``vllm.LLM`` for a spec, as a sequence of named steps.
+
+``build`` runs them in order; each returns a typed result the next one reads:
+
+1. ``request_start`` -> ``StartRequest`` (model, options, cache entry; no vLLM yet);
+2. the log capture's variable is set, vLLM is imported;
+3. ``set_up_engine`` -> ``EngineSetup`` (KV cache sized, spec translated, placement);
+4. with the cache entry locked: ``_launch`` -> ``Launch`` (entry verified, compile cache
+   chosen, environment set, engine started);
+5. ``read_start`` -> ``StartReading`` (log lines, cache verdict, resolved config), then
+   the stats, the warm-up run of ``compile_model_aot``'s examples, and the entry sealed.
+
+A failure at any step closes what was opened and restores the environment.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from aot_core.spec import CompileSpec
+from aot_core.stats import OptimizationStats
+
+from aot_vllm import engine, engine_env, evidence, process_tree
+from aot_vllm.compiled_model import VLLMCompiledModel
+from aot_vllm.example_inputs import ExampleInputs
+from aot_vllm.start_report import Launch, device_name, manifest_extra, read_start, start_stats
+from aot_vllm.start_setup import EngineSetup, request_start, set_up_engine
+
+__all__ = ["AOTVLLMWarning", "build"]
+
+
+class AOTVLLMWarning(UserWarning):
+    """Something about a start the user should know (a fallback, a refused setting)."""
+
+
+def _warn(message: str, *, below_build: int = 0) -> None:
+    """Warn at the user's line that called ``compile_model(_aot)``.
+
+    ``below_build``: how many of this module's functions sit between ``build`` and the caller.
+    """
+    # _warn, [steps below build], build, the compiler method, the user's line.
+    warnings.warn(f"aot-vllm: {message}", AOTVLLMWarning, stacklevel=4 + below_build)
+
+
+def build(
+    model: Any,
+    spec: CompileSpec,
+    *,
+    warmup: ExampleInputs | None = None,
+    extra_notes: Sequence[str] = (),
+) -> VLLMCompiledModel:
+    """Start a ``vllm.LLM`` for ``model`` and ``spec`` and measure how it started."""
+    request = request_start(model, spec, notes=extra_notes)
+    env = engine_env.EnvPatch()
+    memory = process_tree.PeakMemory()
+    try:
+        env.apply(engine_env.log_capture(request.log.prepare()))
+        engine.import_vllm()
+        setup = set_up_engine(request)
+        for message in setup.translation.warnings:
+            _warn(message)
+        request.log.attach_in_process()
+        with request.entry.locked():
+            launch = _launch(setup, env, memory)
+            compiled = _compiled_model(setup, launch, env, memory)
+            try:
+                _finish(setup, launch, compiled, memory, warmup)
+            except BaseException:
+                compiled.close()
+                raise
+        return compiled
+    except BaseException:
+        memory.stop()
+        request.log.detach()
+        env.restore()
+        raise
+
+
+def _launch(
+    setup: EngineSetup, env: engine_env.EnvPatch, memory: process_tree.PeakMemory
+) -> Launch:
+    """Verify the entry, choose the compile cache, set the environment, start the engine."""
+    entry = setup.request.entry
+    opened = entry.open()
+    entry.seed_modelinfos()
+    release = setup.translation.release
+    choice = engine_env.choose_compile_cache(
+        setup.request.runtime,
+        spec=setup.engine_spec,
+        has_aot_compile=release.facts.has_aot_compile,
+        is_cpu=setup.is_cpu,
+        previous=opened.extra,
+    )
+    variables = engine_env.engine_environment(
+        translated=setup.translation.env,
+        compile_cache=choice,
+        inductor_dir=entry.inductor_dir,
+        inline=setup.inline,
+    )
+    env.apply(variables)
+    before = entry.snapshot()
+    counters_before = evidence.read_counters() if setup.inline else None
+    memory.start()
+    t_engine = time.time()
+    running = engine.start(setup.request.source.name_or_path, setup.llm_kwargs)
+    t_ready = time.time()
+    memory.stop()
+    return Launch(
+        running=running,
+        opened=opened,
+        compile_cache=choice,
+        engine_env=variables,
+        before=before,
+        counters_before=counters_before,
+        t_engine=t_engine,
+        t_ready=t_ready,
+    )
+
+
+def _compiled_model(
+    setup: EngineSetup,
+    launch: Launch,
+    env: engine_env.EnvPatch,
+    memory: process_tree.PeakMemory,
+) -> VLLMCompiledModel:
+    request = setup.request
+    return VLLMCompiledModel(
+        running=launch.running,
+        source=request.source,
+        stats=OptimizationStats(backend="vllm"),
+        env=env,
+        log_capture=request.log,
+        memory=memory,
+        has_tokenizer=setup.has_tokenizer,
+        vocab_size=setup.vocab_size,
+        eos_token_ids=setup.eos_token_ids,
+        llm_kwargs=setup.llm_kwargs,
+        engine_env=launch.engine_env,
+        spec=request.spec,
+    )
+
+
+def _finish(
+    setup: EngineSetup,
+    launch: Launch,
+    compiled: VLLMCompiledModel,
+    memory: process_tree.PeakMemory,
+    warmup: ExampleInputs | None,
+) -> None:
+    """Read the start, set the stats, run the examples once, seal the cache entry."""
+    request = setup.request
+    records = request.log.records(since=request.t_start - 1.0)
+    reading = read_start(setup, launch, records=records, peak_memory=memory.peak)
+    if reading.aot_failure is not None:
+        _warn(
+            f"vLLM {setup.translation.vllm_version} could not load its AOT artifact "
+            f"({reading.aot_failure}) and compiled again; later starts of this cache entry "
+            "use Inductor's FX-graph cache instead",
+            below_build=1,
+        )
+    stats = start_stats(setup, reading)
+    compiled._set_stats(stats)
+    if warmup is not None:
+        compiled.generate(warmup.prompts, warmup.params)
+        compiled._set_stats(stats.replace(peak_host_memory_bytes=memory.peak))
+    request.entry.share_modelinfos()
+    try:
+        request.entry.seal(device=device_name(setup.is_cpu), extra=manifest_extra(setup, reading))
+    except Exception as exc:
+        message = (
+            f"the compile cache entry {request.entry.path} could not be sealed ({exc}); "
+            "the next start compiles again"
+        )
+        _warn(message, below_build=1)
+        sealed = compiled.stats
+        compiled._set_stats(sealed.replace(notes=(*sealed.notes, message)))

@@ -1,0 +1,120 @@
+"""The engine's environment: which compile cache a start uses, and each variable decided once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aot_core.spec import CompileSpec
+from aot_vllm import engine_env
+from aot_vllm.engine_env import CompileCache, EngineVar, EnvPatch, choose_compile_cache
+from aot_vllm.runtime_options import split_options
+
+
+def _choose(
+    spec: CompileSpec,
+    *,
+    is_cpu: bool = True,
+    has_aot: bool = True,
+    previous: dict[str, Any] | None = None,
+) -> engine_env.CompileCacheChoice:
+    runtime, engine_spec = split_options(spec)
+    return choose_compile_cache(
+        runtime,
+        spec=engine_spec,
+        has_aot_compile=has_aot,
+        is_cpu=is_cpu,
+        previous=previous or {},
+    )
+
+
+def test_auto_on_cpu_is_inductors_cache_with_the_reason() -> None:
+    choice = _choose(CompileSpec())
+    assert choice.cache is CompileCache.INDUCTOR
+    assert choice.env == {"VLLM_USE_AOT_COMPILE": "0"}
+    assert "whole model with Inductor" in choice.note
+
+
+def test_auto_on_a_gpu_keeps_vllms_default() -> None:
+    choice = _choose(CompileSpec(), is_cpu=False)
+    assert choice.cache is CompileCache.VLLM_DEFAULT and choice.env == {} and not choice.note
+
+
+def test_an_earlier_aot_load_failure_sends_later_starts_to_inductor() -> None:
+    failure = {"aot_load_failure": {"vllm_version": "0.32.0", "reason": "finalize_loading"}}
+    choice = _choose(CompileSpec(), is_cpu=False, previous=failure)
+    assert choice.cache is CompileCache.INDUCTOR
+    assert choice.env == {"VLLM_USE_AOT_COMPILE": "0"}
+    assert "0.32.0" in choice.note and "finalize_loading" in choice.note
+
+
+@pytest.mark.parametrize(
+    ("options", "cache", "env"),
+    [
+        ({"compile_cache": "aot"}, CompileCache.AOT, {"VLLM_USE_AOT_COMPILE": "1"}),
+        ({"compile_cache": "inductor"}, CompileCache.INDUCTOR, {"VLLM_USE_AOT_COMPILE": "0"}),
+        # The translation sets the variable from use_aot_compile; nothing is set twice.
+        ({"use_aot_compile": True}, CompileCache.AOT, {}),
+        ({"use_aot_compile": False}, CompileCache.INDUCTOR, {}),
+    ],
+)
+def test_asked_for_compile_cache(
+    options: dict[str, Any], cache: CompileCache, env: dict[str, str]
+) -> None:
+    choice = _choose(CompileSpec(backend_options=options))
+    assert (choice.cache, dict(choice.env)) == (cache, env)
+
+
+def test_without_aot_compile_or_compilation_nothing_is_set() -> None:
+    assert _choose(CompileSpec(), has_aot=False).cache is CompileCache.INDUCTOR
+    eager = _choose(CompileSpec(compile_mode="none", cuda_graphs=False))
+    assert eager.cache is CompileCache.NONE and eager.env == {}
+
+
+def test_engine_environment_joins_the_decisions(tmp_path: Path) -> None:
+    choice = _choose(CompileSpec())
+    env = engine_env.engine_environment(
+        translated=engine_env.cache_root(str(tmp_path / "vllm")),
+        compile_cache=choice,
+        inductor_dir=tmp_path / "inductor",
+        inline=True,
+    )
+    assert env == {
+        "VLLM_CACHE_ROOT": str(tmp_path / "vllm"),
+        "VLLM_USE_AOT_COMPILE": "0",
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    }
+    assert set(env) <= {var.value for var in EngineVar}
+
+
+def test_a_variable_decided_twice_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="VLLM_USE_AOT_COMPILE twice"):
+        engine_env.engine_environment(
+            translated=engine_env.aot_compile(on=True),
+            compile_cache=_choose(CompileSpec()),
+            inductor_dir=tmp_path,
+            inline=False,
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "tp", "inline"),
+    [({}, 1, True), ({}, 2, False), ({"engine_process": "subprocess"}, 1, False)],
+)
+def test_engine_placement(options: dict[str, Any], tp: int, inline: bool) -> None:
+    runtime, spec = split_options(CompileSpec(tensor_parallel_size=tp, backend_options=options))
+    assert engine_env.runs_inline(runtime, spec) is inline
+
+
+def test_env_patch_restores_what_was_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_CACHE_ROOT", "/user/choice")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    patch = EnvPatch()
+    patch.apply({"VLLM_CACHE_ROOT": "/entry/vllm", "TORCHINDUCTOR_CACHE_DIR": "/entry/ind"})
+    assert os.environ["VLLM_CACHE_ROOT"] == "/entry/vllm"
+    patch.restore()
+    assert os.environ["VLLM_CACHE_ROOT"] == "/user/choice"
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
