@@ -19,6 +19,7 @@ from aot_core.cli import ExitCode
 from aot_core.errors import ArtifactIncompatibleError
 from aot_core.spec import CompileSpec
 from aot_core.tiny import write_tiny_llama
+from test_artifacts import rewrite_manifest
 
 toy = pytest.importorskip("aot_toybackend", reason="the test-only toy backend is not installed")
 
@@ -78,9 +79,8 @@ def test_compiled_artifact_is_pinned_verified_and_refused_on_a_pin_mismatch(
     with toy.ToyCompiler(spec).compile_model(model, spec) as loaded:
         assert loaded.stats.cache.status == "hit"
 
-    data = json.loads((entry / artifacts.MANIFEST_NAME).read_text())
-    data["pins"]["aot-toybackend-table"] = "0"
-    (entry / artifacts.MANIFEST_NAME).write_text(json.dumps(data))
+    # As built by a toy whose table format was 0: a consistent manifest, another pin.
+    rewrite_manifest(entry, lambda d: d["pins"].update({"aot-toybackend-table": "0"}))
     bad = aot(["cache", "verify"], env)
     assert bad.returncode == ExitCode.ARTIFACT_INCOMPATIBLE
     assert "built for aot-toybackend-table 0" in bad.stdout

@@ -41,8 +41,15 @@ def test_engine_check_imports_vllm_and_finds_a_device() -> None:
     assert VLLMNativeAOTCompiler.check_engine().usable
 
 
+def _key() -> str:
+    version = VLLMNativeAOTCompiler.version()
+    return artifacts.entry_key(
+        backend="vllm", backend_version=version, model="org/model", spec=CompileSpec()
+    )
+
+
 def _artifact(tmp_path: Path, files: dict[str, bytes]) -> Path:
-    dest = tmp_path / "store" / "entries" / "one"
+    dest = tmp_path / "store" / "entries" / _key()
 
     def build(files_dir: Path) -> dict[str, str]:
         for rel, data in files.items():
@@ -52,7 +59,7 @@ def _artifact(tmp_path: Path, files: dict[str, bytes]) -> Path:
 
     artifacts.build_and_publish(
         dest,
-        key="one",
+        key=_key(),
         build=build,
         backend="vllm",
         backend_version=VLLMNativeAOTCompiler.version(),
@@ -87,10 +94,10 @@ def test_an_artifact_being_built_is_opened_empty(tmp_path: Path) -> None:
         entry.seal(device="cpu", extra={})  # the owner writes the manifest, not the entry
         return {"device": "cpu"}
 
-    dest = tmp_path / "entries" / "two"
+    dest = tmp_path / "entries" / _key()
     manifest, built = artifacts.build_and_publish(
-        dest, key="two", build=build, backend="vllm", backend_version="0.1.0",
-        spec=CompileSpec(), model="org/model",
+        dest, key=_key(), build=build, backend="vllm",
+        backend_version=VLLMNativeAOTCompiler.version(), spec=CompileSpec(), model="org/model",
     )  # fmt: skip
     assert built and seen == {"type": ArtifactFiles, "state": "absent"}
     assert [f.path for f in manifest.files] == ["files/inductor/k.so"]

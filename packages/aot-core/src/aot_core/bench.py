@@ -77,11 +77,14 @@ MEASURED_CALLS = 5
 BENCH_SPEC_DEFAULTS: Mapping[str, Any] = {"max_model_len": 256, "max_num_seqs": 4}
 
 
-def ensure_bench_model() -> Path:
-    """The built-in tiny Llama every backend is benchmarked on, written on first use."""
+def ensure_bench_model(cache_root: Path | None = None) -> Path:
+    """The built-in tiny Llama every backend is benchmarked on, written on first use.
+
+    It lives under ``cache_root`` (the store root ``--cache-dir`` names), else the default.
+    """
     from aot_core.tiny import ensure_tiny_llama
 
-    return ensure_tiny_llama()
+    return ensure_tiny_llama(cache_root)
 
 
 def bench_prompts() -> list[list[int]]:
@@ -101,6 +104,7 @@ def run_worker(
     timeout_s: float,
     log: Path,
     repeat: int = 1,
+    cache_root: Path | None = None,
 ) -> Run:
     """Start one worker process and return its run (ok or not)."""
     import json
@@ -126,7 +130,10 @@ def run_worker(
         "--measured-calls",
         str(MEASURED_CALLS),
     ]
-    done = run_fresh(cmd, log=log, timeout_s=timeout_s, env=one_thread_env())
+    # What workers and their backends keep outside the run's artifact (aot-vllm's shared
+    # model-inspection results, the legacy backend's default cache) goes under cache_root.
+    extra = {artifacts.CACHE_ENV_VAR: str(cache_root)} if cache_root is not None else {}
+    done = run_fresh(cmd, log=log, timeout_s=timeout_s, env=one_thread_env(**extra))
     return Run(
         backend=backend,
         phase=phase,
@@ -159,12 +166,16 @@ def _machine() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _work_dir(path: Path | None) -> Iterator[Path]:
+def _work_dir(path: Path | None, cache_root: Path | None) -> Iterator[Path]:
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
         yield path
         return
-    with tempfile.TemporaryDirectory(prefix="aot-bench-") as tmp:
+    parent = None
+    if cache_root is not None:
+        parent = cache_root / "tmp"
+        parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="aot-bench-", dir=parent) as tmp:
         yield Path(tmp)
 
 
@@ -199,8 +210,14 @@ def run_bench(
     timeout_s: float,
     work_dir: Path | None,
     progress: Callable[[str], None],
+    cache_root: Path | None = None,
 ) -> BenchResult:
-    """Run every measurement and return the result (see ``format_report``)."""
+    """Run every measurement and return the result (see ``format_report``).
+
+    ``cache_root`` (``aot --cache-dir``) holds everything the runs write outside
+    ``work_dir``, which itself defaults to a temporary directory under it; the workers get
+    it as ``$AOT_CACHE_DIR``. None keeps the default root and the system's temp directory.
+    """
     from aot_core.registry import installed_backends
 
     chosen, skipped = _chosen_backends(backends, progress)
@@ -217,7 +234,7 @@ def run_bench(
     t_all = time.perf_counter()
     summaries: dict[str, BackendSummary] = {}
     counter = _Counter(total=total, progress=progress)
-    with _work_dir(work_dir) as work:
+    with _work_dir(work_dir, cache_root) as work:
         (work / "logs").mkdir(exist_ok=True)
         for name in chosen:
             runs = _measure_backend(
@@ -231,6 +248,7 @@ def run_bench(
                     prompts=prompts,
                     max_new_tokens=max_new_tokens,
                     timeout_s=timeout_s,
+                    cache_root=cache_root,
                     **kw,
                 ),
             )
