@@ -46,6 +46,7 @@ nox.options.sessions = [
     "vllm",
     "compat",
     "main_job",
+    "eval",
 ]
 
 
@@ -383,6 +384,28 @@ def main_job(session: nox.Session) -> None:
         "packages/aot-core/tests/test_cli_e2e.py",
         default_args=("-m", "slow", "-k", "test_bench_end_to_end"),
     )
+
+
+# [hf]: lm-eval's own transformers model, the reference the scores are checked against.
+LM_EVAL = "lm-eval[hf]==0.4.13"
+
+
+@nox.session(python=PYTHON, name="eval")
+def eval_session(session: nox.Session) -> None:
+    """`aot eval`: real lm-eval jobs through aot on both backends, on the task fixtures
+    shipped in the tests (nothing downloaded); scores checked against transformers' own
+    forward pass, and eager against compiled. `nox -s eval_slow` runs the heavier rest."""
+    _install_every_backend(session, "pytest", LM_EVAL, "transformers")
+    _pytest(session, "packages/aot-core/tests/evaluation", default_args=("-rA", "-m", "not slow"))
+
+
+@nox.session(python=PYTHON)
+def eval_slow(session: nox.Session) -> None:
+    """The `eval` session's slow tests: bfloat16 parity on both backends, reported as
+    measured (compiled and eager kernels round differently there). Not in the default list;
+    `python benchmarks/eval_jobs.py` is the job-level benchmark."""
+    _install_every_backend(session, "pytest", LM_EVAL, "transformers")
+    _pytest(session, "packages/aot-core/tests/evaluation", default_args=("-m", "slow"))
 
 
 if __name__ == "__main__":

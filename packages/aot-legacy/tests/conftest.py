@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -63,6 +64,22 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def alt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same architecture and config.json as ``tiny_dir``, other weights (seed 7)."""
+    return write_tiny_llama(tmp_path_factory.mktemp("alt-llama"), seed=7, shape=TINY)
+
+
+@pytest.fixture(scope="session")
+def config_only_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_dir``'s config.json and tokenizer, no weights: a config-only model."""
+    out = tmp_path_factory.mktemp("config-only")
+    for f in tiny_dir.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy2(f, out / f.name)
+    return out
+
+
+@pytest.fixture(scope="session")
 def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's compile-cache root, shared by in-process and fresh-process tests."""
     return tmp_path_factory.mktemp("aot-cache")
@@ -84,21 +101,46 @@ def eager_tokens(eager: LegacyCompiledModel) -> list[tuple[int, ...]]:
 
 
 @pytest.fixture(scope="session")
-def compiled(tiny_dir: Path, cache_root: Path) -> Iterator[LegacyCompiledModel]:
-    """torch.compile tier, cold, into the session cache (no packages exist yet)."""
+def alt_eager_tokens(alt_dir: Path) -> list[tuple[int, ...]]:
+    """Greedy tokens of PROMPTS from the other-weights model, run eagerly."""
+    with IntegratedAOTCompiler().compile_model(alt_dir, spec(compile_mode="none")) as m:
+        return [g.token_ids for g in m.generate(PROMPTS, GREEDY)]
+
+
+@pytest.fixture(scope="session")
+def compiled(alt_dir: Path, cache_root: Path) -> Iterator[LegacyCompiledModel]:
+    """torch.compile tier, cold, into the session cache (no packages exist yet).
+
+    Compiled from the other-weights model: every later start of ``tiny_dir`` from this
+    cache is a hit that must produce tiny's own tokens (the cache holds no weights).
+    """
     s = spec(cache_dir=str(cache_root), backend_options={"aoti": False})
-    m = IntegratedAOTCompiler().compile_model(tiny_dir, s)
+    m = IntegratedAOTCompiler().compile_model(alt_dir, s)
     assert isinstance(m, LegacyCompiledModel)
     yield m
     m.close()
 
 
 @pytest.fixture(scope="session")
-def packaged(tiny_dir: Path, cache_root: Path) -> Iterator[LegacyCompiledModel]:
-    """AOTInductor packages built by compile_model_aot into the session cache."""
-    m = IntegratedAOTCompiler().compile_model_aot(
-        tiny_dir, PROMPTS, spec(cache_dir=str(cache_root))
-    )
+def packaged(config_only_dir: Path, cache_root: Path) -> Iterator[LegacyCompiledModel]:
+    """AOTInductor packages built by compile_model_aot into the session cache, from the
+    config-only directory: placeholder weights, the real graph. Every package test then
+    starts real weights (``tiny_dir``, ``alt_dir``) from these packages."""
+    with pytest.warns(UserWarning, match="placeholder"):
+        m = IntegratedAOTCompiler().compile_model_aot(
+            config_only_dir, PROMPTS, spec(cache_dir=str(cache_root))
+        )
+    assert isinstance(m, LegacyCompiledModel)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def from_packages(
+    packaged: LegacyCompiledModel, tiny_dir: Path, cache_root: Path
+) -> Iterator[LegacyCompiledModel]:
+    """``tiny_dir`` (real weights) started from the packages the config-only compile built."""
+    m = IntegratedAOTCompiler().compile_model(tiny_dir, spec(cache_dir=str(cache_root)))
     assert isinstance(m, LegacyCompiledModel)
     yield m
     m.close()

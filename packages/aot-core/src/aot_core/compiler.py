@@ -54,6 +54,11 @@ class GenerationParams:
     stop_on_eos: bool = True
     """Stop a sequence at the end-of-sequence token; False always generates max_new_tokens."""
 
+    stop: tuple[str, ...] = ()
+    """Text at which a backend with a tokenizer may end a sequence early (the output then
+    ends before it); a backend that cannot stop on text generates on, so callers that need
+    the cut make it themselves (``aot eval`` does, as lm-eval's models do)."""
+
     def __post_init__(self) -> None:
         if (
             isinstance(self.max_new_tokens, bool)
@@ -72,6 +77,11 @@ class GenerationParams:
             raise SpecError(f"top_p: must be in (0, 1], got {self.top_p!r}", field="top_p")
         if self.top_k < 0:
             raise SpecError(f"top_k: must be >= 0, got {self.top_k!r}", field="top_k")
+        if isinstance(self.stop, str) or not all(isinstance(t, str) and t for t in self.stop):
+            raise SpecError(
+                f"stop: must be a tuple of non-empty strings, got {self.stop!r}", field="stop"
+            )
+        object.__setattr__(self, "stop", tuple(self.stop))
 
     @property
     def greedy(self) -> bool:
