@@ -131,10 +131,12 @@ class CompileSpec:
     facts that are not compiled code may live in aot's cache root), and nothing compiled
     is loaded from it unverified.
     When it is an aot artifact's ``files/`` directory (``aot_core.artifacts.artifact_root``
-    finds the artifact; ``aot compile`` and ``aot bench`` pass one, with an empty manifest
-    while it is being built) the artifact is the entry: the backend writes its files
-    straight in, verifies the artifact with ``verify_for_load`` before loading, and leaves
-    the lock and the manifest to the artifact's owner. Any other directory is the root of
+    finds the artifact; ``aot compile`` and ``aot bench`` pass one) the artifact is the
+    entry: the backend verifies it with ``verify_for_load`` before loading anything, and
+    leaves the lock and the manifest to the artifact's owner. While it is being built its
+    manifest lists no files (nothing to load): the backend writes its compiled files
+    straight in. Once published, a backend may add to it (the owner re-seals) or copy what
+    it needs elsewhere, never load unlisted files. Any other directory is the root of
     the backend's own verified entries, keyed by model, spec and versions, so one directory
     serves many compiles. Not part of ``fingerprint()`` (``FINGERPRINT_IGNORES``)."""
 

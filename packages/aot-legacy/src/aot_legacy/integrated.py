@@ -300,7 +300,9 @@ class _Parts:
 
 
 def _verify_artifact(cache_root: Path, package_dir: Path | None, *, backend: str) -> Path | None:
-    """The published aot artifact the caches lie in, verified; None for a plain cache.
+    """The published aot artifact the caches lie in, verified; None for a plain cache, or
+    for an artifact being built (its manifest lists no files yet: ours to fill, see
+    ``CompileSpec.cache_dir``).
 
     ``aot_core.artifacts.verify_for_load`` checks every file against the artifact's
     manifest (no file changed, truncated, missing or added) and the manifest against this
@@ -316,8 +318,8 @@ def _verify_artifact(cache_root: Path, package_dir: Path | None, *, backend: str
         for candidate in (path, *path.parents):
             root = artifact_root(candidate)
             if root is not None and path.is_relative_to(root):
-                verify_for_load(root, backend=backend)
-                return root
+                listed = verify_for_load(root, backend=backend).files
+                return root if listed else None
     return None
 
 
