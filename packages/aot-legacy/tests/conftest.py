@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import torch
 from aot_core import CompileSpec, GenerationParams
+from aot_core.tiny import TinyLlamaShape, write_tiny_llama
 from aot_legacy import IntegratedAOTCompiler
 from aot_legacy.compiled_model import LegacyCompiledModel
-from aot_legacy.tiny_model import build_tiny_llama
 
 torch.set_num_threads(1)
 
@@ -36,6 +36,9 @@ PROMPTS: list[list[int]] = [[5, 17, 42, 99, 3, 7], [65], list(b"Hello, world")]
 GREEDY = GenerationParams(max_new_tokens=8, stop_on_eos=False)
 MAX_LEN = 64
 MAX_SEQS = 4
+# Half the built-in model's width: the legacy backend has no head-size floor (vLLM's CPU
+# attention has), and narrower layers keep the many compiles here short.
+TINY = TinyLlamaShape(hidden_size=64, intermediate_size=128)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -57,13 +60,13 @@ def spec(**kw: Any) -> CompileSpec:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama with a byte-level tokenizer, saved like any HF model."""
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), shape=TINY)
 
 
 @pytest.fixture(scope="session")
 def alt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same architecture and config.json as ``tiny_dir``, other weights (seed 7)."""
-    return build_tiny_llama(tmp_path_factory.mktemp("alt-llama"), seed=7)
+    return write_tiny_llama(tmp_path_factory.mktemp("alt-llama"), seed=7, shape=TINY)
 
 
 @pytest.fixture(scope="session")

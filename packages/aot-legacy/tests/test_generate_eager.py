@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 def test_import_does_not_load_torch() -> None:
     code = (
-        "import sys, aot_legacy, aot_legacy.backend;"
+        "import sys, aot_legacy, aot_legacy.integrated;"
         "from aot_core import list_backends; list_backends();"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

@@ -8,6 +8,7 @@ without paying for torch.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import time
 from collections.abc import Sequence
@@ -19,7 +20,10 @@ from typing import Any, ClassVar
 
 from aot_core.compiler import Availability, CompiledModel, Compiler
 from aot_core.errors import SpecError
+from aot_core.options import BackendOptions
 from aot_core.spec import CompileSpec
+
+from aot_legacy.options import LegacyOptions, default_cache_root
 
 MIN_TORCH = (2, 6)
 
@@ -41,8 +45,10 @@ class IntegratedAOTCompiler(Compiler):
     """
 
     name: ClassVar[str] = "legacy"
+    description: ClassVar[str] = "Enhanced AOT on plain PyTorch"
     priority: ClassVar[int] = 50
     distribution: ClassVar[str] = "aot-legacy"
+    options_class: ClassVar[type[BackendOptions]] = LegacyOptions
 
     @classmethod
     def availability(cls) -> Availability:
@@ -62,6 +68,26 @@ class IntegratedAOTCompiler(Compiler):
             )
         return Availability(usable=True)
 
+    @classmethod
+    def check_engine(cls) -> Availability:
+        """torch imports in this process (an installed but broken torch passes
+        ``availability`` and fails only here). Imports torch: seconds, once per process."""
+        try:
+            importlib.import_module("torch")
+        except Exception as exc:  # any failure means the engine cannot run here
+            return Availability(
+                usable=False,
+                reason=f"torch failed to import with this error: {type(exc).__name__}: {exc}",
+            )
+        return Availability(usable=True)
+
+    @classmethod
+    def pins(cls) -> dict[str, str | None]:
+        """Compiled kernels and AOTInductor packages depend on the exact torch build."""
+        from aot_core.artifacts import torch_version
+
+        return {"torch": torch_version()}
+
     def compile_model(self, model: Any, spec: CompileSpec | None = None) -> CompiledModel:
         return self._remember(self._build(model, spec, example_inputs=None, aot=False))
 
@@ -78,9 +104,7 @@ class IntegratedAOTCompiler(Compiler):
         spec = spec if spec is not None else self.spec
         if not isinstance(spec, CompileSpec):
             raise SpecError(f"spec: expected a CompileSpec, got {type(spec).__name__}")
-        from aot_legacy.options import LegacyOptions, default_cache_root
-
-        options = LegacyOptions.from_spec(spec)  # fails before torch is even imported
+        options = LegacyOptions.validate(spec)  # fails before torch is even imported
         t_start = time.perf_counter()
         phases: dict[str, float] = {}
         cache_root = default_cache_root(spec)
@@ -276,7 +300,9 @@ class _Parts:
 
 
 def _verify_artifact(cache_root: Path, package_dir: Path | None, *, backend: str) -> Path | None:
-    """The published aot artifact the caches lie in, verified; None for a plain cache.
+    """The published aot artifact the caches lie in, verified; None for a plain cache, or
+    for an artifact being built (its manifest lists no files yet: ours to fill, see
+    ``CompileSpec.cache_dir``).
 
     ``aot_core.artifacts.verify_for_load`` checks every file against the artifact's
     manifest (no file changed, truncated, missing or added) and the manifest against this
@@ -292,8 +318,8 @@ def _verify_artifact(cache_root: Path, package_dir: Path | None, *, backend: str
         for candidate in (path, *path.parents):
             root = artifact_root(candidate)
             if root is not None and path.is_relative_to(root):
-                verify_for_load(root, backend=backend)
-                return root
+                listed = verify_for_load(root, backend=backend).files
+                return root if listed else None
     return None
 
 

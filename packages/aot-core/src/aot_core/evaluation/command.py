@@ -88,7 +88,7 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run the job (or the parity pair) and print lm-eval's table with aot's stats."""
-    from aot_core.cli import CLIError, ExitCode
+    from aot_core.command import CLIError, ExitCode
 
     codes: dict[type[EvalError], ExitCode] = {
         LMEvalMissingError: ExitCode.MISSING_DEPENDENCY,
@@ -106,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from aot_core.cli import _progress, check_model
+    from aot_core.command import check_model, progress
     from aot_core.evaluation.plugin import require_lm_eval
     from aot_core.evaluation.tasks import go_offline
 
@@ -118,15 +118,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.parity:
         from aot_core.evaluation.parity import run_parity
 
-        return run_parity(args, model, passthrough, _progress)
-    return _single(args, model, passthrough, started, _progress)
+        return run_parity(args, model, passthrough, progress)
+    return _single(args, model, passthrough, started, progress)
 
 
 def model_config(args: argparse.Namespace, model: Path) -> Any:
     """The job's ``EvalModelConfig`` from the command line."""
     from lm_eval.utils import simple_parse_args_string
 
-    from aot_core.cli import load_spec
+    from aot_core.command import load_spec
     from aot_core.evaluation.model_args import parse_model_args
 
     extra = simple_parse_args_string(args.model_args or "")
@@ -159,7 +159,7 @@ def _single(
     started: float,
     progress: Callable[[str], None],
 ) -> int:
-    from aot_core.cli import stdout_to_stderr
+    from aot_core.command import stdout_to_stderr
     from aot_core.evaluation.job import JobRequest, run_job, summary, write_outputs
     from aot_core.evaluation.plugin import register
     from aot_core.evaluation.tokenizer import load_tokenizer

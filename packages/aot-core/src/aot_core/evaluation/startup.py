@@ -123,7 +123,7 @@ class _Outcome:
 def _warm(
     entry: _Entry, body: Callable[[CompiledModel], T], progress: Callable[[str], None]
 ) -> tuple[T, StartRecord]:
-    from aot_core.cli import default_prompts
+    from aot_core.prompts import default_prompts
 
     cls, config, dest, key = entry.cls, entry.config, entry.dest, entry.key
     outcome = _Outcome()
@@ -148,7 +148,8 @@ def _cold(
     force: bool,
     note: str,
 ) -> tuple[T, StartRecord]:
-    from aot_core.cli import compile_into, default_prompts
+    from aot_core.prompts import default_prompts
+    from aot_core.workflow import compile_into
 
     cls, config, dest, key = entry.cls, entry.config, entry.dest, entry.key
     artifacts.ensure_writable(dest.parent)
