@@ -119,6 +119,12 @@ CASES: list[tuple[str, Case, ExitCode, str]] = [
         "spec JSON is not valid",
     ),
     (
+        "spec-absurd-max-model-len",
+        lambda t, c: _compile(t, "--spec", str(_write(t / "s.toml", "max_model_len = 1000000000"))),
+        ExitCode.SPEC_ERROR,
+        "beyond any model's context",
+    ),
+    (
         "spec-empty-string",
         lambda t, c: _compile(t, "--spec", ""),
         ExitCode.USAGE,

@@ -33,6 +33,7 @@ def test_positional_arguments_are_refused() -> None:
         ({"compile_sizes": "8"}, "compile_sizes", "list of positive integers"),
         ({"max_num_batched_tokens": 0}, "max_num_batched_tokens", ">= 1"),
         ({"max_model_len": 1.5}, "max_model_len", "integer"),
+        ({"max_model_len": 10**9}, "max_model_len", "leave it unset to take the model's own"),
         ({"max_num_seqs": True}, "max_num_seqs", "integer"),
         ({"long_prefill_token_threshold": -1}, "long_prefill_token_threshold", ">= 0"),
         ({"tensor_parallel_size": 0}, "tensor_parallel_size", ">= 1"),
@@ -75,6 +76,19 @@ def test_invalid_values_name_the_field(kwargs: dict, field: str, fragment: str) 
     assert info.value.field == field
     assert str(info.value).startswith(field)
     assert fragment in str(info.value)
+
+
+def test_max_model_len_is_bounded_above_every_real_context() -> None:
+    from aot_core.spec import MAX_MODEL_LEN_LIMIT
+
+    # The longest context a released model declares (10M tokens) passes; one more than
+    # the bound does not, and the message names the bound.
+    assert CompileSpec(max_model_len=10_485_760).max_model_len == 10_485_760
+    assert CompileSpec(max_model_len=MAX_MODEL_LEN_LIMIT).max_model_len == MAX_MODEL_LEN_LIMIT
+    with pytest.raises(SpecError, match=f"at most {MAX_MODEL_LEN_LIMIT}"):
+        CompileSpec(max_model_len=MAX_MODEL_LEN_LIMIT + 1)
+    with pytest.raises(SpecError, match="line 1"):
+        CompileSpec.from_toml("max_model_len = 1000000000\n")
 
 
 def test_budget_below_model_len_is_fine_with_chunked_prefill() -> None:

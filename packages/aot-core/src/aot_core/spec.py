@@ -47,6 +47,11 @@ what is compiled, so the same spec in another directory has the same identity.""
 
 _MAX_SIZE = 1 << 20
 
+MAX_MODEL_LEN_LIMIT = 1 << 24
+"""The largest ``max_model_len`` a spec accepts (16,777,216 tokens): above the longest
+context any released model declares (10,485,760), so a larger value is a typo, and one
+the backends would otherwise only find out about after loading the model."""
+
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -172,6 +177,13 @@ class CompileSpec:
             value = getattr(self, name)
             if value is not None:
                 _check_int(name, value, low)
+        if self.max_model_len is not None and self.max_model_len > MAX_MODEL_LEN_LIMIT:
+            raise SpecError(
+                f"max_model_len: {self.max_model_len} tokens is beyond any model's context "
+                f"(aot accepts at most {MAX_MODEL_LEN_LIMIT}); set it to the longest prompt "
+                "plus output you need, or leave it unset to take the model's own limit",
+                field="max_model_len",
+            )
         _check_int("long_prefill_token_threshold", self.long_prefill_token_threshold, 0)
         _check_int("tensor_parallel_size", self.tensor_parallel_size, 1)
         _check_int("pipeline_parallel_size", self.pipeline_parallel_size, 1)
