@@ -23,6 +23,7 @@ from aot_core.spec import CompileSpec
 from aot_vllm import engine_env, kv_sizing
 from aot_vllm.cache import CacheEntry, open_entry
 from aot_vllm.compiled_model import model_token_facts
+from aot_vllm.context_length import check_max_model_len
 from aot_vllm.engine import platform_is_cpu
 from aot_vllm.model_source import ModelSource, resolve_model
 from aot_vllm.releases import installed_vllm
@@ -119,6 +120,9 @@ def request_start(model: Any, spec: CompileSpec, *, notes: Sequence[str] = ()) -
     if not isinstance(spec, CompileSpec):
         raise SpecError(f"spec: expected a CompileSpec, got {type(spec).__name__}")
     source = resolve_model(model)
+    # Before vLLM is imported: vLLM would refuse it too, but only after a costly import.
+    length_note = check_max_model_len(spec, source.local_dir)
+    notes = (*notes, *([length_note] if length_note else []))
     runtime, engine_spec = split_options(spec)
     if installed_vllm() is None:
         raise BackendUnavailableError(f"vLLM is not installed; {INSTALL_HINT}")
