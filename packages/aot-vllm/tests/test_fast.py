@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from aot_core.artifacts import ownership_problem
 from aot_core.compiler import GenerationParams
 from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
@@ -263,21 +264,20 @@ def test_cache_entry_round_trip(tmp_path: Path) -> None:
     assert opened.extra["cache_path"] == "inductor"
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "missing", "no-manifest"])
+@pytest.mark.parametrize("damage", ["corrupt", "missing"])
 def test_damaged_cache_entry_is_refused_with_a_warning(tmp_path: Path, damage: str) -> None:
     entry = _sealed_entry(tmp_path)
     kernel = entry.inductor_dir / "ab" / "kernel.so"
     if damage == "corrupt":
         kernel.write_bytes(b"\x7fELF tampered code")
-    elif damage == "missing":
-        kernel.unlink()
     else:
-        (entry.path / "manifest.json").unlink()
+        kernel.unlink()
     with entry.locked(), pytest.warns(CacheWarning, match="compiled again"):
         opened = entry.open()
     assert opened.state == "refused" and opened.problem
-    # The damaged files are gone; the fresh entry starts empty.
+    # The damaged files are gone; the fresh entry starts empty, and provably aot's.
     assert not kernel.exists() and entry.inductor_dir.is_dir()
+    assert ownership_problem(entry.path) is None
 
 
 def test_stats_json_round_trip_of_a_recorded_start(tmp_path: Path) -> None:

@@ -11,15 +11,28 @@ the torch, vLLM and aot-vllm versions and the host, so anything that invalidates
 code gets a new entry instead of a stale load.
 
 Compiled files hold code that runs when loaded, so an entry is verified against its
-manifest before vLLM sees it. A damaged entry (a file changed, truncated or missing, or
-the manifest gone) is moved aside and rebuilt, with a warning that says what was wrong.
-The manifest is rewritten after every successful start, because vLLM legitimately adds
-to its cache (new shapes, a recompile after a failed load).
+manifest before vLLM sees it. A damaged entry (a file changed, truncated or missing) is
+moved aside and rebuilt, with a warning that says what was wrong. The manifest is
+rewritten after every successful start, because vLLM legitimately adds to its cache (new
+shapes, a recompile after a failed load).
+
+An entry is only ever deleted or replaced when aot can prove it wrote it: an intact aot
+manifest (``check_owned``). So that this holds from the first byte, a new entry is made in
+a staging directory with an in-progress manifest (``IN_PROGRESS``, no files) and
+published with one rename before vLLM writes anything; a start that dies before sealing
+leaves an entry that is still provably aot's. A directory at an entry's path without one
+(another tool's, or its manifest deleted) raises ``NotOwnedError`` and is left untouched.
+
+A store aot cannot write (read-only media such as an NFS export, another user's store) is
+still served from: the entry is verified without a lock of its own and nothing is written
+to it (no leftovers removed, nothing seeded, no seal); a start it cannot serve, because
+the entry is missing or damaged, raises ``ReadOnlyCacheError`` instead of compiling.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -32,14 +45,18 @@ from typing import Any, Literal
 from aot_core.artifacts import (
     ArtifactStore,
     artifact_root,
+    check_owned,
     default_cache_root,
     entry_key,
     entry_lock,
+    is_read_only_error,
+    publish,
     remove_leftovers,
+    staging_dir,
     verify_for_load,
     write_manifest,
 )
-from aot_core.errors import ArtifactError
+from aot_core.errors import AOTError, ArtifactError
 from aot_core.spec import CompileSpec
 
 BACKEND = "vllm"
@@ -50,8 +67,20 @@ EntryState = Literal["absent", "intact", "refused"]
 _COMPILED_DIRS = ("inductor", "torch_compile_cache")
 
 
+IN_PROGRESS = "in_progress"
+"""Key of a new entry's manifest ``extra``: the entry was made, never sealed after a start
+(nothing in it is vouched for; the next start compiles afresh)."""
+
+
 class CacheWarning(UserWarning):
     """A cache entry could not be used (damaged, incompatible) and is being rebuilt."""
+
+
+class ReadOnlyCacheError(AOTError, PermissionError):
+    """The store cannot be written and holds no usable entry for this start.
+
+    A ``PermissionError`` (errno ``EROFS`` on read-only media, else ``EACCES``), so the
+    ``aot`` command reports it as exit 10 (cache not writable)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +125,8 @@ class CacheEntry:
             backend=BACKEND, backend_version=backend_version, model=model, spec=spec
         )
         self.path = self.store.path(self.key)
+        self.read_only = False
+        """Set while locked: the store cannot be written, so the entry is only read."""
 
     @property
     def files_dir(self) -> Path:
@@ -114,26 +145,44 @@ class CacheEntry:
 
     @property
     def log_dir(self) -> Path:
-        """Where start logs go (beside, not inside, the verified files)."""
+        """Where start logs go (beside, not inside, the verified files; in aot's own store
+        when this one cannot be written)."""
+        if not _writable(self.store.root):
+            return default_cache_root() / "logs" / self.key
         return self.store.root / "logs" / self.key
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the entry's lock (one start or seal at a time per entry)."""
-        self.store.entries_dir.mkdir(parents=True, exist_ok=True)
-        with entry_lock(self.path):
-            yield
+        """Hold the entry's lock (one start or seal at a time per entry); in a store that
+        cannot be written, take none of its own and mark the entry ``read_only``."""
+        with contextlib.ExitStack() as stack:
+            exclusive = False
+            try:
+                self.store.entries_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                if not is_read_only_error(exc):
+                    raise
+            if self.store.entries_dir.is_dir():  # else there is nothing to lock or read
+                exclusive = stack.enter_context(entry_lock(self.path, read_only_ok=True))
+            self.read_only = not exclusive
+            try:
+                yield
+            finally:
+                self.read_only = False
 
     def open(self) -> OpenedEntry:
-        """Verify the entry (call with the lock held); move a damaged one aside."""
+        """Verify the entry (call with the lock held); move a damaged one of aot's aside."""
+        if self.read_only:
+            return self._open_read_only()
         remove_leftovers(self.path)
-        if not self.path.exists():
-            self._make_dirs()
+        if not (self.path.exists() or self.path.is_symlink()):
+            self._create()
             return OpenedEntry(state="absent", extra={})
         try:
             manifest = verify_for_load(self.path, backend=BACKEND, discard_extra=True)
         except ArtifactError as exc:
             problem = str(exc)
+            check_owned(self.path, "replace")  # before a word of "moved aside" is said
             warnings.warn(
                 f"aot-vllm: the compile cache entry {self.path} cannot be used ({problem}); "
                 "it was moved aside and the model is compiled again",
@@ -141,12 +190,43 @@ class CacheEntry:
                 stacklevel=3,
             )
             self._discard()
-            self._make_dirs()
+            self._create()
             return OpenedEntry(state="refused", problem=problem, extra={})
+        if manifest.extra.get(IN_PROGRESS):
+            # Made by a start that never sealed it; whatever it wrote was unlisted and has
+            # just been discarded, so this start compiles as the first one would.
+            self._make_dirs()
+            return OpenedEntry(state="absent", extra={})
         return OpenedEntry(state="intact", extra=dict(manifest.extra))
 
+    def _open_read_only(self) -> OpenedEntry:
+        """Verify without writing anything; a start that would have to write is refused."""
+        if not (self.path.exists() or self.path.is_symlink()):
+            problem = "it holds no entry for this model, spec and versions"
+        else:
+            try:
+                manifest = verify_for_load(self.path, backend=BACKEND)
+            except ArtifactError as exc:
+                problem = f"its entry cannot be used: {exc}"
+            else:
+                if not manifest.extra.get(IN_PROGRESS):
+                    return OpenedEntry(state="intact", extra=dict(manifest.extra))
+                problem = "its entry was never completed"
+        read_only_media = _on_read_only_media(self.store.root)
+        raise ReadOnlyCacheError(
+            errno.EROFS if read_only_media else errno.EACCES,
+            f"the compile cache {self.store.root} is "
+            f"{'on read-only media' if read_only_media else 'not writable by this user'} and "
+            f"{problem}, so nothing can be compiled into it; start once with a writable "
+            "cache_dir (then copy the entry there), or point cache_dir at a writable directory",
+            str(self.path),
+        )
+
     def seal(self, *, device: str, extra: Mapping[str, Any]) -> None:
-        """Write the manifest over the entry's current files (call with the lock held)."""
+        """Write the manifest over the entry's current files (call with the lock held);
+        nothing to do in a store that cannot be written."""
+        if self.read_only:
+            return
         write_manifest(
             self.path,
             key=self.key,
@@ -193,7 +273,7 @@ class CacheEntry:
         """
         source = self.shared_modelinfos
         target = self.vllm_root / "modelinfos"
-        if not source.is_dir():
+        if self.read_only or not source.is_dir():
             return 0
         copied = 0
         for item in source.glob("*.json"):
@@ -216,14 +296,37 @@ class CacheEntry:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     _atomic_copy(item, dest)
 
-    def _make_dirs(self) -> None:
-        for d in (self.vllm_root, self.inductor_dir):
+    def _make_dirs(self, root: Path | None = None) -> None:
+        files = self.files_dir if root is None else root / "files"
+        for d in (files / "vllm", files / "inductor"):
             d.mkdir(parents=True, exist_ok=True)
 
+    def _create(self) -> None:
+        """Make the entry with an in-progress manifest, published with one rename, so it is
+        provably aot's before vLLM writes a byte into it (a crash leaves a staging
+        directory that ``remove_leftovers`` recognises, or this marked entry)."""
+        with staging_dir(self.path) as staging:
+            self._make_dirs(staging)
+            write_manifest(
+                staging,
+                key=self.key,
+                backend=BACKEND,
+                backend_version=self.backend_version,
+                spec=self.spec,
+                model=self.model,
+                extra={IN_PROGRESS: True},
+            )
+            publish(staging, self.path, replace=False)
+
     def _discard(self) -> None:
+        """Move the entry aside and delete it; only an entry aot can prove it wrote."""
+        check_owned(self.path, "delete")
         trash = self.path.parent / f".{self.path.name}.trash-{os.getpid()}-{secrets.token_hex(4)}"
         os.rename(self.path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        if trash.is_symlink():
+            trash.unlink()  # a linked entry loses its link only, never its target's files
+        else:
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 class ArtifactFiles(CacheEntry):
@@ -249,9 +352,12 @@ class ArtifactFiles(CacheEntry):
         yield
 
     def open(self) -> OpenedEntry:
-        """Verify the artifact (``ArtifactError`` if it is damaged or built elsewhere)."""
-        manifest = verify_for_load(self.path, backend=BACKEND, discard_extra=True)
-        self._make_dirs()
+        """Verify the artifact (``ArtifactError`` if it is damaged or built elsewhere); on
+        read-only media, without writing to it."""
+        self.read_only = not _writable(self.files_dir)
+        manifest = verify_for_load(self.path, backend=BACKEND, discard_extra=not self.read_only)
+        if not self.read_only:
+            self._make_dirs()
         state: EntryState = "intact" if manifest.files else "absent"
         return OpenedEntry(state=state, extra=dict(manifest.extra))
 
@@ -266,6 +372,22 @@ def open_entry(*, spec: CompileSpec, model: str, backend_version: str) -> CacheE
     if root is not None:
         return ArtifactFiles(spec=spec, model=model, backend_version=backend_version, root=root)
     return CacheEntry(spec=spec, model=model, backend_version=backend_version)
+
+
+def _writable(directory: Path) -> bool:
+    """Whether this process could create files in ``directory`` (or, while it does not exist
+    yet, in the nearest existing directory above it)."""
+    for candidate in (directory, *directory.parents):
+        if candidate.exists():
+            return candidate.is_dir() and os.access(candidate, os.W_OK)
+    return False
+
+
+def _on_read_only_media(directory: Path) -> bool:
+    for candidate in (directory, *directory.parents):
+        with contextlib.suppress(OSError):
+            return bool(os.statvfs(candidate).f_flag & os.ST_RDONLY)
+    return False
 
 
 def _atomic_copy(source: Path, dest: Path) -> None:
@@ -297,11 +419,13 @@ def written_files(before: Snapshot, after: Snapshot) -> set[str]:
 
 
 __all__ = [
+    "IN_PROGRESS",
     "ArtifactFiles",
     "CacheEntry",
     "CacheWarning",
     "FileState",
     "OpenedEntry",
+    "ReadOnlyCacheError",
     "Snapshot",
     "compiled_files",
     "open_entry",
