@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -142,7 +143,9 @@ READ_ONLY_SCRIPT = textwrap.dedent(
                 seeded = entry.seed_modelinfos()
                 entry.seal(device="cpu", extra={"written": True})
                 out[name] = {"state": opened.state, "read_only": entry.read_only,
-                             "seeded": seeded, "log_dir": str(entry.log_dir)}
+                             "seeded": seeded, "log_dir": str(entry.log_dir),
+                             "files": sorted(str(p.relative_to(entry.files_dir))
+                                             for p in entry.files_dir.rglob("*.so"))}
         except ReadOnlyCacheError as exc:
             out[name] = {"errno": exc.errno, "message": str(exc)}
     print("RESULT " + json.dumps(out))
@@ -150,10 +153,11 @@ READ_ONLY_SCRIPT = textwrap.dedent(
 )
 
 
-def _can_mount_read_only(tmp_path: Path) -> bool:
+def can_mount_read_only(tmp_path: Path) -> bool:
+    """Whether ``run_read_only`` works here (root, ``unshare``, bind mounts)."""
     if os.geteuid() != 0:
         return False
-    probe = tmp_path / "probe"
+    probe = tmp_path / f"ro-probe-{os.getpid()}"
     probe.mkdir()
     try:
         proc = subprocess.run(
@@ -169,21 +173,23 @@ def _can_mount_read_only(tmp_path: Path) -> bool:
     return proc.returncode != 0 and b"Read-only file system" in proc.stderr
 
 
-def run_read_only(mount: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
+def run_read_only(
+    mount: Path, argv: list[str], *, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` with ``mount`` bound read-only in a private mount namespace."""
     command = " ".join(f"'{a}'" for a in argv)
     return subprocess.run(
         ["unshare", "-m", "sh", "-c",
          f"mount --bind {mount} {mount} && mount -o remount,bind,ro {mount} {mount} && "
          f"exec {command}"],
-        capture_output=True, text=True, check=False, timeout=300,
+        capture_output=True, text=True, check=False, timeout=timeout,
     )  # fmt: skip
 
 
 def test_a_read_only_store_serves_a_hit_and_refuses_a_miss(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not _can_mount_read_only(tmp_path):
+    if not can_mount_read_only(tmp_path):
         pytest.skip(
             "needs root and `unshare -m` to mount the store read-only (chmod binds no root)"
         )
@@ -207,6 +213,10 @@ def test_a_read_only_store_serves_a_hit_and_refuses_a_miss(
     hit, miss = result["hit"], result["miss"]
     assert hit["state"] == "intact" and hit["read_only"] and hit["seeded"] == 0, hit
     assert hit["log_dir"].startswith(str(tmp_path / "aot-home")), hit  # logs go elsewhere
+    # The engine runs from a verified copy (Inductor locks files in its cache even to
+    # load), removed when the process exits.
+    assert hit["files"] == ["inductor/kernel.so"], hit
+    assert not any((tmp_path / "aot-home" / "scratch").iterdir())
     assert miss["errno"] == errno.EROFS, miss
     assert "is on read-only media and it holds no entry" in miss["message"]
     assert "writable cache_dir" in miss["message"]
@@ -224,3 +234,28 @@ def test_read_only_error_is_the_cache_not_writable_exit() -> None:
     from aot_core.cli import _os_error_code
 
     assert _os_error_code(exc) == ExitCode.CACHE_NOT_WRITABLE
+
+
+def test_scratch_copies_of_dead_processes_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    from aot_vllm.cache import _remove_dead_scratch
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(gone.stdout)
+    entry = _entry(tmp_path / "store")
+    with entry.locked():
+        entry.open()
+    scratch = tmp_path / "scratch"
+    copies = {
+        "dead": scratch / f"{entry.key}-{dead_pid}-0123abcd",
+        "alive": scratch / f"{entry.key}-{os.getpid()}-0123abcd",
+        "foreign": scratch / f"notes-{dead_pid}-0123abcd",
+    }
+    for name, path in copies.items():
+        if name == "foreign":
+            (path / "files").mkdir(parents=True)  # no aot manifest: not provably aot's
+        else:
+            shutil.copytree(entry.path, path)
+    _remove_dead_scratch(scratch)
+    assert not copies["dead"].exists()
+    assert copies["alive"].is_dir() and copies["foreign"].is_dir()

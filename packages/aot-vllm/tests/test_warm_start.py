@@ -50,6 +50,28 @@ def test_cold_then_warm_start_reports_a_hit_and_starts_faster(cold_warm: dict[st
     assert cold_warm["warm"]["tokens"] == cold_warm["cold"]["tokens"]
 
 
+def test_a_read_only_cache_serves_a_warm_start(cold_warm: dict[str, Any], tiny_model: Path) -> None:
+    # The same cache on read-only media (an NFS export, say): served as a hit, untouched.
+    from test_cache_ownership import can_mount_read_only, run_read_only
+
+    cache: Path = cold_warm["cache"]
+    if not can_mount_read_only(cache.parent):
+        pytest.skip("needs root and `unshare -m` to mount the cache read-only")
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
+    argv = ["env", "OMP_NUM_THREADS=1", "PYTHONUNBUFFERED=1", sys.executable, str(SCRIPT)]
+    proc = run_read_only(cache, [*argv, str(tiny_model), str(cache)], timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("AOT-RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("AOT-RESULT ") :])
+    assert result["stats"]["cache"]["status"] == "hit", result["stats"]["cache"]
+    assert result["tokens"] == cold_warm["cold"]["tokens"]
+    assert not any("sealed" in w for w in result["warnings"]), result["warnings"]
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
+    # It ran from a verified scratch copy (Inductor locks files even to load), now gone.
+    scratch = Path(os.environ["AOT_CACHE_DIR"]) / "scratch"
+    assert scratch.is_dir() and not any(scratch.iterdir())
+
+
 def test_damaged_cache_entry_falls_back_to_compiling(
     cold_warm: dict[str, Any], tiny_model: Path
 ) -> None:

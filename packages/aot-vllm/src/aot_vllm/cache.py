@@ -24,16 +24,22 @@ leaves an entry that is still provably aot's. A directory at an entry's path wit
 (another tool's, or its manifest deleted) raises ``NotOwnedError`` and is left untouched.
 
 A store aot cannot write (read-only media such as an NFS export, another user's store) is
-still served from: the entry is verified without a lock of its own and nothing is written
-to it (no leftovers removed, nothing seeded, no seal); a start it cannot serve, because
-the entry is missing or damaged, raises ``ReadOnlyCacheError`` instead of compiling.
+still served from, and nothing is written to it (no lock file, no leftovers removed,
+nothing seeded, no seal). Inductor takes file locks inside its cache directory even when
+it only loads, so the entry is copied to a private scratch directory under aot's cache
+root (``scratch/<key>-<pid>-<hex>``, removed when the process exits, or by a later start
+once that process is gone), the copy is verified, and the engine runs from it. A start it
+cannot serve, because the entry is missing or damaged, raises ``ReadOnlyCacheError``
+instead of compiling.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 import warnings
@@ -50,6 +56,7 @@ from aot_core.artifacts import (
     entry_key,
     entry_lock,
     is_read_only_error,
+    ownership_problem,
     publish,
     remove_leftovers,
     staging_dir,
@@ -127,11 +134,18 @@ class CacheEntry:
         self.path = self.store.path(self.key)
         self.read_only = False
         """Set while locked: the store cannot be written, so the entry is only read."""
+        self.scratch: Path | None = None
+        """Where a read-only store's entry is copied to run from (decided here, before the
+        engine's cache paths are, because Inductor must be able to write its locks)."""
+        if not _writable(self.store.root):
+            name = f"{self.key}-{os.getpid()}-{secrets.token_hex(4)}"
+            self.scratch = default_cache_root() / "scratch" / name
 
     @property
     def files_dir(self) -> Path:
-        """The directory the manifest covers."""
-        return self.path / "files"
+        """The directory the engine's caches live in: the entry's ``files/`` (the directory
+        the manifest covers), or its verified scratch copy's for a read-only store."""
+        return (self.scratch or self.path) / "files"
 
     @property
     def vllm_root(self) -> Path:
@@ -210,7 +224,7 @@ class CacheEntry:
                 problem = f"its entry cannot be used: {exc}"
             else:
                 if not manifest.extra.get(IN_PROGRESS):
-                    return OpenedEntry(state="intact", extra=dict(manifest.extra))
+                    return OpenedEntry(state="intact", extra=dict(self._copy_to_scratch()))
                 problem = "its entry was never completed"
         read_only_media = _on_read_only_media(self.store.root)
         raise ReadOnlyCacheError(
@@ -221,6 +235,17 @@ class CacheEntry:
             "cache_dir (then copy the entry there), or point cache_dir at a writable directory",
             str(self.path),
         )
+
+    def _copy_to_scratch(self) -> Mapping[str, Any]:
+        """Copy a verified read-only entry to ``scratch`` and verify the copy (what the engine
+        reads is what was verified); returns the manifest's ``extra``."""
+        if self.scratch is None:  # the store became read-only after this entry was made
+            return verify_for_load(self.path, backend=BACKEND).extra
+        _remove_dead_scratch(self.scratch.parent)
+        self.scratch.parent.mkdir(parents=True, exist_ok=True)
+        atexit.register(shutil.rmtree, self.scratch, ignore_errors=True)
+        shutil.copytree(self.path, self.scratch, symlinks=True)
+        return verify_for_load(self.scratch, backend=BACKEND).extra
 
     def seal(self, *, device: str, extra: Mapping[str, Any]) -> None:
         """Write the manifest over the entry's current files (call with the lock held);
@@ -381,6 +406,31 @@ def _writable(directory: Path) -> bool:
         if candidate.exists():
             return candidate.is_dir() and os.access(candidate, os.W_OK)
     return False
+
+
+_SCRATCH_RE = re.compile(r".+-(?P<pid>\d+)-[0-9a-f]{8}")
+
+
+def _remove_dead_scratch(directory: Path) -> None:
+    """Delete scratch copies whose process is gone (killed before its exit handler ran);
+    only names aot gives them, holding an aot manifest (the copy's)."""
+    if not directory.is_dir():
+        return
+    for child in directory.iterdir():
+        match = _SCRATCH_RE.fullmatch(child.name)
+        if match is None or _alive(int(match["pid"])) or ownership_problem(child) is not None:
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _on_read_only_media(directory: Path) -> bool:
