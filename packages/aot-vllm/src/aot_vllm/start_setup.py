@@ -25,6 +25,13 @@ from aot_vllm.cache import CacheEntry
 from aot_vllm.compiled_model import model_token_facts
 from aot_vllm.engine import platform_is_cpu
 from aot_vllm.model_source import ModelSource, resolve_model
+from aot_vllm.parallel import (
+    World,
+    allowed_cores,
+    check_model_split,
+    check_resources,
+    numa_nodes,
+)
 from aot_vllm.releases import installed_vllm
 from aot_vllm.runtime_options import RuntimeOptions, split_options
 from aot_vllm.translate import Translation, translate
@@ -96,6 +103,12 @@ class EngineSetup:
     t_imported: float
     """Wall-clock time vLLM was imported and the spec translated."""
 
+    world: World
+    """How many ranks (worker processes) the model runs in."""
+
+    threads_bind: engine_env.ThreadBinding | None
+    """How the ranks of a multi-rank CPU engine are bound to cores (None otherwise)."""
+
     notes: tuple[str, ...]
     """Notes of this step (KV-cache size, translation warnings, tokenizer)."""
 
@@ -120,6 +133,7 @@ def request_start(model: Any, spec: CompileSpec, *, notes: Sequence[str] = ()) -
         raise SpecError(f"spec: expected a CompileSpec, got {type(spec).__name__}")
     source = resolve_model(model)
     runtime, engine_spec = split_options(spec)
+    split_note = check_model_split(spec, source.local_dir)
     if installed_vllm() is None:
         raise BackendUnavailableError(f"vLLM is not installed; {INSTALL_HINT}")
     entry = CacheEntry(spec=spec, model=source.name_or_path, backend_version=aot_vllm_version())
@@ -135,7 +149,7 @@ def request_start(model: Any, spec: CompileSpec, *, notes: Sequence[str] = ()) -
         entry=entry,
         log=log,
         t_start=t_start,
-        notes=(*notes, *([log.reason] if log.reason else [])),
+        notes=(*notes, *([log.reason] if log.reason else []), *([split_note] if split_note else [])),
     )
 
 
@@ -149,6 +163,9 @@ def set_up_engine(request: StartRequest) -> EngineSetup:
         notes.extend([note] if note else [])
     translation = translate(spec, best_effort=request.runtime.best_effort, cpu=is_cpu)
     notes.extend(translation.warnings)
+    world = World.of(spec)
+    threads_bind = _place_ranks(world, is_cpu=is_cpu, llm_kwargs=translation.llm_kwargs)
+    notes.extend([threads_bind.note] if threads_bind is not None else [])
     t_imported = time.time()
     kwargs, kwargs_notes = _engine_kwargs(translation.llm_kwargs, request.source)
     vocab, eos = model_token_facts(request.source.local_dir)
@@ -162,8 +179,39 @@ def set_up_engine(request: StartRequest) -> EngineSetup:
         vocab_size=vocab,
         eos_token_ids=eos,
         t_imported=t_imported,
+        world=world,
+        threads_bind=threads_bind,
         notes=(*notes, *kwargs_notes),
     )
+
+
+def _place_ranks(
+    world: World, *, is_cpu: bool, llm_kwargs: dict[str, Any]
+) -> engine_env.ThreadBinding | None:
+    """Refuse a world this machine cannot hold; on CPU, bind each rank to its cores."""
+    if world.size == 1:
+        return None
+    cores = allowed_cores()
+    devices = None
+    if not is_cpu and llm_kwargs.get("distributed_executor_backend") != "ray":
+        devices = _visible_devices()
+    check_resources(world, is_cpu=is_cpu, cores=len(cores), devices=devices)
+    if not is_cpu:
+        return None
+    return engine_env.cpu_threads_bind(
+        ranks=world.size, cores=cores, numa_nodes=numa_nodes(cores)
+    )
+
+
+def _visible_devices() -> int | None:
+    """Accelerators torch sees (vLLM has imported it by now); None when it cannot tell."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    try:
+        return int(torch.cuda.device_count()) if torch is not None else None
+    except Exception:
+        return None
 
 
 def _engine_kwargs(

@@ -43,6 +43,7 @@ from aot_core.artifacts.manifest import (
     MANIFEST_NAME,
     FileRecord,
     Manifest,
+    RankRecord,
     artifact_root,
     fsync_tree,
     read_manifest,
@@ -75,6 +76,7 @@ from aot_core.artifacts.verification import (
     check_compatible,
     verify,
     verify_for_load,
+    world_problem,
 )
 
 __all__ = [
@@ -87,6 +89,7 @@ __all__ = [
     "FileRecord",
     "LockTimeoutError",
     "Manifest",
+    "RankRecord",
     "VerifyReport",
     "artifact_root",
     "build_and_publish",
@@ -118,5 +121,6 @@ __all__ = [
     "verify",
     "verify_for_load",
     "vllm_version",
+    "world_problem",
     "write_manifest",
 ]

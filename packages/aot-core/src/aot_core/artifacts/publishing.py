@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -11,7 +12,7 @@ import platform
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -33,6 +34,7 @@ from aot_core.artifacts.manifest import (
     MANIFEST_NAME,
     FileRecord,
     Manifest,
+    RankRecord,
     _fsync_path,
     _sha256_file,
     _walk_files,
@@ -42,6 +44,12 @@ from aot_core.artifacts.manifest import (
 from aot_core.artifacts.verification import verify, verify_for_load
 from aot_core.errors import ArtifactError, ArtifactIncompatibleError
 from aot_core.spec import CompileSpec
+
+
+def _present_ranks(ranks: Sequence[RankRecord], present: set[str]) -> tuple[RankRecord, ...]:
+    return tuple(
+        dataclasses.replace(r, files=tuple(f for f in r.files if f in present)) for r in ranks
+    )
 
 
 def write_manifest(
@@ -54,8 +62,12 @@ def write_manifest(
     model: str | os.PathLike[str],
     device: str = "cpu",
     extra: Mapping[str, Any] | None = None,
+    ranks: Sequence[RankRecord] = (),
 ) -> Manifest:
     """Hash every file under ``artifact_dir/files`` and write ``manifest.json`` beside it.
+
+    ``ranks``: each rank's files, for an artifact compiled for several processes; a file a
+    rank names that is not in the artifact is dropped from that rank's record.
 
     Symbolic links are refused: an artifact must be self-contained. The manifest is written
     to a temporary name, flushed and renamed, so it is either complete or absent.
@@ -102,6 +114,7 @@ def write_manifest(
         model_config_hash=model_config_hash(model),
         files=tuple(records),
         extra=MappingProxyType(dict(extra or {})),
+        ranks=_present_ranks(ranks, {r.path for r in records}),
     )
     tmp = root / f".{MANIFEST_NAME}.tmp"
     with tmp.open("w", encoding="utf-8") as fh:

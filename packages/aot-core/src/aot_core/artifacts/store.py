@@ -145,7 +145,15 @@ def describe_manifest(manifest: Manifest) -> Sequence[str]:
     device = manifest.device
     if manifest.device_kind == "cpu":
         device = f"{device} ({manifest.cpu_arch})"
+    tp, pp = manifest.world_size
+    world = (
+        [f"world: tensor_parallel_size={tp} x pipeline_parallel_size={pp} "
+         f"({len(manifest.ranks)} rank record(s))"]
+        if tp * pp > 1
+        else []
+    )
     return (
+        *world,
         f"backend: {manifest.backend} {manifest.backend_version}",
         f"torch: {manifest.torch_version or '-'}   vllm: {manifest.vllm_version or '-'}",
         f"device: {device}",
