@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from aot_core import artifacts
 from aot_core.artifacts import environment
+from aot_core.artifacts.identity import key_digest
 from aot_core.errors import ArtifactCorruptError, ArtifactError, ArtifactIncompatibleError
 from aot_core.spec import CompileSpec
 
@@ -44,7 +46,10 @@ def make_artifact(
     backend: str = "test",
     device: str = "cpu",
 ) -> artifacts.Manifest:
-    """Build and publish an artifact the way backends' compiles do, with real files."""
+    """Build and publish an artifact the way backends' compiles do, with real files.
+
+    Its key is the real entry key (``dest`` may be named otherwise, as ``--out`` allows).
+    """
 
     def build(files_dir: Path) -> dict[str, Any]:
         for rel, data in files.items():
@@ -55,7 +60,7 @@ def make_artifact(
 
     manifest, built = artifacts.build_and_publish(
         dest,
-        key=dest.name,
+        key=key_for(model, backend),
         build=build,
         backend=backend,
         backend_version="",
@@ -66,11 +71,38 @@ def make_artifact(
     return manifest
 
 
-def rewrite_manifest(dest: Path, change: Callable[[dict[str, Any]], None]) -> None:
+def rewrite_manifest(
+    dest: Path, change: Callable[[dict[str, Any]], None], *, consistent: bool = True
+) -> None:
+    """Edit a manifest: as if written in another environment, or (``consistent=False``) raw.
+
+    A consistent rewrite is what a genuine build elsewhere records: the versions follow
+    the pins and the key is recomputed from the manifest's fields. A raw one is tampering.
+    """
     path = dest / artifacts.MANIFEST_NAME
     data = json.loads(path.read_text())
     change(data)
+    if consistent:
+        pins = data["pins"]
+        for package in ("torch", "vllm"):
+            if package in pins:
+                data[f"{package}_version"] = pins[package]
+        digest = key_digest(
+            format_version=data["format_version"],
+            backend=data["backend"],
+            backend_version=data["backend_version"],
+            spec_fingerprint=data["spec_fingerprint"],
+            model_config_hash=data["model_config_hash"],
+            pins=pins,
+            host=data["host_fingerprint"],
+        )
+        data["key"] = re.sub(r"-[0-9a-f]{16}$", f"-{digest}", data["key"])
     path.write_text(json.dumps(data))
+
+
+def key_for(model: Path, backend: str = "test") -> str:
+    """The entry key ``make_artifact`` gives an artifact of ``model``."""
+    return artifacts.entry_key(backend=backend, backend_version="", model=model, spec=SPEC)
 
 
 @pytest.fixture
@@ -80,7 +112,7 @@ def model(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def art(tmp_path: Path, model: Path) -> Path:
-    dest = tmp_path / "store" / "entries" / "entry-1"
+    dest = tmp_path / "store" / "entries" / key_for(model)
     make_artifact(dest, model=model)
     return dest
 
@@ -88,7 +120,7 @@ def art(tmp_path: Path, model: Path) -> Path:
 def test_manifest_records_everything_and_round_trips(art: Path, model: Path) -> None:
     m = artifacts.read_manifest(art)
     assert m.format_version == artifacts.FORMAT_VERSION
-    assert m.key == "entry-1"
+    assert m.key == art.name
     assert m.backend == "test"
     assert m.spec_fingerprint == SPEC.fingerprint()
     assert CompileSpec.from_dict(m.spec) == SPEC
@@ -119,9 +151,9 @@ def test_artifact_root_tells_artifacts_from_plain_caches(art: Path, tmp_path: Pa
 def test_intact_artifact_verifies_and_loads(art: Path) -> None:
     report = artifacts.verify(art)
     assert report.ok, report.describe()
-    assert artifacts.verify_for_load(art).key == "entry-1"
+    assert artifacts.verify_for_load(art).key == art.name
     # backends hand over their cache dir, which is the artifact's files/ directory
-    assert artifacts.verify_for_load(art / artifacts.FILES_DIR).key == "entry-1"
+    assert artifacts.verify_for_load(art / artifacts.FILES_DIR).key == art.name
 
 
 def test_tampered_file_same_size_is_detected(art: Path) -> None:
@@ -160,7 +192,7 @@ def test_extra_files_can_be_discarded_but_damage_is_never_loaded(art: Path) -> N
     with pytest.raises(ArtifactCorruptError, match="unexpected extra file"):
         artifacts.verify_for_load(art)
     assert planted.exists()
-    assert artifacts.verify_for_load(art, discard_extra=True).key == "entry-1"
+    assert artifacts.verify_for_load(art, discard_extra=True).key == art.name
     # the unlisted file is gone before anything could load it, and the entry verifies
     assert not planted.exists()
     assert artifacts.verify(art).ok
@@ -200,7 +232,7 @@ def test_manifest_paths_outside_the_artifact_are_tampering(art: Path) -> None:
     def escape(data: dict[str, Any]) -> None:
         data["files"][0]["path"] = "files/../../../etc/passwd"
 
-    rewrite_manifest(art, escape)
+    rewrite_manifest(art, escape, consistent=False)
     report = artifacts.verify(art)
     assert any("outside the artifact" in t for t in report.tampered)
 
@@ -275,7 +307,7 @@ def test_export_import_round_trip(art: Path, tmp_path: Path) -> None:
         assert tar.getnames()[0] == artifacts.MANIFEST_NAME
     store = artifacts.ArtifactStore(tmp_path / "other-store")
     dest, manifest, placed = artifacts.import_artifact(archive, store, expected_sha256=digest)
-    assert placed and dest == store.path("entry-1")
+    assert placed and dest == store.path(art.name)
     assert artifacts.verify(dest).ok
     assert manifest == artifacts.read_manifest(art)
     # importing the same artifact again is a no-op
@@ -360,10 +392,10 @@ def test_import_does_not_silently_replace_a_different_entry(art: Path, tmp_path:
     archive = tmp_path / "a.tar"
     artifacts.export_artifact(art, archive)
     store = artifacts.ArtifactStore(tmp_path / "dst")
-    make_artifact(store.path("entry-1"), model=make_model(tmp_path / "m2"), files={"x": b"1"})
+    make_artifact(store.path(art.name), model=make_model(tmp_path / "m2"), files={"x": b"1"})
     with pytest.raises(FileExistsError, match="--force"):
         artifacts.import_artifact(archive, store)
-    assert artifacts.read_manifest(store.path("entry-1")).files[0].path == "files/x"
+    assert artifacts.read_manifest(store.path(art.name)).files[0].path == "files/x"
     dest, _, placed = artifacts.import_artifact(archive, store, replace=True)
     assert placed and artifacts.verify(dest).ok and len(artifacts.read_manifest(dest).files) == 4
 
@@ -478,7 +510,7 @@ def test_model_config_hash_ignores_key_order(tmp_path: Path) -> None:
 
 def test_using_artifact_reseals_what_a_successful_start_wrote(art: Path) -> None:
     with artifacts.using_artifact(art) as manifest:
-        assert manifest.key == "entry-1"
+        assert manifest.key == art.name
         (art / "files/torch_compile_cache/abc/new-shape.py").write_text("compiled at load")
     report = artifacts.verify(art)
     assert report.ok, report.describe()

@@ -50,8 +50,11 @@ WRITER = textwrap.dedent(
                 os._exit(137)  # old entry moved aside, new one not yet in place
         os.rename = rename
 
+    key = artifacts.entry_key(
+        backend="test", backend_version="", model=model, spec=CompileSpec()
+    )
     manifest, built = artifacts.build_and_publish(
-        dest, key=dest.name, build=build, backend="test", backend_version="",
+        dest, key=key, build=build, backend="test", backend_version="",
         spec=CompileSpec(), model=model,
         force=mode in ("force", "hang-force", "crash-in-publish"),
     )
@@ -217,10 +220,12 @@ FULL_DISK = textwrap.dedent(
             return {"device": "cpu"}
         return build
 
-    def attempt(key, size, force=False):
+    key = artifacts.entry_key(backend="test", backend_version="", model=model, spec=CompileSpec())
+
+    def attempt(name, size, force=False):
         try:
             artifacts.build_and_publish(
-                store.path(key), key=key, build=build_with(size), backend="test",
+                store.path(name), key=key, build=build_with(size), backend="test",
                 backend_version="", spec=CompileSpec(), model=model, force=force,
             )
             return "ok"

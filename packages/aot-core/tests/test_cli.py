@@ -290,7 +290,8 @@ def test_out_dir_holding_other_data_is_never_overwritten(
         ["compile", str(model), "--backend", "ready", "--out", str(precious.parent)], capsys
     )
     assert code == ExitCode.CACHE_NOT_WRITABLE
-    assert "is not an aot artifact; refusing to overwrite" in err
+    assert "refusing to replace" in err and "holds no manifest.json" in err
+    assert "nothing was changed" in err
     assert precious.read_text() == "years of work"
 
 
@@ -301,7 +302,9 @@ def test_cache_ls_verify_export_import_clear(
     tmp_path: Path, cache: artifacts.ArtifactStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run(["cache", "ls"], capsys)
-    assert code == 0 and "existing" in out and " ok" in out
+    assert code == 0 and "existing" in out and " not checked" in out
+    code, out, _ = run(["cache", "ls", "--verify"], capsys)
+    assert code == 0 and "ok (4 files verified)" in out
     code, out, _ = run(["cache", "verify"], capsys)
     assert code == 0 and "ok (4 files verified)" in out
 
@@ -315,14 +318,46 @@ def test_cache_ls_verify_export_import_clear(
         ["--cache-dir", str(other), "cache", "import", str(archive), "--sha256", digest], capsys
     )
     assert code == 0, err
-    assert artifacts.verify(other / "entries" / "existing").ok
+    key = artifacts.read_manifest(cache.path("existing")).key  # imports go under their key
+    assert artifacts.verify(other / "entries" / key).ok
     code, out, _ = run(["--cache-dir", str(other), "cache", "import", str(archive)], capsys)
     assert code == 0 and "already present" in out
 
-    code, out, _ = run(["--cache-dir", str(other), "cache", "clear", "existing"], capsys)
+    code, out, _ = run(["--cache-dir", str(other), "cache", "clear", key], capsys)
     assert code == 0 and "removed 1 entry" in out
-    code, _, err = run(["--cache-dir", str(other), "cache", "clear", "existing"], capsys)
+    code, _, err = run(["--cache-dir", str(other), "cache", "clear", key], capsys)
     assert code == ExitCode.ARTIFACT_CORRUPT and "no cache entry" in err
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda e: (e / "files/empty.txt").unlink(), "missing: files/empty.txt"),
+        (lambda e: (e / "files/empty.txt").write_text("tampered"), "tampered"),
+        (lambda e: (e / "files/planted.so").write_bytes(b"x"), "unexpected extra file"),
+    ],
+    ids=["missing", "tampered", "extra"],
+)
+def test_cache_ls_says_not_checked_unless_it_read_the_checksums(
+    damage: Any,
+    problem: str,
+    cache: artifacts.ArtifactStore,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    damage(cache.path("existing"))
+    code, out, _ = run(["cache", "ls"], capsys)
+    row = next(line for line in out.splitlines() if line.startswith("existing"))
+    assert code == 0 and row.rstrip().endswith("not checked") and " ok" not in row
+    code, out, _ = run(["cache", "ls", "--verify"], capsys)
+    row = next(line for line in out.splitlines() if line.startswith("existing"))
+    assert code == 0 and "CORRUPT" in row and problem in row
+    code, out, _ = run(["cache", "ls", "--json"], capsys)
+    (entry,) = json.loads(out)
+    assert entry["files_checked"] is False and entry["intact"] is None
+    code, out, _ = run(["cache", "ls", "--json", "--verify"], capsys)
+    (entry,) = json.loads(out)
+    assert entry["files_checked"] is True and entry["intact"] is False
+    assert entry["loadable_here"] is False and problem in entry["problem"]
 
 
 def test_cache_verify_reports_tampering_and_incompatibility(
@@ -361,7 +396,7 @@ def test_cache_import_refusals_leave_the_cache_alone(
     assert code == ExitCode.ARTIFACT_CORRUPT and "expected" in err
 
     rewrite_manifest(src.path("incoming"), lambda d: d.update(cpu_arch="sparc64"))
-    artifacts.export_artifact(src.path("incoming"), archive)
+    artifacts.export_artifact(src.path("incoming"), archive, force=True)
     code, _, err = run(["cache", "import", str(archive)], capsys)
     assert code == ExitCode.ARTIFACT_INCOMPATIBLE and "built on a sparc64 CPU" in err
 

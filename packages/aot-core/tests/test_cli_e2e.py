@@ -147,3 +147,35 @@ def test_bench_end_to_end(backend: str, env: dict[str, str], tmp_path: Path) -> 
         assert b["median"][phase]["output_tokens_per_s"] > 0
     assert b["tokens_match_eager"] is True
     assert b["warm_cache"], "the warm start reports its cache outcome"
+
+
+def test_bench_writes_only_under_the_cache_dir(tmp_path: Path) -> None:
+    """`aot --cache-dir X bench` with $HOME unwritable, on the real legacy backend.
+
+    $HOME lies below a regular file, so nothing can be created there, not even by root; the
+    run must still finish, with the built-in model and everything else under X.
+    """
+    try:
+        get_backend("legacy")
+    except BackendUnavailableError as exc:
+        pytest.skip(f"backend legacy not usable here: {exc}")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("no home here")
+    env = {k: v for k, v in os.environ.items() if k not in ("AOT_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update(HOME=str(blocker / "home"), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cache = tmp_path / "x"
+    out = tmp_path / "bench.json"
+    proc = aot(
+        ["--cache-dir", str(cache), "bench", "--backend", "legacy", "--repeats", "1",
+         "--max-new-tokens", "4", "--json", str(out), "--timeout", "900"],
+        env,
+        timeout=2400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["failures"] == []
+    assert result["backends"]["legacy"]["tokens_match_eager"] is True
+    (model,) = (cache / "models").iterdir()
+    assert Path(result["model_path"]) == model
+    assert list((cache / "tmp").iterdir()) == []  # the temporary work directory is gone
+    assert not (blocker / "home").exists()

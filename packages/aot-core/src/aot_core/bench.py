@@ -48,11 +48,14 @@ RESULT_FORMAT = 1
 BENCH_SPEC_DEFAULTS: Mapping[str, Any] = {"max_model_len": 256, "max_num_seqs": 4}
 
 
-def ensure_bench_model() -> Path:
-    """The built-in tiny Llama every backend is benchmarked on, written on first use."""
+def ensure_bench_model(cache_root: Path | None = None) -> Path:
+    """The built-in tiny Llama every backend is benchmarked on, written on first use.
+
+    It lives under ``cache_root`` (the store root ``--cache-dir`` names), else the default.
+    """
     from aot_core.tiny import ensure_tiny_llama
 
-    return ensure_tiny_llama()
+    return ensure_tiny_llama(cache_root)
 
 
 def bench_prompts() -> list[list[int]]:
@@ -62,8 +65,12 @@ def bench_prompts() -> list[list[int]]:
     return default_prompts()
 
 
-def _worker_env() -> dict[str, str]:
+def _worker_env(cache_root: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    if cache_root is not None:
+        # What workers and their backends keep outside the run's artifact (aot-vllm's shared
+        # model-inspection results, the legacy backend's default cache) goes under it too.
+        env[artifacts.CACHE_ENV_VAR] = str(cache_root)
     # One thread: on 2 cores, thread oversubscription makes every number noise.
     env.update(
         OMP_NUM_THREADS="1",
@@ -92,6 +99,7 @@ def run_worker(
     max_new_tokens: int,
     timeout_s: float,
     log: Path,
+    cache_root: Path | None = None,
 ) -> dict[str, Any]:
     """Start one worker process and return its run record (ok or not)."""
     cmd = [
@@ -120,7 +128,11 @@ def run_worker(
     with log.open("wb") as out:
         # A session of its own, so a timeout or Ctrl-C can kill the engine children too.
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=_worker_env(), start_new_session=True
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_worker_env(cache_root),
+            start_new_session=True,
         )
         try:
             rc = proc.wait(timeout=timeout_s)
@@ -211,12 +223,16 @@ def _machine() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _work_dir(path: Path | None) -> Iterator[Path]:
+def _work_dir(path: Path | None, cache_root: Path | None) -> Iterator[Path]:
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
         yield path
         return
-    with tempfile.TemporaryDirectory(prefix="aot-bench-") as tmp:
+    parent = None
+    if cache_root is not None:
+        parent = cache_root / "tmp"
+        parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="aot-bench-", dir=parent) as tmp:
         yield Path(tmp)
 
 
@@ -231,8 +247,14 @@ def run_bench(
     timeout_s: float,
     work_dir: Path | None,
     progress: Callable[[str], None],
+    cache_root: Path | None = None,
 ) -> dict[str, Any]:
-    """Run every measurement and return the JSON-ready result (see ``format_report``)."""
+    """Run every measurement and return the JSON-ready result (see ``format_report``).
+
+    ``cache_root`` (``aot --cache-dir``) holds everything the runs write outside
+    ``work_dir``, which itself defaults to a temporary directory under it; the workers get
+    it as ``$AOT_CACHE_DIR``. None keeps the default root and the system's temp directory.
+    """
     from aot_core.registry import get_backend, list_backends
 
     infos = {i.name: i for i in list_backends()}
@@ -279,7 +301,7 @@ def run_bench(
     }
     t_all = time.perf_counter()
     done = 0
-    with _work_dir(work_dir) as work:
+    with _work_dir(work_dir, cache_root) as work:
         logs = work / "logs"
         logs.mkdir(exist_ok=True)
         for name in chosen:
@@ -313,6 +335,7 @@ def run_bench(
                             max_new_tokens=max_new_tokens,
                             timeout_s=timeout_s,
                             log=logs / f"{name}-{phase}-{rep + 1}.log",
+                            cache_root=cache_root,
                         )
                     record["repeat"] = rep + 1
                     runs.append(record)

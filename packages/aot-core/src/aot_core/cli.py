@@ -28,6 +28,7 @@ from aot_core.errors import (
     ArtifactIncompatibleError,
     BackendUnavailableError,
     CompilationError,
+    NotOwnedError,
     SpecError,
 )
 from aot_core.spec import CompileSpec
@@ -64,7 +65,9 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.COMPILATION_FAILED: "the backend failed to compile the model",
     ExitCode.ARTIFACT_CORRUPT: "artifact tampered, truncated, incomplete or not an artifact",
     ExitCode.ARTIFACT_INCOMPATIBLE: "artifact built for another backend, torch, vLLM or device",
-    ExitCode.CACHE_NOT_WRITABLE: "cache or output directory cannot be written",
+    ExitCode.CACHE_NOT_WRITABLE: (
+        "cache or output path cannot be written, or holds data aot did not write (left untouched)"
+    ),
     ExitCode.DISK_FULL: "no space left on the device (nothing in the cache was changed)",
     ExitCode.MISSING_DEPENDENCY: "an optional dependency is missing (e.g. matplotlib for --plot)",
     ExitCode.BENCH_FAILED: "some benchmark runs failed (results of the others are reported)",
@@ -113,7 +116,7 @@ def check_model(model: str) -> Path:
         )
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not UTF-8 or not JSON
         raise CLIError(ExitCode.NOT_A_CAUSAL_LM, f"{config} cannot be read as JSON: {exc}") from exc
     archs = data.get("architectures") if isinstance(data, dict) else None
     if not isinstance(archs, list) or not archs:
@@ -135,10 +138,22 @@ def load_spec(path: str | None) -> CompileSpec:
     """The spec in ``path`` (TOML or JSON), or the default spec."""
     if path is None:
         return CompileSpec()
-    spec_path = Path(path)
-    if not spec_path.is_file():
+    spec_path = Path(path).expanduser()
+    if spec_path.is_dir():
+        raise SpecError(f"spec file {path} is a directory; pass the .toml or .json file itself")
+    if not (spec_path.exists() or spec_path.is_symlink()):
         raise SpecError(f"spec file {path} does not exist")
+    if not spec_path.is_file():
+        raise SpecError(
+            f"spec file {path} is not a regular file (a broken link, a FIFO or a device); "
+            "pass a .toml or .json file"
+        )
+    if spec_path.stat().st_size > _MAX_SPEC_BYTES:
+        raise SpecError(f"spec file {path} is over {_MAX_SPEC_BYTES} bytes; not a spec file")
     return CompileSpec.load(spec_path)
+
+
+_MAX_SPEC_BYTES = 1 << 20
 
 
 @contextlib.contextmanager
@@ -167,7 +182,16 @@ def stdout_to_stderr() -> Iterator[None]:
 def _os_error_code(exc: OSError) -> ExitCode | None:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return ExitCode.DISK_FULL
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
+    if exc.errno in (
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOTDIR,
+        errno.EEXIST,
+        errno.EISDIR,
+        errno.ENOTEMPTY,
+        errno.EBUSY,  # e.g. --out names a mount point, which cannot be renamed over
+    ):
         return ExitCode.CACHE_NOT_WRITABLE
     return None
 
@@ -181,12 +205,24 @@ def _writable(directory: Path, what: str) -> None:
         raise CLIError(
             code,
             f"cannot write to the {what} {directory}: {exc.strerror or exc}. Choose another "
-            f"directory (--cache-dir or ${artifacts.CACHE_ENV_VAR}) or fix its permissions",
+            + (
+                f"directory (--cache-dir or ${artifacts.CACHE_ENV_VAR})"
+                if what.startswith("cache")
+                else "path"
+            )
+            + " or fix its permissions",
         ) from exc
 
 
 def _store(args: argparse.Namespace) -> artifacts.ArtifactStore:
-    return artifacts.ArtifactStore(args.cache_dir)
+    store = artifacts.ArtifactStore(args.cache_dir)
+    if store.root.exists() and not store.root.is_dir():
+        raise CLIError(
+            ExitCode.CACHE_NOT_WRITABLE,
+            f"the cache directory {store.root} is not a directory; choose another one "
+            f"(--cache-dir or ${artifacts.CACHE_ENV_VAR})",
+        )
+    return store
 
 
 # --------------------------------------------------------------------------- aot backends
@@ -321,20 +357,26 @@ def cmd_compile(args: argparse.Namespace) -> int:
     )
     if args.out is not None:
         dest = Path(args.out).expanduser().absolute()
-        if dest.exists() and (
-            not dest.is_dir()
-            or (any(dest.iterdir()) and not (dest / artifacts.MANIFEST_NAME).exists())
-        ):
-            raise CLIError(
-                ExitCode.CACHE_NOT_WRITABLE,
-                f"{dest} exists and is not an aot artifact; refusing to overwrite it. "
-                "Choose a new or empty directory for --out",
-            )
-        _writable(dest.parent, "output directory")
+        where, what = dest.parent, "output directory"
     else:
         store = _store(args)
         dest = store.path(key)
-        _writable(store.entries_dir, "cache directory")
+        where, what = store.entries_dir, "cache directory"
+    # A directory aot cannot prove it wrote is refused by build_and_publish, under the
+    # entry's lock and before anything is compiled.
+    try:
+        _writable(where, what)
+    except CLIError:
+        # Read-only media: a valid entry is still used; only compiling needs write access.
+        existing = None if args.force else artifacts.reusable_entry(dest, key=key, backend=backend)
+        if existing is None:
+            raise
+        _progress(
+            f"the {what} {where} cannot be written, but it holds a verified artifact for "
+            "this model, spec and environment: using it"
+        )
+        _print_artifact(dest, existing)
+        return ExitCode.OK
     _progress(f"compiling {model} with {backend} into {dest}")
     start = time.perf_counter()
     with stdout_to_stderr():
@@ -352,10 +394,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
         _progress(f"compiled in {time.perf_counter() - start:.1f} s")
     else:
         _progress("a verified artifact for this model, spec and environment already exists")
+    _print_artifact(dest, manifest)
+    return ExitCode.OK
+
+
+def _print_artifact(dest: Path, manifest: artifacts.Manifest) -> None:
     print(dest)
     for line in artifacts.describe_manifest(manifest):
         print(f"  {line}")
-    return ExitCode.OK
 
 
 # --------------------------------------------------------------------------- aot bench
@@ -376,14 +422,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
             ) from None
     for out, what in ((args.json, "--json"), (args.plot, "--plot")):
         if out is not None:
-            parent = Path(out).expanduser().absolute().parent
-            if not parent.is_dir():
-                raise CLIError(
-                    ExitCode.CACHE_NOT_WRITABLE, f"{what}: directory {parent} does not exist"
-                )
+            _check_output_file(Path(out).expanduser().absolute(), what)
+    if args.work_dir is not None:
+        work = Path(args.work_dir).expanduser()
+        if (work.exists() or work.is_symlink()) and not work.is_dir():
+            raise CLIError(
+                ExitCode.CACHE_NOT_WRITABLE, f"--work-dir: {work} exists and is not a directory"
+            )
+    # Everything the bench writes outside --work-dir goes under the store root (--cache-dir,
+    # else $AOT_CACHE_DIR, else the default), and that is the directory checked.
+    cache_root = _store(args).root
+    _writable(cache_root, "cache directory")
     if args.model is None:
-        _writable(artifacts.default_cache_root(), "cache directory")
-        model = bench.ensure_bench_model()
+        model = bench.ensure_bench_model(cache_root)
         model_label = "built-in tiny Llama"
     else:
         model = check_model(args.model)
@@ -403,10 +454,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         work_dir=Path(args.work_dir) if args.work_dir else None,
         progress=_progress,
+        cache_root=cache_root,
     )
     print(bench.format_report(result))
     if args.json is not None:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        _write_result(Path(args.json), json.dumps(result, indent=2) + "\n")
         _progress(f"wrote {args.json}")
     if args.plot is not None:
         bench.plot(result, Path(args.plot))
@@ -414,6 +466,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if result["failures"]:
         return ExitCode.BENCH_FAILED
     return ExitCode.OK
+
+
+def _check_output_file(path: Path, what: str) -> None:
+    """Fail now, not after a long run, if ``path`` cannot take a result file."""
+    if not path.parent.is_dir():
+        raise CLIError(
+            ExitCode.CACHE_NOT_WRITABLE, f"{what}: directory {path.parent} does not exist"
+        )
+    if (path.exists() or path.is_symlink()) and not path.is_file():
+        raise CLIError(
+            ExitCode.CACHE_NOT_WRITABLE,
+            f"{what}: {path} exists and is not a regular file (a directory, a FIFO or a "
+            "device); name a file",
+        )
+    _writable(path.parent, f"{what} directory")
+
+
+def _write_result(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CLIError(
+            _os_error_code(exc) or ExitCode.CACHE_NOT_WRITABLE,
+            f"cannot write {path}: {exc.strerror or exc}",
+        ) from exc
 
 
 # --------------------------------------------------------------------------- aot cache
@@ -435,29 +512,23 @@ def _resolve_entry(store: artifacts.ArtifactStore, ref: str) -> Path:
     return path
 
 
+def _ls_status(info: artifacts.EntryInfo, report: artifacts.VerifyReport | None) -> str:
+    if info.problem:
+        return f"NOT LOADABLE: {info.problem}"
+    if report is None:
+        return "not checked"
+    return report.describe() if report.ok else f"CORRUPT: {report.describe()}"
+
+
 def cmd_cache_ls(args: argparse.Namespace) -> int:
-    """List the store's entries (cheap: compatibility only, no checksums)."""
+    """List the store's entries; checksums are read only with --verify."""
     from aot_core.stats import format_table
 
     store = _store(args)
     infos = [store.info(k) for k in store.entry_keys()]
+    reports = {i.key: artifacts.verify(i.path) if args.verify else None for i in infos}
     if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "key": i.key,
-                        "path": str(i.path),
-                        "size_bytes": i.size_bytes,
-                        "loadable_here": not i.problem,
-                        "problem": i.problem,
-                        "manifest": i.manifest.to_dict() if i.manifest else None,
-                    }
-                    for i in infos
-                ],
-                indent=2,
-            )
-        )
+        print(json.dumps([_ls_record(i, reports[i.key]) for i in infos], indent=2))
         return ExitCode.OK
     print(f"cache: {store.entries_dir}")
     if not infos:
@@ -473,10 +544,15 @@ def cmd_cache_ls(args: argparse.Namespace) -> int:
                     Path(m.model).name if m else "?",
                     m.created_utc if m else "?",
                     artifacts.format_bytes(i.size_bytes),
-                    "ok" if not i.problem else f"NOT LOADABLE: {i.problem}",
+                    _ls_status(i, reports[i.key]),
                 )
             )
         print(format_table(("key", "backend", "model", "created", "size", "status"), rows))
+        if not args.verify:
+            print(
+                "not checked: the manifest is consistent and fits this machine, but no file's "
+                "checksum was read; `aot cache ls --verify` or `aot cache verify` reads them"
+            )
     leftovers = store.leftovers()
     if leftovers:
         print(
@@ -484,6 +560,21 @@ def cmd_cache_ls(args: argparse.Namespace) -> int:
             "`aot cache clear --leftovers` removes them"
         )
     return ExitCode.OK
+
+
+def _ls_record(info: artifacts.EntryInfo, report: artifacts.VerifyReport | None) -> dict[str, Any]:
+    intact = None if report is None else report.ok
+    return {
+        "key": info.key,
+        "path": str(info.path),
+        "size_bytes": info.size_bytes,
+        # Without --verify this says only that the manifest allows loading here.
+        "loadable_here": not info.problem and intact is not False,
+        "files_checked": report is not None,
+        "intact": intact,
+        "problem": info.problem or ("; ".join(report.problems()) if report else ""),
+        "manifest": info.manifest.to_dict() if info.manifest else None,
+    }
 
 
 def cmd_cache_verify(args: argparse.Namespace) -> int:
@@ -526,7 +617,16 @@ def cmd_cache_export(args: argparse.Namespace) -> int:
         out = out / f"{path.name}.aot.tar.gz"
     if not out.parent.is_dir():
         raise CLIError(ExitCode.CACHE_NOT_WRITABLE, f"directory {out.parent} does not exist")
-    digest = artifacts.export_artifact(path, out)
+    problem = artifacts.export_target_problem(path, out, force=args.force)
+    if problem is not None:
+        raise CLIError(ExitCode.CACHE_NOT_WRITABLE, f"refusing to export: {problem}")
+    try:
+        digest = artifacts.export_artifact(path, out, force=args.force)
+    except OSError as exc:
+        raise CLIError(
+            _os_error_code(exc) or ExitCode.CACHE_NOT_WRITABLE,
+            f"cannot write {out}: {exc.strerror or exc}; choose another output file",
+        ) from exc
     print(out)
     print(f"  sha256: {digest}  (the receiver can pin it: aot cache import FILE --sha256 ...)")
     return ExitCode.OK
@@ -536,8 +636,14 @@ def cmd_cache_import(args: argparse.Namespace) -> int:
     """Check an exported artifact and place it in the store."""
     store = _store(args)
     src = Path(args.archive).expanduser()
-    if not src.is_file():
+    if not (src.exists() or src.is_symlink()):
         raise CLIError(ExitCode.ARTIFACT_CORRUPT, f"{src}: no such file")
+    if not src.is_file():
+        raise CLIError(
+            ExitCode.ARTIFACT_CORRUPT,
+            f"{src} is not a regular file (a directory, a FIFO, a device or a broken link); "
+            "pass the file `aot cache export` wrote",
+        )
     try:
         store.ensure_writable()
     except OSError as exc:
@@ -548,16 +654,21 @@ def cmd_cache_import(args: argparse.Namespace) -> int:
     )
     print(dest)
     if not placed:
-        print("  an identical entry was already present")
+        print("  an identical entry was already present (the archive's checksums were verified)")
     for line in artifacts.describe_manifest(manifest):
         print(f"  {line}")
     return ExitCode.OK
 
 
 def cmd_cache_clear(args: argparse.Namespace) -> int:
-    """Remove entries (all, named, or those that cannot load here) and leftovers."""
+    """Remove entries (all, named, or those that cannot load here) and leftovers.
+
+    Only what aot can prove it wrote is removed; anything else in the store is named and
+    left alone, and the exit status says so.
+    """
     store = _store(args)
     removed = 0
+    refused: list[str] = []
     if not args.leftovers:
         if args.entries:
             keys = list(args.entries)
@@ -570,22 +681,21 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
         else:
             keys = store.entry_keys()
         for key in keys:
-            if store.remove(key):
-                removed += 1
-            elif args.entries:
-                raise CLIError(ExitCode.ARTIFACT_CORRUPT, f"no cache entry {key!r}")
-    cleaned = 0
-    for key in {p.name[1:].split(".staging-")[0].split(".trash-")[0] for p in store.leftovers()}:
-        try:
-            with artifacts.entry_lock(store.entries_dir / key, timeout_s=0.0):
-                cleaned += len(artifacts.remove_leftovers(store.entries_dir / key))
-        except artifacts.LockTimeoutError:
-            continue  # a live writer owns them
+            try:
+                if store.remove(key):
+                    removed += 1
+                elif args.entries:
+                    raise CLIError(ExitCode.ARTIFACT_CORRUPT, f"no cache entry {key!r}")
+            except NotOwnedError as exc:
+                refused.append(str(exc))
+    cleaned = store.clean_leftovers()
     print(
         f"removed {removed} entr{'y' if removed == 1 else 'ies'}"
         + (f" and {cleaned} leftover(s)" if cleaned else "")
         + f" from {store.entries_dir}"
     )
+    if refused:
+        raise CLIError(ExitCode.CACHE_NOT_WRITABLE, "\n".join(refused))
     return ExitCode.OK
 
 
@@ -623,6 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-dir",
         default=None,
+        type=_path,
         help=f"artifact store root (default: ${artifacts.CACHE_ENV_VAR} or ~/.cache/aot)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -638,10 +749,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(),
         formatter_class=fmt,
     )
-    p.add_argument("model", help="local Hugging Face model directory (holding config.json)")
-    p.add_argument("--backend", required=True, help="backend name (see `aot backends`)")
-    p.add_argument("--spec", help="compile spec file (.toml or .json)")
-    p.add_argument("--out", help="write the artifact to this directory instead of the cache")
+    p.add_argument(
+        "model", type=_path, help="local Hugging Face model directory (holding config.json)"
+    )
+    p.add_argument("--backend", required=True, type=_name, help="backend name (see `aot backends`)")
+    p.add_argument("--spec", type=_path, help="compile spec file (.toml or .json)")
+    p.add_argument(
+        "--out",
+        type=_path,
+        help="write the artifact to this directory instead of the cache (new, empty, or an "
+        "aot artifact; anything else is refused)",
+    )
     p.add_argument("--force", action="store_true", help="recompile even if a valid one exists")
     p.set_defaults(func=cmd_compile)
 
@@ -653,13 +771,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(),
         formatter_class=fmt,
     )
-    p.add_argument("model", nargs="?", help="model directory (default: built-in tiny Llama)")
+    p.add_argument(
+        "model", nargs="?", type=_path, help="model directory (default: built-in tiny Llama)"
+    )
     p.add_argument(
         "--backend",
         action="append",
+        type=_name,
         help="backend to measure (repeatable; default: every usable installed backend)",
     )
-    p.add_argument("--spec", help="base compile spec file; compile_mode is set per run")
+    p.add_argument("--spec", type=_path, help="base compile spec file; compile_mode is set per run")
     p.add_argument(
         "--repeats",
         type=_positive_int,
@@ -678,37 +799,78 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT_S,
         help=f"seconds before one run is killed (default {DEFAULT_TIMEOUT_S})",
     )
-    p.add_argument("--json", help="write all results as JSON to this file")
-    p.add_argument("--plot", help="draw the results to this PNG (needs matplotlib)")
-    p.add_argument("--work-dir", help="keep the runs' artifacts and logs here (default: temp)")
+    p.add_argument("--json", type=_path, help="write all results as JSON to this file")
+    p.add_argument("--plot", type=_path, help="draw the results to this PNG (needs matplotlib)")
+    p.add_argument(
+        "--work-dir",
+        type=_path,
+        help="keep the runs' artifacts and logs here (default: a temporary directory under "
+        "the cache directory, removed afterwards)",
+    )
     p.set_defaults(func=cmd_bench)
 
+    _add_cache_commands(sub)
+    return parser
+
+
+def _add_cache_commands(sub: Any) -> None:
+    """The ``aot cache`` actions."""
     cache = sub.add_parser("cache", help="list, verify, export, import or clear artifacts")
     csub = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
     csub.required = True
     c = csub.add_parser("ls", help="list entries and whether each can load here")
     c.add_argument("--json", action="store_true", help="print JSON")
+    c.add_argument(
+        "--verify", action="store_true", help="also read every file's checksum (else: not checked)"
+    )
     c.set_defaults(func=cmd_cache_ls)
     c = csub.add_parser("verify", help="check every file's checksum and the compatibility")
-    c.add_argument("entries", nargs="*", help="entry keys or artifact directories (default: all)")
+    c.add_argument(
+        "entries", nargs="*", type=_path, help="entry keys or artifact directories (default: all)"
+    )
     c.set_defaults(func=cmd_cache_verify)
     c = csub.add_parser("export", help="pack an entry into one file (.tar or .tar.gz)")
-    c.add_argument("entry", help="entry key or artifact directory")
-    c.add_argument("out", help="output file (or directory)")
+    c.add_argument("entry", type=_path, help="entry key or artifact directory")
+    c.add_argument("out", type=_path, help="output file (or directory)")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite an existing file (never one in the artifact)",
+    )
     c.set_defaults(func=cmd_cache_export)
     c = csub.add_parser("import", help="check an exported file and add it to the cache")
-    c.add_argument("archive", help="file written by `aot cache export`")
-    c.add_argument("--sha256", help="refuse the file unless its sha256 is this")
+    c.add_argument("archive", type=_path, help="file written by `aot cache export`")
+    c.add_argument("--sha256", type=_sha256, help="refuse the file unless its sha256 is this")
     c.add_argument("--force", action="store_true", help="replace an entry with other contents")
     c.set_defaults(func=cmd_cache_import)
     c = csub.add_parser("clear", help="remove entries (default: all)")
-    c.add_argument("entries", nargs="*", help="entry keys to remove (default: all)")
+    c.add_argument("entries", nargs="*", type=_path, help="entry keys to remove (default: all)")
     c.add_argument(
         "--invalid", action="store_true", help="only entries that are damaged or cannot load here"
     )
     c.add_argument("--leftovers", action="store_true", help="only leftovers of interrupted writes")
     c.set_defaults(func=cmd_cache_clear)
-    return parser
+
+
+def _path(text: str) -> str:
+    # An empty path would silently mean the current directory.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (an empty path means nothing)")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError("must not contain a NUL character")
+    return text
+
+
+def _name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty; `aot backends` lists the names")
+    return text
+
+
+def _sha256(text: str) -> str:
+    if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a sha256 (64 hex digits)")
+    return text.lower()
 
 
 def _positive_int(text: str) -> int:
@@ -753,11 +915,18 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _fail(ExitCode.COMPILATION_FAILED, str(exc))
     except artifacts.LockTimeoutError as exc:
         return _fail(ExitCode.CACHE_NOT_WRITABLE, f"{exc}; try again when it has finished")
+    except NotOwnedError as exc:
+        return _fail(ExitCode.CACHE_NOT_WRITABLE, str(exc))
     except ArtifactError as exc:
         return _fail(ExitCode.ARTIFACT_CORRUPT, str(exc))
     except FileExistsError as exc:
         return _fail(ExitCode.CACHE_NOT_WRITABLE, f"{exc.strerror}: {exc.filename}")
     except OSError as exc:
+        if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+            return _fail(
+                ExitCode.USAGE,
+                f"{exc.filename or 'a path'}: {exc.strerror}; check the paths on the command line",
+            )
         code = _os_error_code(exc)
         if code is None:
             raise

@@ -49,3 +49,12 @@ class ArtifactIncompatibleError(ArtifactError):
 
 class ArtifactCorruptError(ArtifactError):
     """An artifact's files do not match the checksums in its manifest."""
+
+
+class NotOwnedError(ArtifactError):
+    """aot was asked to delete or replace something it cannot prove it wrote; nothing changed.
+
+    Only a directory holding an intact aot manifest proves that aot wrote it; anything
+    else (another tool's ``manifest.json``, a malformed one, a plain directory, a file) is
+    left exactly as it was.
+    """

@@ -271,6 +271,8 @@ class CompileSpec:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SpecError(f"spec JSON is not valid: {exc}", line=exc.lineno) from exc
+        except ValueError as exc:  # e.g. an integer with more digits than Python converts
+            raise SpecError(f"spec JSON is not valid: {exc}") from exc
         return cls.from_dict(data)
 
     def to_toml(self) -> str:
@@ -293,7 +295,7 @@ class CompileSpec:
         """Parse a spec from TOML text; errors name the field and, where known, the line."""
         try:
             data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+        except ValueError as exc:  # TOMLDecodeError, or an integer too long to convert
             match = re.search(r"line (\d+)", str(exc))
             raise SpecError(
                 f"spec TOML is not valid: {exc}", line=int(match.group(1)) if match else None
@@ -315,6 +317,11 @@ class CompileSpec:
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise SpecError(f"cannot read spec file {p}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise SpecError(
+                f"spec file {p} is not UTF-8 text ({exc.reason} at byte {exc.start}); a spec "
+                "is a .toml or .json text file"
+            ) from exc
         try:
             if p.suffix.lower() == ".json":
                 return cls.from_json(text)

@@ -251,11 +251,12 @@ def write_tiny_llama(directory: str | Path, *, seed: int = 0, shape: TinyLlamaSh
     return path
 
 
-def default_tiny_llama_dir() -> Path:
-    """Where the built-in tiny model lives by default (under the aot cache root)."""
+def default_tiny_llama_dir(root: Path | None = None) -> Path:
+    """Where the built-in tiny model lives: under ``root``, else the default aot cache root."""
     from aot_core.artifacts import default_cache_root
 
-    return default_cache_root() / "models" / f"tiny-llama-{tiny_llama_digest()[:12]}"
+    base = root if root is not None else default_cache_root()
+    return base / "models" / f"tiny-llama-{tiny_llama_digest()[:12]}"
 
 
 def tiny_llama_digest(*, seed: int = 0, shape: TinyLlamaShape = TINY) -> str:
@@ -266,6 +267,6 @@ def tiny_llama_digest(*, seed: int = 0, shape: TinyLlamaShape = TINY) -> str:
     return h.hexdigest()
 
 
-def ensure_tiny_llama() -> Path:
-    """The built-in tiny model's directory, written on first use."""
-    return write_tiny_llama(default_tiny_llama_dir())
+def ensure_tiny_llama(root: Path | None = None) -> Path:
+    """The built-in tiny model's directory (under cache root ``root``), written on first use."""
+    return write_tiny_llama(default_tiny_llama_dir(root))

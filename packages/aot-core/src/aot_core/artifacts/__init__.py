@@ -7,18 +7,21 @@ capability or CPU architecture and ISA), the spec fingerprint, the model-config 
 every file with its sha256 and size.
 
 Compiled files hold code that runs when loaded, so nothing loads unless ``verify_for_load``
-passes: every file matches its checksum, no file was added, and the artifact was built for
-this environment. Writers publish atomically (build in a staging directory beside the
-destination, fsync, rename) under a per-entry ``flock``, so concurrent compiles of the
-same entry all finish with one intact entry, and an interrupted compile leaves only a
-staging directory that no reader ever looks at.
+passes: the manifest is aot's (format marker ``FORMAT_MARKER``) and agrees with itself,
+every file matches its checksum, no file was added, and the artifact was built for this
+environment. Nothing that aot cannot prove it wrote (an intact aot manifest) is ever deleted
+or replaced (``check_owned``, ``NotOwnedError``). Writers publish atomically (build in a
+staging directory beside the destination, fsync, rename) under a per-entry ``flock``, so
+concurrent compiles of the same entry all finish with one intact entry, and an interrupted
+compile leaves only a staging directory that no reader ever looks at.
 
 The submodules, each importing only those listed before it:
 
 - ``environment``: what compiled code depends on here (CPU ISA, CUDA capabilities, versions).
-- ``manifest``: the manifest format (``Manifest``, ``FileRecord``), reading it, file helpers.
+- ``manifest``: the manifest format (``Manifest``, ``FileRecord``), reading it, the ownership
+  proof (``ownership_problem``, ``check_owned``), file helpers.
 - ``identity``: the model-config hash and the cache-entry name (``entry_key``).
-- ``verification``: checking files against the manifest and the manifest against this host.
+- ``verification``: the manifest against itself, files against it, it against this host.
 - ``publishing``: writing the manifest, the per-entry lock, staging and the atomic publish.
 - ``store``: ``ArtifactStore`` (the cache directory of entries) and how entries are described.
 - ``transfer``: exporting an artifact to one tar file and importing it into a store.
@@ -39,23 +42,29 @@ from aot_core.artifacts.environment import (
 from aot_core.artifacts.identity import entry_key, model_config_hash
 from aot_core.artifacts.manifest import (
     FILES_DIR,
+    FORMAT_MARKER,
     FORMAT_VERSION,
     MANIFEST_NAME,
     FileRecord,
     Manifest,
     RankRecord,
     artifact_root,
+    check_owned,
     fsync_tree,
+    ownership_problem,
     read_manifest,
     resolve_artifact_dir,
 )
 from aot_core.artifacts.publishing import (
     LockTimeoutError,
     build_and_publish,
+    check_replaceable,
     entry_lock,
+    is_read_only_error,
     publish,
     remove_entry,
     remove_leftovers,
+    reusable_entry,
     staging_dir,
     using_artifact,
     write_manifest,
@@ -70,10 +79,11 @@ from aot_core.artifacts.store import (
     ensure_writable,
     format_bytes,
 )
-from aot_core.artifacts.transfer import export_artifact, import_artifact
+from aot_core.artifacts.transfer import export_artifact, export_target_problem, import_artifact
 from aot_core.artifacts.verification import (
     VerifyReport,
     check_compatible,
+    manifest_inconsistencies,
     verify,
     verify_for_load,
     world_problem,
@@ -82,6 +92,7 @@ from aot_core.artifacts.verification import (
 __all__ = [
     "CACHE_ENV_VAR",
     "FILES_DIR",
+    "FORMAT_MARKER",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "ArtifactStore",
@@ -94,6 +105,8 @@ __all__ = [
     "artifact_root",
     "build_and_publish",
     "check_compatible",
+    "check_owned",
+    "check_replaceable",
     "cpu_isa",
     "cuda_capabilities",
     "default_cache_root",
@@ -104,17 +117,22 @@ __all__ = [
     "entry_key",
     "entry_lock",
     "export_artifact",
+    "export_target_problem",
     "format_bytes",
     "fsync_tree",
     "host_fingerprint",
     "import_artifact",
+    "is_read_only_error",
+    "manifest_inconsistencies",
     "model_config_hash",
+    "ownership_problem",
     "package_version",
     "publish",
     "read_manifest",
     "remove_entry",
     "remove_leftovers",
     "resolve_artifact_dir",
+    "reusable_entry",
     "staging_dir",
     "torch_version",
     "using_artifact",

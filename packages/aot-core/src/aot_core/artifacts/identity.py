@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from aot_core.artifacts.environment import host_fingerprint, torch_version, vllm_version
@@ -46,21 +47,47 @@ def entry_key(
     the backend, or another device, gets a new entry instead of loading a stale one.
     """
     name = Path(model).name if _model_dir(model) is not None else str(model)
-    pins = _pins_for(backend)
+    digest = key_digest(
+        format_version=FORMAT_VERSION,
+        backend=backend,
+        backend_version=backend_version,
+        spec_fingerprint=spec.replace(cache_dir=None).fingerprint(),
+        model_config_hash=model_config_hash(model),
+        pins=_pins_for(backend),
+        host=host_fingerprint(),
+    )
+    return f"{key_prefix(backend)}{_slug(name)}-{digest}"
+
+
+def key_prefix(backend: str) -> str:
+    """How every entry key of ``backend`` starts."""
+    return f"{_slug(backend)}-"
+
+
+def key_digest(
+    *,
+    format_version: int,
+    backend: str,
+    backend_version: str,
+    spec_fingerprint: str,
+    model_config_hash: str,
+    pins: Mapping[str, str | None],
+    host: str,
+) -> str:
+    """The digest that ends an entry key; a manifest records every input, so it can be redone."""
     payload = json.dumps(
         {
-            "format": FORMAT_VERSION,
+            "format": format_version,
             "backend": backend,
             "backend_version": backend_version,
-            "spec": spec.replace(cache_dir=None).fingerprint(),
-            "model": model_config_hash(model),
-            "pins": pins,
-            "host": host_fingerprint(),
+            "spec": spec_fingerprint,
+            "model": model_config_hash,
+            "pins": dict(pins),
+            "host": host,
         },
         sort_keys=True,
     )
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
-    return f"{_slug(backend)}-{_slug(name)}-{digest}"
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def _pins_for(backend: str) -> dict[str, str | None]:

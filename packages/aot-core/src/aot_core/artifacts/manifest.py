@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from aot_core.errors import ArtifactCorruptError
+from aot_core.errors import ArtifactCorruptError, NotOwnedError
 
 FORMAT_VERSION = 1
 """Version of the manifest format; an artifact with a newer one is refused."""
+
+FORMAT_MARKER = "aot-artifact"
+"""The manifest's ``"format"`` value: what tells aot's manifest from any other manifest.json.
+
+Manifests written before the marker existed have no ``"format"`` key; they are still read
+(and still prove ownership) when every field of format 1 is present with its type.
+"""
+
+MAX_MANIFEST_BYTES = 64 << 20
+"""A manifest larger than this is refused unread (a real one is a few KiB per thousand files)."""
 
 MANIFEST_NAME = "manifest.json"
 FILES_DIR = "files"
@@ -118,6 +130,10 @@ class Manifest:
     files: tuple[FileRecord, ...]
     """Every file of the artifact with its checksum and size."""
 
+    host_fingerprint: str = ""
+    """The host part of the entry key (``host_fingerprint()`` where it was compiled), so the
+    key can be recomputed from the manifest alone; empty in manifests written before it."""
+
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     """Free-form facts (e.g. the compile stats), informational only."""
 
@@ -134,8 +150,9 @@ class Manifest:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-compatible dict."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """A JSON-compatible dict, with aot's format marker."""
+        out: dict[str, Any] = {"format": FORMAT_MARKER}
+        out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         out["files"] = [dataclasses.asdict(f) for f in self.files]
         out["ranks"] = [r.to_dict() for r in self.ranks]
         out["pins"] = dict(self.pins)
@@ -147,21 +164,23 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
         """Parse a manifest dict; a missing or mistyped field is an ``ArtifactCorruptError``."""
-        try:
-            files = tuple(
-                FileRecord(path=str(f["path"]), sha256=str(f["sha256"]), size=int(f["size"]))
-                for f in data["files"]
+        marker = data.get("format", FORMAT_MARKER)
+        if marker != FORMAT_MARKER:
+            raise ArtifactCorruptError(
+                f"not an aot manifest (its format is {marker!r}, aot's is {FORMAT_MARKER!r})"
             )
+        try:
+            files = tuple(_file_record(f) for f in data["files"])
             return cls(
-                format_version=int(data["format_version"]),
-                key=str(data["key"]),
+                format_version=_typed(data["format_version"], int, "format_version"),
+                key=_typed(data["key"], str, "key"),
                 created_utc=str(data["created_utc"]),
-                backend=str(data["backend"]),
+                backend=_typed(data["backend"], str, "backend"),
                 backend_version=str(data["backend_version"]),
                 aot_core_version=str(data.get("aot_core_version", "")),
-                torch_version=data["torch_version"],
-                vllm_version=data["vllm_version"],
-                pins=MappingProxyType(dict(data["pins"])),
+                torch_version=_optional_str(data["torch_version"], "torch_version"),
+                vllm_version=_optional_str(data["vllm_version"], "vllm_version"),
+                pins=MappingProxyType(_pins(data["pins"])),
                 device=str(data["device"]),
                 device_kind=str(data["device_kind"]),
                 cuda_capability=data.get("cuda_capability"),
@@ -172,6 +191,7 @@ class Manifest:
                 model=str(data["model"]),
                 model_config_hash=str(data["model_config_hash"]),
                 files=files,
+                host_fingerprint=str(data.get("host_fingerprint") or ""),
                 extra=MappingProxyType(dict(data.get("extra") or {})),
                 ranks=tuple(_rank_record(r) for r in data.get("ranks") or ()),
             )
@@ -196,8 +216,54 @@ def _rank_record(data: Mapping[str, Any]) -> RankRecord:
     )
 
 
+def _typed(value: Any, kind: type, name: str) -> Any:
+    # bool is an int in Python, never a valid count or version here
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"{name} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _optional_str(value: Any, name: str) -> str | None:
+    return None if value is None else str(_typed(value, str, name))
+
+
+def _pins(value: Any) -> dict[str, str | None]:
+    pins = dict(_typed(value, dict, "pins"))
+    for package, version in pins.items():
+        _optional_str(version, f"pins[{package!r}]")
+    return pins
+
+
+def _file_record(data: Any) -> FileRecord:
+    size = _typed(data["size"], int, "files[].size")
+    digest = _typed(data["sha256"], str, "files[].sha256")
+    if size < 0 or len(digest) != 64:
+        raise ValueError(f"files[]: bad size {size} or sha256 {digest!r}")
+    return FileRecord(path=_typed(data["path"], str, "files[].path"), sha256=digest, size=size)
+
+
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of ``path`` if it is a regular file (never follows a link).
+
+    O_NONBLOCK so that a FIFO planted under an expected name cannot hang the caller; the
+    type is checked on the open descriptor, so a swap after a stat cannot fool it.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "is a symbolic link", str(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "is not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return fd
+
+
 def _sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
+    with os.fdopen(_open_regular(path), "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
@@ -258,25 +324,92 @@ def artifact_root(cache_dir: str | os.PathLike[str] | None) -> Path | None:
     return None
 
 
-def read_manifest(artifact_dir: str | os.PathLike[str]) -> Manifest:
-    """Read and parse an artifact's manifest; missing or unreadable is ``ArtifactCorruptError``."""
-    root = resolve_artifact_dir(artifact_dir)
-    path = root / MANIFEST_NAME
+def _read_manifest_data(path: Path) -> Mapping[str, Any]:
+    """The JSON object in ``path``, read only if it is a regular file of sane size."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with os.fdopen(_open_regular(path), "rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise ArtifactCorruptError(
-            f"{root}: no {MANIFEST_NAME}; this is not a complete aot artifact (an interrupted "
-            "write, or files from another tool). Delete it and compile again"
+            f"{path.parent}: no {MANIFEST_NAME}; this is not a complete aot artifact (an "
+            "interrupted write, or files from another tool). Delete it and compile again"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArtifactCorruptError(f"{path}: cannot read the manifest: {exc}") from exc
+    except OSError as exc:
+        raise ArtifactCorruptError(
+            f"{path}: cannot read the manifest: {exc.strerror or exc}"
+        ) from exc
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ArtifactCorruptError(f"{path}: over {MAX_MANIFEST_BYTES} bytes; not an aot manifest")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or absurdly nested
         raise ArtifactCorruptError(
             f"{path}: the manifest is not valid JSON ({exc}); delete the entry and compile again"
         ) from exc
     if not isinstance(data, Mapping):
         raise ArtifactCorruptError(f"{path}: the manifest is not a JSON object")
-    return Manifest.from_dict(data)
+    return data
+
+
+def read_manifest(artifact_dir: str | os.PathLike[str]) -> Manifest:
+    """Read and parse an artifact's manifest; missing or unreadable is ``ArtifactCorruptError``."""
+    path = resolve_artifact_dir(artifact_dir) / MANIFEST_NAME
+    try:
+        return Manifest.from_dict(_read_manifest_data(path))
+    except ArtifactCorruptError as exc:
+        message = str(exc)
+        raise ArtifactCorruptError(
+            message if message.startswith(str(path.parent)) else f"{path}: {message}"
+        ) from None
+
+
+def ownership_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why aot cannot prove that it wrote ``path``; None when it can, or nothing is there.
+
+    Proof is an intact aot manifest in the directory: a regular ``manifest.json`` holding a
+    JSON object with aot's format marker (or, written before the marker, every field of
+    format 1) that parses completely. The files need not verify: a damaged artifact is
+    still aot's to replace. A symbolic link is judged by its target (and only the link is
+    ever removed). Everything else is someone else's and must not be deleted or replaced.
+    """
+    p = Path(path)
+    if not (p.exists() or p.is_symlink()):
+        return None
+    if p.is_symlink() and not p.exists():
+        return f"{p} is a broken symbolic link, not an aot artifact"
+    if not p.is_dir():
+        return f"{p} is a file, not an aot artifact directory"
+    manifest = p / MANIFEST_NAME
+    if not (manifest.exists() or manifest.is_symlink()):
+        return f"{p} holds no {MANIFEST_NAME}, so it is not an aot artifact"
+    try:
+        data = _read_manifest_data(manifest)
+        if "format" not in data and data.get("format_version") != 1:
+            raise ArtifactCorruptError("it has neither aot's format marker nor format_version 1")
+        Manifest.from_dict(data)
+    except ArtifactCorruptError as exc:
+        reason = str(exc).removeprefix(f"{manifest}: ")
+        return f"{manifest} is not an intact aot manifest ({reason})"
+    return None
+
+
+def check_owned(path: str | os.PathLike[str], action: str) -> None:
+    """Raise ``NotOwnedError`` unless aot can prove it wrote ``path`` (see ``ownership_problem``).
+
+    ``action`` says what was refused ("replace", "delete"), for the message.
+    """
+    problem = ownership_problem(path)
+    if problem is not None:
+        raise NotOwnedError(
+            f"refusing to {action} {path}: {problem}. aot deletes or replaces only directories "
+            "it wrote (proved by an intact aot manifest); nothing was changed. Move it away "
+            "yourself, or choose another path"
+        )
+
+
+def is_empty_dir(path: Path) -> bool:
+    """True for a real (not linked) directory with nothing in it: replacing it loses nothing."""
+    try:
+        return not path.is_symlink() and path.is_dir() and not any(os.scandir(path))
+    except OSError:
+        return False

@@ -9,8 +9,10 @@ import fcntl
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ from aot_core.artifacts.environment import (
     _capability_from_device,
     cpu_isa,
     device_kind,
+    host_fingerprint,
     package_version,
     torch_version,
     vllm_version,
@@ -38,11 +41,14 @@ from aot_core.artifacts.manifest import (
     _fsync_path,
     _sha256_file,
     _walk_files,
+    check_owned,
     fsync_tree,
+    is_empty_dir,
+    ownership_problem,
     resolve_artifact_dir,
 )
 from aot_core.artifacts.verification import verify, verify_for_load
-from aot_core.errors import ArtifactError, ArtifactIncompatibleError
+from aot_core.errors import ArtifactError, ArtifactIncompatibleError, NotOwnedError
 from aot_core.spec import CompileSpec
 
 
@@ -62,6 +68,8 @@ def write_manifest(
     model: str | os.PathLike[str],
     device: str = "cpu",
     extra: Mapping[str, Any] | None = None,
+    config_hash: str | None = None,
+    host: str | None = None,
     ranks: Sequence[RankRecord] = (),
 ) -> Manifest:
     """Hash every file under ``artifact_dir/files`` and write ``manifest.json`` beside it.
@@ -71,6 +79,9 @@ def write_manifest(
 
     Symbolic links are refused: an artifact must be self-contained. The manifest is written
     to a temporary name, flushed and renamed, so it is either complete or absent.
+    ``config_hash`` and ``host`` default to the model's config hash and this host's
+    fingerprint, the inputs ``entry_key`` used; re-sealing an existing artifact passes the
+    recorded ones, so its key still matches its manifest wherever it is re-sealed.
     """
     root = Path(artifact_dir)
     files_root = root / FILES_DIR
@@ -111,8 +122,9 @@ def write_manifest(
         spec=MappingProxyType(spec.to_dict()),
         spec_fingerprint=spec.replace(cache_dir=None).fingerprint(),
         model=str(model),
-        model_config_hash=model_config_hash(model),
+        model_config_hash=config_hash or model_config_hash(model),
         files=tuple(records),
+        host_fingerprint=host if host is not None else host_fingerprint(),
         extra=MappingProxyType(dict(extra or {})),
         ranks=_present_ranks(ranks, {r.path for r in records}),
     )
@@ -131,47 +143,137 @@ class LockTimeoutError(ArtifactError):
     """Another process held an entry's lock for longer than the caller would wait."""
 
 
+# Errors that mean "this directory cannot be written by us", as opposed to a real failure.
+_READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def is_read_only_error(exc: OSError) -> bool:
+    """True when ``exc`` says the place is read-only (mount or permissions) for this process."""
+    return exc.errno in _READ_ONLY_ERRNOS
+
+
+def _lock_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.lock"
+
+
+def _open_lock(lock_path: Path, *, read_only_ok: bool) -> tuple[int, int] | None:
+    """(descriptor, flock mode) for the lock file; None when a reader may go without one."""
+    try:
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), fcntl.LOCK_EX
+    except OSError as exc:
+        if not (read_only_ok and is_read_only_error(exc)):
+            raise
+    # A read-only store: nobody can create the lock file, so a writer can only be one that
+    # created it earlier; share its lock if it is there, else nobody can write here at all.
+    try:
+        return os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC), fcntl.LOCK_SH
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if is_read_only_error(exc):
+            return None
+        raise
+
+
+def _wait_for_flock(
+    fd: int,
+    mode: int,
+    *,
+    target: Path,
+    deadline: float | None,
+    on_wait: Callable[[str], None] | None,
+    timeout_s: float | None,
+) -> None:
+    announced = False
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if not announced and on_wait is not None:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                on_wait(f"waiting for process {holder}, which is writing {target.name}")
+                announced = True
+            if deadline is not None and time.monotonic() > deadline:
+                raise LockTimeoutError(
+                    f"{target}: another process has held its lock for over {timeout_s:.0f} s"
+                ) from None
+            time.sleep(0.05)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+
+
 @contextlib.contextmanager
 def entry_lock(
     dest: str | os.PathLike[str],
     *,
     timeout_s: float | None = None,
     on_wait: Callable[[str], None] | None = None,
-) -> Iterator[None]:
-    """Hold the exclusive ``flock`` that guards writes to the entry at ``dest``.
+    read_only_ok: bool = False,
+) -> Iterator[bool]:
+    """Hold the ``flock`` that guards writes to the entry at ``dest``; yields True if exclusive.
 
-    The lock file ``.<name>.lock`` lives beside ``dest`` and is never deleted (deleting a
-    lock file lets two processes lock two different inodes). The kernel drops the lock
-    when its holder dies, so a killed writer never blocks others.
+    The lock file ``.<name>.lock`` lives beside ``dest``. Deleting a lock file is
+    dangerous in general: a waiter that opened it before the deletion would lock the
+    orphaned inode while a newcomer locks a new file, and both would "hold" the lock. So
+    every locker, after its ``flock`` succeeds, checks that the path still names the inode
+    it locked and starts over if not; with that rule the holder may delete the file. It
+    does so on release when the entry is gone (never built, removed), so lock files exist
+    only for entries that exist, not for every key ever tried. (An aot-core older than this
+    rule must not share a cache with this one while entries are being removed.) A lock
+    beside something aot did not write (a refused ``--out``) is deleted the same way.
+
+    The kernel drops the lock when its holder dies, so a killed writer never blocks others.
+    ``read_only_ok`` is for readers: where the lock file cannot be created (read-only media,
+    a store owned by another user), take a shared lock on an existing lock file, or none at
+    all when there is none (then nobody can write there either); yields False then.
     """
     target = Path(dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target.parent / f".{target.name}.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock_path = _lock_path(target)
     try:
-        start = time.monotonic()
-        announced = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not announced and on_wait is not None:
-                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                    on_wait(f"waiting for process {holder}, which is writing {target.name}")
-                    announced = True
-                if timeout_s is not None and time.monotonic() - start > timeout_s:
-                    raise LockTimeoutError(
-                        f"{target}: another process has held its lock for over {timeout_s:.0f} s"
-                    ) from None
-                time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if not (read_only_ok and is_read_only_error(exc)):
+            raise
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        opened = _open_lock(lock_path, read_only_ok=read_only_ok)
+        if opened is None:
+            yield False
+            return
+        fd, mode = opened
         try:
-            yield
+            _wait_for_flock(
+                fd, mode, target=target, deadline=deadline, on_wait=on_wait, timeout_s=timeout_s
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+        if _same_file(fd, lock_path):
+            break
+        os.close(fd)  # the holder deleted the file we waited on; lock the current one
+    exclusive = mode == fcntl.LOCK_EX
+    try:
+        if exclusive:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            yield exclusive
         finally:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
+            if exclusive:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+                    if ownership_problem(target) is not None or not (
+                        target.exists() or target.is_symlink()
+                    ):
+                        lock_path.unlink()  # still held: see the docstring
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
@@ -204,59 +306,127 @@ def staging_dir(dest: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _leftover_re(dest: Path) -> re.Pattern[str]:
+    # Exactly the names staging_dir and _trash_path make, so nothing else ever matches.
+    return re.compile(rf"\.{re.escape(dest.name)}\.(staging|trash)-\d+-[0-9a-f]{{8}}")
+
+
+def _trash_path(target: Path) -> Path:
+    return target.parent / f"{_trash_prefix(target)}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _delete(path: Path) -> bool:
+    """Delete a staging or trash path aot made; a link is unlinked, never followed."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return not (path.exists() or path.is_symlink())
+
+
 def remove_leftovers(dest: str | os.PathLike[str]) -> list[Path]:
     """Delete staging and trash directories that dead writers left beside ``dest``.
 
-    Call it only while holding ``entry_lock(dest)``: then no live process owns them.
+    Call it only while holding ``entry_lock(dest)``: then no live process owns them. They
+    are recognised by the exact names aot gives them (``.<name>.staging-<pid>-<hex>``,
+    ``.<name>.trash-<pid>-<hex>``); a trash entry that is a symbolic link (a linked entry
+    that was removed) is unlinked, its target left alone. Returns what was removed.
     """
     target = Path(dest)
     removed: list[Path] = []
     if not target.parent.is_dir():
         return removed
-    prefixes = (_staging_prefix(target), _trash_prefix(target))
+    pattern = _leftover_re(target)
     for child in target.parent.iterdir():
-        if child.name.startswith(prefixes):
-            shutil.rmtree(child, ignore_errors=True)
+        if pattern.fullmatch(child.name) and _delete(child):
             removed.append(child)
     return removed
+
+
+def check_replaceable(dest: str | os.PathLike[str]) -> None:
+    """Raise ``NotOwnedError`` unless ``dest`` is absent, an empty directory, or aot's."""
+    target = Path(dest)
+    if not is_empty_dir(target):
+        check_owned(target, "replace")
 
 
 def publish(staging: Path, dest: str | os.PathLike[str], *, replace: bool = True) -> Path:
     """Move a complete staging directory into place as ``dest`` (caller holds the lock).
 
     Files are flushed first, then the directory is renamed, so readers see either the old
-    entry, no entry, or the complete new one. An existing ``dest`` is first renamed aside
-    (only when ``replace``) and deleted after the new entry is in place.
+    entry, no entry, or the complete new one. An existing ``dest`` is replaced only when
+    ``replace`` and only if aot can prove it wrote it (``check_owned``); an empty directory
+    is replaced by the rename itself, which fails if anything appeared in it meanwhile.
+    Anything else raises ``NotOwnedError`` and is left untouched.
     """
     target = Path(dest)
     if not (staging / MANIFEST_NAME).is_file():
         raise ArtifactError(f"{staging}: no manifest; refusing to publish an incomplete artifact")
     fsync_tree(staging)
     trash: Path | None = None
-    if target.exists() or target.is_symlink():
+    if (target.exists() or target.is_symlink()) and not is_empty_dir(target):
         if not replace:
             raise FileExistsError(errno.EEXIST, "artifact already exists", str(target))
-        trash = target.parent / f"{_trash_prefix(target)}{os.getpid()}-{secrets.token_hex(4)}"
+        check_owned(target, "replace")
+        trash = _trash_path(target)
         os.rename(target, trash)
-    os.rename(staging, target)
+    try:
+        os.rename(staging, target)
+    except OSError as exc:
+        if trash is not None:
+            with contextlib.suppress(OSError):
+                os.rename(trash, target)  # put the previous entry back
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise NotOwnedError(
+                f"refusing to replace {target}: something else appeared there while the "
+                "artifact was being written; nothing was changed"
+            ) from exc
+        raise
     _fsync_path(target.parent, directory=True)
     if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+        _delete(trash)
     return target
 
 
 def remove_entry(dest: str | os.PathLike[str]) -> bool:
-    """Delete an entry atomically (rename aside, then delete); False when it was absent."""
+    """Delete an entry atomically (rename aside, then delete); False when it was absent.
+
+    Only an entry aot can prove it wrote (``check_owned``) or an empty directory is
+    removed; anything else raises ``NotOwnedError`` and stays as it was. A linked entry
+    loses its link only.
+    """
     target = Path(dest)
     with entry_lock(target):
         remove_leftovers(target)
         if not (target.exists() or target.is_symlink()):
             return False
-        trash = target.parent / f"{_trash_prefix(target)}{os.getpid()}-{secrets.token_hex(4)}"
+        if is_empty_dir(target):
+            os.rmdir(target)  # fails, safely, if anything was put there meanwhile
+            return True
+        check_owned(target, "delete")
+        trash = _trash_path(target)
         os.rename(target, trash)
         _fsync_path(target.parent, directory=True)
-        shutil.rmtree(trash, ignore_errors=True)
+        _delete(trash)
         return True
+
+
+def reusable_entry(dest: str | os.PathLike[str], *, key: str, backend: str) -> Manifest | None:
+    """The manifest of ``dest`` if it may be loaded as entry ``key`` of ``backend``, else None.
+
+    Takes no lock and writes nothing, so it works on read-only media; a writer replacing
+    the entry meanwhile can only make the checksums fail, never pass.
+    """
+    try:
+        existing = verify_for_load(dest, backend=backend)
+    except ArtifactError:
+        return None
+    return existing if existing.key == key else None
 
 
 def build_and_publish(
@@ -279,10 +449,22 @@ def build_and_publish(
     fills a fresh staging directory and returns ``{"device": ..., "extra": {...}}``, the
     manifest is written and the directory is published with one rename. Returns
     (manifest, built). Concurrent callers wait for the first and then reuse its entry.
+    Something at ``dest`` that aot did not write raises ``NotOwnedError`` before anything
+    is built. Where the lock cannot be created (read-only media), a valid entry is still
+    reused; only building needs write access.
     """
     target = Path(dest)
-    with entry_lock(target, on_wait=on_wait):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(entry_lock(target, on_wait=on_wait))
+        except OSError as exc:
+            existing = None if force else reusable_entry(target, key=key, backend=backend)
+            if existing is None or not is_read_only_error(exc):
+                raise
+            return existing, False
         remove_leftovers(target)
+        # Under the lock, where no aot writer is halfway through replacing it.
+        check_replaceable(target)
         if target.exists() and not force:
             try:
                 existing = verify_for_load(target, backend=backend)
@@ -326,13 +508,15 @@ def using_artifact(
     code are recorded in a fresh manifest when the block exits normally, so the next
     start verifies again. If the block fails, the manifest is left as it was: whatever
     the interrupted engine wrote stays unlisted and the next ``verify_for_load`` refuses
-    the artifact instead of loading a half-written file.
+    the artifact instead of loading a half-written file. An artifact on read-only media
+    (or in a store this user cannot write) is verified and used without a lock of its own
+    and never re-sealed: reading needs no write access.
     """
     root = resolve_artifact_dir(artifact_dir)
-    with entry_lock(root, on_wait=on_wait):
+    with entry_lock(root, on_wait=on_wait, read_only_ok=True) as exclusive:
         manifest = verify_for_load(root, backend=backend)
         yield manifest
-        if not verify(root).ok:
+        if exclusive and not verify(root).ok:
             write_manifest(
                 root,
                 key=manifest.key,
@@ -342,4 +526,6 @@ def using_artifact(
                 model=manifest.model,
                 device=manifest.device,
                 extra=manifest.extra,
+                config_hash=manifest.model_config_hash,
+                host=manifest.host_fingerprint,
             )

@@ -6,13 +6,20 @@ import contextlib
 import os
 import re
 import secrets
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from aot_core.artifacts.manifest import Manifest, _walk_files, read_manifest
-from aot_core.artifacts.publishing import remove_entry
-from aot_core.artifacts.verification import check_compatible
+from aot_core.artifacts.publishing import (
+    LockTimeoutError,
+    _leftover_re,
+    entry_lock,
+    remove_entry,
+    remove_leftovers,
+)
+from aot_core.artifacts.verification import check_compatible, manifest_inconsistencies
 from aot_core.errors import ArtifactCorruptError, ArtifactError
 
 CACHE_ENV_VAR = "AOT_CACHE_DIR"
@@ -42,7 +49,8 @@ class EntryInfo:
     """Parsed manifest, None when unreadable."""
 
     problem: str
-    """Why it cannot load here (corrupt manifest or incompatible); empty when it can."""
+    """Why it cannot load here (manifest unreadable or inconsistent, or incompatible); empty
+    when nothing in the manifest stops it. The files' checksums are not read."""
 
     size_bytes: int
     """Bytes on disk."""
@@ -81,24 +89,58 @@ class ArtifactStore:
         )
 
     def leftovers(self) -> list[Path]:
-        """Staging and trash directories left by interrupted writers."""
+        """Staging and trash directories left by interrupted writers, and stale lock files.
+
+        A lock file is stale when its entry is gone; aot-core releases delete those
+        themselves, older ones left one per key ever tried.
+        """
         if not self.entries_dir.is_dir():
             return []
-        return sorted(
-            p
-            for p in self.entries_dir.iterdir()
-            if p.name.startswith(".") and (".staging-" in p.name or ".trash-" in p.name)
-        )
+        found = []
+        for p in self.entries_dir.iterdir():
+            key = self._leftover_key(p)
+            if key is not None and (
+                not p.name.endswith(".lock") or not (self.entries_dir / key).exists()
+            ):
+                found.append(p)
+        return sorted(found)
+
+    def _leftover_key(self, path: Path) -> str | None:
+        """The entry key a leftover name belongs to, or None when it is not a leftover."""
+        name = path.name
+        if name.startswith(".") and name.endswith(".lock") and _KEY_RE.match(name[1:-5]):
+            return name[1:-5]
+        for marker in (".staging-", ".trash-"):
+            key = name[1:].rsplit(marker, 1)[0]
+            if marker in name and _KEY_RE.match(key) and _leftover_re(Path(key)).fullmatch(name):
+                return key
+        return None
+
+    def clean_leftovers(self) -> int:
+        """Remove the leftovers no live writer owns; returns how many went."""
+        cleaned = 0
+        for key in sorted({k for p in self.leftovers() if (k := self._leftover_key(p))}):
+            dest = self.entries_dir / key
+            before = {p for p in self.leftovers() if self._leftover_key(p) == key}
+            try:
+                with entry_lock(dest, timeout_s=0.0):
+                    remove_leftovers(dest)
+            except LockTimeoutError:
+                continue  # a live writer owns them
+            after = {p for p in self.leftovers() if self._leftover_key(p) == key}
+            cleaned += len(before - after)
+        return cleaned
 
     def info(self, key: str) -> EntryInfo:
         """Manifest, loadability and size of one entry (cheap: no checksums)."""
         path = self.path(key)
-        size = sum(p.stat().st_size for _, p in _walk_files(path) if not p.is_symlink())
+        size = directory_size(path)
         try:
             manifest = read_manifest(path)
         except ArtifactCorruptError as exc:
             return EntryInfo(key=key, path=path, manifest=None, problem=str(exc), size_bytes=size)
-        problems = check_compatible(manifest)
+        problems = [f"manifest inconsistent: {p}" for p in manifest_inconsistencies(manifest)]
+        problems += check_compatible(manifest)
         return EntryInfo(
             key=key, path=path, manifest=manifest, problem="; ".join(problems), size_bytes=size
         )
@@ -127,8 +169,13 @@ def ensure_writable(directory: Path) -> None:
 
 
 def directory_size(path: Path) -> int:
-    """Bytes of the plain files below ``path``."""
-    return sum(p.stat().st_size for _, p in _walk_files(path) if not p.is_symlink())
+    """Bytes of the plain files below ``path`` (files that vanish meanwhile count 0)."""
+    total = 0
+    for _, p in _walk_files(path):
+        with contextlib.suppress(OSError):
+            st = p.lstat()
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
 
 
 def format_bytes(n: float) -> str:

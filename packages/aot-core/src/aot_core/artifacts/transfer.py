@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import hashlib
 import io
 import json
@@ -11,23 +12,63 @@ import os
 import secrets
 import shutil
 import tarfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from aot_core.artifacts.manifest import MANIFEST_NAME, Manifest, resolve_artifact_dir
-from aot_core.artifacts.publishing import entry_lock, publish, remove_leftovers, staging_dir
+from aot_core.artifacts.manifest import FILES_DIR, MANIFEST_NAME, Manifest, resolve_artifact_dir
+from aot_core.artifacts.publishing import (
+    check_replaceable,
+    entry_lock,
+    publish,
+    remove_leftovers,
+    staging_dir,
+)
 from aot_core.artifacts.store import _KEY_RE, ArtifactStore
 from aot_core.artifacts.verification import _safe_relpath, check_compatible, verify
-from aot_core.errors import ArtifactCorruptError, ArtifactIncompatibleError
+from aot_core.errors import (
+    ArtifactCorruptError,
+    ArtifactIncompatibleError,
+    NotOwnedError,
+)
 
 
-def export_artifact(artifact_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> str:
+def export_target_problem(
+    artifact_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False
+) -> str | None:
+    """Why ``out`` must not receive the export of ``artifact_dir``; None when it may.
+
+    The archive never goes inside the artifact (it would become an unlisted file, and the
+    artifact would verify as damaged). An existing file is overwritten only with ``force``;
+    anything else that exists (a directory, a FIFO, a device) never.
+    """
+    root = resolve_artifact_dir(artifact_dir).resolve()
+    target = Path(out)
+    resolved = target.parent.resolve() / target.name
+    if resolved == root or root in resolved.parents:
+        return f"{target} is inside the artifact {root}; write the archive somewhere else"
+    if target.is_symlink() or target.exists():
+        if not target.is_file() or target.is_symlink():
+            return f"{target} exists and is not a regular file; choose another name"
+        if not force:
+            return f"{target} already exists; pass --force to overwrite it, or choose another name"
+    return None
+
+
+def export_artifact(
+    artifact_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False
+) -> str:
     """Pack a verified artifact into one tar file (gzip when ``out`` ends in .gz/.tgz).
 
     The manifest comes first so an importer can check compatibility before unpacking.
     Written to a temporary name and renamed. Returns the archive's sha256, which a
-    receiver can pin with ``aot cache import --sha256``.
+    receiver can pin with ``aot cache import --sha256``. Refuses (``NotOwnedError``) to
+    write inside the artifact or over an existing file unless ``force``
+    (``export_target_problem``).
     """
+    problem = export_target_problem(artifact_dir, out, force=force)
+    if problem is not None:
+        raise NotOwnedError(f"refusing to export: {problem}")
     root = resolve_artifact_dir(artifact_dir)
     report = verify(root)
     if not report.ok:
@@ -59,12 +100,17 @@ def _read_archive_manifest(tar: tarfile.TarFile, archive: Path) -> Manifest:
         member = tar.getmember(MANIFEST_NAME)
     except KeyError:
         raise ArtifactCorruptError(f"{archive}: no {MANIFEST_NAME}; not an aot artifact") from None
+    if not member.isfile() or member.size > 64 << 20:
+        raise ArtifactCorruptError(
+            f"{archive}: {MANIFEST_NAME} is not a plain file (a link, a device or too large); "
+            "refusing to import"
+        )
     fh = tar.extractfile(member)
-    if fh is None or member.size > 64 << 20:
+    if fh is None:
         raise ArtifactCorruptError(f"{archive}: {MANIFEST_NAME} is not a plain file")
     try:
         data = json.load(io.TextIOWrapper(fh, encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or absurdly nested
         raise ArtifactCorruptError(f"{archive}: the manifest is not valid JSON: {exc}") from exc
     if not isinstance(data, Mapping):
         raise ArtifactCorruptError(f"{archive}: the manifest is not a JSON object")
@@ -108,25 +154,7 @@ def import_artifact(
             raise ArtifactCorruptError(f"{src}: the archive is damaged: {exc}") from exc
         if not _KEY_RE.match(manifest.key):
             raise ArtifactCorruptError(f"{src}: the manifest's key {manifest.key!r} is invalid")
-        listed = {r.path: r for r in manifest.files}
-        seen: set[str] = set()
-        for m in members:
-            if m.name == MANIFEST_NAME:
-                continue
-            if m.isdir():
-                continue
-            if not m.isfile() or not _safe_relpath(m.name) or m.name not in listed:
-                raise ArtifactCorruptError(
-                    f"{src}: unexpected archive member {m.name!r} (not a file the manifest "
-                    "lists); refusing to import"
-                )
-            seen.add(m.name)
-        absent = sorted(set(listed) - seen)
-        if absent:
-            raise ArtifactCorruptError(
-                f"{src}: files listed in the manifest are missing from the archive: "
-                + ", ".join(absent[:5])
-            )
+        _check_members(members, manifest, src)
         problems = check_compatible(manifest)
         if problems:
             raise ArtifactIncompatibleError(
@@ -144,30 +172,81 @@ def import_artifact(
         dest = store.path(manifest.key)
         with entry_lock(dest):
             remove_leftovers(dest)
-            if dest.exists():
-                current = verify(dest)
-                if (
-                    current.ok
-                    and current.manifest is not None
-                    and {(r.path, r.sha256) for r in current.manifest.files}
-                    == {(r.path, r.sha256) for r in manifest.files}
-                ):
-                    return dest, manifest, False
-                if not replace and current.ok:
-                    raise FileExistsError(
-                        errno.EEXIST,
-                        f"entry {manifest.key} already exists with other contents; pass "
-                        "--force to replace it",
-                        str(dest),
-                    )
+            same = _same_entry_present(dest, manifest, replace=replace)
             with staging_dir(dest) as staging:
-                for m in members:
-                    if m.isfile():
-                        tar.extract(m, staging, filter="data")
+                _extract_files(tar, members, staging, src)
+                # The archive's own checksums are read before anything is said about it,
+                # even "identical": a tampered archive whose key matches is refused.
                 report = verify(staging)
                 if not report.ok:
                     raise ArtifactCorruptError(
                         f"{src}: checksums do not match the manifest: {report.describe()}"
                     )
+                if same:
+                    return dest, manifest, False
                 publish(staging, dest, replace=True)
         return dest, manifest, True
+
+
+def _extract_files(
+    tar: tarfile.TarFile, members: list[tarfile.TarInfo], staging: Path, src: Path
+) -> None:
+    try:
+        for m in members:
+            if m.isfile():
+                tar.extract(m, staging, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ArtifactCorruptError(f"{src}: the archive is damaged: {exc}") from exc
+
+
+def _check_members(members: list[tarfile.TarInfo], manifest: Manifest, src: Path) -> None:
+    """Every member is the manifest, a directory under files/, or a file the manifest lists."""
+    listed = {r.path for r in manifest.files}
+    seen: set[str] = set()
+    for m in members:
+        if m.name == MANIFEST_NAME:
+            continue
+        name = m.name.rstrip("/")
+        if (
+            m.isdir()
+            and _safe_relpath(name)
+            and (name == FILES_DIR or name.startswith(FILES_DIR + "/"))
+        ):
+            continue
+        if not m.isfile() or not _safe_relpath(m.name) or m.name not in listed:
+            raise ArtifactCorruptError(
+                f"{src}: unexpected archive member {m.name!r} (not a file the manifest "
+                "lists, or a directory outside files/); refusing to import"
+            )
+        seen.add(m.name)
+    absent = sorted(listed - seen)
+    if absent:
+        raise ArtifactCorruptError(
+            f"{src}: files listed in the manifest are missing from the archive: "
+            + ", ".join(absent[:5])
+        )
+
+
+def _same_entry_present(dest: Path, manifest: Manifest, *, replace: bool) -> bool:
+    """Whether ``dest`` already holds an intact entry with ``manifest``'s files (lock held).
+
+    Raises when the import must not go on: an intact entry with other contents and no
+    ``replace``, or something at ``dest`` that aot did not write.
+    """
+    if not (dest.exists() or dest.is_symlink()):
+        return False
+    current = verify(dest)
+    if current.ok and current.manifest is not None:
+        if {(r.path, r.sha256) for r in current.manifest.files} == {
+            (r.path, r.sha256) for r in manifest.files
+        }:
+            return True
+        if not replace:
+            raise FileExistsError(
+                errno.EEXIST,
+                f"entry {manifest.key} already exists with other contents; pass --force to "
+                "replace it",
+                str(dest),
+            )
+    check_replaceable(dest)
+    return False

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aot_core.artifacts import environment
 from aot_core.artifacts.environment import cpu_isa, package_version, vllm_version
+from aot_core.artifacts.identity import _pins_for, key_digest, key_prefix
 from aot_core.artifacts.manifest import (
     FILES_DIR,
     FORMAT_VERSION,
@@ -20,7 +21,8 @@ from aot_core.artifacts.manifest import (
     read_manifest,
     resolve_artifact_dir,
 )
-from aot_core.errors import ArtifactCorruptError, ArtifactIncompatibleError
+from aot_core.errors import ArtifactCorruptError, ArtifactIncompatibleError, SpecError
+from aot_core.spec import CompileSpec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +47,9 @@ class VerifyReport:
     extra: tuple[str, ...] = ()
     """Files (or links) present that the manifest does not list."""
 
+    inconsistent: tuple[str, ...] = ()
+    """Where the manifest contradicts itself (an edited field, e.g. torch_version or pins)."""
+
     error: str = ""
     """Why the manifest itself could not be used, when it could not."""
 
@@ -52,13 +57,19 @@ class VerifyReport:
     def ok(self) -> bool:
         """True when the manifest is readable and every file matches it exactly."""
         return self.manifest is not None and not (
-            self.error or self.tampered or self.truncated or self.missing or self.extra
+            self.error
+            or self.inconsistent
+            or self.tampered
+            or self.truncated
+            or self.missing
+            or self.extra
         )
 
     def problems(self) -> list[str]:
         """Human-readable problems, one per line; empty when ok."""
         out = [self.error] if self.error else []
         for label, names in (
+            ("manifest inconsistent", self.inconsistent),
             ("tampered (checksum differs)", self.tampered),
             ("truncated", self.truncated),
             ("missing", self.missing),
@@ -76,7 +87,10 @@ class VerifyReport:
 
 
 def verify(artifact_dir: str | os.PathLike[str]) -> VerifyReport:
-    """Check every file of an artifact against its manifest (checksums, sizes, extras)."""
+    """Check an artifact's manifest for consistency and every file against it.
+
+    Checksums, sizes, missing and unlisted files, and ``manifest_inconsistencies``.
+    """
     root = resolve_artifact_dir(artifact_dir)
     try:
         manifest = read_manifest(root)
@@ -103,13 +117,14 @@ def verify(artifact_dir: str | os.PathLike[str]) -> VerifyReport:
             continue
         if size < record.size:
             truncated.append(f"{rel} ({size} of {record.size} bytes)")
-        elif size != record.size or _sha256_file(path) != record.sha256:
+        elif size != record.size or _digest_or_none(path) != record.sha256:
             tampered.append(rel)
     extra = [rel for rel, _ in _walk_files(root) if rel not in listed and rel != MANIFEST_NAME]
     tampered.extend(_rank_problems(manifest, listed))
     return VerifyReport(
         path=str(root),
         manifest=manifest,
+        inconsistent=tuple(manifest_inconsistencies(manifest)),
         tampered=tuple(tampered),
         truncated=tuple(truncated),
         missing=tuple(missing),
@@ -151,6 +166,60 @@ def world_problem(manifest: Manifest, *, tensor_parallel_size: int, pipeline_par
         f"({tensor_parallel_size * pipeline_parallel_size} rank(s)); compile for this world "
         "size (a new entry), or start with the artifact's"
     )
+
+
+def _digest_or_none(path: Path) -> str | None:
+    try:
+        return _sha256_file(path)
+    except OSError:  # swapped for a link, a FIFO or unreadable since the checks above
+        return None
+
+
+def manifest_inconsistencies(manifest: Manifest) -> list[str]:
+    """Where a manifest contradicts itself or what its backend requires; empty when it does not.
+
+    Every field that decides whether compiled code may load is tied to another: the
+    recorded versions to the pins, the pins to what the backend requires (``_pins_for``),
+    the spec to its fingerprint, and the key to all of them (recomputed the way
+    ``entry_key`` computed it, for manifests that record the host fingerprint). An edit of
+    any one of them, such as changing only ``torch_version`` or emptying ``pins``, shows.
+    """
+    problems: list[str] = []
+    for package, recorded in (("torch", manifest.torch_version), ("vllm", manifest.vllm_version)):
+        if package in manifest.pins and manifest.pins[package] != recorded:
+            problems.append(
+                f"{package}_version is {recorded!r} but the pins say {manifest.pins[package]!r}"
+            )
+    lacking = sorted(set(_pins_for(manifest.backend)) - set(manifest.pins))
+    if lacking:
+        problems.append(
+            f"pins lack {', '.join(lacking)}, which backend {manifest.backend!r} requires"
+        )
+    try:
+        spec = CompileSpec.from_dict(manifest.spec).replace(cache_dir=None)
+        if spec.fingerprint() != manifest.spec_fingerprint:
+            problems.append("spec_fingerprint does not match the recorded spec")
+    except (SpecError, TypeError, ValueError) as exc:
+        problems.append(f"the recorded spec is not a valid spec here ({exc})")
+    if manifest.host_fingerprint:
+        digest = key_digest(
+            format_version=manifest.format_version,
+            backend=manifest.backend,
+            backend_version=manifest.backend_version,
+            spec_fingerprint=manifest.spec_fingerprint,
+            model_config_hash=manifest.model_config_hash,
+            pins=manifest.pins,
+            host=manifest.host_fingerprint,
+        )
+        if not (
+            manifest.key.startswith(key_prefix(manifest.backend))
+            and manifest.key.endswith(f"-{digest}")
+        ):
+            problems.append(
+                f"key {manifest.key!r} does not match the manifest's own backend, versions, "
+                "spec, model and pins"
+            )
+    return problems
 
 
 def _safe_relpath(rel: str) -> bool:
@@ -248,7 +317,7 @@ def verify_for_load(
     report = verify(artifact_dir)
     if report.manifest is None:
         raise ArtifactCorruptError(report.error)
-    damaged = report.tampered or report.truncated or report.missing
+    damaged = report.inconsistent or report.tampered or report.truncated or report.missing
     if (damaged or (report.extra and not discard_extra)) and report.error == "":
         raise ArtifactCorruptError(
             f"{report.path}: refusing to load a damaged artifact: {report.describe()}"

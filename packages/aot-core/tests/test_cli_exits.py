@@ -1,0 +1,325 @@
+"""Hostile input to the ``aot`` command: every failure gets its documented exit code.
+
+Each case feeds the real command (in-process, as the console script runs it) input a
+careless or hostile user might give: files that are not UTF-8, directories where files
+are expected, FIFOs, symbolic-link loops, empty strings, absurdly long names and values,
+archives with linked manifests. None may end in a traceback or exit 1 ("unexpected
+internal error"); each must exit with the code ``aot --help`` documents for its class,
+say what was wrong, and leave the cache as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aot_core import artifacts
+from aot_core.cli import ExitCode, main
+from aot_core.errors import ArtifactCorruptError
+from test_artifacts import make_artifact, make_model
+
+Case = Callable[[Path, str], list[str]]
+
+
+def _write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        path.write_text(data)
+    return path
+
+
+def _fifo(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def _loop(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(path.name)
+    return path
+
+
+def _compile(t: Path, *extra: str) -> list[str]:
+    # the backend is never reached: every case fails on its input first
+    return ["compile", str(make_model(t / "m")), "--backend", "vllm", *extra]
+
+
+def _linked_manifest_archive(t: Path) -> Path:
+    """An export whose manifest.json member is a symbolic link (the issue's case)."""
+    src = artifacts.ArtifactStore(t / "src")
+    make_artifact(src.path("a"), model=make_model(t / "m"))
+    good = t / "good.tar"
+    artifacts.export_artifact(src.path("a"), good)
+    bad = t / "linked.tar"
+    with tarfile.open(good) as tin, tarfile.open(bad, "w") as tout:
+        for member in tin.getmembers():
+            if member.name == artifacts.MANIFEST_NAME:
+                link = tarfile.TarInfo(member.name)
+                link.type = tarfile.SYMTYPE
+                link.linkname = "/etc/passwd"
+                tout.addfile(link)
+            else:
+                tout.addfile(member, tin.extractfile(member))
+    return bad
+
+
+def _nested_manifest_entry(t: Path, key: str) -> str:
+    store = artifacts.ArtifactStore(t / "cache")
+    make_artifact(store.path(key), model=make_model(t / "m"))
+    (store.path(key) / artifacts.MANIFEST_NAME).write_text("[" * 100_000 + "]" * 100_000)
+    return key
+
+
+LONG = "x" * 5000
+
+CASES: list[tuple[str, Case, ExitCode, str]] = [
+    # spec files
+    (
+        "spec-not-utf8",
+        lambda t, c: _compile(t, "--spec", str(_write(t / "s.toml", b"\xff\xfe mode"))),
+        ExitCode.SPEC_ERROR,
+        "is not UTF-8 text",
+    ),
+    (
+        "spec-is-a-directory",
+        lambda t, c: _compile(t, "--spec", str(_write(t / "spec.d" / "x", "").parent)),
+        ExitCode.SPEC_ERROR,
+        "is a directory",
+    ),
+    (
+        "spec-is-a-fifo",
+        lambda t, c: _compile(t, "--spec", str(_fifo(t / "s.toml"))),
+        ExitCode.SPEC_ERROR,
+        "not a regular file",
+    ),
+    (
+        "spec-symlink-loop",
+        lambda t, c: _compile(t, "--spec", str(_loop(t / "s.toml"))),
+        ExitCode.SPEC_ERROR,
+        "not a regular file",
+    ),
+    (
+        "spec-integer-too-long",
+        lambda t, c: _compile(t, "--spec", str(_write(t / "s.toml", "max_model_len = " + LONG))),
+        ExitCode.SPEC_ERROR,
+        "spec TOML is not valid",
+    ),
+    (
+        "spec-json-integer-too-long",
+        lambda t, c: _compile(
+            t, "--spec", str(_write(t / "s.json", '{"max_model_len": 9' + LONG + "}"))
+        ),
+        ExitCode.SPEC_ERROR,
+        "spec JSON is not valid",
+    ),
+    (
+        "spec-empty-string",
+        lambda t, c: _compile(t, "--spec", ""),
+        ExitCode.USAGE,
+        "must not be empty",
+    ),
+    # model directories
+    (
+        "model-path-too-long",
+        lambda t, c: ["compile", str(t / LONG), "--backend", "vllm"],
+        ExitCode.USAGE,
+        "File name too long",
+    ),
+    (
+        "model-empty-string",
+        lambda t, c: ["compile", "", "--backend", "vllm"],
+        ExitCode.USAGE,
+        "must not be empty",
+    ),
+    (
+        "model-config-integer-too-long",
+        lambda t, c: [
+            "compile",
+            str(
+                _write(t / "m" / "config.json", '{"architectures": [], "x": 9' + LONG + "}").parent
+            ),
+            "--backend",
+            "vllm",
+        ],
+        ExitCode.NOT_A_CAUSAL_LM,
+        "cannot be read as JSON",
+    ),
+    (
+        "model-config-absurdly-nested",
+        lambda t, c: [
+            "compile",
+            str(_write(t / "m" / "config.json", "[" * 100_000 + "]" * 100_000).parent),
+            "--backend",
+            "vllm",
+        ],
+        ExitCode.NOT_A_CAUSAL_LM,
+        "cannot be read as JSON",
+    ),
+    (
+        "backend-empty-string",
+        lambda t, c: ["compile", str(make_model(t / "m")), "--backend", ""],
+        ExitCode.USAGE,
+        "must not be empty",
+    ),
+    # the cache directory
+    (
+        "cache-dir-empty-string",
+        lambda t, c: ["--cache-dir", "", "cache", "ls"],
+        ExitCode.USAGE,
+        "must not be empty",
+    ),
+    (
+        "cache-dir-is-a-file",
+        lambda t, c: ["--cache-dir", str(_write(t / "f", "x")), "cache", "ls"],
+        ExitCode.CACHE_NOT_WRITABLE,
+        "is not a directory",
+    ),
+    (
+        "cache-dir-too-long",
+        lambda t, c: ["--cache-dir", str(t / LONG), "cache", "ls"],
+        ExitCode.USAGE,
+        "File name too long",
+    ),
+    (
+        "cache-entry-manifest-absurdly-nested",
+        lambda t, c: [
+            "--cache-dir",
+            str(t / "cache"),
+            "cache",
+            "verify",
+            _nested_manifest_entry(t, "n"),
+        ],
+        ExitCode.ARTIFACT_CORRUPT,
+        "CORRUPT",
+    ),
+    # export
+    (
+        "export-into-proc",
+        lambda t, c: ["cache", "export", c, "/proc/x.tar"],
+        ExitCode.CACHE_NOT_WRITABLE,
+        "cannot write /proc/x.tar",
+    ),
+    (
+        "export-name-too-long",
+        lambda t, c: ["cache", "export", c, str(t / LONG)],
+        ExitCode.USAGE,
+        "File name too long",
+    ),
+    (
+        "export-onto-a-fifo",
+        lambda t, c: ["cache", "export", c, str(_fifo(t / "o.tar"))],
+        ExitCode.CACHE_NOT_WRITABLE,
+        "not a regular file",
+    ),
+    # import
+    (
+        "import-linked-manifest",
+        lambda t, c: ["cache", "import", str(_linked_manifest_archive(t))],
+        ExitCode.ARTIFACT_CORRUPT,
+        "manifest.json is not a plain file",
+    ),
+    (
+        "import-a-directory",
+        lambda t, c: ["cache", "import", str(_write(t / "d" / "x", "").parent)],
+        ExitCode.ARTIFACT_CORRUPT,
+        "is not a regular file",
+    ),
+    (
+        "import-a-fifo",
+        lambda t, c: ["cache", "import", str(_fifo(t / "a.tar"))],
+        ExitCode.ARTIFACT_CORRUPT,
+        "is not a regular file",
+    ),
+    (
+        "import-bad-sha256",
+        lambda t, c: ["cache", "import", str(_write(t / "a.tar", "x")), "--sha256", "zz"],
+        ExitCode.USAGE,
+        "is not a sha256",
+    ),
+    # bench outputs are checked before minutes of measuring, not after
+    (
+        "bench-json-is-a-directory",
+        lambda t, c: ["bench", "--json", str(_write(t / "d" / "x", "").parent)],
+        ExitCode.CACHE_NOT_WRITABLE,
+        "is not a regular file",
+    ),
+    (
+        "bench-json-is-a-fifo",
+        lambda t, c: ["bench", "--json", str(_fifo(t / "r.json"))],
+        ExitCode.CACHE_NOT_WRITABLE,
+        "is not a regular file",
+    ),
+    (
+        "bench-json-into-proc",
+        lambda t, c: ["bench", "--json", "/proc/r.json"],
+        ExitCode.CACHE_NOT_WRITABLE,
+        "cannot write",
+    ),
+    (
+        "bench-work-dir-is-a-file",
+        lambda t, c: ["bench", "--work-dir", str(_write(t / "w", "x"))],
+        ExitCode.CACHE_NOT_WRITABLE,
+        "is not a directory",
+    ),
+    (
+        "bench-backend-empty-string",
+        lambda t, c: ["bench", "--backend", ""],
+        ExitCode.USAGE,
+        "must not be empty",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "code", "phrase"), CASES, ids=[c[0] for c in CASES])
+def test_hostile_input_gets_its_documented_exit_code(
+    name: str,
+    make: Case,
+    code: ExitCode,
+    phrase: str,
+    *,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if "proc" in name and not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc")
+    monkeypatch.setenv("AOT_CACHE_DIR", str(tmp_path / "cache"))
+    store = artifacts.ArtifactStore()
+    make_artifact(store.path("kept"), model=make_model(tmp_path / "m0"))
+    before = sorted(p.name for p in store.entries_dir.iterdir() if not p.name.endswith(".lock"))
+    argv = make(tmp_path / "in", "kept")
+    try:
+        got = main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        got = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    assert got == code, err
+    assert phrase in out + err, err
+    assert artifacts.verify(store.path("kept")).ok
+    after = sorted(p.name for p in store.entries_dir.iterdir() if not p.name.endswith(".lock"))
+    assert after == before or name == "cache-entry-manifest-absurdly-nested"
+
+
+def test_every_exit_code_in_the_help_is_in_the_readme() -> None:
+    from aot_core import cli
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for code in ExitCode:
+        assert f"| {int(code)} | {cli.EXIT_CODE_HELP[code]} |" in readme, code
+
+
+def test_archive_member_reading_survives_a_linked_manifest(tmp_path: Path) -> None:
+    """The library call the command makes refuses it the same way (no KeyError)."""
+    bad = _linked_manifest_archive(tmp_path)
+    with pytest.raises(ArtifactCorruptError, match="not a plain file"):
+        artifacts.import_artifact(bad, artifacts.ArtifactStore(tmp_path / "dst"))
+    assert artifacts.ArtifactStore(tmp_path / "dst").entry_keys() == []
+    with tarfile.open(bad) as tar:  # the archive really holds a link there
+        assert tar.getmember(artifacts.MANIFEST_NAME).issym()
