@@ -43,9 +43,9 @@ __all__ = [
     "compile_cache_disabled",
     "compile_cache_switch",
     "cpu_kv_cache_space",
+    "cpu_threads_bind",
     "engine_environment",
     "inductor_tuning",
-    "cpu_threads_bind",
     "log_capture",
     "runs_inline",
 ]
@@ -185,9 +185,7 @@ def cpu_threads_bind(*, ranks: int, cores: Sequence[int], numa_nodes: int) -> Th
         )
         return ThreadBinding(value="auto", chosen_by="vllm", env={}, note=note)
     per = len(cores) // ranks
-    value = "|".join(
-        _core_list(sorted(cores)[i * per : (i + 1) * per]) for i in range(ranks)
-    )
+    value = "|".join(_core_list(sorted(cores)[i * per : (i + 1) * per]) for i in range(ranks))
     note = (
         f"CPU thread binding: {var.value}={value!r} set by aot-vllm ({per} of the "
         f"{len(cores)} allowed core(s) per rank), because vLLM's default binds one NUMA node "

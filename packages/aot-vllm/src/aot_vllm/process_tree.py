@@ -89,12 +89,17 @@ def reap(pids: Iterable[int], *, timeout_s: float = 10.0) -> list[int]:
     return signalled
 
 
+TITLE_PREFIX = "VLLM::"
+"""vLLM names its processes with setproctitle: "VLLM::EngineCore", "VLLM::Worker_TP1", ..."""
+
+
 class PeakMemory:
     """Samples the RSS of this process and its children in a background thread.
 
     Besides the peak of the whole tree it keeps each process's own peak (``by_pid``) and
-    when a process seen earlier was first found gone (``gone``): with several ranks, which
-    worker held how much, and which one died first when a start fails.
+    when a process seen earlier was first found gone (``gone``), and vLLM's title of each
+    (``titles``): with several ranks, which worker held how much, and which one died first
+    when a start fails.
     """
 
     def __init__(self, interval_s: float = 0.1) -> None:
@@ -102,12 +107,14 @@ class PeakMemory:
         self.peak = 0
         self.by_pid: dict[int, int] = {}
         self.gone: dict[int, float] = {}
+        self.titles: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def sample(self) -> int:
         """Take one sample now; returns the tree's total."""
         values = tree_rss_by_pid()
+        self._read_titles(values.keys())
         now = time.time()
         for pid in self.by_pid.keys() - values.keys() - self.gone.keys():
             self.gone[pid] = now
@@ -116,6 +123,17 @@ class PeakMemory:
         total = sum(values.values())
         self.peak = max(self.peak, total)
         return total
+
+    def _read_titles(self, pids: Iterable[int]) -> None:
+        """vLLM's process titles ("VLLM::Worker_PP0_TP1"), read until a process has one."""
+        for pid in pids:
+            if self.titles.get(pid, "").startswith(TITLE_PREFIX):
+                continue
+            try:
+                cmdline = psutil.Process(pid).cmdline()
+            except psutil.Error:
+                continue
+            self.titles[pid] = cmdline[0] if cmdline else ""
 
     def start(self) -> PeakMemory:
         """Start sampling (idempotent)."""

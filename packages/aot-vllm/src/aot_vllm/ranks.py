@@ -12,6 +12,7 @@ A start with several ranks is a hit only when every rank's evidence says hit.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +50,22 @@ def rank_pids(records: Sequence[LogRecordLine]) -> dict[int, int]:
         found = first([record], RANK_LINE)
         if found is not None:
             out[record.pid] = int(found[1].group(2))
+    return out
+
+
+def rank_pids_from_titles(titles: Mapping[int, str], world: World) -> dict[int, int]:
+    """pid -> global rank from vLLM's worker titles ("VLLM::Worker_PP1_TP0"), which every
+    release sets; the fallback where the "rank=R" line is logged at debug only (<=0.11.0)."""
+    out: dict[int, int] = {}
+    for pid, title in titles.items():
+        if "::Worker" not in title:
+            continue
+        tp = re.search(r"_TP(\d+)", title)
+        pp = re.search(r"_PP(\d+)", title)
+        tp_rank = int(tp.group(1)) if tp else 0
+        pp_rank = int(pp.group(1)) if pp else 0
+        if (tp or world.tensor_parallel_size == 1) and (pp or world.pipeline_parallel_size == 1):
+            out[pid] = pp_rank * world.tensor_parallel_size + tp_rank
     return out
 
 
@@ -98,7 +115,9 @@ def rank_compile_time(records: Sequence[LogRecordLine]) -> float | None:
     return None
 
 
-def rank_files(records: Sequence[LogRecordLine], rank: int, present: Sequence[str]) -> tuple[str, ...]:
+def rank_files(
+    records: Sequence[LogRecordLine], rank: int, present: Sequence[str]
+) -> tuple[str, ...]:
     """Files (relative to ``files/``) of this rank: the Inductor and AOTAutograd entries its
     lines name by key, and vLLM's own ``rank_<r>_0`` directory."""
     listed = list(records)
@@ -123,9 +142,10 @@ def read_ranks(
     *,
     peaks: Mapping[int, int],
     present: Sequence[str],
+    titles: Mapping[int, str] | None = None,
 ) -> tuple[RankReading, ...]:
     """Every rank of ``world`` with its own evidence (a rank no process claimed: unknown)."""
-    pids = rank_pids(records)
+    pids = {**rank_pids_from_titles(titles or {}, world), **rank_pids(records)}
     by_rank = {rank: pid for pid, rank in pids.items()}
     out = []
     for rank in range(world.size):

@@ -291,7 +291,11 @@ _FACTS: tuple[tuple[Version, dict[str, Any]], ...] = (
     ((0, 18, 0), {"level_alias": False}),
     (
         (0, 20, 0),
-        {"cpu_kv_cache_arg": True, "cpu_ray_executor": "refused", "cpu_threads_bind_in": "executor"},
+        {
+            "cpu_kv_cache_arg": True,
+            "cpu_ray_executor": "refused",
+            "cpu_threads_bind_in": "executor",
+        },
     ),
     ((0, 27, 0), {"has_partial_prefill_args": False}),
     ((0, 30, 0), {"cpu_eager_skips_warmup": True}),

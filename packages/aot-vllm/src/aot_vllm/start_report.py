@@ -20,6 +20,7 @@ from aot_core.stats import CacheOutcome, OptimizationStats
 from aot_vllm import engine_env, evidence, ranks
 from aot_vllm.cache import OpenedEntry, Snapshot
 from aot_vllm.engine import RunningEngine
+from aot_vllm.ranks import RankReading
 from aot_vllm.readback import read_resolved_config, resolution_notes
 from aot_vllm.start_setup import EngineSetup
 from aot_vllm.vllm_logs import LogRecordLine
@@ -99,6 +100,7 @@ def read_start(
     records: Sequence[LogRecordLine],
     peak_memory: int,
     peaks_by_pid: Mapping[int, int] | None = None,
+    titles: Mapping[int, str] | None = None,
 ) -> StartReading:
     """Read the start back: phases, compile time, cache verdict, resolved configuration."""
     request = setup.request
@@ -122,10 +124,14 @@ def read_start(
     )
     failure = evidence.aot_load_failure(records)
     outcome = evidence.decide_cache_outcome(ev, load_time_s=compile_s if compiles else None)
-    per_rank: tuple[ranks.RankReading, ...] = ()
+    per_rank: tuple[RankReading, ...] = ()
     if setup.world.size > 1:
         per_rank = ranks.read_ranks(
-            records, setup.world, peaks=peaks_by_pid or {}, present=sorted(ev.after)
+            records,
+            setup.world,
+            peaks=peaks_by_pid or {},
+            present=sorted(ev.after),
+            titles=titles,
         )
         if outcome.status not in ("disabled",):
             outcome = ranks.combined_outcome([r.stats for r in per_rank], outcome)

@@ -149,7 +149,11 @@ def request_start(model: Any, spec: CompileSpec, *, notes: Sequence[str] = ()) -
         entry=entry,
         log=log,
         t_start=t_start,
-        notes=(*notes, *([log.reason] if log.reason else []), *([split_note] if split_note else [])),
+        notes=(
+            *notes,
+            *([log.reason] if log.reason else []),
+            *([split_note] if split_note else []),
+        ),
     )
 
 
@@ -198,9 +202,7 @@ def _place_ranks(
     check_resources(world, is_cpu=is_cpu, cores=len(cores), devices=devices)
     if not is_cpu:
         return None
-    return engine_env.cpu_threads_bind(
-        ranks=world.size, cores=cores, numa_nodes=numa_nodes(cores)
-    )
+    return engine_env.cpu_threads_bind(ranks=world.size, cores=cores, numa_nodes=numa_nodes(cores))
 
 
 def _visible_devices() -> int | None:

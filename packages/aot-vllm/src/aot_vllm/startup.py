@@ -20,10 +20,9 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from aot_core.errors import CompilationError
 from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
-
-from aot_core.errors import CompilationError
 
 from aot_vllm import engine, engine_env, evidence, process_tree, ranks
 from aot_vllm.compiled_model import VLLMCompiledModel
@@ -141,9 +140,8 @@ def _which_rank_died(
         return exc
     memory.stop()
     records = setup.request.log.records(since=setup.request.t_start - 1.0)
-    death = ranks.describe_death(
-        memory.gone, ranks.rank_pids(records), setup.world, t_start=setup.request.t_start
-    )
+    pids = {**ranks.rank_pids_from_titles(memory.titles, setup.world), **ranks.rank_pids(records)}
+    death = ranks.describe_death(memory.gone, pids, setup.world, t_start=setup.request.t_start)
     if not death:
         return exc
     return CompilationError(f"{death}; every other engine process was stopped. {exc}")
@@ -183,7 +181,12 @@ def _finish(
     request = setup.request
     records = request.log.records(since=request.t_start - 1.0)
     reading = read_start(
-        setup, launch, records=records, peak_memory=memory.peak, peaks_by_pid=memory.by_pid
+        setup,
+        launch,
+        records=records,
+        peak_memory=memory.peak,
+        peaks_by_pid=memory.by_pid,
+        titles=memory.titles,
     )
     if reading.aot_failure is not None:
         _warn(

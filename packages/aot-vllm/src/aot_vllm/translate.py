@@ -409,8 +409,7 @@ def _parallel(s: _Spelling) -> None:
         and "kv_cache_memory_bytes" in s.options
     ):
         s.cannot(
-            f"pipeline_parallel_size={spec.pipeline_parallel_size} with compile_mode 'none' "
-            "on CPU",
+            f"pipeline_parallel_size={spec.pipeline_parallel_size} with compile_mode 'none' on CPU",
             "its CPU worker skips the warm-up run in eager mode when the KV-cache size is "
             "given, so a pipeline stage never allocates its buffer for the activations it "
             "receives and the first request fails",

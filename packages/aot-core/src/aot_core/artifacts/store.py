@@ -194,8 +194,10 @@ def describe_manifest(manifest: Manifest) -> Sequence[str]:
         device = f"{device} ({manifest.cpu_arch})"
     tp, pp = manifest.world_size
     world = (
-        [f"world: tensor_parallel_size={tp} x pipeline_parallel_size={pp} "
-         f"({len(manifest.ranks)} rank record(s))"]
+        [
+            f"world: tensor_parallel_size={tp} x pipeline_parallel_size={pp} "
+            f"({len(manifest.ranks)} rank record(s))"
+        ]
         if tp * pp > 1
         else []
     )

@@ -148,7 +148,9 @@ def _rank_problems(manifest: Manifest, listed: set[str]) -> list[str]:
     return problems
 
 
-def world_problem(manifest: Manifest, *, tensor_parallel_size: int, pipeline_parallel_size: int) -> str:
+def world_problem(
+    manifest: Manifest, *, tensor_parallel_size: int, pipeline_parallel_size: int
+) -> str:
     """Why an artifact compiled for another world size cannot serve this one; "" when it can.
 
     Each rank compiles only its own shard of the model, so the compiled code of a world of
