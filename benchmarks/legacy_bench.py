@@ -17,26 +17,17 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from aot_core.fresh_process import one_thread_env, print_result, run_fresh, tail
+
 PROMPTS = [list(b"The quick brown fox"), list(b"Hello"), list(b"jumps over the lazy dog"), [65]]
 MAX_MODEL_LEN = 256
 MAX_NUM_SEQS = 4
-
-
-def _tiny_model(directory: Path) -> Path:
-    try:
-        from aot_core.tiny import write_tiny_llama
-    except ImportError:  # aot-core without the built-in model: build it with transformers
-        from aot_legacy.tiny_model import build_tiny_llama
-
-        return build_tiny_llama(directory)
-    return Path(write_tiny_llama(directory))
 
 
 def child(mode: str, model_dir: str, cache_root: str, max_new: int, repeats: int) -> None:
@@ -72,30 +63,27 @@ def child(mode: str, model_dir: str, cache_root: str, max_new: int, repeats: int
         output.append(t.output_tokens / t.total_s)
     stats = model.stats
     model.close()
-    print(
-        json.dumps(
-            {
-                "mode": mode,
-                "process_ready_s": ready_s,
-                "startup_s": stats.startup_s,
-                "compile_time_s": stats.compile_time_s,
-                "cache": stats.cache.describe(),
-                "cache_load_time_s": stats.cache.load_time_s,
-                "tier": stats.resolved_config["tier"],
-                "phases": dict(stats.startup_phases),
-                "decode_tok_s": statistics.median(decode),
-                "output_tok_s": statistics.median(output),
-                "ttft_s": stats.time_to_first_token_s,
-                "peak_rss_mib": (stats.peak_host_memory_bytes or 0) / 2**20,
-                "torch": stats.torch_version,
-                "device": stats.device,
-            }
-        )
+    print_result(
+        {
+            "mode": mode,
+            "process_ready_s": ready_s,
+            "startup_s": stats.startup_s,
+            "compile_time_s": stats.compile_time_s,
+            "cache": stats.cache.describe(),
+            "cache_load_time_s": stats.cache.load_time_s,
+            "tier": stats.resolved_config["tier"],
+            "phases": dict(stats.startup_phases),
+            "decode_tok_s": statistics.median(decode),
+            "output_tok_s": statistics.median(output),
+            "ttft_s": stats.time_to_first_token_s,
+            "peak_rss_mib": (stats.peak_host_memory_bytes or 0) / 2**20,
+            "torch": stats.torch_version,
+            "device": stats.device,
+        }
     )
 
 
 def run(mode: str, model_dir: Path, cache_root: Path, args: argparse.Namespace) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [
         sys.executable,
         __file__,
@@ -109,12 +97,11 @@ def run(mode: str, model_dir: Path, cache_root: Path, args: argparse.Namespace) 
         str(args.repeats),
     ]
     print(f"  {mode} ...", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode:
-        sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
-    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["process_wall_s"] = time.perf_counter() - t0
+    done = run_fresh(cmd, log=cache_root.parent / f"{mode}.log", env=one_thread_env())
+    if not done.ok:
+        sys.exit(f"{mode} failed:\n" + "\n".join(tail(done.log, 40)))
+    out: dict[str, Any] = dict(done.result)
+    out["process_wall_s"] = done.wall_s
     return out
 
 
@@ -132,7 +119,9 @@ def main() -> None:
         child(mode, model_dir, cache_root, args.max_new_tokens, args.repeats)
         return
     with tempfile.TemporaryDirectory(prefix="legacy-bench-") as tmp:
-        model_dir = _tiny_model(Path(tmp) / "tiny-llama")
+        from aot_core.tiny import write_tiny_llama
+
+        model_dir = write_tiny_llama(Path(tmp) / "tiny-llama")
         cache = Path(tmp) / "cache"
         r = {
             m: run(m, model_dir, cache, args)

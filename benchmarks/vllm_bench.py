@@ -29,12 +29,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from aot_core.fresh_process import one_thread_env, print_result, run_fresh, tail
 
 PROMPT_LEN, RUNS = 32, 3
 # Overridable from the command line (--batch, --new-tokens, --dtype); children get them
@@ -43,7 +44,6 @@ BATCH = int(os.environ.get("AOT_BENCH_BATCH", "8"))
 NEW_TOKENS = int(os.environ.get("AOT_BENCH_NEW_TOKENS", "128"))
 DTYPE = os.environ.get("AOT_BENCH_DTYPE", "float32")
 KV_BYTES = 64 << 20
-MARK = "BENCH-RESULT "
 
 
 def _prompts() -> list[list[int]]:
@@ -138,20 +138,20 @@ def child(mode: str, model: str, cache: str, compare_raw: bool) -> dict[str, Any
     return result
 
 
-def _run_child(mode: str, model: Path, cache: Path, compare_raw: bool) -> dict[str, Any]:
+def _run_child(
+    label: str, mode: str, model: Path, cache: Path, compare_raw: bool
+) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", mode, str(model), str(cache)]
     if compare_raw:
         cmd.append("--compare-raw")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    wall = time.perf_counter() - t0
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-        raise SystemExit(f"benchmark child {mode} failed (exit {proc.returncode})")
-    result = json.loads(lines[-1][len(MARK) :])
-    result["process_wall_s"] = wall
+    logs = cache.parent / "logs"
+    logs.mkdir(exist_ok=True)
+    done = run_fresh(cmd, log=logs / f"{label}.log", env=one_thread_env())
+    if not done.ok:
+        sys.stderr.write("\n".join(tail(done.log, 80)) + "\n")
+        raise SystemExit(f"benchmark child {mode} failed (exit {done.returncode})")
+    result: dict[str, Any] = dict(done.result)
+    result["process_wall_s"] = done.wall_s
     return result
 
 
@@ -179,7 +179,7 @@ def main() -> None:
             os.environ[var] = str(getattr(args, flag))
     if args.child:
         mode, model, cache = args.child
-        print(MARK + json.dumps(child(mode, model, cache, args.compare_raw)), flush=True)
+        print_result(child(mode, model, cache, args.compare_raw))
         return
 
     from aot_core.tiny import TINY, write_tiny_llama
@@ -201,10 +201,11 @@ def main() -> None:
     )
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
     print(f"machine: {os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
-    cold = _run_child("default", model, compiled_cache, False)
-    warm = _run_child("default", model, compiled_cache, True)
-    _run_child("none", model, eager_cache, False)  # primes vLLM's model-inspection cache
-    eager = _run_child("none", model, eager_cache, False)
+    cold = _run_child("cold", "default", model, compiled_cache, False)
+    warm = _run_child("warm", "default", model, compiled_cache, True)
+    # primes vLLM's model-inspection cache
+    _run_child("eager-prime", "none", model, eager_cache, False)
+    eager = _run_child("eager", "none", model, eager_cache, False)
 
     rows = [
         ("cold start (compiled, empty cache)", cold["startup_s"], "s", cold["cache"]),

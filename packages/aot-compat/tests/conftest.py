@@ -44,10 +44,10 @@ def installed() -> set[str]:
 def unusable(installed: set[str]) -> dict[str, str | None]:
     """For each known backend, why it cannot run here (None when it can).
 
-    This imports vLLM when aot-vllm is installed (about 13 s), as the old API's choice does.
+    This imports vLLM when aot-vllm is installed (about 13 s), as the old API's choice does
+    (the registry's deep check, the one ``aot backends`` shows).
     """
-    infos = {info.name: info for info in list_backends()}
-    return {name: selection._why_unusable(name, infos.get(name)) for name in BACKENDS}
+    return {name: selection.why_unusable(name) for name in BACKENDS}
 
 
 @pytest.fixture(scope="session")

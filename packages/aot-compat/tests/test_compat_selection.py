@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aot_compat import BackendFallbackWarning, LegacyConfigWarning, choose_backend, selection
+from aot_compat import BackendFallbackWarning, LegacyConfigWarning, choose_backend
 from aot_core import (
     Availability,
     CompiledModel,
@@ -19,18 +19,25 @@ from aot_core import (
     CompileSpec,
     NoBackendInstalledError,
     NoUsableBackendError,
+    registry,
 )
-from aot_core.registry import BackendInfo
 from engines.shared import create_enhanced_compiler, create_vllm_native_compiler
 
 
 class _Fake(Compiler):
     usable = True
     reason = ""
+    import_error: str | None = None
 
     @classmethod
     def availability(cls) -> Availability:
         return Availability(usable=cls.usable, reason=cls.reason)
+
+    @classmethod
+    def check_engine(cls) -> Availability:
+        if cls.import_error is not None:
+            return Availability(usable=False, reason=cls.import_error)
+        return Availability(usable=True)
 
     def compile_model(self, model: Any, spec: CompileSpec | None = None) -> CompiledModel:
         raise NotImplementedError("test-only backend: selection tests never compile")
@@ -41,12 +48,20 @@ class _Fake(Compiler):
         raise NotImplementedError("test-only backend: selection tests never compile")
 
 
-def _fake(name: str, *, usable: bool = True, reason: str = "") -> type[Compiler]:
+def _fake(
+    name: str, *, usable: bool = True, reason: str = "", import_error: str | None = None
+) -> type[Compiler]:
     dist = {"vllm": "aot-vllm", "legacy": "aot-legacy"}.get(name, name)
     return type(
         f"Fake_{name}",
         (_Fake,),
-        {"name": name, "distribution": dist, "usable": usable, "reason": reason},
+        {
+            "name": name,
+            "distribution": dist,
+            "usable": usable,
+            "reason": reason,
+            "import_error": import_error,
+        },
     )
 
 
@@ -57,26 +72,16 @@ def backends(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     monkeypatch.delenv("AOT_BACKEND", raising=False)
 
     def install(**spec: tuple[bool, str, str | None]) -> None:
-        infos = []
-        errors: dict[str, str | None] = {}
-        for name, (usable, reason, import_error) in spec.items():
-            cls = _fake(name, usable=usable, reason=reason)
-            infos.append(
-                BackendInfo(
-                    name=name,
-                    compiler=cls,
-                    version="0.1.0",
-                    distribution=cls.distribution,
-                    priority=0,
-                    availability=Availability(usable=usable, reason=reason),
-                )
-            )
-            errors[name] = import_error
-        monkeypatch.setattr(selection, "list_backends", lambda: infos)
-        monkeypatch.setattr(selection, "_import_errors", errors)
+        found = {
+            name: _fake(name, usable=usable, reason=reason, import_error=import_error)
+            for name, (usable, reason, import_error) in spec.items()
+        }
+        registry.refresh()  # no verdict about the real backends may leak in
+        monkeypatch.setattr(registry, "installed_backends", lambda: dict(found))
 
     state["install"] = install
     yield state
+    registry.refresh()
 
 
 OK = (True, "", None)

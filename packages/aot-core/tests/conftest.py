@@ -33,7 +33,9 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         ]
 
     monkeypatch.setattr(registry, "_entry_points", _entry_points)
+    registry.refresh()  # discovery is cached per process; start from this site only
     yield site
+    registry.refresh()
     for name, module in list(sys.modules.items()):
         if str(getattr(module, "__file__", "") or "").startswith(str(site)):
             del sys.modules[name]

@@ -126,7 +126,7 @@ def test_manifest_records_everything_and_round_trips(art: Path, model: Path) -> 
     assert CompileSpec.from_dict(m.spec) == SPEC
     assert m.model_config_hash == artifacts.model_config_hash(model)
     assert m.torch_version == artifacts.torch_version()
-    assert m.vllm_version == artifacts.vllm_version()
+    assert m.pins == {} and m.vllm_version is None  # backend "test" is not installed: no pins
     assert m.device_kind == "cpu" and m.cpu_arch and m.cpu_isa == artifacts.cpu_isa()
     by_path = {f.path: f for f in m.files}
     assert set(by_path) == {f"files/{rel}" for rel in FILES}
@@ -619,3 +619,24 @@ def test_a_rank_record_naming_an_unlisted_file_is_tampering(tmp_path: Path, mode
     report = artifacts.verify(dest)
     assert not report.ok
     assert any("files/evil.so (named by rank 1" in p for p in report.problems())
+
+
+def test_an_artifact_being_built_is_already_an_artifact(tmp_path: Path, model: Path) -> None:
+    # A backend handed the staging files/ as spec.cache_dir finds its (empty) artifact.
+    seen: dict[str, Any] = {}
+
+    def build(files_dir: Path) -> dict[str, Any]:
+        root = artifacts.artifact_root(files_dir)
+        seen["root"] = root
+        seen["files"] = artifacts.verify_for_load(files_dir).files if root else None
+        (files_dir / "table.bin").write_bytes(b"compiled")
+        return {"device": "cpu"}
+
+    key = key_for(model)
+    dest = tmp_path / "store" / "entries" / key
+    manifest, built = artifacts.build_and_publish(
+        dest, key=key, build=build, backend="test", backend_version="", spec=SPEC, model=model
+    )
+    assert built and seen["root"] is not None and seen["root"].name.startswith(f".{key}.")
+    assert seen["files"] == ()
+    assert [f.path for f in manifest.files] == ["files/table.bin"]

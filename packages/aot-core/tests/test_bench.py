@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aot_core import bench
+from aot_core.bench import BenchResult, Failure, Run
 from aot_core.spec import CompileSpec
 from aot_core.stats import CacheOutcome, CacheStatus, OptimizationStats
 
@@ -26,9 +27,9 @@ def record(
     tokens: Any = None,
     ok: bool = True,
     cache: CacheStatus = "hit",
-) -> dict[str, Any]:
+) -> Run:
     if not ok:
-        return {"backend": "b", "phase": phase, "ok": False, "wall_s": 1.0, "error": "boom"}
+        return Run(backend="b", phase=phase, repeat=1, ok=False, wall_s=1.0, error="boom")
     stats = OptimizationStats(
         backend="b",
         startup_s=startup,
@@ -40,13 +41,14 @@ def record(
             status="disabled" if phase == "eager" else cache, reason="r", load_time_s=0.5
         ),
     )
-    return {
-        "backend": "b",
-        "phase": phase,
-        "ok": True,
-        "wall_s": startup + 3.0,
-        "result": {"stats": stats.to_dict(), "tokens": tokens or [[1, 2, 3]]},
-    }
+    return Run(
+        backend="b",
+        phase=phase,
+        repeat=1,
+        ok=True,
+        wall_s=startup + 3.0,
+        result={"stats": stats.to_dict(), "tokens": tokens or [[1, 2, 3]]},
+    )
 
 
 def test_median_stats_takes_medians_and_skips_failures() -> None:
@@ -66,22 +68,25 @@ def test_median_stats_takes_medians_and_skips_failures() -> None:
     assert bench.median_stats([record("warm", startup=0, tps=0, mem=0, ok=False)]) is None
 
 
-def _result(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "model": "tiny",
-        "machine": {
+def _result(runs: list[Run], failures: tuple[Failure, ...] = ()) -> BenchResult:
+    return BenchResult(
+        date_utc="2026-01-01T00:00:00+00:00",
+        command="aot bench",
+        model="tiny",
+        model_path="/m",
+        machine={
             "machine": "x86_64",
             "cpu_count": 2,
+            "python": "3.11",
             "torch": "2.13.0",
             "vllm": None,
-            "python": "3.11",
         },
-        "settings": {"prompts": 4, "prompt_lengths": [5, 6], "max_new_tokens": 8, "repeats": 2},
-        "backends": {"b": bench._summarise_backend("b", "0.1.0", runs)},
-        "skipped": {"other": "needs a GPU"},
-        "failures": [],
-        "total_wall_s": 42.0,
-    }
+        settings={"prompts": 4, "prompt_lengths": [5, 6], "max_new_tokens": 8, "repeats": 2},
+        backends={"b": bench.summarise_backend("0.1.0", runs)},
+        skipped={"other": "needs a GPU"},
+        failures=failures,
+        total_wall_s=42.0,
+    )
 
 
 def test_report_has_before_after_tables_with_directions() -> None:
@@ -99,7 +104,14 @@ def test_report_has_before_after_tables_with_directions() -> None:
     assert "-20.0% better" in startup  # eager 10 s -> warm 8 s
     tps = next(line for line in text.splitlines() if line.startswith("output tokens/s"))
     assert "+100.0% better" in tps
-    json.dumps(_result(runs))  # the --json payload is plain JSON
+    assert "torch 2.13.0, vllm -, python 3.11" in text  # the versions the backends pin
+    data = json.loads(json.dumps(_result(runs).to_dict()))  # the --json payload is plain JSON
+    b = data["backends"]["b"]
+    assert b["tokens_match_eager"] is True and b["warm_cache"] == ["hit (r)"]
+    assert b["median"]["warm"]["startup_s"] == 8.0
+    assert [r["phase"] for r in b["runs"]] == ["eager", "cold", "warm"]
+    assert set(b["comparisons"]) == {"eager_vs_warm", "eager_vs_cold", "cold_vs_warm"}
+    assert b["comparisons"]["eager_vs_warm"]["after_label"] == "AOT warm"
 
 
 def test_report_flags_different_tokens_and_failures() -> None:
@@ -108,10 +120,8 @@ def test_report_flags_different_tokens_and_failures() -> None:
         record("cold", startup=40.0, tps=180.0, mem=1, tokens=[[1, 2, 4]]),
         record("warm", startup=0, tps=0, mem=0, ok=False),
     ]
-    result = _result(runs)
-    result["failures"] = [
-        {"backend": "b", "phase": "warm", "repeat": 1, "error": "worker exited with status 1"}
-    ]
+    failure = Failure(backend="b", phase="warm", repeat=1, error="worker exited with status 1")
+    result = _result(runs, (failure,))
     text = bench.format_report(result)
     assert "compiled vs eager: DIFFERENT (0/1 prompts identical; prompt 0 departs at" in text
     assert "generated token 2" in text
@@ -142,10 +152,11 @@ def test_worker_failure_is_reported_with_its_log(tmp_path: Path) -> None:
         timeout_s=120,
         log=tmp_path / "w.log",
     )
-    assert rec["ok"] is False
-    assert "worker exited with status 1" in rec["error"]
-    assert "no-such-backend" in rec["error"] or "no aot backend" in rec["error"]
-    assert Path(rec["log"]).is_file()
+    assert rec.ok is False
+    assert "worker exited with status 1" in rec.error
+    assert "no-such-backend" in rec.error or "no aot backend" in rec.error
+    assert rec.log is not None and Path(rec.log).is_file()
+    assert rec.to_dict()["ok"] is False and "result" not in rec.to_dict()
 
 
 def test_prompts_are_fixed_byte_tokens() -> None:
@@ -158,7 +169,8 @@ def test_worker_module_has_no_heavy_imports() -> None:
     import subprocess
 
     code = (
-        "import sys, aot_core.bench_worker, aot_core.cli, aot_core.bench, aot_core.artifacts;"
+        "import sys, aot_core.bench_worker, aot_core.cli, aot_core.bench, aot_core.artifacts,"
+        " aot_core.workflow, aot_core.fresh_process, aot_core.bench_results;"
         "print([m for m in ('torch', 'vllm', 'matplotlib') if m in sys.modules])"
     )
     out = subprocess.run(

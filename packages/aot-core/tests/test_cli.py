@@ -43,6 +43,16 @@ FAKE_BACKENDS = textwrap.dedent(
         @classmethod
         def availability(cls):
             return Availability(usable=False, reason="needs a CUDA device; none found")
+
+    class BrokenEngine(_Base):
+        name = "brokenengine"
+        description = "installed, but its engine fails on import"
+        @classmethod
+        def availability(cls):
+            return Availability(usable=True)
+        @classmethod
+        def check_engine(cls):
+            return Availability(usable=False, reason="engine failed to import: ABI mismatch")
     """
 )
 
@@ -58,6 +68,7 @@ def fake_backends(site: Path) -> Path:
     (info / "entry_points.txt").write_text(
         "[aot.backends]\nready = aot_cli_test_backends:Ready\n"
         "needsgpu = aot_cli_test_backends:NeedsGpu\n"
+        "brokenengine = aot_cli_test_backends:BrokenEngine\n"
     )
     return site
 
@@ -134,7 +145,9 @@ def test_backends_lists_version_and_why_not(
     code, out, _ = run(["backends"], capsys)
     assert code == ExitCode.OK
     lines = out.splitlines()
-    assert lines[0].split() == ["backend", "version", "package", "usable", "here", "why", "not"]
+    assert lines[0].split() == [
+        "backend", "version", "package", "what", "usable", "here", "why", "not"
+    ]  # fmt: skip
     needs = next(line for line in lines if line.startswith("needsgpu"))
     assert "0.0.7" in needs and " no " in needs and "needs a CUDA device; none found" in needs
     ready = next(line for line in lines if line.startswith("ready"))
@@ -142,6 +155,20 @@ def test_backends_lists_version_and_why_not(
     code, out, _ = run(["backends", "--json"], capsys)
     data = {d["name"]: d for d in json.loads(out)}
     assert data["needsgpu"]["usable"] is False and data["ready"]["version"] == "0.0.7"
+    assert data["brokenengine"]["usable"] is True  # the cheap check alone passes
+
+
+def test_backends_check_imports_engines_as_compat_does(
+    fake_backends: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["backends", "--check"], capsys)
+    assert code == ExitCode.OK
+    broken = next(line for line in out.splitlines() if line.startswith("brokenengine"))
+    assert " no " in broken and "engine failed to import: ABI mismatch" in broken
+    assert "installed, but its engine fails on import" in broken  # its description
+    code, out, _ = run(["backends", "--check", "--json"], capsys)
+    data = {d["name"]: d for d in json.loads(out)}
+    assert data["brokenengine"]["usable"] is False and data["brokenengine"]["engine_checked"]
 
 
 # --------------------------------------------------------------------------- bad model input

@@ -10,19 +10,50 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aot_core import artifacts
+from aot_core import artifacts, registry
 from aot_core.cli import ExitCode, main
 from aot_core.errors import ArtifactCorruptError
 from test_artifacts import make_artifact, make_model, rewrite_manifest
 
+# A backend that pins torch and vLLM, as aot-vllm does; aot-core learns what a backend
+# requires only from the backend (Compiler.pins), so the test installs one.
+PINNED_BACKEND = textwrap.dedent(
+    """
+    from aot_core.artifacts import torch_version
+    from aot_core.compiler import Availability, Compiler
+
+    class Pinned(Compiler):
+        name = "vllm"
+        def compile_model(self, model, spec=None):
+            raise NotImplementedError("integrity test double: compiles nothing")
+        def compile_model_aot(self, model, example_inputs, spec=None):
+            raise NotImplementedError("integrity test double: compiles nothing")
+        @classmethod
+        def availability(cls):
+            return Availability(usable=True)
+        @classmethod
+        def pins(cls):
+            return {"torch": torch_version(), "vllm": "0.32.0"}
+    """
+)
+
 
 @pytest.fixture
-def art(tmp_path: Path) -> Path:
+def art(tmp_path: Path, site: Path) -> Path:
+    (site / "aot_pinned_backend.py").write_text(PINNED_BACKEND)
+    info = site / "aot_pinned_backend-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: aot-pinned-backend\nVersion: 1.0\n"
+    )
+    (info / "entry_points.txt").write_text("[aot.backends]\nvllm = aot_pinned_backend:Pinned\n")
+    registry.refresh()
     dest = tmp_path / "store" / "entries" / "e"
     make_artifact(dest, model=make_model(tmp_path), backend="vllm")
     return dest
@@ -96,7 +127,7 @@ def test_reseal_after_a_start_keeps_the_key_consistent(art: Path, tmp_path: Path
 FIFO_SCRIPT = """
 import os, sys
 from pathlib import Path
-from aot_core import artifacts
+from aot_core import artifacts, registry
 entry = Path(sys.argv[1])
 os.unlink(entry / "manifest.json")
 os.mkfifo(entry / "manifest.json")

@@ -46,6 +46,13 @@ BACKENDS_MODULE = textwrap.dedent(
         def availability(cls):
             return Availability(usable=True)
 
+    class SlowToo(_Base):
+        name = "slow"
+        priority = 10
+        @classmethod
+        def availability(cls):
+            return Availability(usable=True)
+
     class Other(_Base):
         name = "other"
         priority = 50
@@ -82,6 +89,7 @@ def install(site: Path) -> Installer:
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
         lines = [f"{name} = {value.format(module=module)}" for name, value in entries.items()]
         (info / "entry_points.txt").write_text("[aot.backends]\n" + "\n".join(lines) + "\n")
+        registry.refresh()  # discovery is cached per process
 
     return _install
 
@@ -161,7 +169,7 @@ def test_broken_entry_points_warn_and_are_skipped(install: Installer) -> None:
 
 def test_duplicate_names_warn_and_keep_first(install: Installer) -> None:
     install({"slow": "{module}:Slow"}, dist="aot-test-a")
-    install({"slow": "{module}:Other"}, dist="aot-test-b")
+    install({"slow": "{module}:SlowToo"}, dist="aot-test-b")
     with pytest.warns(registry.BackendWarning, match="registered twice"):
         found = registry.installed_backends()
     assert list(found) == ["slow"]
@@ -173,3 +181,73 @@ def test_crashing_availability_probe_means_unusable(install: Installer) -> None:
     assert infos["crashing"].availability.usable is False
     assert "probe exploded" in infos["crashing"].availability.reason
     assert get_backend().name == "slow"
+
+
+def test_entry_point_name_must_match_the_class_name(install: Installer) -> None:
+    install({"speedy": "{module}:Slow", "other": "{module}:Other"})
+    with pytest.warns(registry.BackendWarning, match=r"'speedy'.*called 'slow'"):
+        found = registry.installed_backends()
+    assert list(found) == ["other"]
+
+
+def test_discovery_is_cached_until_refreshed(install: Installer, site: Path) -> None:
+    install({"slow": "{module}:Slow"})
+    assert list(registry.installed_backends()) == ["slow"]
+    late = site / "late-1.0.dist-info"
+    late.mkdir()
+    (late / "METADATA").write_text("Metadata-Version: 2.1\nName: late\nVersion: 1.0\n")
+    (late / "entry_points.txt").write_text("[aot.backends]\nother = aot_test_backends_0:Other\n")
+    assert list(registry.installed_backends()) == ["slow"]  # the cached discovery
+    registry.refresh()
+    assert sorted(registry.installed_backends()) == ["other", "slow"]
+
+
+def test_choose_prefers_then_falls_back_in_order(install: Installer) -> None:
+    install({"fast": "{module}:Fast", "slow": "{module}:Slow", "other": "{module}:Other"})
+    choice = registry.choose("fast", ["slow", "other"])
+    assert (choice.name, choice.source, choice.fallback_from) == ("slow", "fallback", "fast")
+    assert choice.passed_over == {"fast": "needs a GPU; none found"}
+    assert registry.choose("other", ()).source == "preferred"
+    assert registry.choose().name == "other"  # no preference: best priority that can run
+    with pytest.raises(NoUsableBackendError) as info:
+        registry.choose("fast", ())
+    assert info.value.reasons == {"fast": "needs a GPU; none found"}
+
+
+def test_deep_check_runs_once_and_only_when_asked(install: Installer, site: Path) -> None:
+    module = site / "aot_test_deep.py"
+    module.write_text(
+        textwrap.dedent(
+            """
+            from aot_core.compiler import Availability, Compiler
+
+            CALLS = []
+
+            class Deep(Compiler):
+                name = "deep"
+                def compile_model(self, model, spec=None):
+                    raise NotImplementedError("registry test double: compiles nothing")
+                def compile_model_aot(self, model, example_inputs, spec=None):
+                    raise NotImplementedError("registry test double: compiles nothing")
+                @classmethod
+                def availability(cls):
+                    return Availability(usable=True)
+                @classmethod
+                def check_engine(cls):
+                    CALLS.append(1)
+                    return Availability(usable=False, reason="engine failed to import: boom")
+            """
+        )
+    )
+    install({"deep": "aot_test_deep:Deep", "slow": "{module}:Slow"})
+    import aot_test_deep  # type: ignore[import-not-found]
+
+    assert registry.availability("deep").usable  # the cheap half alone
+    assert aot_test_deep.CALLS == []
+    choice = registry.choose("deep", deep=True)
+    assert choice.name == "slow" and choice.passed_over["deep"] == "engine failed to import: boom"
+    assert registry.availability("deep", deep=True).reason == "engine failed to import: boom"
+    assert [i.availability.usable for i in registry.list_backends(deep=True)] == [True, False]
+    assert aot_test_deep.CALLS == [1]  # cached for the process
+    with pytest.raises(NoUsableBackendError, match="engine failed to import"):
+        get_backend("deep", deep=True)

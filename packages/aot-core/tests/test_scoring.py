@@ -8,13 +8,15 @@ from aot_core.scoring import check_score_requests, rolling_requests, sum_scores
 
 
 def test_rolling_windows_score_every_token_after_the_first_once() -> None:
-    tokens = list(range(10))
+    tokens = list(range(9))
     windows = rolling_requests(tokens, 4)
     scored = [t for _, cont in windows for t in cont]
     assert scored == tokens[1:]
     for context, continuation in windows:
-        assert len(context) + len(continuation) <= 4
-        assert context == [continuation[0] - 1]
+        assert len(context) + len(continuation) == 4
+        assert context == tokens[continuation[0] - len(context) : continuation[0]]
+    # Full runs get one token of context; the last, shorter run as much as fits.
+    assert [len(c) for c, _ in windows] == [1, 1, 2]
 
 
 def test_rolling_without_a_limit_is_one_window() -> None:

@@ -27,6 +27,7 @@ def main() -> None:
     model_dir, cache_root, spec_json = sys.argv[1:4]
     spec = CompileSpec.from_dict({**json.loads(spec_json), "cache_dir": cache_root})
     with IntegratedAOTCompiler().compile_model(model_dir, spec) as m:
+        transformers_imported = "transformers" in sys.modules
         out = m.generate(PROMPTS, GenerationParams(max_new_tokens=8, stop_on_eos=False))
         from torch._dynamo.utils import counters
 
@@ -37,6 +38,7 @@ def main() -> None:
                     "stats": m.stats.to_dict(),
                     "inductor_counters": dict(counters["inductor"]),
                     "process_s": time.perf_counter() - t0,
+                    "transformers_imported_when_ready": transformers_imported,
                 }
             )
         )

@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,9 +23,9 @@ from typing import Any
 import pytest
 import torch
 from aot_core import CompileSpec, GenerationParams
+from aot_core.tiny import TinyLlamaShape, write_tiny_llama
 from aot_legacy import IntegratedAOTCompiler
 from aot_legacy.compiled_model import LegacyCompiledModel
-from aot_legacy.tiny_model import build_tiny_llama
 
 torch.set_num_threads(1)
 
@@ -35,6 +36,9 @@ PROMPTS: list[list[int]] = [[5, 17, 42, 99, 3, 7], [65], list(b"Hello, world")]
 GREEDY = GenerationParams(max_new_tokens=8, stop_on_eos=False)
 MAX_LEN = 64
 MAX_SEQS = 4
+# Half the built-in model's width: the legacy backend has no head-size floor (vLLM's CPU
+# attention has), and narrower layers keep the many compiles here short.
+TINY = TinyLlamaShape(hidden_size=64, intermediate_size=128)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -56,7 +60,23 @@ def spec(**kw: Any) -> CompileSpec:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama with a byte-level tokenizer, saved like any HF model."""
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), shape=TINY)
+
+
+@pytest.fixture(scope="session")
+def alt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same architecture and config.json as ``tiny_dir``, other weights (seed 7)."""
+    return write_tiny_llama(tmp_path_factory.mktemp("alt-llama"), seed=7, shape=TINY)
+
+
+@pytest.fixture(scope="session")
+def config_only_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_dir``'s config.json and tokenizer, no weights: a config-only model."""
+    out = tmp_path_factory.mktemp("config-only")
+    for f in tiny_dir.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy2(f, out / f.name)
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -81,21 +101,46 @@ def eager_tokens(eager: LegacyCompiledModel) -> list[tuple[int, ...]]:
 
 
 @pytest.fixture(scope="session")
-def compiled(tiny_dir: Path, cache_root: Path) -> Iterator[LegacyCompiledModel]:
-    """torch.compile tier, cold, into the session cache (no packages exist yet)."""
+def alt_eager_tokens(alt_dir: Path) -> list[tuple[int, ...]]:
+    """Greedy tokens of PROMPTS from the other-weights model, run eagerly."""
+    with IntegratedAOTCompiler().compile_model(alt_dir, spec(compile_mode="none")) as m:
+        return [g.token_ids for g in m.generate(PROMPTS, GREEDY)]
+
+
+@pytest.fixture(scope="session")
+def compiled(alt_dir: Path, cache_root: Path) -> Iterator[LegacyCompiledModel]:
+    """torch.compile tier, cold, into the session cache (no packages exist yet).
+
+    Compiled from the other-weights model: every later start of ``tiny_dir`` from this
+    cache is a hit that must produce tiny's own tokens (the cache holds no weights).
+    """
     s = spec(cache_dir=str(cache_root), backend_options={"aoti": False})
-    m = IntegratedAOTCompiler().compile_model(tiny_dir, s)
+    m = IntegratedAOTCompiler().compile_model(alt_dir, s)
     assert isinstance(m, LegacyCompiledModel)
     yield m
     m.close()
 
 
 @pytest.fixture(scope="session")
-def packaged(tiny_dir: Path, cache_root: Path) -> Iterator[LegacyCompiledModel]:
-    """AOTInductor packages built by compile_model_aot into the session cache."""
-    m = IntegratedAOTCompiler().compile_model_aot(
-        tiny_dir, PROMPTS, spec(cache_dir=str(cache_root))
-    )
+def packaged(config_only_dir: Path, cache_root: Path) -> Iterator[LegacyCompiledModel]:
+    """AOTInductor packages built by compile_model_aot into the session cache, from the
+    config-only directory: placeholder weights, the real graph. Every package test then
+    starts real weights (``tiny_dir``, ``alt_dir``) from these packages."""
+    with pytest.warns(UserWarning, match="placeholder"):
+        m = IntegratedAOTCompiler().compile_model_aot(
+            config_only_dir, PROMPTS, spec(cache_dir=str(cache_root))
+        )
+    assert isinstance(m, LegacyCompiledModel)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def from_packages(
+    packaged: LegacyCompiledModel, tiny_dir: Path, cache_root: Path
+) -> Iterator[LegacyCompiledModel]:
+    """``tiny_dir`` (real weights) started from the packages the config-only compile built."""
+    m = IntegratedAOTCompiler().compile_model(tiny_dir, spec(cache_dir=str(cache_root)))
     assert isinstance(m, LegacyCompiledModel)
     yield m
     m.close()

@@ -1,7 +1,10 @@
 """Slow tests: torch.compile with persistent caches, AOTInductor packages, fall-backs.
 
 Every compiled artifact comes from the session fixtures; fresh-process tests reuse the
-same cache root, which is exactly what a second job start does.
+same cache root, which is exactly what a second job start does. The compiled code holds
+no weights: the torch.compile cache is built from ``alt_dir`` and the packages from a
+config-only directory, and ``tiny_dir`` (same config, other weights) starts from both as
+a cache hit with its own eager tokens.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ def _package_dir(m: LegacyCompiledModel) -> Path:
 # ---------------------------------------------------------------- torch.compile tier
 
 
-def test_compiled_matches_eager(compiled: LegacyCompiledModel, eager_tokens: list) -> None:
+def test_compiled_matches_eager(compiled: LegacyCompiledModel, alt_eager_tokens: list) -> None:
     assert compiled.stats.resolved_config["tier"] == "compile"
-    assert _tokens(compiled) == eager_tokens
+    assert str(compiled.stats.resolved_config["weights"]).startswith("inputs")
+    assert _tokens(compiled) == alt_eager_tokens
     # Batches of every bucket and a new prompt length reuse the dynamic graphs.
-    assert [g.token_ids for g in compiled.generate(PROMPTS * 2, GREEDY)] == eager_tokens * 2
+    assert [g.token_ids for g in compiled.generate(PROMPTS * 2, GREEDY)] == alt_eager_tokens * 2
 
 
 def test_cold_compile_reports_a_miss(compiled: LegacyCompiledModel) -> None:
@@ -47,9 +51,15 @@ def test_cold_compile_reports_a_miss(compiled: LegacyCompiledModel) -> None:
     assert any((cache_dir / "inductor").iterdir())
 
 
-def test_warm_start_in_a_fresh_process(
-    compiled: LegacyCompiledModel, tiny_dir: Path, cache_root: Path, eager_tokens: list
+def test_warm_start_with_other_weights_in_a_fresh_process(
+    compiled: LegacyCompiledModel,
+    tiny_dir: Path,
+    cache_root: Path,
+    eager_tokens: list,
+    alt_eager_tokens: list,
 ) -> None:
+    # The cache was compiled from alt_dir's weights; tiny_dir has the same config.json.
+    assert eager_tokens != alt_eager_tokens
     child_spec = json.dumps(
         {"max_model_len": MAX_LEN, "max_num_seqs": MAX_SEQS, "backend_options": {"aoti": False}}
     )
@@ -65,17 +75,41 @@ def test_warm_start_in_a_fresh_process(
 # ---------------------------------------------------------------- AOTInductor packages
 
 
-def test_packaged_matches_eager(packaged: LegacyCompiledModel, eager_tokens: list) -> None:
+def test_config_only_compile_builds_weight_free_packages(packaged: LegacyCompiledModel) -> None:
     s = packaged.stats
     assert s.resolved_config["tier"] == "package" and s.compile_mode == "aot-inductor"
-    assert s.cache.status == "miss" and "built AOTInductor packages" in s.cache.reason
-    names = {p.name for p in _package_dir(packaged).iterdir()}
-    assert {"prefill.pt2", "decode.pt2", "manifest.json"} <= names
-    # The build proved the packages load, in a child process, and remembered it.
-    (probe,) = (p for p in _package_dir(packaged).iterdir() if p.name.startswith("probe-"))
-    assert json.loads(probe.read_text())["ok"] is True
-    assert _tokens(packaged) == eager_tokens
-    assert [g.token_ids for g in packaged.generate(PROMPTS * 3, GREEDY)] == eager_tokens * 3
+    assert s.cache.status == "miss" and "built weight-free AOTInductor packages" in s.cache.reason
+    assert s.resolved_config["placeholder_weights"] is True
+    assert any(n.startswith("weights are placeholders") for n in s.notes)
+    pkg = _package_dir(packaged)
+    assert {"prefill.pt2", "decode.pt2", "manifest.json"} <= {p.name for p in pkg.iterdir()}
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    # The build proved the packages load and run, in a child process, before recording them.
+    assert manifest["probe"] == {"ok": True, "detail": ""}
+    assert manifest["weights"]["binding"] == "inputs"
+    assert "model.embed_tokens.weight" in manifest["weights"]["names"]
+    for name in ("prefill.pt2", "decode.pt2"):
+        loader = torch._C._aoti.AOTIModelPackageLoader(str(pkg / name), "model", False, 1, -1)
+        assert loader.get_constant_fqns() == []  # no weight (no tensor at all) inside
+
+
+def test_real_weights_start_from_config_only_packages(
+    from_packages: LegacyCompiledModel, eager_tokens: list
+) -> None:
+    s = from_packages.stats
+    assert s.resolved_config["tier"] == "package" and s.cache.status == "hit"
+    assert s.resolved_config["placeholder_weights"] is False
+    assert "no transformers" in str(s.resolved_config["model_loader"])
+    assert _tokens(from_packages) == eager_tokens
+    assert [g.token_ids for g in from_packages.generate(PROMPTS * 3, GREEDY)] == eager_tokens * 3
+
+
+def test_other_weights_get_their_own_tokens_from_the_same_packages(
+    from_packages: LegacyCompiledModel, alt_dir: Path, cache_root: Path, alt_eager_tokens: list
+) -> None:
+    with IntegratedAOTCompiler().compile_model(alt_dir, spec(cache_dir=str(cache_root))) as m:
+        assert m.stats.cache.status == "hit" and m.stats.resolved_config["tier"] == "package"
+        assert _tokens(m) == alt_eager_tokens
 
 
 def test_pt2_round_trip_in_a_fresh_process(
@@ -88,16 +122,18 @@ def test_pt2_round_trip_in_a_fresh_process(
     assert stats["resolved_config"]["tier"] == "package"
     assert stats["cache"]["status"] == "hit" and stats["cache"]["load_time_s"] > 0
     assert "package_load" in stats["startup_phases"]
-    # Nothing was compiled: Inductor never looked anything up.
+    # Nothing was compiled: Inductor never looked anything up, and a start that sees only
+    # token ids never imports transformers.
     assert not any(
         out["inductor_counters"].get(k) for k in ("fxgraph_cache_miss", "fxgraph_cache_hit")
     )
+    assert out["transformers_imported_when_ready"] is False
 
 
-def test_packaged_out_of_range_is_refused(packaged: LegacyCompiledModel) -> None:
+def test_packaged_out_of_range_is_refused(from_packages: LegacyCompiledModel) -> None:
     with pytest.raises(SpecError, match="max_model_len"):
-        packaged.generate([[1] * MAX_LEN], GREEDY)
-    (g,) = packaged.generate([[1] * (MAX_LEN - 2)], GenerationParams(max_new_tokens=5))
+        from_packages.generate([[1] * MAX_LEN], GREEDY)
+    (g,) = from_packages.generate([[1] * (MAX_LEN - 2)], GenerationParams(max_new_tokens=5))
     assert len(g.token_ids) <= 2 and g.finish_reason in ("length", "stop")
 
 
@@ -106,16 +142,17 @@ def test_packaged_step_checks_shapes_and_strides() -> None:
 
     seen = []
 
-    def fake(*args: torch.Tensor) -> torch.Tensor:
-        seen.append(all(a.is_contiguous() for a in args))
-        return torch.zeros(args[0].shape[0], 3)
+    def fake(flat: list[torch.Tensor]) -> list[torch.Tensor]:
+        seen.append(all(a.is_contiguous() for a in flat))
+        return [torch.zeros(flat[0].shape[0], 3)]
 
     plan = StepPlan(
         max_batch=4, max_seq=16, buckets=(2, 4), compile_mode="default", dtype="float32"
     )
     kv = [torch.zeros(4, 16, 1, 2)]
-    decode = PackagedStep(fake, kind="decode", plan=plan, kv=kv)
-    prefill = PackagedStep(fake, kind="prefill", plan=plan, kv=kv)
+    weights = [torch.ones(3, 2)]
+    decode = PackagedStep(fake, kind="decode", plan=plan, kv=kv, weights=weights)
+    prefill = PackagedStep(fake, kind="prefill", plan=plan, kv=kv, weights=weights)
     z = torch.zeros
     with pytest.raises(ValueError, match=r"batch 5 is outside the exported range \[2, 4\]"):
         decode(z(5, 1, dtype=torch.long), z(5, 1, dtype=torch.long), z(5, dtype=torch.long))

@@ -1,27 +1,101 @@
-"""A package whose loading fails or crashes is refused via a child process, never loaded
-into the user's process (fast: no compile)."""
+"""Fast tests: a package directory is only loaded when its manifest says it was built for
+this environment and model structure, its files match their checksums, and the probe
+that ran right after the build loaded and ran it (no compile needed)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
-from aot_core import ArtifactIncompatibleError
-from aot_legacy.packages import FILES, probe_load
+from aot_core import ArtifactCorruptError, ArtifactIncompatibleError
+from aot_core.errors import NotOwnedError
+from aot_legacy.package_build import FILES
+from aot_legacy.packages import PACKAGE_FORMAT, check_replaceable, verify_package
+
+ENV = {"torch": "test", "cpu_isa": "AVX2"}
+KEY = {"model_config": "abc", "weights": "inputs"}
+NAMES = ["model.embed_tokens.weight", "lm_head.weight"]
 
 
-def test_unloadable_package_is_refused_and_remembered(tmp_path: Path) -> None:
+def _package(directory: Path, **changes: object) -> Path:
+    files = {}
     for name in FILES:
-        (tmp_path / name).write_bytes(b"not a zip archive")
-    env = {"torch": "test"}
-    with pytest.raises(ArtifactIncompatibleError, match="probe process failed"):
-        probe_load(tmp_path, environment=env, device_index=-1)
-    (record,) = tmp_path.glob("probe-*.json")
-    verdict = json.loads(record.read_text())
-    assert verdict["ok"] is False and verdict["detail"]
-    # The verdict is reused: no second child process, same refusal.
-    verdict["detail"] = "remembered"
-    record.write_text(json.dumps(verdict))
-    with pytest.raises(ArtifactIncompatibleError, match="remembered"):
-        probe_load(tmp_path, environment=env, device_index=-1)
+        (directory / name).write_bytes(name.encode() * 10)
+        files[name] = hashlib.sha256((directory / name).read_bytes()).hexdigest()
+    manifest = {
+        "format": PACKAGE_FORMAT,
+        "environment": ENV,
+        "key": KEY,
+        "weights": {"binding": "inputs", "names": NAMES},
+        "probe": {"ok": True, "detail": ""},
+        "files": files,
+        **changes,
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+def _verify(directory: Path, names: list[str] = NAMES) -> object:
+    return verify_package(directory, environment=ENV, key_data=KEY, weight_names=names)
+
+
+def test_intact_package_verifies(tmp_path: Path) -> None:
+    assert _verify(_package(tmp_path))
+
+
+def test_a_failed_probe_is_remembered_and_refused(tmp_path: Path) -> None:
+    _package(tmp_path, probe={"ok": False, "detail": "the loader crashed with signal 11"})
+    with pytest.raises(ArtifactIncompatibleError, match="crashed with signal 11"):
+        _verify(tmp_path)
+    _package(tmp_path, probe=None)
+    with pytest.raises(ArtifactIncompatibleError, match="no verdict recorded"):
+        _verify(tmp_path)
+
+
+def test_packages_that_embed_weights_are_refused(tmp_path: Path) -> None:
+    _package(tmp_path, format=1)  # format 1 packages held the weights of one checkpoint
+    with pytest.raises(ArtifactIncompatibleError, match="weight-free"):
+        _verify(tmp_path)
+    _package(tmp_path, weights=None)
+    with pytest.raises(ArtifactIncompatibleError, match="other weight tensors"):
+        _verify(tmp_path)
+    _package(tmp_path)
+    with pytest.raises(ArtifactIncompatibleError, match="other weight tensors"):
+        _verify(tmp_path, names=[*NAMES, "model.norm.weight"])
+
+
+def test_changed_files_are_refused(tmp_path: Path) -> None:
+    _package(tmp_path)
+    (tmp_path / "decode.pt2").write_bytes(b"x")
+    with pytest.raises(ArtifactCorruptError, match="does not match its checksum"):
+        _verify(tmp_path)
+    (tmp_path / "decode.pt2").unlink()
+    with pytest.raises(ArtifactCorruptError, match="missing"):
+        _verify(tmp_path)
+
+
+def test_other_environment_is_refused(tmp_path: Path) -> None:
+    _package(tmp_path, environment={**ENV, "torch": "2.5.0"})
+    with pytest.raises(ArtifactIncompatibleError, match=r"torch: built for '2\.5\.0'"):
+        _verify(tmp_path)
+
+
+def test_a_package_dir_holding_user_files_is_never_replaced(tmp_path: Path) -> None:
+    # The issue-10 case through backend_options.package_dir: another tool's manifest.json
+    # fails package verification, and the rebuild must not delete the directory.
+    user = tmp_path / "web"
+    (user / "assets").mkdir(parents=True)
+    (user / "manifest.json").write_text('{"name": "x"}')
+    (user / "index.html").write_text("hi")
+    with pytest.raises(NotOwnedError, match="nothing was changed"):
+        check_replaceable(user)
+    assert sorted(p.name for p in user.iterdir()) == ["assets", "index.html", "manifest.json"]
+
+
+def test_empty_and_package_dirs_may_be_replaced(tmp_path: Path) -> None:
+    check_replaceable(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty")
+    check_replaceable(_package(tmp_path / "empty"))

@@ -26,6 +26,13 @@ pytestmark = pytest.mark.slow
 
 PROMPTS: list[list[int]] = [[72, 101, 108, 108, 111], [1, 2, 3], list(range(40, 90))]
 GREEDY = GenerationParams(max_new_tokens=12, stop_on_eos=False)
+# (context, continuation) pairs to score, and a sequence longer than one rolling window.
+SCORE_REQUESTS: list[tuple[list[int], list[int]]] = [
+    (list(b"The cat"), list(b" sat down")),
+    ([65], [66, 67, 68]),
+    (list(range(40, 90)), list(range(90, 99))),
+]
+LONG_SEQUENCE = [(7 * i) % 250 for i in range(300)]
 
 
 def _spec(mode: str, cache: Path) -> CompileSpec:
@@ -69,6 +76,9 @@ def runs(tiny_model: Path, store: Path) -> Iterator[dict]:
                     for _ in range(2)
                 ],
                 "stats": model.stats,
+                "scores": model.score(SCORE_REQUESTS),
+                "rolling": model.score_rolling([LONG_SEQUENCE]),
+                "max_model_len": model.max_model_len,
                 "model": model,
                 "remembered": compiler.get_optimization_stats(),
                 "env_during": os.environ.get("VLLM_CACHE_ROOT"),
@@ -90,6 +100,9 @@ def _errors_on_a_live_model(model: VLLMCompiledModel) -> None:
         model.generate([[1, 2, 10_000]])
     with pytest.raises(SpecError, match="empty"):
         model.generate([[]])
+    # 256 positions less one for vLLM's generated token: longer requests are refused.
+    with pytest.raises(SpecError, match="above max_model_len 255"):
+        model.score([([1] * 200, [2] * 56)])
 
 
 def test_compiled_and_eager_give_the_same_greedy_tokens(runs: dict) -> None:
@@ -236,3 +249,25 @@ def test_aot_artifact_reload_is_detected(aot_runs: list[dict], runs: dict) -> No
         assert outcome.status == "hit" and "AOT" in outcome.reason, outcome
     expected = [g.token_ids for g in runs["default"]["greedy"]]
     assert first["tokens"] == second["tokens"] == expected
+
+
+def test_scores_match_transformers_and_compiled_matches_eager(runs: dict, tiny_model: Path) -> None:
+    from aot_core.evaluation.reference import reference_scores
+    from aot_core.scoring import rolling_requests, sum_scores
+
+    reference = reference_scores(tiny_model, SCORE_REQUESTS)
+    for mode in ("default", "none"):
+        scores = runs[mode]["scores"]
+        for ours, ref in zip(scores, reference, strict=True):
+            assert ours.token_logprobs == pytest.approx(ref.token_logprobs, abs=1e-4)
+            assert ours.is_greedy == ref.is_greedy
+        assert runs[mode]["max_model_len"] == 255
+    for a, b in zip(runs["default"]["scores"], runs["none"]["scores"], strict=True):
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
+    (rolled,) = runs["default"]["rolling"]
+    assert len(rolled.token_logprobs) == len(LONG_SEQUENCE) - 1
+    windows = rolling_requests(LONG_SEQUENCE, 255)
+    assert len(windows) == 2
+    assert rolled.logprob == pytest.approx(
+        sum_scores(reference_scores(tiny_model, windows)).logprob, abs=1e-2
+    )

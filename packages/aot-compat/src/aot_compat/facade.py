@@ -20,9 +20,8 @@ from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
 
 from aot_compat.legacy_config import LegacyTranslation, translate
-from aot_compat.selection import DESCRIPTIONS, LEGACY, VLLM, BackendChoice, choose_backend
-
-_COMPILATION_SYSTEMS = {VLLM: "vLLM Native", LEGACY: "Enhanced AOT (legacy)"}
+from aot_compat.policy import LEGACY, OLD_COMPILATION_SYSTEMS, VLLM, preference
+from aot_compat.selection import BackendChoice, choose_backend
 
 # Old generate() keywords -> GenerationParams fields.
 _GENERATE_KEYWORDS = {
@@ -252,15 +251,14 @@ class CompatCompiler:
                     self.backend_name, allow_fallback=False, honour_env=False, stacklevel=3
                 )
             else:
-                prefer = VLLM if use_vllm_native else LEGACY
-                choice = choose_backend(prefer, stacklevel=3)
+                choice = choose_backend(preference(use_vllm_native), stacklevel=3)
         self.choice = choice
         """Which backend runs this compiler, and why."""
         extra = {k: v for k, v in options.items() if not (k == "batch_sizes" and v is None)}
         translation = translate(None, base=spec, backend=choice.name, extra=extra, stacklevel=3)
         self.backend: Compiler = choice.compiler(translation.spec)
         """The backend compiler (the new API)."""
-        self.compiled_models: dict[tuple[str, str], CompatCompiledModel] = {}
+        self.compiled_models: dict[tuple[str, str, str | None], CompatCompiledModel] = {}
         self.model_metadata: dict[str, dict[str, Any]] = {}
         self._last: CompatCompiledModel | None = None
         self._lock = threading.Lock()
@@ -274,6 +272,12 @@ class CompatCompiler:
     def backend_id(self) -> str:
         """Registry name of the backend in use ("vllm", "legacy", ...)."""
         return self.choice.name
+
+    @property
+    def _compilation_system(self) -> str:
+        """The old stats' label for the backend in use."""
+        name = self.choice.name
+        return OLD_COMPILATION_SYSTEMS.get(name) or self.choice.compiler.description or name
 
     @property
     def vllm_available(self) -> bool:
@@ -333,7 +337,9 @@ class CompatCompiler:
         )
         spec = translation.spec
         ident = _model_id(model, model_id or translation.model_id)
-        key = (ident, spec.fingerprint())
+        # the fingerprint ignores cache_dir; a model compiled into another directory is
+        # another compile
+        key = (ident, spec.fingerprint(), spec.cache_dir)
         with self._lock:
             cached = self.compiled_models.get(key)
             if cached is not None and not cached.closed:
@@ -347,7 +353,7 @@ class CompatCompiler:
                 "model_id": ident,
                 "backend": self.choice.name,
                 "backend_choice": self.choice.reason,
-                "compilation_system": _COMPILATION_SYSTEMS.get(self.choice.name, self.choice.name),
+                "compilation_system": self._compilation_system,
                 "spec": spec.to_dict(),
                 "config_notes": list(translation.notes),
                 "vllm_native": self.choice.name == VLLM,
@@ -377,8 +383,8 @@ class CompatCompiler:
             backend=self.choice.name,
             backend_version=self.backend.version(),
             backend_choice=self.choice.reason,
-            compilation_system=_COMPILATION_SYSTEMS.get(self.choice.name, self.choice.name),
-            description=DESCRIPTIONS.get(self.choice.name, self.choice.name),
+            compilation_system=self._compilation_system,
+            description=self.choice.compiler.description or self.choice.name,
             vllm_available=self.choice.name == VLLM,
             total_models=sum(not m.closed for m in self.compiled_models.values()),
             cache_dir=spec.cache_dir,

@@ -5,8 +5,9 @@ Old callers passed a loose dict (``{"tensor_parallel_size": 1, "max_seq_len_to_c
 ``compilation_level``. Every key ends in exactly one of four places:
 
 * a ``CompileSpec`` field (renamed where the old name differs);
-* ``backend_options`` of the backend that understands it (``gpu_memory_utilization`` for
-  vLLM), or a ``LegacyConfigWarning`` when the chosen backend has no such setting;
+* ``backend_options`` of the backend that understands it, where that backend's options
+  class says (``Compiler.options_class.migrate``: ``gpu_memory_utilization`` for vLLM), or
+  a ``LegacyConfigWarning`` when the chosen backend has no such setting;
 * a ``LegacyConfigWarning`` naming a key whose feature is gone (``max_seq_len_to_capture``,
   removed from vLLM in 0.11.0), so nothing is dropped without a word;
 * a ``LegacyConfigError`` for a key or value that no backend understands.
@@ -21,32 +22,38 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aot_core import registry
 from aot_core.errors import SpecError
+from aot_core.options import OptionPath
 from aot_core.spec import CompileSpec
 
 from aot_compat.errors import LegacyConfigError, LegacyConfigWarning
 
-# Settings that exist only in one backend: key -> (backend, where in its backend_options).
-# aot-vllm takes raw vllm.LLM keywords under "engine_args" and raw CompilationConfig fields
-# under "compilation_config", and checks both against the installed vLLM release.
-BACKEND_ONLY_KEYS: dict[str, tuple[str, str | None]] = {
-    "gpu_memory_utilization": ("vllm", None),
-    "kv_cache_memory_bytes": ("vllm", None),
-    "optimization_level": ("vllm", None),
-    "cudagraph_mode": ("vllm", None),
-    "max_cudagraph_capture_size": ("vllm", None),
-    "disable_custom_all_reduce": ("vllm", "engine_args"),
-    "trust_remote_code": ("vllm", "engine_args"),
-    "seed": ("vllm", "engine_args"),
-    "swap_space": ("vllm", "engine_args"),
-    "block_size": ("vllm", "engine_args"),
-    "enable_prefix_caching": ("vllm", "engine_args"),
-    "kv_cache_dtype": ("vllm", "engine_args"),
-    "cudagraph_num_of_warmups": ("vllm", "compilation_config"),
-    "device": ("legacy", None),
-    "threads": ("legacy", None),
-    "batch_buckets": ("legacy", None),
-}
+OLD_BACKEND_SETTINGS: frozenset[str] = frozenset(
+    {
+        "gpu_memory_utilization",
+        "kv_cache_memory_bytes",
+        "optimization_level",
+        "cudagraph_mode",
+        "max_cudagraph_capture_size",
+        "disable_custom_all_reduce",
+        "trust_remote_code",
+        "seed",
+        "swap_space",
+        "block_size",
+        "enable_prefix_caching",
+        "kv_cache_dtype",
+        "cudagraph_num_of_warmups",
+        "device",
+        "threads",
+        "batch_buckets",
+    }
+)
+"""Keys the old API accepted that are some backend's own setting, not a spec field.
+
+Where each one goes is its backend's knowledge (``Compiler.options_class.migrate``, one
+table per backend package); this list only keeps such a key from being called unknown
+where its backend is not installed, so old configs warn there instead of failing."""
 
 # Keys whose feature no longer exists anywhere, with the reason given in the warning.
 OBSOLETE_KEYS: dict[str, str] = {
@@ -120,6 +127,13 @@ class _Collector:
 
     def note(self, message: str) -> None:
         self.notes.append(message)
+
+    def put(self, path: OptionPath, value: Any) -> None:
+        """Set ``value`` at ``path`` in the backend options (tables created as needed)."""
+        target = self.options
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = value
 
 
 def _sizes(value: Any, key: str) -> tuple[int, ...] | None:
@@ -285,18 +299,56 @@ _HANDLERS: dict[str, Callable[[_Collector, str, Any], None]] = {
 }
 
 
+def _owners(key: str) -> dict[str, OptionPath]:
+    """Installed backends (best first) whose options class takes the old ``key``, and where."""
+    found = registry.installed_backends()
+    owners = {}
+    for name in registry.by_priority():
+        path = found[name].options_class.migrate(key)
+        if path:
+            owners[name] = path
+    return owners
+
+
 def _known_keys() -> list[str]:
+    migrated = {
+        key
+        for cls in registry.installed_backends().values()
+        for key in cls.options_class.migrations
+    }
     return sorted(
         set(_HANDLERS)
         | _SPEC_FIELDS
-        | set(BACKEND_ONLY_KEYS)
+        | OLD_BACKEND_SETTINGS
+        | migrated
         | set(OBSOLETE_KEYS)
         | set(MODEL_ID_KEYS)
     )
 
 
+def _backend_setting(c: _Collector, key: str, value: Any, owners: dict[str, OptionPath]) -> None:
+    """Put a backend's own setting where the chosen backend (or, with none chosen, the best
+    installed one that has it) says; warn when the chosen backend has no such setting."""
+    target = c.backend if c.backend is not None else next(iter(owners), None)
+    path = owners.get(target) if target is not None else None
+    if path is not None:
+        c.put(path, value)
+    elif owners:
+        c.note(
+            f"config key {key!r} has no effect: it is a setting of the {next(iter(owners))} "
+            f"backend, and the {c.backend} backend was chosen"
+        )
+    else:
+        chosen = f"the {c.backend} backend" if c.backend else "any installed backend"
+        c.note(
+            f"config key {key!r} has no effect on {chosen}: it is a setting of a backend "
+            "that is not installed here"
+        )
+
+
 def _translate_key(c: _Collector, key: str, value: Any, *, lenient: bool) -> None:
-    if value is None and (key in OBSOLETE_KEYS or key in BACKEND_ONLY_KEYS):
+    owners = _owners(key) if key not in _HANDLERS and key not in _SPEC_FIELDS else {}
+    if value is None and (key in OBSOLETE_KEYS or key in OLD_BACKEND_SETTINGS or owners):
         return  # None is how old signatures spelled "not set"
     if key in _HANDLERS:
         _HANDLERS[key](c, key, value)
@@ -309,18 +361,8 @@ def _translate_key(c: _Collector, key: str, value: Any, *, lenient: bool) -> Non
     elif key in MODEL_ID_KEYS:
         if value is not None and c.model_id is None:
             c.model_id = str(value)
-    elif key in BACKEND_ONLY_KEYS:
-        owner, section = BACKEND_ONLY_KEYS[key]
-        if c.backend in (None, owner):
-            if section is None:
-                c.options[key] = value
-            else:
-                c.options.setdefault(section, {})[key] = value
-        else:
-            c.note(
-                f"config key {key!r} has no effect: it is a setting of the {owner} backend, "
-                f"and the {c.backend} backend was chosen"
-            )
+    elif owners or key in OLD_BACKEND_SETTINGS:
+        _backend_setting(c, key, value, owners)
     elif key in OBSOLETE_KEYS:
         c.note(f"config key {key!r} has no effect: {OBSOLETE_KEYS[key]}")
     elif lenient:

@@ -22,7 +22,15 @@ from aot_core.errors import (
     NoUsableBackendError,
     SpecError,
 )
-from aot_core.registry import BackendInfo, create_compiler, get_backend, list_backends
+from aot_core.options import BackendOptions
+from aot_core.registry import (
+    BackendInfo,
+    Choice,
+    choose,
+    create_compiler,
+    get_backend,
+    list_backends,
+)
 from aot_core.scoring import Score, ScoreRequest
 from aot_core.spec import CompileSpec
 from aot_core.stats import CacheOutcome, Comparison, OptimizationStats, RankStats, compare
@@ -36,8 +44,10 @@ __all__ = [
     "ArtifactIncompatibleError",
     "Availability",
     "BackendInfo",
+    "BackendOptions",
     "BackendUnavailableError",
     "CacheOutcome",
+    "Choice",
     "Comparison",
     "CompilationError",
     "CompileSpec",
@@ -53,6 +63,7 @@ __all__ = [
     "Score",
     "ScoreRequest",
     "SpecError",
+    "choose",
     "compare",
     "create_compiler",
     "get_backend",

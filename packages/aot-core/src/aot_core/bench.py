@@ -6,18 +6,15 @@ start. Eager goes last so that it, like the warm start, finds whatever a backend
 machine-wide outside its compile cache (vLLM's model-inspection results, as plain vLLM
 keeps them in ~/.cache/vllm); the eager baseline is then what a user's second eager
 start costs, not a first-ever start. Medians over the repeats go into before/after tables built by
-``aot_core.stats.compare``; everything measured goes into the JSON result.
+``aot_core.stats.compare``; everything measured goes into the typed ``BenchResult``
+(``aot_core.bench_results``), whose ``to_dict`` is the JSON output.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,9 +24,44 @@ from pathlib import Path
 from typing import Any
 
 from aot_core import artifacts
-from aot_core.bench_worker import RESULT_MARKER
+from aot_core.bench_results import (
+    PHASE_LABELS,
+    PHASES,
+    RESULT_FORMAT,
+    BackendSummary,
+    BenchResult,
+    Failure,
+    Run,
+    median_stats,
+    summarise_backend,
+)
+from aot_core.fresh_process import one_thread_env, run_fresh
+from aot_core.prompts import default_prompts
 from aot_core.spec import CompileSpec
-from aot_core.stats import OptimizationStats, compare
+from aot_core.stats import compare
+
+__all__ = [
+    "BENCH_SPEC_DEFAULTS",
+    "DEFAULT_MAX_NEW_TOKENS",
+    "DEFAULT_REPEATS",
+    "DEFAULT_TIMEOUT_S",
+    "MEASURED_CALLS",
+    "PHASES",
+    "PHASE_LABELS",
+    "RESULT_FORMAT",
+    "BackendSummary",
+    "BenchResult",
+    "Failure",
+    "Run",
+    "bench_prompts",
+    "ensure_bench_model",
+    "format_report",
+    "median_stats",
+    "plot",
+    "run_bench",
+    "run_worker",
+    "summarise_backend",
+]
 
 # Chosen so that both backends on the tiny Llama finish within 10 minutes on 2 cores:
 # a vLLM start costs 30-70 s here, so 2 repeats x 3 starts is the budget.
@@ -40,9 +72,6 @@ DEFAULT_MAX_NEW_TOKENS = 128
 DEFAULT_TIMEOUT_S = 300
 # Generate calls timed per start (after one untimed call); throughput is their median.
 MEASURED_CALLS = 5
-PHASES: tuple[str, ...] = ("cold", "warm", "eager")
-PHASE_LABELS = {"eager": "eager", "cold": "AOT cold compile", "warm": "AOT warm start"}
-RESULT_FORMAT = 1
 
 # The bench keeps the engine small: four prompts in one batch, short sequences.
 BENCH_SPEC_DEFAULTS: Mapping[str, Any] = {"max_model_len": 256, "max_num_seqs": 4}
@@ -60,32 +89,7 @@ def ensure_bench_model(cache_root: Path | None = None) -> Path:
 
 def bench_prompts() -> list[list[int]]:
     """The fixed token-id prompts every run generates on."""
-    from aot_core.cli import default_prompts
-
     return default_prompts()
-
-
-def _worker_env(cache_root: Path | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    if cache_root is not None:
-        # What workers and their backends keep outside the run's artifact (aot-vllm's shared
-        # model-inspection results, the legacy backend's default cache) goes under it too.
-        env[artifacts.CACHE_ENV_VAR] = str(cache_root)
-    # One thread: on 2 cores, thread oversubscription makes every number noise.
-    env.update(
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(Exception):
-        proc.wait(timeout=30)
 
 
 def run_worker(
@@ -99,9 +103,12 @@ def run_worker(
     max_new_tokens: int,
     timeout_s: float,
     log: Path,
+    repeat: int = 1,
     cache_root: Path | None = None,
-) -> dict[str, Any]:
-    """Start one worker process and return its run record (ok or not)."""
+) -> Run:
+    """Start one worker process and return its run (ok or not)."""
+    import json
+
     cmd = [
         sys.executable,
         "-m",
@@ -123,92 +130,29 @@ def run_worker(
         "--measured-calls",
         str(MEASURED_CALLS),
     ]
-    record: dict[str, Any] = {"backend": backend, "phase": phase, "log": str(log)}
-    start = time.perf_counter()
-    with log.open("wb") as out:
-        # A session of its own, so a timeout or Ctrl-C can kill the engine children too.
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=_worker_env(cache_root),
-            start_new_session=True,
-        )
-        try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            record.update(
-                ok=False,
-                wall_s=time.perf_counter() - start,
-                error=f"timed out after {timeout_s:.0f} s (log: {log})",
-            )
-            return record
-        except BaseException:
-            _kill_group(proc)
-            raise
-    record["wall_s"] = time.perf_counter() - start
-    # Engine processes the worker forgot to reap must not outlive it.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    result = None
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith(RESULT_MARKER):
-            result = json.loads(line[len(RESULT_MARKER) :])
-    if rc != 0 or result is None:
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-12:]
-        record.update(
-            ok=False,
-            error=f"worker exited with status {rc}; last lines of {log}:\n  " + "\n  ".join(lines),
-        )
-        return record
-    record.update(ok=True, result=result)
-    return record
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    present = [float(v) for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def median_stats(runs: Sequence[Mapping[str, Any]]) -> OptimizationStats | None:
-    """Stats whose numbers are medians over ``runs`` (descriptive fields from the first)."""
-    stats = [OptimizationStats.from_dict(r["result"]["stats"]) for r in runs if r.get("ok")]
-    if not stats:
-        return None
-    first = stats[0]
-    numeric = (
-        "compile_time_s",
-        "cuda_graph_capture_time_s",
-        "peak_host_memory_bytes",
-        "peak_device_memory_bytes",
-        "kv_cache_tokens",
-        "prompt_tokens_per_s",
-        "output_tokens_per_s",
-        "time_to_first_token_s",
-        "startup_s",
+    # What workers and their backends keep outside the run's artifact (aot-vllm's shared
+    # model-inspection results, the legacy backend's default cache) goes under cache_root.
+    extra = {artifacts.CACHE_ENV_VAR: str(cache_root)} if cache_root is not None else {}
+    done = run_fresh(cmd, log=log, timeout_s=timeout_s, env=one_thread_env(**extra))
+    return Run(
+        backend=backend,
+        phase=phase,
+        repeat=repeat,
+        ok=done.ok,
+        error=done.error,
+        wall_s=done.wall_s,
+        log=str(log),
+        result=done.result if done.ok else None,
     )
-    changes: dict[str, Any] = {}
-    for name in numeric:
-        value = _median([getattr(s, name) for s in stats])
-        if value is not None and name.endswith(("_bytes", "_tokens")):
-            value = round(value)
-        changes[name] = value
-    phases = sorted({k for s in stats for k in s.startup_phases})
-    changes["startup_phases"] = {
-        k: v for k in phases if (v := _median([s.startup_phases.get(k) for s in stats])) is not None
-    }
-    load = _median([s.cache.load_time_s for s in stats])
-    changes["cache"] = first.cache.__class__(
-        status=first.cache.status,
-        reason=first.cache.reason,
-        load_time_s=load,
-        path=first.cache.path,
-    )
-    return first.replace(**changes)
 
 
 def _machine() -> dict[str, Any]:
+    from aot_core.registry import installed_backends
+
+    # The versions every installed backend pins (torch, vLLM, ...), read by the backends.
+    versions: dict[str, str | None] = {"torch": artifacts.torch_version()}
+    for cls in sorted(installed_backends().values(), key=lambda c: -c.priority):
+        versions.update(cls.pins())
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -216,8 +160,7 @@ def _machine() -> dict[str, Any]:
         "cpu_isa": list(artifacts.cpu_isa()),
         "cuda_capabilities": list(artifacts.cuda_capabilities()),
         "python": platform.python_version(),
-        "torch": artifacts.torch_version(),
-        "vllm": artifacts.vllm_version(),
+        **versions,
         "aot_core": artifacts.package_version("aot-core"),
     }
 
@@ -236,6 +179,26 @@ def _work_dir(path: Path | None, cache_root: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
+def _chosen_backends(
+    backends: Sequence[str] | None, progress: Callable[[str], None]
+) -> tuple[list[str], dict[str, str]]:
+    """The backends to measure, and the installed ones skipped (with why)."""
+    from aot_core.registry import get_backend, list_backends
+
+    infos = {i.name: i for i in list_backends()}
+    if backends:
+        chosen = list(dict.fromkeys(backends))
+        for name in chosen:
+            get_backend(name)  # raises a clear error for an unknown or unusable backend
+        return chosen, {}
+    get_backend()  # raises NoBackendInstalledError / NoUsableBackendError
+    chosen = [n for n, i in infos.items() if i.availability.usable]
+    skipped = {n: i.availability.reason for n, i in infos.items() if n not in chosen}
+    for name, reason in skipped.items():
+        progress(f"skipping backend {name}: {reason}")
+    return chosen, skipped
+
+
 def run_bench(
     *,
     model: Path,
@@ -248,46 +211,57 @@ def run_bench(
     work_dir: Path | None,
     progress: Callable[[str], None],
     cache_root: Path | None = None,
-) -> dict[str, Any]:
-    """Run every measurement and return the JSON-ready result (see ``format_report``).
+) -> BenchResult:
+    """Run every measurement and return the result (see ``format_report``).
 
     ``cache_root`` (``aot --cache-dir``) holds everything the runs write outside
     ``work_dir``, which itself defaults to a temporary directory under it; the workers get
     it as ``$AOT_CACHE_DIR``. None keeps the default root and the system's temp directory.
     """
-    from aot_core.registry import get_backend, list_backends
+    from aot_core.registry import installed_backends
 
-    infos = {i.name: i for i in list_backends()}
-    skipped: dict[str, str] = {}
-    if backends:
-        chosen = list(dict.fromkeys(backends))
-        for name in chosen:
-            get_backend(name)  # raises a clear error for an unknown or unusable backend
-    else:
-        get_backend()  # raises NoBackendInstalledError / NoUsableBackendError
-        chosen = [n for n, i in infos.items() if i.availability.usable]
-        skipped = {n: i.availability.reason for n, i in infos.items() if n not in chosen}
-        for name, reason in skipped.items():
-            progress(f"skipping backend {name}: {reason}")
-
-    base = spec
-    for field_name, value in BENCH_SPEC_DEFAULTS.items():
-        if getattr(spec, field_name) is None:
-            base = base.replace(**{field_name: value})
+    chosen, skipped = _chosen_backends(backends, progress)
+    base = spec.replace(
+        **{k: v for k, v in BENCH_SPEC_DEFAULTS.items() if getattr(spec, k) is None}
+    )
     prompts = bench_prompts()
     total = len(chosen) * repeats * len(PHASES)
     progress(
         f"benchmarking {', '.join(chosen)} on {model_label}: {repeats} repeat(s) x "
         f"{len(PHASES)} fresh-process starts each ({total} runs); per-run logs kept while running"
     )
-    result: dict[str, Any] = {
-        "format": RESULT_FORMAT,
-        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["aot", *sys.argv[1:]]) if sys.argv else "aot bench",
-        "machine": _machine(),
-        "model": model_label,
-        "model_path": str(model),
-        "settings": {
+    date = datetime.now(UTC).isoformat(timespec="seconds")
+    t_all = time.perf_counter()
+    summaries: dict[str, BackendSummary] = {}
+    counter = _Counter(total=total, progress=progress)
+    with _work_dir(work_dir, cache_root) as work:
+        (work / "logs").mkdir(exist_ok=True)
+        for name in chosen:
+            runs = _measure_backend(
+                name,
+                work=work,
+                repeats=repeats,
+                counter=counter,
+                run=lambda **kw: run_worker(
+                    model=model,
+                    spec=base,
+                    prompts=prompts,
+                    max_new_tokens=max_new_tokens,
+                    timeout_s=timeout_s,
+                    cache_root=cache_root,
+                    **kw,
+                ),
+            )
+            summaries[name] = summarise_backend(installed_backends()[name].version(), runs)
+    total_s = time.perf_counter() - t_all
+    progress(f"done in {total_s:.0f} s")
+    return BenchResult(
+        date_utc=date,
+        command=" ".join(["aot", *sys.argv[1:]]) if sys.argv else "aot bench",
+        machine=_machine(),
+        model=model_label,
+        model_path=str(model),
+        settings={
             "repeats": repeats,
             "max_new_tokens": max_new_tokens,
             "prompts": len(prompts),
@@ -295,211 +269,148 @@ def run_bench(
             "spec": base.to_dict(),
             "threads": 1,
         },
-        "backends": {},
-        "skipped": skipped,
-        "failures": [],
-    }
-    t_all = time.perf_counter()
-    done = 0
-    with _work_dir(work_dir, cache_root) as work:
-        logs = work / "logs"
-        logs.mkdir(exist_ok=True)
-        for name in chosen:
-            info = infos[name]
-            runs: list[dict[str, Any]] = []
-            for rep in range(repeats):
-                art = work / "artifacts" / name / f"repeat-{rep + 1}"
-                for phase in PHASES:
-                    done += 1
-                    target = art.with_name(art.name + "-eager") if phase == "eager" else art
-                    progress(
-                        f"[{done}/{total}] {name}: {PHASE_LABELS[phase]} "
-                        f"(repeat {rep + 1}/{repeats}) ..."
-                    )
-                    if phase == "warm" and not runs[-1]["ok"]:
-                        # Without its cold artifact a "warm" start would be a cold one.
-                        record = {
-                            "backend": name,
-                            "phase": phase,
-                            "ok": False,
-                            "error": "skipped: the cold compile of this repeat failed",
-                        }
-                    else:
-                        record = run_worker(
-                            backend=name,
-                            phase=phase,
-                            model=model,
-                            artifact=target,
-                            spec=base,
-                            prompts=prompts,
-                            max_new_tokens=max_new_tokens,
-                            timeout_s=timeout_s,
-                            log=logs / f"{name}-{phase}-{rep + 1}.log",
-                            cache_root=cache_root,
-                        )
-                    record["repeat"] = rep + 1
-                    runs.append(record)
-                    progress(f"[{done}/{total}] {name}: {PHASE_LABELS[phase]}: {_summary(record)}")
-                    if not record["ok"]:
-                        result["failures"].append(
-                            {k: record[k] for k in ("backend", "phase", "repeat", "error")}
-                        )
-            result["backends"][name] = _summarise_backend(name, info.version, runs)
-    result["total_wall_s"] = time.perf_counter() - t_all
-    progress(f"done in {result['total_wall_s']:.0f} s")
-    return result
+        backends=summaries,
+        skipped=skipped,
+        failures=tuple(
+            Failure(backend=r.backend, phase=r.phase, repeat=r.repeat, error=r.error)
+            for s in summaries.values()
+            for r in s.runs
+            if not r.ok
+        ),
+        total_wall_s=total_s,
+    )
 
 
-def _summary(record: Mapping[str, Any]) -> str:
-    if not record["ok"]:
-        return f"FAILED ({str(record['error']).splitlines()[0]})"
-    stats = record["result"]["stats"]
-    parts = [f"{record['wall_s']:.1f} s in all"]
+class _Counter:
+    """Numbers the runs for progress lines: "[3/6] vllm: AOT warm start ..."."""
+
+    def __init__(self, *, total: int, progress: Callable[[str], None]) -> None:
+        self.done, self.total, self.progress = 0, total, progress
+
+    def start(self, name: str, phase: str, rep: int, repeats: int) -> str:
+        self.done += 1
+        prefix = f"[{self.done}/{self.total}] {name}: {PHASE_LABELS[phase]}"
+        self.progress(f"{prefix} (repeat {rep}/{repeats}) ...")
+        return prefix
+
+
+def _measure_backend(
+    name: str, *, work: Path, repeats: int, counter: _Counter, run: Callable[..., Run]
+) -> list[Run]:
+    """Every repeat's cold, warm and eager start of one backend, in that order."""
+    runs: list[Run] = []
+    for rep in range(1, repeats + 1):
+        art = work / "artifacts" / name / f"repeat-{rep}"
+        for phase in PHASES:
+            prefix = counter.start(name, phase, rep, repeats)
+            if phase == "warm" and not runs[-1].ok:
+                # Without its cold artifact a "warm" start would be a cold one.
+                record = Run(
+                    backend=name,
+                    phase=phase,
+                    repeat=rep,
+                    ok=False,
+                    error="skipped: the cold compile of this repeat failed",
+                )
+            else:
+                record = run(
+                    backend=name,
+                    phase=phase,
+                    artifact=art.with_name(art.name + "-eager") if phase == "eager" else art,
+                    log=work / "logs" / f"{name}-{phase}-{rep}.log",
+                    repeat=rep,
+                )
+            runs.append(record)
+            counter.progress(f"{prefix}: {_summary(record)}")
+    return runs
+
+
+def _summary(run: Run) -> str:
+    if not run.ok or run.result is None:
+        return f"FAILED ({run.error.splitlines()[0]})"
+    stats = run.result["stats"]
+    parts = [f"{run.wall_s:.1f} s in all"]
     if stats.get("startup_s") is not None:
         parts.append(f"startup {stats['startup_s']:.1f} s")
     cache = stats.get("cache") or {}
-    if record["phase"] != "eager":
+    if run.phase != "eager":
         parts.append(f"cache {cache.get('status', '?')}")
     if stats.get("output_tokens_per_s") is not None:
         parts.append(f"{stats['output_tokens_per_s']:.0f} output tok/s")
     return ", ".join(parts)
 
 
-def _summarise_backend(name: str, version: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    by_phase = {p: [r for r in runs if r["phase"] == p] for p in PHASES}
-    medians = {p: median_stats(rs) for p, rs in by_phase.items()}
-    wall = {p: _median([r["wall_s"] for r in rs if r.get("ok")]) for p, rs in by_phase.items()}
-    tokens = {p: [r["result"]["tokens"] for r in rs if r.get("ok")] for p, rs in by_phase.items()}
-    reference = tokens["eager"][0] if tokens["eager"] else None
-    compiled_tokens = tokens["cold"] + tokens["warm"]
-    tokens_match = (
-        None
-        if reference is None or not compiled_tokens
-        else all(t == reference for t in compiled_tokens)
-    )
-    divergence = _divergence(reference, compiled_tokens)
-    warm_cache = [r["result"]["stats"].get("cache", {}) for r in by_phase["warm"] if r.get("ok")]
-    comparisons: dict[str, Any] = {}
-    eager, cold, warm = medians["eager"], medians["cold"], medians["warm"]
-    if eager is not None and warm is not None:
-        comparisons["eager_vs_warm"] = compare(
-            eager, warm, before_label="eager", after_label="AOT warm"
-        ).to_dict()
-    if eager is not None and cold is not None:
-        comparisons["eager_vs_cold"] = compare(
-            eager, cold, before_label="eager", after_label="AOT cold"
-        ).to_dict()
-    if cold is not None and warm is not None:
-        comparisons["cold_vs_warm"] = compare(
-            cold, warm, before_label="cold compile", after_label="warm start"
-        ).to_dict()
-    return {
-        "version": version,
-        "runs": runs,
-        "median": {p: (s.to_dict() if s is not None else None) for p, s in medians.items()},
-        "median_process_wall_s": wall,
-        "comparisons": comparisons,
-        "tokens_match_eager": tokens_match,
-        "tokens_divergence": divergence,
-        "warm_cache": [
-            f"{c.get('status', '?')}" + (f" ({c['reason']})" if c.get("reason") else "")
-            for c in warm_cache
-        ],
-    }
-
-
-def _divergence(reference: Any, candidates: Sequence[Any]) -> str:
-    """Where compiled greedy output first departs from eager, for people."""
-    if reference is None:
-        return ""
-    worst = ""
-    for cand in candidates:
-        same = sum(a == b for a, b in zip(reference, cand, strict=False))
-        for i, (a, b) in enumerate(zip(reference, cand, strict=False)):
-            if a != b:
-                first = next(j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
-                worst = (
-                    f"{same}/{len(reference)} prompts identical; prompt {i} departs at "
-                    f"generated token {first} (numerics of compiled kernels can flip a near-tie "
-                    "in greedy decoding)"
-                )
-                break
-    return worst
-
-
 def _fmt_s(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
 
-def format_report(result: Mapping[str, Any]) -> str:
-    """The before/after tables and the key facts, for people."""
-    from aot_core.stats import Comparison, ComparisonRow
+_TABLES = (
+    ("eager_vs_warm", "eager vs AOT warm start (the saving on every later start)"),
+    ("cold_vs_warm", "AOT cold compile vs warm start (what the artifact saves)"),
+)
 
-    m = result["machine"]
-    s = result["settings"]
+
+def _backend_report(name: str, b: BackendSummary) -> list[str]:
+    out = ["", f"== {name} {b.version}"]
+    for key, title in _TABLES:
+        table = b.comparisons.get(key)
+        if table is not None:
+            out += [f"-- {title}", table.format()]
+    wall = b.median_process_wall_s
+    out.append(
+        "fresh-process wall time (launch to exit): "
+        + ", ".join(f"{PHASE_LABELS[p]} {_fmt_s(wall[p])}" for p in PHASES)
+    )
+    if b.warm_cache:
+        out.append("warm-start cache: " + "; ".join(b.warm_cache))
+    match = b.tokens_match_eager
+    verdict = {True: "identical", False: "DIFFERENT", None: "not compared"}[match]
+    if match is False and b.tokens_divergence:
+        verdict += f" ({b.tokens_divergence})"
+    out.append(f"greedy tokens, compiled vs eager: {verdict}")
+    return out
+
+
+def format_report(result: BenchResult) -> str:
+    """The before/after tables and the key facts, for people."""
+    m, s = result.machine, result.settings
+    fixed = {"platform", "machine", "cpu_count", "cpu_isa", "cuda_capabilities", "python"}
+    versions = ", ".join(
+        f"{k} {v or '-'}" for k, v in m.items() if k not in fixed and k != "aot_core"
+    )
     out = [
-        f"aot bench: {result['model']}; {s['prompts']} prompts of {s['prompt_lengths']} tokens, "
+        f"aot bench: {result.model}; {s['prompts']} prompts of {s['prompt_lengths']} tokens, "
         f"{s['max_new_tokens']} new tokens each; medians of {s['repeats']} fresh-process "
         "start(s)",
-        f"machine: {m['machine']}, {m['cpu_count']} cores; torch {m['torch'] or '-'}, "
-        f"vllm {m['vllm'] or '-'}, python {m['python']}",
+        f"machine: {m['machine']}, {m['cpu_count']} cores; {versions}, python {m['python']}",
     ]
-    for name, reason in result["skipped"].items():
-        out.append(f"skipped {name}: {reason}")
-    for name, b in result["backends"].items():
-        out.append("")
-        out.append(f"== {name} {b['version']}")
-        for key, title in (
-            ("eager_vs_warm", "eager vs AOT warm start (the saving on every later start)"),
-            ("cold_vs_warm", "AOT cold compile vs warm start (what the artifact saves)"),
-        ):
-            data = b["comparisons"].get(key)
-            if data is None:
-                continue
-            table = Comparison(
-                before_label=data["before_label"],
-                after_label=data["after_label"],
-                rows=tuple(ComparisonRow(**r) for r in data["rows"]),
-            )
-            out.append(f"-- {title}")
-            out.append(table.format())
-        wall = b["median_process_wall_s"]
-        out.append(
-            "fresh-process wall time (launch to exit): "
-            + ", ".join(f"{PHASE_LABELS[p]} {_fmt_s(wall[p])}" for p in PHASES)
-        )
-        if b["warm_cache"]:
-            out.append("warm-start cache: " + "; ".join(b["warm_cache"]))
-        match = b["tokens_match_eager"]
-        verdict = {True: "identical", False: "DIFFERENT", None: "not compared"}[match]
-        if match is False and b.get("tokens_divergence"):
-            verdict += f" ({b['tokens_divergence']})"
-        out.append(f"greedy tokens, compiled vs eager: {verdict}")
-    names = [n for n, b in result["backends"].items() if b["median"].get("warm")]
+    out += [f"skipped {name}: {reason}" for name, reason in result.skipped.items()]
+    for name, b in result.backends.items():
+        out += _backend_report(name, b)
+    names = [n for n, b in result.backends.items() if b.median.get("warm")]
     if len(names) >= 2:
-        out.append("")
-        out.append(f"== backends side by side (AOT warm start): {names[0]} vs {names[1]}")
-        a = OptimizationStats.from_dict(result["backends"][names[0]]["median"]["warm"])
-        b2 = OptimizationStats.from_dict(result["backends"][names[1]]["median"]["warm"])
-        out.append(compare(a, b2, before_label=names[0], after_label=names[1]).format())
-    if result["failures"]:
-        out.append("")
-        out.append(f"{len(result['failures'])} run(s) FAILED:")
-        for f in result["failures"]:
-            out.append(f"  {f['backend']} {f['phase']} repeat {f['repeat']}: {f['error']}")
-    out.append("")
-    out.append(f"total: {result['total_wall_s']:.0f} s")
+        first, second = (result.backends[n].median["warm"] for n in names[:2])
+        assert first is not None and second is not None
+        out += [
+            "",
+            f"== backends side by side (AOT warm start): {names[0]} vs {names[1]}",
+            compare(first, second, before_label=names[0], after_label=names[1]).format(),
+        ]
+    if result.failures:
+        out += ["", f"{len(result.failures)} run(s) FAILED:"]
+        out += [f"  {f.backend} {f.phase} repeat {f.repeat}: {f.error}" for f in result.failures]
+    out += ["", f"total: {result.total_wall_s:.0f} s"]
     return "\n".join(out)
 
 
-def plot(result: Mapping[str, Any], path: Path) -> None:
+def plot(result: BenchResult, path: Path) -> None:
     """Bar charts of start time and output tokens/s per backend and phase (matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(result["backends"])
+    names = list(result.backends)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     width = 0.8 / len(PHASES)
     panels = (
@@ -510,12 +421,12 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
         for j, phase in enumerate(PHASES):
             values = []
             for name in names:
-                b = result["backends"][name]
+                b = result.backends[name]
                 if metric == "wall":
-                    v = b["median_process_wall_s"].get(phase)
+                    v = b.median_process_wall_s.get(phase)
                 else:
-                    med = b["median"].get(phase)
-                    v = med.get(metric) if med else None
+                    med = b.median.get(phase)
+                    v = getattr(med, metric) if med else None
                 values.append(v or 0.0)
             xs = [i + (j - 1) * width for i in range(len(names))]
             bars = ax.bar(xs, values, width, label=PHASE_LABELS[phase])
@@ -524,8 +435,8 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
     fig.suptitle(
-        f"aot bench: {result['model']} ({result['machine']['machine']}, "
-        f"{result['machine']['cpu_count']} cores), medians of {result['settings']['repeats']}",
+        f"aot bench: {result.model} ({result.machine['machine']}, "
+        f"{result.machine['cpu_count']} cores), medians of {result.settings['repeats']}",
         fontsize=11,
     )
     fig.tight_layout()

@@ -7,21 +7,27 @@ documented exit codes in ``ExitCode`` (also listed by ``aot --help``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import json
-import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from enum import IntEnum
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
 from aot_core import artifacts
+from aot_core.command import (
+    EXIT_CODE_HELP,
+    CLIError,
+    ExitCode,
+    check_model,
+    load_spec,
+    stdout_to_stderr,
+)
+from aot_core.command import progress as _progress
 from aot_core.errors import (
     ArtifactCorruptError,
     ArtifactError,
@@ -31,152 +37,20 @@ from aot_core.errors import (
     NotOwnedError,
     SpecError,
 )
-from aot_core.spec import CompileSpec
+from aot_core.prompts import default_prompts
+from aot_core.workflow import INTERRUPTED, compile_into
 
-
-class ExitCode(IntEnum):
-    """Exit status of ``aot``; scripts may rely on these numbers."""
-
-    OK = 0
-    FAILURE = 1
-    USAGE = 2
-    MODEL_NOT_FOUND = 3
-    NOT_A_CAUSAL_LM = 4
-    SPEC_ERROR = 5
-    BACKEND_UNAVAILABLE = 6
-    COMPILATION_FAILED = 7
-    ARTIFACT_CORRUPT = 8
-    ARTIFACT_INCOMPATIBLE = 9
-    CACHE_NOT_WRITABLE = 10
-    DISK_FULL = 11
-    MISSING_DEPENDENCY = 12
-    BENCH_FAILED = 13
-    INTERRUPTED = 130
-
-
-EXIT_CODE_HELP: dict[ExitCode, str] = {
-    ExitCode.OK: "success",
-    ExitCode.FAILURE: "unexpected internal error (please report it with the message)",
-    ExitCode.USAGE: "bad command line",
-    ExitCode.MODEL_NOT_FOUND: "model path missing, or no config.json in it",
-    ExitCode.NOT_A_CAUSAL_LM: "config.json unreadable or not a causal language model",
-    ExitCode.SPEC_ERROR: "invalid spec file or value (field and line named)",
-    ExitCode.BACKEND_UNAVAILABLE: "backend not installed or cannot run here",
-    ExitCode.COMPILATION_FAILED: "the backend failed to compile the model",
-    ExitCode.ARTIFACT_CORRUPT: "artifact tampered, truncated, incomplete or not an artifact",
-    ExitCode.ARTIFACT_INCOMPATIBLE: "artifact built for another backend, torch, vLLM or device",
-    ExitCode.CACHE_NOT_WRITABLE: (
-        "cache or output path cannot be written, or holds data aot did not write (left untouched)"
-    ),
-    ExitCode.DISK_FULL: "no space left on the device (nothing in the cache was changed)",
-    ExitCode.MISSING_DEPENDENCY: "an optional dependency is missing (e.g. matplotlib for --plot)",
-    ExitCode.BENCH_FAILED: "some benchmark runs failed (results of the others are reported)",
-    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); nothing half-written was left to load",
-}
-
-_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
-
-
-class CLIError(Exception):
-    """A failure with the exit code it maps to and a message for the user."""
-
-    def __init__(self, code: ExitCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _progress(message: str) -> None:
-    print(f"aot: {message}", file=sys.stderr, flush=True)
-
-
-def check_model(model: str) -> Path:
-    """A local Hugging Face causal-LM directory, or a ``CLIError`` saying what is wrong."""
-    path = Path(model).expanduser()
-    if not path.exists():
-        raise CLIError(
-            ExitCode.MODEL_NOT_FOUND,
-            f"model {model!r} not found: no such file or directory. aot works offline: pass a "
-            "local Hugging Face model directory (holding config.json), or run `aot bench` "
-            "without MODEL to use the built-in tiny Llama",
-        )
-    if not path.is_dir():
-        raise CLIError(
-            ExitCode.MODEL_NOT_FOUND,
-            f"model {model!r} is a file; pass the model's directory (the one holding config.json)",
-        )
-    config = path / "config.json"
-    if not config.is_file():
-        raise CLIError(
-            ExitCode.MODEL_NOT_FOUND,
-            f"{path} has no config.json, so it is not a Hugging Face model directory; pass "
-            "the directory that holds config.json",
-        )
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not UTF-8 or not JSON
-        raise CLIError(ExitCode.NOT_A_CAUSAL_LM, f"{config} cannot be read as JSON: {exc}") from exc
-    archs = data.get("architectures") if isinstance(data, dict) else None
-    if not isinstance(archs, list) or not archs:
-        raise CLIError(
-            ExitCode.NOT_A_CAUSAL_LM,
-            f'{config} names no model architecture ("architectures" is missing); aot '
-            "compiles causal language models such as LlamaForCausalLM",
-        )
-    if not any(isinstance(a, str) and a.endswith(_CAUSAL_SUFFIXES) for a in archs):
-        raise CLIError(
-            ExitCode.NOT_A_CAUSAL_LM,
-            f"{path} is a {', '.join(map(str, archs))}, not a causal language model; aot "
-            "compiles text generators (architectures ending in ForCausalLM or LMHeadModel)",
-        )
-    return path
-
-
-def load_spec(path: str | None) -> CompileSpec:
-    """The spec in ``path`` (TOML or JSON), or the default spec."""
-    if path is None:
-        return CompileSpec()
-    spec_path = Path(path).expanduser()
-    if spec_path.is_dir():
-        raise SpecError(f"spec file {path} is a directory; pass the .toml or .json file itself")
-    if not (spec_path.exists() or spec_path.is_symlink()):
-        raise SpecError(f"spec file {path} does not exist")
-    if not spec_path.is_file():
-        raise SpecError(
-            f"spec file {path} is not a regular file (a broken link, a FIFO or a device); "
-            "pass a .toml or .json file"
-        )
-    if spec_path.stat().st_size > _MAX_SPEC_BYTES:
-        raise SpecError(f"spec file {path} is over {_MAX_SPEC_BYTES} bytes; not a spec file")
-    return CompileSpec.load(spec_path)
-
-
-_MAX_SPEC_BYTES = 1 << 20
-
-
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Send everything written to file descriptor 1 to stderr for a while.
-
-    Engines log to stdout (vLLM's logger holds the original stream, and its engine
-    processes inherit the descriptor), so only an fd-level redirect keeps stdout for
-    results that scripts read.
-    """
-    sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-    except OSError:  # no usable stdout: nothing to protect
-        yield
-        return
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+__all__ = [
+    "EXIT_CODE_HELP",
+    "CLIError",
+    "ExitCode",
+    "build_parser",
+    "check_model",
+    "load_spec",
+    "main",
+    "run",
+    "stdout_to_stderr",
+]
 
 
 def _os_error_code(exc: OSError) -> ExitCode | None:
@@ -229,21 +103,29 @@ def _store(args: argparse.Namespace) -> artifacts.ArtifactStore:
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
-    """List installed backends with versions and whether each can run here."""
-    from aot_core.registry import KNOWN_DISTRIBUTIONS, list_backends
+    """List installed backends with versions and whether each can run here.
 
-    infos = list_backends()
+    "Can run here" has the registry's one meaning: each backend's own cheap check, and
+    with --check also its engine check (the engine imports and finds a device: what
+    aot-compat requires before it chooses a backend; seconds per backend).
+    """
+    from aot_core.registry import install_hint, list_backends
+
+    with stdout_to_stderr():  # engines may log to stdout while they import
+        infos = list_backends(deep=args.check)
     if args.json:
         print(
             json.dumps(
                 [
                     {
                         "name": i.name,
+                        "description": i.description,
                         "version": i.version,
                         "distribution": i.distribution,
                         "priority": i.priority,
                         "usable": i.availability.usable,
                         "reason": i.availability.reason,
+                        "engine_checked": args.check,
                     }
                     for i in infos
                 ],
@@ -252,8 +134,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
         )
         return ExitCode.OK
     if not infos:
-        dists = " or ".join(f"`pip install {d}`" for d in KNOWN_DISTRIBUTIONS.values())
-        print(f"No aot backends are installed. Install one: {dists}.")
+        print(f"No aot backends are installed. To {install_hint()}.")
         return ExitCode.OK
     from aot_core.stats import format_table
 
@@ -262,86 +143,22 @@ def cmd_backends(args: argparse.Namespace) -> int:
             i.name,
             i.version or "?",
             i.distribution or "?",
+            i.description or "-",
             "yes" if i.availability.usable else "no",
             i.availability.reason if not i.availability.usable else "",
         )
         for i in infos
     ]
-    print(format_table(("backend", "version", "package", "usable here", "why not"), rows))
+    header = ("backend", "version", "package", "what", "usable here", "why not")
+    print(format_table(header, rows))
+    if not args.check:
+        print(
+            "(engines not imported; `aot backends --check` also imports each, as aot-compat does)"
+        )
     return ExitCode.OK
 
 
 # --------------------------------------------------------------------------- aot compile
-
-
-def compile_into(
-    *,
-    dest: Path,
-    key: str,
-    backend: str,
-    model: Path,
-    spec: CompileSpec,
-    example_inputs: Any,
-    force: bool,
-    progress: Callable[[str], None],
-    after_compile: Callable[[Any], None] | None = None,
-) -> tuple[artifacts.Manifest, bool]:
-    """Compile into a staging directory beside ``dest``, write the manifest, publish atomically.
-
-    Holds ``dest``'s lock throughout, so a concurrent compile of the same entry waits and
-    then reuses the result. Returns (manifest, compiled); compiled is False when a valid
-    entry was already there. ``after_compile`` gets the compiled model before it is closed
-    (the benchmark generates with it).
-    """
-    from aot_core.registry import get_backend
-
-    cls = get_backend(backend)
-
-    def build(files: Path) -> dict[str, Any]:
-        run_spec = spec.replace(cache_dir=str(files))
-        compiler = cls(run_spec)
-        try:
-            compiled = compiler.compile_model_aot(str(model), example_inputs, run_spec)
-        except (CompilationError, SpecError, BackendUnavailableError, OSError):
-            raise
-        except Exception as exc:  # a backend crash is reported, not a traceback
-            raise CompilationError(
-                f"backend {backend!r} failed to compile {model}: {type(exc).__name__}: {exc}"
-            ) from exc
-        try:
-            if after_compile is not None:
-                after_compile(compiled)
-            stats = compiled.stats
-        finally:
-            compiled.close()
-        if INTERRUPTED.is_set():
-            # Some compilers swallow KeyboardInterrupt and finish anyway; never publish then.
-            raise KeyboardInterrupt
-        return {"device": stats.device or "cpu", "extra": {"compile_stats": stats.to_dict()}}
-
-    return artifacts.build_and_publish(
-        dest,
-        key=key,
-        build=build,
-        backend=backend,
-        backend_version=cls.version(),
-        spec=spec.replace(cache_dir=None),
-        model=str(model),
-        force=force,
-        on_wait=progress,
-        on_refused=lambda exc: progress(f"existing artifact not used, compiling afresh: {exc}"),
-    )
-
-
-def default_prompts() -> list[list[int]]:
-    """The fixed token-id prompts shared by ``aot compile`` and ``aot bench`` (bytes < 256)."""
-    texts = (
-        "Ahead-of-time compilation pays off on the second start.",
-        "The quick brown fox jumps over the lazy dog.",
-        "Once upon a time",
-        "Compiled code must be verified before it is loaded, because it runs.",
-    )
-    return [list(t.encode()) for t in texts]
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -458,12 +275,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     print(bench.format_report(result))
     if args.json is not None:
-        _write_result(Path(args.json), json.dumps(result, indent=2) + "\n")
+        _write_result(Path(args.json), json.dumps(result.to_dict(), indent=2) + "\n")
         _progress(f"wrote {args.json}")
     if args.plot is not None:
         bench.plot(result, Path(args.plot))
         _progress(f"wrote {args.plot}")
-    if result["failures"]:
+    if result.failures:
         return ExitCode.BENCH_FAILED
     return ExitCode.OK
 
@@ -709,6 +526,7 @@ def _epilog() -> str:
         "  aot backends\n"
         "  aot bench --json bench.json --plot bench.png\n"
         "  aot compile ./my-llama --backend vllm --spec spec.toml\n"
+        "  aot eval ./my-llama --tasks hellaswag --limit 100\n"
         "  aot cache ls\n\n"
         f"cache: --cache-dir, else ${artifacts.CACHE_ENV_VAR}, else ~/.cache/aot\n\n"
         f"exit codes:\n{codes}"
@@ -741,6 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backends", help="list installed backends and whether each can run here")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="also import each engine and look for its device (seconds each), as aot-compat does",
+    )
     p.set_defaults(func=cmd_backends)
 
     p = sub.add_parser(
@@ -763,6 +586,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompile even if a valid one exists")
     p.set_defaults(func=cmd_compile)
 
+    _add_bench_parser(sub, fmt)
+    from aot_core.evaluation.command import add_parser as add_eval_parser
+
+    add_eval_parser(sub, fmt, _epilog())
+    _add_cache_commands(sub)
+    return parser
+
+
+def _add_bench_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """``aot bench`` and its options."""
     from aot_core.bench import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPEATS, DEFAULT_TIMEOUT_S
 
     p = sub.add_parser(
@@ -808,9 +641,6 @@ def build_parser() -> argparse.ArgumentParser:
         "the cache directory, removed afterwards)",
     )
     p.set_defaults(func=cmd_bench)
-
-    _add_cache_commands(sub)
-    return parser
 
 
 def _add_cache_commands(sub: Any) -> None:
@@ -943,11 +773,6 @@ def run(argv: Sequence[str] | None = None) -> int:
             ExitCode.INTERRUPTED,
             "interrupted; the partial result was discarded, the cache holds only complete entries",
         )
-
-
-INTERRUPTED = threading.Event()
-"""Set by SIGINT/SIGTERM; checked before anything is published, in case a library
-swallowed the KeyboardInterrupt the signal raised."""
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, ClassVar
 
 from aot_core.errors import SpecError
+from aot_core.options import BackendOptions
 from aot_core.scoring import Score, ScoreRequest, rolling_requests, sum_scores
 from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
@@ -53,6 +54,11 @@ class GenerationParams:
     stop_on_eos: bool = True
     """Stop a sequence at the end-of-sequence token; False always generates max_new_tokens."""
 
+    stop: tuple[str, ...] = ()
+    """Text at which a backend with a tokenizer may end a sequence early (the output then
+    ends before it); a backend that cannot stop on text generates on, so callers that need
+    the cut make it themselves (``aot eval`` does, as lm-eval's models do)."""
+
     def __post_init__(self) -> None:
         if (
             isinstance(self.max_new_tokens, bool)
@@ -71,6 +77,11 @@ class GenerationParams:
             raise SpecError(f"top_p: must be in (0, 1], got {self.top_p!r}", field="top_p")
         if self.top_k < 0:
             raise SpecError(f"top_k: must be >= 0, got {self.top_k!r}", field="top_k")
+        if isinstance(self.stop, str) or not all(isinstance(t, str) and t for t in self.stop):
+            raise SpecError(
+                f"stop: must be a tuple of non-empty strings, got {self.stop!r}", field="stop"
+            )
+        object.__setattr__(self, "stop", tuple(self.stop))
 
     @property
     def greedy(self) -> bool:
@@ -170,18 +181,35 @@ class CompiledModel(ABC):
 class Compiler(ABC):
     """A backend: turns a model and a ``CompileSpec`` into a ``CompiledModel``.
 
-    Subclasses are registered in the ``aot.backends`` entry-point group. Importing a
-    subclass's module must stay cheap: heavy imports (torch, vllm) belong inside methods.
+    Subclasses are registered in the ``aot.backends`` entry-point group under their
+    ``name``. A backend describes itself: what it is (``description``), whether it can run
+    here (``availability``, then ``check_engine``), what its compiled files depend on
+    (``pins``) and which ``backend_options`` it takes (``options_class``); aot-core and
+    aot-compat ask it rather than knowing. Importing a subclass's module must stay cheap:
+    heavy imports (torch, vllm) belong inside methods.
+
+    The class attributes, grouped:
+
+    - identity: ``name`` (the registry key, equal to the entry-point name),
+      ``distribution`` (what to ``pip install``), ``description`` (one line for people);
+    - choice: ``priority`` (higher is preferred when no backend is named);
+    - settings: ``options_class`` (validates ``spec.backend_options``, knows old keys).
     """
 
     name: ClassVar[str]
-    """Registry name, e.g. "vllm" or "legacy"."""
+    """Registry name, e.g. "vllm" or "legacy"; the entry point must use the same name."""
+
+    description: ClassVar[str] = ""
+    """What the backend compiles with, in a few words (shown by ``aot backends``)."""
 
     priority: ClassVar[int] = 0
     """Higher is preferred when no backend is named."""
 
     distribution: ClassVar[str] = ""
     """The pip distribution that provides this backend (used in install hints)."""
+
+    options_class: ClassVar[type[BackendOptions]] = BackendOptions
+    """Validates ``spec.backend_options`` and says where old configuration keys go."""
 
     def __init__(self, spec: CompileSpec | None = None) -> None:
         self.spec = spec if spec is not None else CompileSpec()
@@ -190,7 +218,15 @@ class Compiler(ABC):
     @classmethod
     @abstractmethod
     def availability(cls) -> Availability:
-        """Whether this backend can run here, decided without importing torch or vLLM."""
+        """Whether this backend can run here, decided cheaply: without importing torch or
+        vLLM (installed packages and their versions, read from metadata)."""
+
+    @classmethod
+    def check_engine(cls) -> Availability:
+        """The deep half of "can run here": the engine imports in this process and finds a
+        device. May import torch or vLLM (seconds); the registry calls it only after
+        ``availability`` passed, and at most once per process. Default: nothing to check."""
+        return Availability(usable=True)
 
     @classmethod
     def version(cls) -> str:
@@ -201,6 +237,17 @@ class Compiler(ABC):
             return version(cls.distribution) if cls.distribution else ""
         except PackageNotFoundError:
             return ""
+
+    @classmethod
+    def pins(cls) -> dict[str, str | None]:
+        """Versions this backend's compiled files depend on, beyond its own version.
+
+        Package (or format) name -> the version installed here, None when absent. They go
+        into an artifact's identity and manifest, and an artifact whose pins differ from
+        this backend's current ones is never loaded. Read without importing heavy modules.
+        Default: none.
+        """
+        return {}
 
     @abstractmethod
     def compile_model(self, model: Any, spec: CompileSpec | None = None) -> CompiledModel:

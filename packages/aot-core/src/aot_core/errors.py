@@ -5,6 +5,8 @@ Every error message says what went wrong and what to do about it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class AOTError(Exception):
     """Base class of every error raised by aot packages."""
@@ -24,7 +26,14 @@ class SpecError(AOTError, ValueError):
 
 
 class BackendUnavailableError(AOTError, ImportError):
-    """A backend was asked for but cannot run here (not installed, or unusable)."""
+    """A backend was asked for but cannot run here (not installed, or unusable).
+
+    ``reasons`` maps each backend that was considered to why it could not be used.
+    """
+
+    def __init__(self, message: str, *, reasons: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.reasons: Mapping[str, str] = dict(reasons or {})
 
 
 class NoBackendInstalledError(BackendUnavailableError):

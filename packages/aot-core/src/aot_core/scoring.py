@@ -52,11 +52,14 @@ def check_score_requests(requests: Sequence[ScoreRequest], max_model_len: int | 
 
 
 def rolling_requests(sequence: Sequence[int], max_model_len: int | None) -> list[ScoreRequest]:
-    """Disjoint windows that score every token of ``sequence`` after the first exactly once.
+    """Windows that score every token of ``sequence`` after the first exactly once.
 
-    Each window holds at most ``max_model_len`` tokens: one token of context (the token
-    before the window) and the tokens it scores, as lm-evaluation-harness's default
-    rolling windows do.
+    The scored parts are disjoint runs of up to ``max_model_len - 1`` tokens. Each window
+    holds at most ``max_model_len`` tokens: the run and as much of the text before it as
+    fits (at least the one token before it), so the last, shorter run gets a full
+    context. These are lm-evaluation-harness's rolling windows
+    (``get_rolling_token_windows`` with ``context_len=1``, then ``make_disjoint_window``)
+    for ``max_seq_len = max_model_len - 1``, with the sequence's first token as the prefix.
     """
     tokens = list(sequence)
     if len(tokens) < 2:
@@ -68,7 +71,7 @@ def rolling_requests(sequence: Sequence[int], max_model_len: int | None) -> list
     start = 1  # index of the first token not scored yet
     while start < len(tokens):
         end = min(len(tokens), start + limit - 1)
-        out.append((tokens[start - 1 : start], tokens[start:end]))
+        out.append((tokens[max(0, end - limit) : start], tokens[start:end]))
         start = end
     return out
 

@@ -41,6 +41,10 @@ _DTYPES: dict[str, str] = {
 # Bumped whenever the meaning of a field changes, so old fingerprints stop matching.
 SPEC_SCHEMA_VERSION = 1
 
+FINGERPRINT_IGNORES: frozenset[str] = frozenset({"cache_dir"})
+"""Fields ``CompileSpec.fingerprint()`` leaves out: where files are kept does not change
+what is compiled, so the same spec in another directory has the same identity."""
+
 _MAX_SIZE = 1 << 20
 
 
@@ -74,12 +78,13 @@ def _freeze(value: Any, where: str) -> Any:
     )
 
 
-def _thaw(value: Any) -> Any:
-    """The JSON form of a value made by ``_freeze``."""
+def thaw(value: Any) -> Any:
+    """The JSON form of a frozen spec value: mappings become dicts (keys as strings),
+    tuples become lists; backends use it to hand ``backend_options`` tables on."""
     if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
+        return {str(k): thaw(v) for k, v in value.items()}
     if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
+        return [thaw(v) for v in value]
     return value
 
 
@@ -118,7 +123,22 @@ class CompileSpec:
     """Weight and activation dtype: auto, float32, float16 or bfloat16 (aliases accepted)."""
 
     cache_dir: str | None = None
-    """Directory for compile caches; None uses the backend's per-spec default."""
+    """Where the backend keeps what it compiles for this spec (None: a place of its own
+    choosing under aot's cache root, ``$AOT_CACHE_DIR`` else ``~/.cache/aot``).
+
+    One meaning for every backend: what the backend compiles for this spec, and the caches
+    its engine loads compiled code from, go below this directory (logs and machine-wide
+    facts that are not compiled code may live in aot's cache root), and nothing compiled
+    is loaded from it unverified.
+    When it is an aot artifact's ``files/`` directory (``aot_core.artifacts.artifact_root``
+    finds the artifact; ``aot compile`` and ``aot bench`` pass one) the artifact is the
+    entry: the backend verifies it with ``verify_for_load`` before loading anything, and
+    leaves the lock and the manifest to the artifact's owner. While it is being built its
+    manifest lists no files (nothing to load): the backend writes its compiled files
+    straight in. Once published, a backend may add to it (the owner re-seals) or copy what
+    it needs elsewhere, never load unlisted files. Any other directory is the root of
+    the backend's own verified entries, keyed by model, spec and versions, so one directory
+    serves many compiles. Not part of ``fingerprint()`` (``FINGERPRINT_IGNORES``)."""
 
     tensor_parallel_size: int = 1
     """Number of devices a layer is split across."""
@@ -179,8 +199,10 @@ class CompileSpec:
                 field="backend_options",
             )
         set_(self, "backend_options", _freeze(self.backend_options, "backend_options"))
+        self._check_contradictions()
 
-        # Contradictions between fields.
+    def _check_contradictions(self) -> None:
+        """Refuse fields that are each valid but cannot hold together."""
         if not self.cuda_graphs and self.cuda_graph_sizes:
             raise SpecError(
                 "cuda_graph_sizes: capture sizes were given but cuda_graphs is false; "
@@ -242,7 +264,7 @@ class CompileSpec:
         """A JSON-compatible dict holding every field (lists for tuples)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            out[f.name] = _thaw(getattr(self, f.name))
+            out[f.name] = thaw(getattr(self, f.name))
         return out
 
     @classmethod
@@ -337,8 +359,12 @@ class CompileSpec:
     # ------------------------------------------------------------------ identity
 
     def fingerprint(self) -> str:
-        """A hex digest identifying this spec: equal specs give equal digests in any process."""
-        payload = {"schema": SPEC_SCHEMA_VERSION, "spec": self.to_dict()}
+        """A hex digest identifying what this spec compiles: equal specs give equal digests
+        in any process. Fields in ``FINGERPRINT_IGNORES`` are hashed as if left at None, so
+        digests match those of specs written before they were ignored."""
+        data = self.to_dict()
+        data.update(dict.fromkeys(FINGERPRINT_IGNORES))
+        payload = {"schema": SPEC_SCHEMA_VERSION, "spec": data}
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(text.encode()).hexdigest()
 

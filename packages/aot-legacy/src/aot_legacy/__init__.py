@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from aot_legacy.cuda_graphs import CUDAGraphOptimizer
     from aot_legacy.decoder import KVLayout, StaticKVDecoder, TinyDecoder
     from aot_legacy.enhanced import EnhancedAOTCompiler
-    from aot_legacy.tiny_model import build_tiny_llama
 
 __version__ = "0.1.0"
 
@@ -27,7 +26,6 @@ _LAZY = {
     "LegacyCompiledModel": "aot_legacy.compiled_model",
     "StaticKVDecoder": "aot_legacy.decoder",
     "TinyDecoder": "aot_legacy.decoder",
-    "build_tiny_llama": "aot_legacy.tiny_model",
 }
 
 __all__ = [
@@ -38,7 +36,6 @@ __all__ = [
     "LegacyCompiledModel",
     "StaticKVDecoder",
     "TinyDecoder",
-    "build_tiny_llama",
 ]
 
 

@@ -11,11 +11,12 @@ from typing import Any
 import torch
 from aot_core.compiler import CompiledModel, Generation, GenerationParams, Prompt, check_prompts
 from aot_core.errors import AOTError, SpecError
+from aot_core.scoring import Score, ScoreRequest, check_score_requests
 from aot_core.stats import OptimizationStats
 
 from aot_legacy.cuda_graphs import CUDAGraphOptimizer
 from aot_legacy.enhanced import EnhancedAOTCompiler
-from aot_legacy.generation import GenerateTimings, StaticKVGenerator
+from aot_legacy.generation import GenerateTimings, StaticKVGenerator, score_requests
 
 
 def peak_host_memory_bytes() -> int:
@@ -99,6 +100,33 @@ class LegacyCompiledModel(CompiledModel):
             )
         self._update_stats(timings)
         return generations
+
+    @property
+    def max_model_len(self) -> int | None:
+        """Positions in the static KV cache: the longest context plus continuation to score."""
+        return self._generator.max_seq if self._generator is not None else None
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
+        """Log-likelihood of each continuation given its context, from this model's own
+        prefill and decode steps (teacher-forced), batched by length."""
+        if self._generator is None:
+            raise AOTError("this compiled model is closed; compile the model again to score")
+        check_score_requests(requests, self.max_model_len)
+        vocab = self._generator.vocab_size
+        pairs: list[tuple[list[int], list[int]]] = []
+        for i, (context, continuation) in enumerate(requests):
+            ids = [list(context), list(continuation)]
+            for tok in ids[0] + ids[1]:
+                if isinstance(tok, bool) or not isinstance(tok, int) or not 0 <= tok < vocab:
+                    raise SpecError(
+                        f"requests[{i}]: token id {tok!r} is outside the vocabulary [0, {vocab})",
+                        field="requests",
+                    )
+            pairs.append((ids[0], ids[1]))
+        return [
+            Score(logprob=sum(lps), is_greedy=all(greedy), token_logprobs=tuple(lps))
+            for lps, greedy in score_requests(self._generator, pairs)
+        ]
 
     def _update_stats(self, t: GenerateTimings) -> None:
         device_peak = None

@@ -198,3 +198,78 @@ class StaticKVGenerator:
         timings.decode_steps_tokens += decode_tokens
         timings.output_tokens += sum(len(o) for o in out)
         return [(out[r], reasons[r] or "length") for r in range(n)]
+
+
+TokenScores = tuple[list[float], list[bool]]
+"""Per scored token: its log-probability, and whether it was the most likely next token."""
+
+
+def score_requests(
+    generator: StaticKVGenerator, requests: Sequence[tuple[Sequence[int], Sequence[int]]]
+) -> list[TokenScores]:
+    """Teacher-forced log-probabilities of each continuation given its context.
+
+    Runs the generator's own steps, so compiled, packaged and eager tiers are all scored
+    by what they run: the context goes through ``prefill`` (whose logits predict the
+    first continuation token), then each continuation token but the last through
+    ``decode`` at its position. Requests are batched by length; the caller checks that
+    every request fits ``max_seq`` positions.
+    """
+    order = sorted(range(len(requests)), key=lambda i: (len(requests[i][1]), len(requests[i][0])))
+    out: list[TokenScores | None] = [None] * len(requests)
+    with torch.no_grad():
+        for lo in range(0, len(order), generator.max_batch):
+            idx = order[lo : lo + generator.max_batch]
+            scored = _score_chunk(generator, [requests[i] for i in idx])
+            for i, result in zip(idx, scored, strict=True):
+                out[i] = result
+    return [r for r in out if r is not None]
+
+
+def _score_chunk(
+    g: StaticKVGenerator, requests: Sequence[tuple[Sequence[int], Sequence[int]]]
+) -> list[TokenScores]:
+    n = len(requests)
+    size = g.buckets[bisect.bisect_left(g.buckets, n)]
+    contexts = [list(c) for c, _ in requests] + [[g.pad_token_id]] * (size - n)
+    targets = [list(x) for _, x in requests]
+    lens = [len(c) for c in contexts]
+    seq = max(*lens, MIN_BUCKET)
+    ids = torch.tensor(
+        [c + [g.pad_token_id] * (seq - len(c)) for c in contexts], dtype=torch.long
+    ).to(g.device)
+    pos = torch.arange(seq, device=g.device).expand(size, seq).contiguous()
+    last = torch.tensor([ln - 1 for ln in lens], dtype=torch.long).to(g.device)
+    logits = g.prefill(ids, pos, last)
+    results: list[TokenScores] = [([], []) for _ in range(n)]
+    _record(logits[:n], targets, 0, results)
+    zeros = torch.zeros(size, dtype=torch.long, device=g.device)
+    for t in range(1, max(len(x) for x in targets)):
+        # Rows whose continuation has ended keep stepping (the batch shape is fixed) on a
+        # pad token at a position inside their own KV row; their logits are ignored.
+        feed = [x[t - 1] if t < len(x) else g.pad_token_id for x in targets]
+        feed += [g.pad_token_id] * (size - n)
+        step_pos = [min(lens[r] + t - 1, g.max_seq - 1) for r in range(n)] + [0] * (size - n)
+        ids1 = torch.tensor(feed, dtype=torch.long).view(size, 1).to(g.device)
+        pos1 = torch.tensor(step_pos, dtype=torch.long).view(size, 1).to(g.device)
+        logits = g.decode(ids1, pos1, zeros)
+        _record(logits[:n], targets, t, results)
+    return results
+
+
+def _record(
+    logits: torch.Tensor, targets: Sequence[Sequence[int]], t: int, results: list[TokenScores]
+) -> None:
+    """Append the log-probability of token ``t`` of each target that has one."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    wanted = torch.tensor(
+        [x[t] if t < len(x) else 0 for x in targets], dtype=torch.long, device=logits.device
+    )
+    chosen = logprobs.gather(1, wanted.view(-1, 1)).squeeze(1)
+    # Greedy when nothing beats the token (a tie counts as greedy, as in vLLM's check).
+    greedy = (chosen >= logprobs.max(dim=-1).values).tolist()
+    values = chosen.tolist()
+    for r, target in enumerate(targets):
+        if t < len(target):
+            results[r][0].append(float(values[r]))
+            results[r][1].append(bool(greedy[r]))

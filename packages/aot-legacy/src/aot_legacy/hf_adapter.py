@@ -17,9 +17,7 @@ import torch
 from aot_core.errors import SpecError
 
 from aot_legacy.decoder import KVLayout, StaticKVDecoder, cached_attention, gather_last, rotate_half
-
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
-"""HF ``model_type`` values whose decoder layers have the Llama structure this adapter drives."""
+from aot_legacy.llama import SUPPORTED_MODEL_TYPES
 
 
 class HFCausalLMStep(StaticKVDecoder):
@@ -110,8 +108,12 @@ def is_hf_model(obj: Any) -> bool:
     return hasattr(obj, "config") and hasattr(obj, "lm_head") and hasattr(obj, "model")
 
 
-def load_hf_model(directory: Path, *, dtype: torch.dtype | None) -> Any:
-    """Load a causal LM from a local HF directory, never touching the network."""
+def load_hf_model(directory: Path, *, dtype: torch.dtype | None, placeholder: bool = False) -> Any:
+    """Load a causal LM from a local HF directory, never touching the network.
+
+    ``placeholder``: the directory holds no weights; build the model from its config with
+    randomly initialised weights (from a fixed seed).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if not (directory / "config.json").is_file():
@@ -127,6 +129,12 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None) -> Any:
             f"model: {directory} holds a {', '.join(archs)}, not a causal LM",
             field="model",
         )
+    if placeholder:
+        torch.manual_seed(0)
+        named = getattr(config, "dtype", None)  # "auto": the dtype config.json names
+        chosen = dtype or (getattr(torch, named) if isinstance(named, str) else named)
+        model = AutoModelForCausalLM.from_config(config, dtype=chosen or torch.float32)
+        return model.eval()
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -134,15 +142,41 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None) -> Any:
     return model.eval()
 
 
+class LazyTokenizer:
+    """The tokenizer saved beside a model, loaded with transformers on first use.
+
+    Importing transformers and building the tokenizer took about 2.7 s here; a start
+    that only sees token ids never pays it. Attribute access and calls go to the loaded
+    tokenizer.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._loaded: Any | None = None
+
+    def _tokenizer(self) -> Any:
+        if self._loaded is None:
+            from transformers import AutoTokenizer
+
+            self._loaded = AutoTokenizer.from_pretrained(self._directory, local_files_only=True)
+        return self._loaded
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tokenizer()(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # our own fields, copy/pickle probes: never load for them
+            raise AttributeError(name)
+        return getattr(self._tokenizer(), name)
+
+
 def load_tokenizer(directory: Path | None) -> Any | None:
-    """The tokenizer saved beside the model, or None when there is none."""
+    """The tokenizer saved beside the model (loaded lazily), or None when there is none."""
     if directory is None:
         return None
     if not any((directory / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
         return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    return LazyTokenizer(directory)
 
 
 def config_hash(config_dict: dict[str, Any]) -> str:

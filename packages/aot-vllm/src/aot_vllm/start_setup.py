@@ -21,7 +21,7 @@ from aot_core.errors import BackendUnavailableError, SpecError
 from aot_core.spec import CompileSpec
 
 from aot_vllm import engine_env, kv_sizing
-from aot_vllm.cache import CacheEntry
+from aot_vllm.cache import CacheEntry, open_entry
 from aot_vllm.compiled_model import model_token_facts
 from aot_vllm.engine import platform_is_cpu
 from aot_vllm.model_source import ModelSource, resolve_model
@@ -136,7 +136,7 @@ def request_start(model: Any, spec: CompileSpec, *, notes: Sequence[str] = ()) -
     split_note = check_model_split(spec, source.local_dir)
     if installed_vllm() is None:
         raise BackendUnavailableError(f"vLLM is not installed; {INSTALL_HINT}")
-    entry = CacheEntry(spec=spec, model=source.name_or_path, backend_version=aot_vllm_version())
+    entry = open_entry(spec=spec, model=source.name_or_path, backend_version=aot_vllm_version())
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(t_start))
     log = LogCapture(entry.log_dir / f"start-{stamp}-{os.getpid()}.log")
     return StartRequest(

@@ -43,11 +43,12 @@ def create_enhanced_compiler(
     ``ImportError`` that says what to pip install when no backend can run.
     """
     from aot_compat.facade import compiler_class_for
-    from aot_compat.selection import LEGACY, VLLM, choose_backend
+    from aot_compat.policy import preference
+    from aot_compat.selection import choose_backend
 
     _check_flag("enable_cuda_graphs", enable_cuda_graphs)
     _check_flag("use_vllm_native", use_vllm_native)
-    choice = choose_backend(VLLM if use_vllm_native else LEGACY, stacklevel=3)
+    choice = choose_backend(preference(use_vllm_native), stacklevel=3)
     cls = compiler_class_for(choice.name)
     return cls(enable_cuda_graphs=enable_cuda_graphs, choice=choice, **options)
 

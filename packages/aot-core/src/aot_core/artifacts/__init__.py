@@ -2,8 +2,9 @@
 
 An artifact directory holds ``manifest.json`` and ``files/`` (what the backend wrote while
 compiling; a backend's ``spec.cache_dir`` points there). The manifest records the format
-version, the backend and its version, the torch and vLLM versions, the device (CUDA
-capability or CPU architecture and ISA), the spec fingerprint, the model-config hash, and
+version, the backend and its version, the versions the backend pins (``Compiler.pins()``:
+torch, vLLM, ...), the device (CUDA capability or CPU architecture and ISA), the spec
+fingerprint, the model-config hash, and
 every file with its sha256 and size.
 
 Compiled files hold code that runs when loaded, so nothing loads unless ``verify_for_load``
@@ -37,7 +38,6 @@ from aot_core.artifacts.environment import (
     host_fingerprint,
     package_version,
     torch_version,
-    vllm_version,
 )
 from aot_core.artifacts.identity import entry_key, model_config_hash
 from aot_core.artifacts.manifest import (
@@ -138,7 +138,6 @@ __all__ = [
     "using_artifact",
     "verify",
     "verify_for_load",
-    "vllm_version",
     "world_problem",
     "write_manifest",
 ]

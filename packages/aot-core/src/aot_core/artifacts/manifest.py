@@ -95,10 +95,11 @@ class Manifest:
     """torch version it was compiled with (None when torch was not installed)."""
 
     vllm_version: str | None
-    """vLLM version installed when it was compiled (None when not installed)."""
+    """The backend's "vllm" pin, when it has one (format 1 keeps it in a field of its own)."""
 
     pins: Mapping[str, str | None]
-    """Packages whose exact versions must match to load it (e.g. torch, vllm)."""
+    """What the backend's ``Compiler.pins()`` read when it compiled (e.g. torch, vllm):
+    versions that must match exactly to load it."""
 
     device: str
     """Device string the backend reported, e.g. "cpu" or "cuda:0 (NVIDIA H100, sm_90)"."""
@@ -119,7 +120,7 @@ class Manifest:
     """The compile spec (``CompileSpec.to_dict``)."""
 
     spec_fingerprint: str
-    """``CompileSpec.fingerprint()`` of the spec with cache_dir cleared."""
+    """``CompileSpec.fingerprint()`` of the spec (which ignores cache_dir)."""
 
     model: str
     """The model as given (path or name)."""
@@ -200,6 +201,10 @@ class Manifest:
                 f"the manifest is malformed ({type(exc).__name__}: {exc}); delete the entry "
                 "(`aot cache clear KEY`) and compile again"
             ) from exc
+
+    def recorded_versions(self) -> dict[str, str | None]:
+        """The versions format 1 also records in fields of their own, by pin name."""
+        return {"torch": self.torch_version, "vllm": self.vllm_version}
 
     @property
     def total_size(self) -> int:

@@ -28,7 +28,6 @@ from aot_core.artifacts.environment import (
     host_fingerprint,
     package_version,
     torch_version,
-    vllm_version,
 )
 from aot_core.artifacts.identity import _pins_for, model_config_hash
 from aot_core.artifacts.manifest import (
@@ -104,6 +103,7 @@ def write_manifest(
         capability = _capability_from_device(device) or next(
             iter(environment.cuda_capabilities()), None
         )
+    pins = _pins_for(backend)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         key=key,
@@ -111,16 +111,17 @@ def write_manifest(
         backend=backend,
         backend_version=backend_version,
         aot_core_version=package_version("aot-core") or "",
-        torch_version=torch_version(),
-        vllm_version=vllm_version(),
-        pins=MappingProxyType(_pins_for(backend)),
+        # Format 1 keeps these two pins in fields of their own too.
+        torch_version=pins.get("torch", torch_version()),
+        vllm_version=pins.get("vllm"),
+        pins=MappingProxyType(pins),
         device=device,
         device_kind=kind,
         cuda_capability=capability,
         cpu_arch=platform.machine(),
         cpu_isa=cpu_isa(),
         spec=MappingProxyType(spec.to_dict()),
-        spec_fingerprint=spec.replace(cache_dir=None).fingerprint(),
+        spec_fingerprint=spec.fingerprint(),
         model=str(model),
         model_config_hash=config_hash or model_config_hash(model),
         files=tuple(records),
@@ -445,9 +446,10 @@ def build_and_publish(
     """Produce the artifact ``dest`` once, safely against concurrent writers and interrupts.
 
     Under ``dest``'s lock: leftovers of dead writers are removed; an existing entry that
-    passes ``verify_for_load`` is reused (unless ``force``); otherwise ``build(files_dir)``
-    fills a fresh staging directory and returns ``{"device": ..., "extra": {...}}``, the
-    manifest is written and the directory is published with one rename. Returns
+    passes ``verify_for_load`` is reused (unless ``force``); otherwise a fresh staging
+    directory gets an empty manifest (so it is an artifact, ``artifact_root``, from the
+    start), ``build(files_dir)`` fills it and returns ``{"device": ..., "extra": {...}}``,
+    the real manifest is written and the directory is published with one rename. Returns
     (manifest, built). Concurrent callers wait for the first and then reuse its entry.
     Something at ``dest`` that aot did not write raises ``NotOwnedError`` before anything
     is built. Where the lock cannot be created (read-only media), a valid entry is still
@@ -479,6 +481,16 @@ def build_and_publish(
         with staging_dir(target) as staging:
             files = staging / FILES_DIR
             files.mkdir()
+            # An empty manifest first: while it builds, the backend's cache_dir is already
+            # an artifact (artifact_root finds it), so it writes its files straight in.
+            write_manifest(
+                staging,
+                key=key,
+                backend=backend,
+                backend_version=backend_version,
+                spec=spec,
+                model=model,
+            )
             info = build(files)
             manifest = write_manifest(
                 staging,

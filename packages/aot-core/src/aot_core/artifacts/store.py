@@ -204,7 +204,8 @@ def describe_manifest(manifest: Manifest) -> Sequence[str]:
     return (
         *world,
         f"backend: {manifest.backend} {manifest.backend_version}",
-        f"torch: {manifest.torch_version or '-'}   vllm: {manifest.vllm_version or '-'}",
+        "pins: "
+        + (", ".join(f"{k} {v or '-'}" for k, v in sorted(manifest.pins.items())) or "none"),
         f"device: {device}",
         f"model: {manifest.model} (config {manifest.model_config_hash[:12]})",
         f"spec: {manifest.spec_fingerprint[:12]}   files: {len(manifest.files)} "

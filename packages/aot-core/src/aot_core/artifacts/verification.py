@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aot_core.artifacts import environment
-from aot_core.artifacts.environment import cpu_isa, package_version, vllm_version
+from aot_core.artifacts.environment import cpu_isa, package_version
 from aot_core.artifacts.identity import _pins_for, key_digest, key_prefix
 from aot_core.artifacts.manifest import (
     FILES_DIR,
@@ -187,7 +187,7 @@ def manifest_inconsistencies(manifest: Manifest) -> list[str]:
     any one of them, such as changing only ``torch_version`` or emptying ``pins``, shows.
     """
     problems: list[str] = []
-    for package, recorded in (("torch", manifest.torch_version), ("vllm", manifest.vllm_version)):
+    for package, recorded in manifest.recorded_versions().items():
         if package in manifest.pins and manifest.pins[package] != recorded:
             problems.append(
                 f"{package}_version is {recorded!r} but the pins say {manifest.pins[package]!r}"
@@ -198,7 +198,7 @@ def manifest_inconsistencies(manifest: Manifest) -> list[str]:
             f"pins lack {', '.join(lacking)}, which backend {manifest.backend!r} requires"
         )
     try:
-        spec = CompileSpec.from_dict(manifest.spec).replace(cache_dir=None)
+        spec = CompileSpec.from_dict(manifest.spec)
         if spec.fingerprint() != manifest.spec_fingerprint:
             problems.append("spec_fingerprint does not match the recorded spec")
     except (SpecError, TypeError, ValueError) as exc:
@@ -233,8 +233,9 @@ def check_compatible(manifest: Manifest, *, backend: str | None = None) -> list[
     """Why ``manifest``'s artifact cannot load in this environment; empty when it can.
 
     Checks the format version, the backend name (when given), the backend's version,
-    every pinned package version (torch, and vLLM for the vllm backend), and the device:
-    CUDA capability, or CPU architecture and ISA extensions.
+    every pinned version (each compared with what the backend's ``pins()`` reads here, or
+    with the installed distribution of that name when the backend does not pin it), and
+    the device: CUDA capability, or CPU architecture and ISA extensions.
     """
     problems: list[str] = []
     if manifest.format_version > FORMAT_VERSION:
@@ -250,8 +251,9 @@ def check_compatible(manifest: Manifest, *, backend: str | None = None) -> list[
             f"built with backend {manifest.backend} {manifest.backend_version}, this "
             f"environment has {current_backend}"
         )
+    current = _pins_for(manifest.backend)
     for package, wanted in sorted(manifest.pins.items()):
-        have = vllm_version() if package == "vllm" else package_version(package)
+        have = current[package] if package in current else package_version(package)
         if have != wanted:
             problems.append(
                 f"built for {package} {wanted or '(not installed)'}, this environment has "
@@ -284,11 +286,8 @@ def check_compatible(manifest: Manifest, *, backend: str | None = None) -> list[
 
 def _backend_version(backend: str) -> str | None:
     """The installed version of ``backend``'s distribution, None when it is not installed."""
-    from aot_core.registry import KNOWN_DISTRIBUTIONS, installed_backends
+    from aot_core.registry import installed_backends
 
-    dist = KNOWN_DISTRIBUTIONS.get(backend)
-    if dist is not None:
-        return package_version(dist)
     with contextlib.suppress(Exception):
         cls = installed_backends().get(backend)
         if cls is not None:

@@ -1,0 +1,173 @@
+"""What every ``aot`` subcommand shares: the exit codes, the error that carries one, progress
+lines, the checks of a model directory and a spec file, and keeping stdout for results.
+
+Its own module so that subcommands living elsewhere (``aot eval``'s ``evaluation``
+package) use them without importing ``aot_core.cli``, which imports them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from enum import IntEnum
+from pathlib import Path
+
+from aot_core.errors import SpecError
+from aot_core.spec import CompileSpec
+
+
+class ExitCode(IntEnum):
+    """Exit status of ``aot``; scripts may rely on these numbers."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    MODEL_NOT_FOUND = 3
+    NOT_A_CAUSAL_LM = 4
+    SPEC_ERROR = 5
+    BACKEND_UNAVAILABLE = 6
+    COMPILATION_FAILED = 7
+    ARTIFACT_CORRUPT = 8
+    ARTIFACT_INCOMPATIBLE = 9
+    CACHE_NOT_WRITABLE = 10
+    DISK_FULL = 11
+    MISSING_DEPENDENCY = 12
+    BENCH_FAILED = 13
+    TASK_NOT_FOUND = 20
+    DATASET_NOT_LOCAL = 21
+    NO_TOKENIZER = 22
+    PARITY_EXCEEDED = 23
+    INTERRUPTED = 130
+
+
+EXIT_CODE_HELP: dict[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.FAILURE: "unexpected internal error (please report it with the message)",
+    ExitCode.USAGE: "bad command line",
+    ExitCode.MODEL_NOT_FOUND: "model path missing, or no config.json in it",
+    ExitCode.NOT_A_CAUSAL_LM: "config.json unreadable or not a causal language model",
+    ExitCode.SPEC_ERROR: "invalid spec file or value (field and line named)",
+    ExitCode.BACKEND_UNAVAILABLE: "backend not installed or cannot run here",
+    ExitCode.COMPILATION_FAILED: "the backend failed to compile the model",
+    ExitCode.ARTIFACT_CORRUPT: "artifact tampered, truncated, incomplete or not an artifact",
+    ExitCode.ARTIFACT_INCOMPATIBLE: "artifact built for another backend, torch, vLLM or device",
+    ExitCode.CACHE_NOT_WRITABLE: (
+        "cache or output path cannot be written, or holds data aot did not write (left untouched)"
+    ),
+    ExitCode.DISK_FULL: "no space left on the device (nothing in the cache was changed)",
+    ExitCode.MISSING_DEPENDENCY: "an optional dependency is missing (e.g. matplotlib for --plot)",
+    ExitCode.BENCH_FAILED: "some benchmark runs failed (results of the others are reported)",
+    ExitCode.TASK_NOT_FOUND: "aot eval: no lm-eval task has that name (--include-path for YAMLs)",
+    ExitCode.DATASET_NOT_LOCAL: "aot eval: a task's dataset is not on this machine (runs offline)",
+    ExitCode.NO_TOKENIZER: "aot eval: the model directory has no tokenizer for text tasks",
+    ExitCode.PARITY_EXCEEDED: "aot eval --parity: eager and compiled differ beyond the tolerance",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); nothing half-written was left to load",
+}
+
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+class CLIError(Exception):
+    """A failure with the exit code it maps to and a message for the user."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr, prefixed ``aot:``."""
+    print(f"aot: {message}", file=sys.stderr, flush=True)
+
+
+def check_model(model: str) -> Path:
+    """A local Hugging Face causal-LM directory, or a ``CLIError`` saying what is wrong."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise CLIError(
+            ExitCode.MODEL_NOT_FOUND,
+            f"model {model!r} not found: no such file or directory. aot works offline: pass a "
+            "local Hugging Face model directory (holding config.json), or run `aot bench` "
+            "without MODEL to use the built-in tiny Llama",
+        )
+    if not path.is_dir():
+        raise CLIError(
+            ExitCode.MODEL_NOT_FOUND,
+            f"model {model!r} is a file; pass the model's directory (the one holding config.json)",
+        )
+    config = path / "config.json"
+    if not config.is_file():
+        raise CLIError(
+            ExitCode.MODEL_NOT_FOUND,
+            f"{path} has no config.json, so it is not a Hugging Face model directory; pass "
+            "the directory that holds config.json",
+        )
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not UTF-8 or not JSON
+        raise CLIError(ExitCode.NOT_A_CAUSAL_LM, f"{config} cannot be read as JSON: {exc}") from exc
+    archs = data.get("architectures") if isinstance(data, dict) else None
+    if not isinstance(archs, list) or not archs:
+        raise CLIError(
+            ExitCode.NOT_A_CAUSAL_LM,
+            f'{config} names no model architecture ("architectures" is missing); aot '
+            "compiles causal language models such as LlamaForCausalLM",
+        )
+    if not any(isinstance(a, str) and a.endswith(_CAUSAL_SUFFIXES) for a in archs):
+        raise CLIError(
+            ExitCode.NOT_A_CAUSAL_LM,
+            f"{path} is a {', '.join(map(str, archs))}, not a causal language model; aot "
+            "compiles text generators (architectures ending in ForCausalLM or LMHeadModel)",
+        )
+    return path
+
+
+def load_spec(path: str | None) -> CompileSpec:
+    """The spec in ``path`` (TOML or JSON), or the default spec."""
+    if path is None:
+        return CompileSpec()
+    spec_path = Path(path).expanduser()
+    if spec_path.is_dir():
+        raise SpecError(f"spec file {path} is a directory; pass the .toml or .json file itself")
+    if not (spec_path.exists() or spec_path.is_symlink()):
+        raise SpecError(f"spec file {path} does not exist")
+    if not spec_path.is_file():
+        raise SpecError(
+            f"spec file {path} is not a regular file (a broken link, a FIFO or a device); "
+            "pass a .toml or .json file"
+        )
+    if spec_path.stat().st_size > _MAX_SPEC_BYTES:
+        raise SpecError(f"spec file {path} is over {_MAX_SPEC_BYTES} bytes; not a spec file")
+    return CompileSpec.load(spec_path)
+
+
+_MAX_SPEC_BYTES = 1 << 20
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to file descriptor 1 to stderr for a while.
+
+    Engines log to stdout (vLLM's logger holds the original stream, and its engine
+    processes inherit the descriptor), so only an fd-level redirect keeps stdout for
+    results that scripts read.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no usable stdout: nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

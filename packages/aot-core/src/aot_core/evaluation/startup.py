@@ -1,0 +1,173 @@
+"""Starting the model of an evaluation job: eager, or compiled from aot's verified cache.
+
+A compiled job looks up the artifact store entry for (backend, its version, model, spec),
+the same entry ``aot compile`` writes. A verified entry is loaded (warm); a missing or
+refused one is compiled and published while the job runs on the freshly compiled model
+(cold), so the next job with the same model and spec starts warm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aot_core import artifacts
+from aot_core.compiler import CompiledModel
+from aot_core.errors import ArtifactError
+from aot_core.evaluation.model_args import EvalModelConfig
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StartRecord:
+    """How the job's model was started."""
+
+    path: str
+    """"eager", "warm" (verified artifact loaded) or "cold" (compiled and published)."""
+
+    artifact: str | None = None
+    """The artifact directory a compiled job used or wrote."""
+
+    key: str | None = None
+    """The artifact store key (shared with ``aot compile`` for the same model and spec)."""
+
+    note: str = ""
+    """Why a cached artifact was not used, when it was not."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible fields."""
+        return {"path": self.path, "artifact": self.artifact, "key": self.key, "note": self.note}
+
+
+def run_with_model(
+    config: EvalModelConfig,
+    body: Callable[[CompiledModel], T],
+    *,
+    cache_dir: str | None = None,
+    progress: Callable[[str], None] = lambda _m: None,
+) -> tuple[T, StartRecord]:
+    """Start the model ``config`` describes, run ``body`` on it, close it.
+
+    ``body``'s exceptions propagate after the model is closed; a compiled artifact is
+    still published (cold) or re-sealed (warm), because a failed evaluation says nothing
+    against the compiled code.
+    """
+    from aot_core.registry import get_backend
+
+    cls = get_backend(config.backend)
+    spec = config.spec
+    if not spec.compiles:
+        progress(f"starting {config.model} eagerly with {cls.name}")
+        compiled = cls(spec).compile_model(str(config.model), spec)
+        try:
+            return body(compiled), StartRecord(path="eager")
+        finally:
+            compiled.close()
+    key = artifacts.entry_key(
+        backend=cls.name, backend_version=cls.version(), model=config.model, spec=spec
+    )
+    dest = artifacts.ArtifactStore(cache_dir).path(key)
+    note = ""
+    entry = _Entry(cls=cls, config=config, dest=dest, key=key)
+    if (dest / artifacts.MANIFEST_NAME).exists():
+        try:
+            return _warm(entry, body, progress)
+        except ArtifactError as exc:
+            note = f"cached artifact refused, compiled afresh: {exc}"
+            progress(note)
+    return _cold(entry, body, progress, force=bool(note), note=note)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Entry:
+    """The artifact store entry a compiled job uses."""
+
+    cls: Any
+    """The backend class."""
+
+    config: EvalModelConfig
+    """The job's model and spec."""
+
+    dest: Path
+    """The entry's directory."""
+
+    key: str
+    """The entry's key."""
+
+
+class _Outcome:
+    """The body's result or exception, carried past the artifact's publish or re-seal."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.error: Exception | None = None
+        self.ran = False
+
+    def run(self, body: Callable[[CompiledModel], Any], compiled: CompiledModel) -> None:
+        self.ran = True
+        try:
+            self.value = body(compiled)
+        except Exception as exc:
+            self.error = exc
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _warm(
+    entry: _Entry, body: Callable[[CompiledModel], T], progress: Callable[[str], None]
+) -> tuple[T, StartRecord]:
+    from aot_core.prompts import default_prompts
+
+    cls, config, dest, key = entry.cls, entry.config, entry.dest, entry.key
+    outcome = _Outcome()
+    with contextlib.ExitStack() as stack:
+        # Verifies every checksum before anything loads; raises ArtifactError if refused.
+        stack.enter_context(artifacts.using_artifact(dest, backend=cls.name, on_wait=progress))
+        progress(f"starting {config.model} with {cls.name} from verified artifact {dest}")
+        run_spec = config.spec.replace(cache_dir=str(dest / artifacts.FILES_DIR))
+        compiled = cls(run_spec).compile_model_aot(str(config.model), default_prompts(), run_spec)
+        try:
+            outcome.run(body, compiled)
+        finally:
+            compiled.close()
+    return outcome.result(), StartRecord(path="warm", artifact=str(dest), key=key)
+
+
+def _cold(
+    entry: _Entry,
+    body: Callable[[CompiledModel], T],
+    progress: Callable[[str], None],
+    *,
+    force: bool,
+    note: str,
+) -> tuple[T, StartRecord]:
+    from aot_core.prompts import default_prompts
+    from aot_core.workflow import compile_into
+
+    cls, config, dest, key = entry.cls, entry.config, entry.dest, entry.key
+    artifacts.ensure_writable(dest.parent)
+    progress(f"compiling {config.model} with {cls.name} into {dest} (the next job starts warm)")
+    outcome = _Outcome()
+    _, compiled_now = compile_into(
+        dest=dest,
+        key=key,
+        backend=cls.name,
+        model=config.model,
+        spec=config.spec,
+        example_inputs=default_prompts(),
+        force=force,
+        progress=progress,
+        after_compile=lambda compiled: outcome.run(body, compiled),
+    )
+    if not outcome.ran:
+        # Another job published the entry while this one waited for its lock.
+        return _warm(entry, body, progress)
+    path = "cold" if compiled_now else "warm"
+    return outcome.result(), StartRecord(path=path, artifact=str(dest), key=key, note=note)

@@ -1,0 +1,90 @@
+"""Fixtures for ``aot eval``: real lm-eval jobs on the tiny Llama, from the task fixtures in
+``tasks/`` (local YAML + JSONL; nothing is downloaded).
+
+These tests need lm-eval (the ``eval`` nox session installs it with both backends);
+elsewhere (the ``core`` session) they are not collected.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# As `aot eval` does: nothing here may reach for the Hugging Face Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+HERE = Path(__file__).parent
+TASKS = HERE / "tasks"
+LIMIT = "8"
+TASK_LIST = "aot_mc,aot_gen,aot_ppl"
+# float32: compiled and eager kernels round differently in bfloat16 (see the slow tests).
+F32 = "dtype=float32,max_model_len=512"
+
+if importlib.util.find_spec("lm_eval") is None:
+    collect_ignore_glob = ["*"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished ``aot eval`` process."""
+
+    rc: int
+    stdout: str
+    stderr: str
+
+    def results(self, directory: Path) -> dict[str, Any]:
+        return json.loads((directory / "results.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def aot_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private aot cache root for every process these tests start."""
+    home = tmp_path_factory.mktemp("aot-home")
+    os.environ["AOT_CACHE_DIR"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory, aot_home: Path) -> Path:
+    """The built-in tiny Llama (random weights, byte-level tokenizer)."""
+    from aot_core.tiny import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def aot_eval(*args: str, timeout: float = 900) -> Run:
+    """``aot eval ARGS`` in a fresh process, from the task directory (data_files are
+    relative to it)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "aot_core", "eval", *args],
+        cwd=TASKS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+def task_args(tiny: Path, *extra: str) -> list[str]:
+    """The shipped tasks, float32, a few docs each."""
+    return [str(tiny), "--tasks", TASK_LIST, "--include-path", str(TASKS), "--limit", LIMIT, *extra]
+
+
+def samples(directory: Path, task: str) -> dict[int, dict[str, Any]]:
+    """Samples lm-eval logged for ``task``, by doc id (any file layout lm-eval uses)."""
+    paths = sorted(directory.rglob(f"samples_{task}*.jsonl"))
+    assert paths, f"no samples for {task} under {directory}"
+    rows = [json.loads(line) for line in paths[-1].read_text(encoding="utf-8").splitlines()]
+    return {row["doc_id"]: row for row in rows}
