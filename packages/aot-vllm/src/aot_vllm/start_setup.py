@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -207,8 +208,6 @@ def _place_ranks(
 
 def _visible_devices() -> int | None:
     """Accelerators torch sees (vLLM has imported it by now); None when it cannot tell."""
-    import sys
-
     torch = sys.modules.get("torch")
     try:
         return int(torch.cuda.device_count()) if torch is not None else None
