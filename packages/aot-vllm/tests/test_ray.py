@@ -1,6 +1,12 @@
 """Ray: a real local cluster of two nodes on this machine (``ray start --head`` and ``ray
 start --address``), each with one logical CPU, started for this module and stopped by pid.
 
+Not loopback-only, although both nodes are given 127.0.0.1: Ray 2.60 on Linux replaces a
+loopback node address with the host's reachable one (``services.resolve_ip_for_localhost``),
+its GCS and raylets listen on every interface, and the only switch that keeps it on
+loopback (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) also forbids a second node. The ports
+are free ones picked at random and the cluster lives only as long as this module.
+
 vLLM's Ray executor cannot run the CPU platform (no release declares a Ray device for it;
 0.20+ raise, older ones swap in multiprocessing), so on this CPU machine Ray places the
 work: a task pinned to the second node imports an exported aot artifact and starts a warm
