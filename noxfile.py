@@ -218,7 +218,8 @@ def vllm_parallel(session: nox.Session, release: str) -> None:
     """Opt-in: every multi-rank test on one release: the default suite's TP=2 tests, and
     what it leaves out (TP=2 eager, PP=2, the Ray tests: a local two-node Ray cluster
     placing a warm TP=2 engine from an exported artifact, vLLM's Ray executor refusing the
-    CPU platform). Installs aot-vllm[ray] (ray 2.60.0). About 15 minutes per release here."""
+    CPU platform). Installs aot-vllm[ray] (ray 2.60.0). Over 30 minutes per release here
+    while the machine was shared (the Ray tests alone: 14 minutes)."""
     session.install(
         *FIND_LINKS,
         "pytest",
