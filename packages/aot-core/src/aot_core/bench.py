@@ -211,6 +211,7 @@ def run_bench(
     work_dir: Path | None,
     progress: Callable[[str], None],
     cache_root: Path | None = None,
+    notes: Sequence[str] = (),
 ) -> BenchResult:
     """Run every measurement and return the result (see ``format_report``).
 
@@ -268,6 +269,7 @@ def run_bench(
             "prompt_lengths": [len(p) for p in prompts],
             "spec": base.to_dict(),
             "threads": 1,
+            "notes": list(notes),
         },
         backends=summaries,
         skipped=skipped,
@@ -384,6 +386,7 @@ def format_report(result: BenchResult) -> str:
         "start(s)",
         f"machine: {m['machine']}, {m['cpu_count']} cores; {versions}, python {m['python']}",
     ]
+    out += list(s.get("notes", ()))
     out += [f"skipped {name}: {reason}" for name, reason in result.skipped.items()]
     for name, b in result.backends.items():
         out += _backend_report(name, b)

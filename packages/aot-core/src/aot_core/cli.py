@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from aot_core import artifacts
+from aot_core import artifacts, model_choice
 from aot_core.command import (
     EXIT_CODE_HELP,
     CLIError,
@@ -38,6 +38,7 @@ from aot_core.errors import (
     SpecError,
 )
 from aot_core.prompts import default_prompts
+from aot_core.spec import CompileSpec
 from aot_core.workflow import INTERRUPTED, compile_into
 
 __all__ = [
@@ -165,8 +166,18 @@ def cmd_compile(args: argparse.Namespace) -> int:
     """Precompile MODEL with one backend into a verified artifact."""
     from aot_core.registry import get_backend
 
-    model = check_model(args.model)
+    cache_root = _store(args).root
+    chosen = _chosen_model(args, cache_root, default_tiny=False)
+    model = chosen.path
     spec = load_spec(args.spec)
+    if chosen.shape is not None:
+        # A preset's config says bfloat16; a model directory's spec is left to its backend,
+        # so that `aot compile` and the Python API name the same entry.
+        asked = _shape_defaults(spec, chosen.shape)
+        spec, dtype_note = _dtype_for_machine(asked)
+        if spec.dtype != asked.dtype:
+            _progress(dtype_note)
+    _fits(model, spec, max_model_len=spec.max_model_len or 0, max_num_seqs=spec.max_num_seqs or 1)
     cls = get_backend(args.backend)
     backend = args.backend
     key = artifacts.entry_key(
@@ -250,20 +261,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # else $AOT_CACHE_DIR, else the default), and that is the directory checked.
     cache_root = _store(args).root
     _writable(cache_root, "cache directory")
-    if args.model is None:
-        model = bench.ensure_bench_model(cache_root)
-        model_label = "built-in tiny Llama"
-    else:
-        model = check_model(args.model)
-        model_label = str(model)
+    chosen = _chosen_model(args, cache_root, default_tiny=True)
     spec = load_spec(args.spec)
-    if args.model is None and spec.dtype == "auto":
+    if chosen.shape is None and args.model is None and spec.dtype == "auto":
         # The tiny Llama's weights are float32; "auto" lets vLLM on CPU pick bfloat16, and
         # then compiled-vs-eager token comparisons measure rounding, not compilation.
         spec = spec.replace(dtype="float32")
+        dtype_note = "dtype auto -> float32: the built-in tiny Llama's weights are float32"
+    else:
+        spec, dtype_note = _dtype_for_machine(spec)
+    sized = spec.replace(
+        **{k: v for k, v in bench.BENCH_SPEC_DEFAULTS.items() if getattr(spec, k) is None}
+    )
+    estimate = _fits(
+        chosen.path,
+        sized,
+        max_model_len=sized.max_model_len or 0,
+        max_num_seqs=sized.max_num_seqs or 1,
+    )
+    notes = [dtype_note] if dtype_note else []
+    if estimate:
+        notes.append(f"memory estimate per start: {estimate}")
+    for note in notes:
+        _progress(note)
     result = bench.run_bench(
-        model=model,
-        model_label=model_label,
+        model=chosen.path,
+        model_label=chosen.label,
         backends=args.backend or None,
         spec=spec,
         repeats=args.repeats,
@@ -272,6 +295,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         work_dir=Path(args.work_dir) if args.work_dir else None,
         progress=_progress,
         cache_root=cache_root,
+        notes=notes,
     )
     print(bench.format_report(result))
     if args.json is not None:
@@ -283,6 +307,45 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if result.failures:
         return ExitCode.BENCH_FAILED
     return ExitCode.OK
+
+
+def _chosen_model(
+    args: argparse.Namespace, cache_root: Path, *, default_tiny: bool
+) -> model_choice.ChosenModel:
+    if args.shape is not None:
+        _writable(cache_root, "cache directory")  # the shape's config-only directory goes there
+    return model_choice.choose_model(
+        args.model, args.shape, cache_root=cache_root, default_tiny=default_tiny
+    )
+
+
+def _shape_defaults(spec: CompileSpec, shape: str | None) -> CompileSpec:
+    """A preset's context (up to 131072 tokens) would size a huge KV cache: a ``--shape``
+    compile keeps the bench's small engine unless the spec says otherwise."""
+    from aot_core.bench import BENCH_SPEC_DEFAULTS
+
+    if shape is None:
+        return spec
+    return spec.replace(
+        **{k: v for k, v in BENCH_SPEC_DEFAULTS.items() if getattr(spec, k) is None}
+    )
+
+
+def _dtype_for_machine(spec: CompileSpec) -> tuple[CompileSpec, str]:
+    """dtype auto on a machine without GPUs: float32 unless the CPU has native bfloat16;
+    with the reason, for the header (empty when there is nothing to say)."""
+    from aot_core.dtype_choice import choose_cpu_dtype
+
+    if artifacts.cuda_capabilities():
+        return spec, ""
+    choice = choose_cpu_dtype(spec.dtype)
+    return spec.replace(dtype=choice.dtype), choice.reason
+
+
+def _fits(model: Path, spec: CompileSpec, *, max_model_len: int, max_num_seqs: int) -> str:
+    return model_choice.check_fits(
+        model, spec, max_model_len=max_model_len, max_num_seqs=max_num_seqs
+    )
 
 
 def _check_output_file(path: Path, what: str) -> None:
@@ -573,8 +636,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     p.add_argument(
-        "model", type=_path, help="local Hugging Face model directory (holding config.json)"
+        "model",
+        nargs="?",
+        type=_path,
+        help="local Hugging Face model directory (holding config.json; weights optional)",
     )
+    _add_shape_option(p)
     p.add_argument("--backend", required=True, type=_name, help="backend name (see `aot backends`)")
     p.add_argument("--spec", type=_path, help="compile spec file (.toml or .json)")
     p.add_argument(
@@ -607,6 +674,7 @@ def _add_bench_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument(
         "model", nargs="?", type=_path, help="model directory (default: built-in tiny Llama)"
     )
+    _add_shape_option(p)
     p.add_argument(
         "--backend",
         action="append",
@@ -641,6 +709,18 @@ def _add_bench_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         "the cache directory, removed afterwards)",
     )
     p.set_defaults(func=cmd_bench)
+
+
+def _add_shape_option(p: argparse.ArgumentParser) -> None:
+    from aot_core.shape_presets import known_shapes
+
+    p.add_argument(
+        "--shape",
+        type=_name,
+        metavar="NAME",
+        help="instead of MODEL, a real architecture's published config with placeholder "
+        f"weights (nothing downloaded): {', '.join(known_shapes())}",
+    )
 
 
 def _add_cache_commands(sub: Any) -> None:
