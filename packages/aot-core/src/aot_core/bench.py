@@ -212,6 +212,8 @@ def run_bench(
     progress: Callable[[str], None],
     cache_root: Path | None = None,
     notes: Sequence[str] = (),
+    prompts: Sequence[Sequence[int]] | None = None,
+    workload: str = "",
 ) -> BenchResult:
     """Run every measurement and return the result (see ``format_report``).
 
@@ -225,7 +227,7 @@ def run_bench(
     base = spec.replace(
         **{k: v for k, v in BENCH_SPEC_DEFAULTS.items() if getattr(spec, k) is None}
     )
-    prompts = bench_prompts()
+    prompts = [list(p) for p in prompts] if prompts is not None else bench_prompts()
     total = len(chosen) * repeats * len(PHASES)
     progress(
         f"benchmarking {', '.join(chosen)} on {model_label}: {repeats} repeat(s) x "
@@ -270,6 +272,7 @@ def run_bench(
             "spec": base.to_dict(),
             "threads": 1,
             "notes": list(notes),
+            "workload": workload or "short",
         },
         backends=summaries,
         skipped=skipped,
@@ -365,11 +368,30 @@ def _backend_report(name: str, b: BackendSummary) -> list[str]:
     )
     if b.warm_cache:
         out.append("warm-start cache: " + "; ".join(b.warm_cache))
+    out += _latency_lines(b)
     match = b.tokens_match_eager
     verdict = {True: "identical", False: "DIFFERENT", None: "not compared"}[match]
     if match is False and b.tokens_divergence:
         verdict += f" ({b.tokens_divergence})"
     out.append(f"greedy tokens, compiled vs eager: {verdict}")
+    return out
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f} ms"
+
+
+def _latency_lines(b: BackendSummary) -> list[str]:
+    """Time to first token and per-token latency, p50 / p95, per phase that measured them."""
+    out = []
+    for phase in PHASES:
+        lat = b.latency.get(phase)
+        if lat:
+            out.append(
+                f"latency, {PHASE_LABELS[phase]} (each prompt alone): time to first token "
+                f"p50 {_ms(lat.get('ttft_p50_s'))} / p95 {_ms(lat.get('ttft_p95_s'))}; per "
+                f"token p50 {_ms(lat.get('token_p50_s'))} / p95 {_ms(lat.get('token_p95_s'))}"
+            )
     return out
 
 
@@ -381,7 +403,8 @@ def format_report(result: BenchResult) -> str:
         f"{k} {v or '-'}" for k, v in m.items() if k not in fixed and k != "aot_core"
     )
     out = [
-        f"aot bench: {result.model}; {s['prompts']} prompts of {s['prompt_lengths']} tokens, "
+        f"aot bench: {result.model}; {s['prompts']} prompts of {s['prompt_lengths']} tokens "
+        f"({s.get('workload', 'short')} mix), "
         f"{s['max_new_tokens']} new tokens each; medians of {s['repeats']} fresh-process "
         "start(s)",
         f"machine: {m['machine']}, {m['cpu_count']} cores; {versions}, python {m['python']}",

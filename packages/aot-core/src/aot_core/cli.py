@@ -270,6 +270,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         dtype_note = "dtype auto -> float32: the built-in tiny Llama's weights are float32"
     else:
         spec, dtype_note = _dtype_for_machine(spec)
+    if args.prompts and spec.max_num_seqs is None and args.prompts > 4:
+        spec = spec.replace(max_num_seqs=args.prompts)  # the whole batch decodes together
+    if args.prompt_mix == "mixed" and spec.max_num_batched_tokens is None:
+        # A step budget below the long prompts' length, so chunked prefill splits them.
+        spec = spec.replace(max_num_batched_tokens=MIXED_STEP_TOKENS)
     sized = spec.replace(
         **{k: v for k, v in bench.BENCH_SPEC_DEFAULTS.items() if getattr(spec, k) is None}
     )
@@ -284,7 +289,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         notes.append(f"memory estimate per start: {estimate}")
     for note in notes:
         _progress(note)
+    prompts, workload = _workload(args, sized)
     result = bench.run_bench(
+        prompts=prompts,
+        workload=workload,
         model=chosen.path,
         model_label=chosen.label,
         backends=args.backend or None,
@@ -307,6 +315,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if result.failures:
         return ExitCode.BENCH_FAILED
     return ExitCode.OK
+
+
+# --prompt-mix mixed: the engine step's token budget (long prompts are 2-4x this).
+MIXED_STEP_TOKENS = 64
+
+
+def _workload(args: argparse.Namespace, spec: CompileSpec) -> tuple[list[list[int]], str]:
+    """The bench's prompts from --prompts / --prompt-mix, and how to describe them."""
+    from aot_core.prompts import TEXTS, workload_prompts
+
+    count = args.prompts or len(TEXTS)
+    room = (spec.max_model_len or 256) - args.max_new_tokens
+    long_tokens = max(room, 0)
+    if args.prompt_mix == "mixed" and long_tokens < 64:
+        raise CLIError(
+            ExitCode.USAGE,
+            f"--prompt-mix mixed: max_model_len {spec.max_model_len} leaves {long_tokens} "
+            f"prompt tokens beside {args.max_new_tokens} new ones; long prompts need at least "
+            "64: raise max_model_len in the spec or lower --new-tokens",
+        )
+    prompts = workload_prompts(count, args.prompt_mix, long_tokens=long_tokens)
+    if args.prompt_mix == "mixed":
+        return prompts, f"mixed: short prompts and {long_tokens}-token ones"
+    return prompts, "short"
 
 
 def _chosen_model(
@@ -664,6 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_bench_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """``aot bench`` and its options."""
     from aot_core.bench import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPEATS, DEFAULT_TIMEOUT_S
+    from aot_core.prompts import WORKLOAD_MIXES
 
     p = sub.add_parser(
         "bench",
@@ -689,10 +722,26 @@ def _add_bench_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         help=f"fresh-process starts per measurement, medians reported (default {DEFAULT_REPEATS})",
     )
     p.add_argument(
+        "--new-tokens",
         "--max-new-tokens",
+        dest="max_new_tokens",
         type=_positive_int,
         default=DEFAULT_MAX_NEW_TOKENS,
         help=f"tokens generated per prompt (default {DEFAULT_MAX_NEW_TOKENS})",
+    )
+    p.add_argument(
+        "--prompts",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="prompts per batch (default: the 4 fixed sentences)",
+    )
+    p.add_argument(
+        "--prompt-mix",
+        choices=WORKLOAD_MIXES,
+        default="short",
+        help="short: the fixed sentences; mixed: every second prompt long (fills the context "
+        "beside the new tokens), so chunked prefill splits it while short ones decode",
     )
     p.add_argument(
         "--timeout",
