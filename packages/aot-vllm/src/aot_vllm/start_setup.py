@@ -145,6 +145,8 @@ def set_up_engine(request: StartRequest) -> EngineSetup:
     is_cpu = platform_is_cpu()
     spec = request.engine_spec
     if is_cpu:
+        spec, dtype_note = _cpu_dtype(spec)
+        notes.extend([dtype_note] if dtype_note else [])
         spec, note = kv_sizing.size_cpu_kv_cache(spec, request.source.local_dir)
         notes.extend([note] if note else [])
     translation = translate(spec, best_effort=request.runtime.best_effort, cpu=is_cpu)
@@ -177,6 +179,26 @@ def _engine_kwargs(
             f"{source.name_or_path} has no tokenizer files: started without a tokenizer "
             "(token-id prompts only)"
         )
+    if source.local_dir is not None and not source.has_weights and "load_format" not in kwargs:
+        # Config-only directory: vLLM's dummy loader fills the weights with random values.
+        # Compiled code takes the weights as inputs, so it serves real weights of the same
+        # config later (see the README on config-only precompile).
+        kwargs["load_format"] = "dummy"
+        notes.append(
+            f"weights are placeholders: {source.name_or_path} holds config.json but no weight "
+            "files, so the engine runs vLLM's dummy (random) weights; outputs are meaningless"
+        )
     # Per-request timings (time to first token) need vLLM's request stats.
     kwargs.setdefault("disable_log_stats", False)
     return kwargs, notes
+
+
+def _cpu_dtype(spec: CompileSpec) -> tuple[CompileSpec, str]:
+    """dtype auto on a CPU without native bfloat16 is float32 (vLLM would take bfloat16
+    from the config and emulate it, about 3x slower here); an explicit dtype wins."""
+    from aot_core.dtype_choice import choose_cpu_dtype
+
+    if spec.dtype != "auto":
+        return spec, ""
+    choice = choose_cpu_dtype(spec.dtype)
+    return spec.replace(dtype=choice.dtype), choice.reason
