@@ -206,3 +206,24 @@ def test_results_record_whether_bytecode_was_precompiled(tmp_path: Path) -> None
         )
     )
     assert "bytecode precompiled (.pyc present): vllm NO" in text
+
+
+def test_decode_limit_is_bandwidth_over_weight_bytes_times_batch() -> None:
+    from aot_core.machine_limits import DecodeLimit, measure_copy_bandwidth
+
+    limit = DecodeLimit(bandwidth_bytes_per_s=8e9, weight_bytes=2 * 10**9, batch=4)
+    assert limit.tokens_per_s == pytest.approx(16.0)
+    assert "16 tokens/s" in limit.describe() and "batch 4" in limit.describe()
+    assert measure_copy_bandwidth(1 << 20, repeats=2) > 0
+    runs = [
+        record("eager", startup=1.0, tps=8.0, mem=1),
+        record("cold", startup=1.0, tps=12.0, mem=1),
+        record("warm", startup=1.0, tps=12.0, mem=1),
+    ]
+    result = _result(runs)
+    settings = {**result.settings, "decode_limit_tokens_per_s": 16.0}
+    text = bench.format_report(dataclasses.replace(result, settings=settings))
+    assert (
+        "output tokens/s vs the bandwidth limit of 16: eager 8 (50%), AOT warm start 12 (75%)"
+        in text
+    )

@@ -140,3 +140,6 @@ def test_bench_workload_options_and_latency(env: dict[str, str], tmp_path: Path)
         assert 0 <= lat["token_p50_s"] <= lat["token_p95_s"]
         assert lat["probed_prompts"] == 6
     assert "time to first token p50" in proc.stdout and "(mixed: short prompts" in proc.stdout
+    # the tiny Llama's weights over this machine's measured bandwidth, batch 6
+    assert settings["decode_limit_tokens_per_s"] > 0
+    assert "decode limit from memory bandwidth" in proc.stdout

@@ -237,6 +237,7 @@ def run_bench(
     notes: Sequence[str] = (),
     prompts: Sequence[Sequence[int]] | None = None,
     workload: str = "",
+    decode_limit: float | None = None,
 ) -> BenchResult:
     """Run every measurement and return the result (see ``format_report``).
 
@@ -296,6 +297,7 @@ def run_bench(
             "threads": 1,
             "notes": list(notes),
             "workload": workload or "short",
+            "decode_limit_tokens_per_s": decode_limit,
         },
         backends=summaries,
         skipped=skipped,
@@ -378,7 +380,22 @@ _TABLES = (
 )
 
 
-def _backend_report(name: str, b: BackendSummary) -> list[str]:
+def _limit_line(b: BackendSummary, limit: float | None) -> list[str]:
+    """Output tokens/s per phase beside the machine's bandwidth bound for this model."""
+    if not limit:
+        return []
+    parts = []
+    for phase in ("eager", "warm"):
+        med = b.median.get(phase)
+        if med is not None and med.output_tokens_per_s:
+            share = med.output_tokens_per_s / limit
+            parts.append(f"{PHASE_LABELS[phase]} {med.output_tokens_per_s:.0f} ({share:.0%})")
+    if not parts:
+        return []
+    return [f"output tokens/s vs the bandwidth limit of {limit:.0f}: " + ", ".join(parts)]
+
+
+def _backend_report(name: str, b: BackendSummary, limit: float | None = None) -> list[str]:
     out = ["", f"== {name} {b.version}"]
     for key, title in _TABLES:
         table = b.comparisons.get(key)
@@ -392,6 +409,7 @@ def _backend_report(name: str, b: BackendSummary) -> list[str]:
     if b.warm_cache:
         out.append("warm-start cache: " + "; ".join(b.warm_cache))
     out += _latency_lines(b)
+    out += _limit_line(b, limit)
     match = b.tokens_match_eager
     verdict = {True: "identical", False: "DIFFERENT", None: "not compared"}[match]
     if match is False and b.tokens_divergence:
@@ -449,7 +467,7 @@ def format_report(result: BenchResult) -> str:
     out += list(s.get("notes", ()))
     out += [f"skipped {name}: {reason}" for name, reason in result.skipped.items()]
     for name, b in result.backends.items():
-        out += _backend_report(name, b)
+        out += _backend_report(name, b, s.get("decode_limit_tokens_per_s"))
     names = [n for n, b in result.backends.items() if b.median.get("warm")]
     if len(names) >= 2:
         first, second = (result.backends[n].median["warm"] for n in names[:2])

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from aot_core import artifacts, model_choice
 from aot_core.command import (
@@ -40,6 +40,10 @@ from aot_core.errors import (
 from aot_core.prompts import default_prompts
 from aot_core.spec import CompileSpec
 from aot_core.workflow import INTERRUPTED, compile_into
+
+if TYPE_CHECKING:
+    from aot_core.machine_limits import DecodeLimit
+    from aot_core.memory_estimate import MemoryEstimate
 
 __all__ = [
     "EXIT_CODE_HELP",
@@ -285,11 +289,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         max_num_seqs=sized.max_num_seqs or 1,
     )
     notes = [dtype_note] if dtype_note else []
-    if estimate:
-        notes.append(f"memory estimate per start: {estimate}")
+    if estimate is not None:
+        notes.append(f"memory estimate per start: {estimate.describe()}")
+    prompts, workload = _workload(args, sized)
+    limit = _decode_limit(estimate, min(len(prompts), sized.max_num_seqs or len(prompts)))
+    if limit is not None:
+        notes.append(limit.describe())
     for note in notes:
         _progress(note)
-    prompts, workload = _workload(args, sized)
     result = bench.run_bench(
         prompts=prompts,
         workload=workload,
@@ -304,6 +311,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         progress=_progress,
         cache_root=cache_root,
         notes=notes,
+        decode_limit=limit.tokens_per_s if limit is not None else None,
     )
     print(bench.format_report(result))
     if args.json is not None:
@@ -374,9 +382,24 @@ def _dtype_for_machine(spec: CompileSpec) -> tuple[CompileSpec, str]:
     return spec.replace(dtype=choice.dtype), choice.reason
 
 
-def _fits(model: Path, spec: CompileSpec, *, max_model_len: int, max_num_seqs: int) -> str:
+def _fits(
+    model: Path, spec: CompileSpec, *, max_model_len: int, max_num_seqs: int
+) -> MemoryEstimate | None:
     return model_choice.check_fits(
         model, spec, max_model_len=max_model_len, max_num_seqs=max_num_seqs
+    )
+
+
+def _decode_limit(estimate: MemoryEstimate | None, batch: int) -> DecodeLimit | None:
+    """The bandwidth bound on decode tokens/s here (one 128 MiB copy, well under a second)."""
+    from aot_core.machine_limits import DecodeLimit, measure_copy_bandwidth
+
+    if estimate is None:
+        return None
+    return DecodeLimit(
+        bandwidth_bytes_per_s=measure_copy_bandwidth(),
+        weight_bytes=estimate.weight_bytes,
+        batch=batch,
     )
 
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aot_core.command import CLIError, ExitCode, check_model
 from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
+
+if TYPE_CHECKING:
+    from aot_core.memory_estimate import MemoryEstimate
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,9 +63,11 @@ def choose_model(
     return ChosenModel(path=path, label=str(path))
 
 
-def check_fits(model: Path, spec: CompileSpec, *, max_model_len: int, max_num_seqs: int) -> str:
+def check_fits(
+    model: Path, spec: CompileSpec, *, max_model_len: int, max_num_seqs: int
+) -> MemoryEstimate | None:
     """The memory estimate of one start, or a NOT_ENOUGH_MEMORY ``CLIError`` when it does not
-    fit; an empty string when config.json is not of a family the estimate knows."""
+    fit; None when config.json is not of a family the estimate knows."""
     from aot_core.memory_estimate import estimate
 
     config = _config(model)
@@ -71,7 +76,7 @@ def check_fits(model: Path, spec: CompileSpec, *, max_model_len: int, max_num_se
             config, dtype=spec.dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs
         )
     except (KeyError, TypeError, ValueError):
-        return ""  # not a Llama-family config: the backend's own checks decide
+        return None  # not a Llama-family config: the backend's own checks decide
     if not est.fits:
         raise CLIError(
             ExitCode.NOT_ENOUGH_MEMORY,
@@ -79,7 +84,7 @@ def check_fits(model: Path, spec: CompileSpec, *, max_model_len: int, max_num_se
             f"started: {est.describe()}. Free memory, choose a smaller shape, a smaller "
             "max_model_len / max_num_seqs, or dtype bfloat16 in the spec",
         )
-    return est.describe()
+    return est
 
 
 def _config(model: Path) -> dict[str, Any]:
