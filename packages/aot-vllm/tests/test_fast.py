@@ -395,3 +395,17 @@ def test_cpu_dtype_auto_becomes_float32_without_native_bf16(
     assert spec.dtype == "bfloat16" and note == ""
     monkeypatch.setattr(dtype_choice, "cpu_isa", lambda: ("avx512f", "avx512_bf16"))
     assert _cpu_dtype(CompileSpec())[0].dtype == "auto"
+
+
+def test_config_only_directory_of_an_unknown_architecture_is_refused_naming_it(
+    tmp_path: Path,
+) -> None:
+    from aot_vllm.start_setup import check_architecture
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architectures": ["NoSuchModelForCausalLM"], "hidden_size": 64})
+    )
+    with pytest.raises(SpecError, match="NoSuchModelForCausalLM, an architecture the installed"):
+        check_architecture(resolve_model(str(tmp_path)))
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
+    check_architecture(resolve_model(str(tmp_path)))  # a known one passes

@@ -11,6 +11,7 @@ Two steps of ``startup.build``, each with a typed result:
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -142,6 +143,7 @@ def request_start(model: Any, spec: CompileSpec, *, notes: Sequence[str] = ()) -
 def set_up_engine(request: StartRequest) -> EngineSetup:
     """Size, translate and place the engine for the installed release (vLLM imported)."""
     notes: list[str] = []
+    check_architecture(request.source)
     is_cpu = platform_is_cpu()
     spec = request.engine_spec
     if is_cpu:
@@ -202,3 +204,28 @@ def _cpu_dtype(spec: CompileSpec) -> tuple[CompileSpec, str]:
         return spec, ""
     choice = choose_cpu_dtype(spec.dtype)
     return spec.replace(dtype=choice.dtype), choice.reason
+
+
+def check_architecture(source: ModelSource) -> None:
+    """A local config naming only architectures vLLM cannot build fails here, naming them,
+    before an engine starts (a config-only directory would otherwise fail deep inside
+    vLLM's engine process). Configs with remote code (``auto_map``) are left to vLLM."""
+    if source.local_dir is None:
+        return
+    try:
+        data = json.loads((source.local_dir / "config.json").read_text(encoding="utf-8"))
+        from vllm.model_executor.models import ModelRegistry
+
+        supported = set(ModelRegistry.get_supported_archs())
+    except Exception:  # unreadable config or another registry API: vLLM's own check decides
+        return
+    archs = data.get("architectures") if isinstance(data, dict) else None
+    if not isinstance(archs, list) or not archs or "auto_map" in data or not supported:
+        return
+    if not any(a in supported for a in archs):
+        raise SpecError(
+            f"model: {source.local_dir} is a {', '.join(map(str, archs))}, an architecture "
+            f"the installed vLLM cannot build; use a model of an architecture vLLM supports "
+            "(LlamaForCausalLM, Qwen2ForCausalLM, ...) or another backend",
+            field="model",
+        )
