@@ -75,20 +75,23 @@ class _Start:
     def latency(self, compiled: Any) -> dict[str, float | None]:
         """Time to first token and per-token decode latency, p50 and p95 over the prompts.
 
-        Each prompt runs alone (a batch of one) twice: for one new token (time to first
-        token: prefill plus one step) and for all of them; the difference over the extra
+        Each prompt (up to 8) runs alone (a batch of one) twice: for one new token (time to
+        first token: prefill plus one step) and for up to 32; the difference over the extra
         tokens is its per-token latency. Backend-neutral: only ``generate`` is timed.
         """
         import dataclasses
 
         one = dataclasses.replace(self.params, max_new_tokens=1)
+        some = dataclasses.replace(
+            self.params, max_new_tokens=min(self.params.max_new_tokens, _LATENCY_TOKENS)
+        )
         ttft, per_token = [], []
         for prompt in self.prompts[:_LATENCY_PROMPTS]:
             t = time.perf_counter()
             compiled.generate([prompt], one)
             first = time.perf_counter() - t
             t = time.perf_counter()
-            (gen,) = compiled.generate([prompt], self.params)
+            (gen,) = compiled.generate([prompt], some)
             full = time.perf_counter() - t
             ttft.append(first)
             if len(gen.token_ids) > 1:
@@ -102,8 +105,10 @@ class _Start:
         }
 
 
-# Latency probes run each prompt alone twice; eight prompts bound their cost on big shapes.
+# Latency probes run each prompt alone twice, the second time for up to 32 tokens: enough
+# steps for a per-token figure, and a bounded cost (the default bench has 12 starts).
 _LATENCY_PROMPTS = 8
+_LATENCY_TOKENS = 32
 
 
 def _percentile(values: list[float], q: float) -> float | None:
