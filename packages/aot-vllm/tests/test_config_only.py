@@ -4,6 +4,7 @@ The weights are placeholders (vLLM's dummy loader) while compiling; compiled cod
 the weights as inputs, so once the real weights land in the same directory the next start
 is a verified hit that reuses vLLM's compiled code, and its greedy tokens equal an eager
 start's on those weights. Each start runs in a fresh process, as a user's would.
+Marked ``optin``: ``nox -s vllm_optin`` runs it (about three engine starts).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 from aot_core.tiny import write_tiny_llama
 from test_warm_start import _start
 
-pytestmark = pytest.mark.slow
+# Three fresh-process engine starts: opt-in (`nox -s vllm_optin`), not the default list.
+pytestmark = [pytest.mark.slow, pytest.mark.optin]
 
 
 @pytest.fixture(scope="module")
