@@ -64,7 +64,8 @@ class MemoryEstimate:
             "unknown" if self.available_bytes is None else f"{self.available_bytes / gib:.1f} GiB"
         )
         return (
-            f"{self.parameters / 1e6:.0f}M parameters at {self.dtype}: weights "
+            f"{self.parameters / 1e6:.{0 if self.parameters >= 10**7 else 2}f}M parameters at "
+            f"{self.dtype}: weights "
             f"{self.weight_bytes / gib:.2f} GiB + KV cache {self.kv_cache_bytes / gib:.2f} GiB "
             f"+ runtime and build overhead {self.overhead_bytes / gib:.2f} GiB = "
             f"{self.total_bytes / gib:.1f} GiB needed; available here: {avail}"
