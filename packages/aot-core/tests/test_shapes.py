@@ -57,6 +57,7 @@ def test_cli_unknown_shape_exits_2_listing_known(
         err = capsys.readouterr().err
         assert code == ExitCode.USAGE
         assert "unknown shape 'gpt-5'" in err and "qwen2.5-0.5b" in err
+        assert not (tmp_path / "models").exists()  # nothing written for a bad name
 
 
 def test_cli_model_and_shape_together_or_neither(

@@ -353,6 +353,12 @@ def _chosen_model(
     args: argparse.Namespace, cache_root: Path, *, default_tiny: bool
 ) -> model_choice.ChosenModel:
     if args.shape is not None:
+        from aot_core.shape_presets import get_shape
+
+        try:
+            get_shape(args.shape)  # an unknown name fails before anything is written
+        except SpecError as exc:
+            raise CLIError(ExitCode.USAGE, f"--shape: {exc}") from None
         _writable(cache_root, "cache directory")  # the shape's config-only directory goes there
     return model_choice.choose_model(
         args.model, args.shape, cache_root=cache_root, default_tiny=default_tiny
@@ -748,6 +754,7 @@ def _add_bench_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         "--new-tokens",
         "--max-new-tokens",
         dest="max_new_tokens",
+        metavar="M",
         type=_positive_int,
         default=DEFAULT_MAX_NEW_TOKENS,
         help=f"tokens generated per prompt (default {DEFAULT_MAX_NEW_TOKENS})",
