@@ -191,7 +191,15 @@ def vllm(session: nox.Session, release: str) -> None:
     7 minutes here), the fast tests plus cold/warm/damaged starts (`smoke`) on the older
     one. `nox -s vllm_extra` runs the whole suite on every other release."""
     smoke = ("-m", "not slow or smoke")
-    _vllm_suite(session, release, default_args=() if release == VLLM_DEFAULT else smoke)
+    newest = ("-m", "not optin")
+    _vllm_suite(session, release, default_args=newest if release == VLLM_DEFAULT else smoke)
+
+
+@nox.session(python=PYTHON)
+def vllm_optin(session: nox.Session) -> None:
+    """The aot-vllm tests kept out of the default list for their engine time (`optin`:
+    e.g. the config-only precompile served real weights, three fresh-process starts)."""
+    _vllm_suite(session, VLLM_DEFAULT, default_args=("-m", "optin"))
 
 
 def _vllm_suite(session: nox.Session, release: str, default_args: tuple[str, ...] = ()) -> None:

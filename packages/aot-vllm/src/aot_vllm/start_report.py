@@ -89,6 +89,9 @@ class StartReading:
     peak_memory: int
     """Peak RSS of this process and its children during the start, in bytes."""
 
+    counters_after: evidence.Counters | None = None
+    """In-process counters after the start (None when the engine ran in another process)."""
+
     ranks: tuple[RankReading, ...] = ()
     """Each rank's own evidence, for a model split over several processes."""
 
@@ -145,6 +148,7 @@ def read_start(
         aot_failure=failure[1] if failure is not None else None,
         resolved=read_resolved_config(launch.running.llm),
         counters=evidence.counter_deltas(launch.counters_before, counters_after),
+        counters_after=counters_after,
         kv_cache_tokens=_kv_cache_tokens(launch.running.llm, records),
         peak_memory=peak_memory,
     )
@@ -177,6 +181,11 @@ def start_stats(setup: EngineSetup, reading: StartReading) -> OptimizationStats:
             "cache_entry": str(setup.request.entry.path),
             "engine_start_s": round(launch.t_ready - launch.t_engine, 4),
             "counters": reading.counters,
+            "compile_warmup_split": evidence.compile_warmup_split(
+                launch.counters_before,
+                reading.counters_after,
+                reading.phases.get("compile_warmup"),
+            ),
             **_parallel_config(setup),
         },
         notes=_notes(setup, reading),

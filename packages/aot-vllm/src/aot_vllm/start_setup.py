@@ -11,6 +11,7 @@ Two steps of ``startup.build``, each with a typed result:
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import sys
 import time
@@ -161,9 +162,12 @@ def request_start(model: Any, spec: CompileSpec, *, notes: Sequence[str] = ()) -
 def set_up_engine(request: StartRequest) -> EngineSetup:
     """Size, translate and place the engine for the installed release (vLLM imported)."""
     notes: list[str] = []
+    check_architecture(request.source)
     is_cpu = platform_is_cpu()
     spec = request.engine_spec
     if is_cpu:
+        spec, dtype_note = _cpu_dtype(spec)
+        notes.extend([dtype_note] if dtype_note else [])
         spec, note = kv_sizing.size_cpu_kv_cache(spec, request.source.local_dir)
         notes.extend([note] if note else [])
     translation = translate(spec, best_effort=request.runtime.best_effort, cpu=is_cpu)
@@ -226,6 +230,51 @@ def _engine_kwargs(
             f"{source.name_or_path} has no tokenizer files: started without a tokenizer "
             "(token-id prompts only)"
         )
+    if source.local_dir is not None and not source.has_weights and "load_format" not in kwargs:
+        # Config-only directory: vLLM's dummy loader fills the weights with random values.
+        # Compiled code takes the weights as inputs, so it serves real weights of the same
+        # config later (see the README on config-only precompile).
+        kwargs["load_format"] = "dummy"
+        notes.append(
+            f"weights are placeholders: {source.name_or_path} holds config.json but no weight "
+            "files, so the engine runs vLLM's dummy (random) weights; outputs are meaningless"
+        )
     # Per-request timings (time to first token) need vLLM's request stats.
     kwargs.setdefault("disable_log_stats", False)
     return kwargs, notes
+
+
+def _cpu_dtype(spec: CompileSpec) -> tuple[CompileSpec, str]:
+    """dtype auto on a CPU without native bfloat16 is float32 (vLLM would take bfloat16
+    from the config and emulate it, about 3x slower here); an explicit dtype wins."""
+    from aot_core.dtype_choice import choose_cpu_dtype
+
+    if spec.dtype != "auto":
+        return spec, ""
+    choice = choose_cpu_dtype(spec.dtype)
+    return spec.replace(dtype=choice.dtype), choice.reason
+
+
+def check_architecture(source: ModelSource) -> None:
+    """A local config naming only architectures vLLM cannot build fails here, naming them,
+    before an engine starts (a config-only directory would otherwise fail deep inside
+    vLLM's engine process). Configs with remote code (``auto_map``) are left to vLLM."""
+    if source.local_dir is None:
+        return
+    try:
+        data = json.loads((source.local_dir / "config.json").read_text(encoding="utf-8"))
+        from vllm.model_executor.models import ModelRegistry
+
+        supported = set(ModelRegistry.get_supported_archs())
+    except Exception:  # unreadable config or another registry API: vLLM's own check decides
+        return
+    archs = data.get("architectures") if isinstance(data, dict) else None
+    if not isinstance(archs, list) or not archs or "auto_map" in data or not supported:
+        return
+    if not any(a in supported for a in archs):
+        raise SpecError(
+            f"model: {source.local_dir} is a {', '.join(map(str, archs))}, an architecture "
+            f"the installed vLLM cannot build; use a model of an architecture vLLM supports "
+            "(LlamaForCausalLM, Qwen2ForCausalLM, ...) or another backend",
+            field="model",
+        )
