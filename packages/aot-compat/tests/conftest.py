@@ -22,10 +22,12 @@ BACKENDS = (selection.VLLM, selection.LEGACY)
 def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Compile caches go to a temporary directory, never the user's ~/.cache."""
     root = tmp_path_factory.mktemp("caches")
-    saved = {k: os.environ.get(k) for k in ("AOT_CACHE_DIR", "VLLM_CACHE_ROOT", "AOT_BACKEND")}
+    names = ("AOT_CACHE_DIR", "VLLM_CACHE_ROOT", "AOT_BACKEND", "AOT_COMPAT_STRICT")
+    saved = {k: os.environ.get(k) for k in names}
     os.environ["AOT_CACHE_DIR"] = str(root / "aot")
     os.environ["VLLM_CACHE_ROOT"] = str(root / "vllm")
-    os.environ.pop("AOT_BACKEND", None)  # tests that need it set it themselves
+    os.environ.pop("AOT_BACKEND", None)  # tests that need them set them themselves
+    os.environ.pop("AOT_COMPAT_STRICT", None)
     yield
     for key, value in saved.items():
         if value is None:

@@ -19,7 +19,7 @@ from aot_core.compiler import CompiledModel, Compiler, Generation, GenerationPar
 from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
 
-from aot_compat.legacy_config import LegacyTranslation, translate
+from aot_compat.legacy_config import LegacyTranslation, strict_from_env, translate
 from aot_compat.policy import LEGACY, OLD_COMPILATION_SYSTEMS, VLLM, preference
 from aot_compat.selection import BackendChoice, choose_backend
 
@@ -209,7 +209,9 @@ class CompatCompiler:
     it is None the backend is chosen with ``use_vllm_native`` and ``$AOT_BACKEND``.
     Constructor keywords are the old ones (``enable_cuda_graphs``, ``batch_sizes``,
     ``cache_dir``, ``compilation_level``, ``enable_chunked_prefill``, ...) or any
-    ``CompileSpec`` field; ``spec=`` takes a ``CompileSpec`` directly.
+    ``CompileSpec`` field; ``spec=`` takes a ``CompileSpec`` directly. An old key no backend
+    understands warns (``UnknownConfigKeyWarning``) and is ignored; ``strict=True`` (None:
+    ``$AOT_COMPAT_STRICT``) makes it a ``LegacyConfigError``, here and in every compile.
     """
 
     backend_name: ClassVar[str | None] = None
@@ -231,6 +233,7 @@ class CompatCompiler:
         spec: CompileSpec | None = None,
         use_vllm_native: bool = True,
         choice: BackendChoice | None = None,
+        strict: bool | None = None,
         **options: Any,
     ) -> None:
         if len(args) > len(self.positional):
@@ -254,8 +257,12 @@ class CompatCompiler:
                 choice = choose_backend(preference(use_vllm_native), stacklevel=3)
         self.choice = choice
         """Which backend runs this compiler, and why."""
+        self.strict = strict_from_env() if strict is None else strict
+        """Whether an old config key no backend understands is an error (else a warning)."""
         extra = {k: v for k, v in options.items() if not (k == "batch_sizes" and v is None)}
-        translation = translate(None, base=spec, backend=choice.name, extra=extra, stacklevel=3)
+        translation = translate(
+            None, base=spec, backend=choice.name, extra=extra, strict=self.strict, stacklevel=3
+        )
         self.backend: Compiler = choice.compiler(translation.spec)
         """The backend compiler (the new API)."""
         self.compiled_models: dict[tuple[str, str, str | None], CompatCompiledModel] = {}
@@ -333,6 +340,7 @@ class CompatCompiler:
             base=self.spec,
             backend=self.choice.name,
             compilation_mode=compilation_mode,
+            strict=self.strict,
             stacklevel=4,
         )
         spec = translation.spec
