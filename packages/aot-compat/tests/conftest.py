@@ -8,8 +8,9 @@ combination must show, or skips saying why it does not apply.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aot_compat import selection
@@ -67,3 +68,23 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from aot_core.tiny import write_tiny_llama
 
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def in_memory_model(tiny_model_dir: Path) -> Callable[[], Any]:
+    """Builds the tiny Llama in memory (no name_or_path) with its saved weights loaded."""
+
+    def build() -> Any:
+        import torch
+        from safetensors.torch import load_file
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig.from_pretrained(tiny_model_dir)
+        config.name_or_path = ""
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+        model.load_state_dict(load_file(str(tiny_model_dir / "model.safetensors")), strict=False)
+        model.tie_weights()
+        return model.eval()
+
+    return build
