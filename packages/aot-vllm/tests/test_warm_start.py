@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# smoke: the one engine check the older runtime release gets in the default nox run.
+pytestmark = [pytest.mark.slow, pytest.mark.smoke]
 
 SCRIPT = Path(__file__).with_name("start_once.py")
 
