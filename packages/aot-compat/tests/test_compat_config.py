@@ -258,3 +258,16 @@ def test_base_compiler_is_reported() -> None:
 def test_not_a_config() -> None:
     with pytest.raises(LegacyConfigError, match="must be a dict"):
         translate(42)
+
+
+def test_tokenizer_object_is_carried_and_a_tokenizer_name_is_reported() -> None:
+    class Tokenizer:
+        def save_pretrained(self, path: str) -> None:
+            raise AssertionError("translation must not save anything")
+
+    tokenizer = Tokenizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert translate({"tokenizer": tokenizer}).tokenizer is tokenizer
+    with pytest.warns(LegacyConfigWarning, match="'tokenizer'='org/tok' has no effect"):
+        assert translate({"tokenizer": "org/tok"}).tokenizer is None

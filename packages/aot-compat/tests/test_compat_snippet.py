@@ -50,7 +50,16 @@ def snippet(
     model = _model(request.param, tiny_model_dir, in_memory_model)
     inputs = torch.tensor([PROMPTS[0]])
     # an old config, with a key no backend knows: it warns, the compile goes on
-    config = {"max_seq_len": 64, "kv_cache_memory_bytes": 32 << 20, "max_batch_size": 4}
+    config: dict[str, Any] = {
+        "max_seq_len": 64,
+        "kv_cache_memory_bytes": 32 << 20,
+        "max_batch_size": 4,
+    }
+    if request.param == "in-memory":
+        from transformers import AutoTokenizer
+
+        # the in-memory model's tokenizer goes with it (text prompts work)
+        config["tokenizer"] = AutoTokenizer.from_pretrained(tiny_model_dir)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # --- the old code, verbatim ---
@@ -157,3 +166,12 @@ def test_module_style_call(snippet: Any) -> None:
         )
         loss = compiled_model(plain, labels=plain).loss
         torch.testing.assert_close(loss, model(plain, labels=plain).loss, rtol=1e-4, atol=1e-4)
+
+
+def test_text_prompts_use_the_models_tokenizer(snippet: Any) -> None:
+    _, _, _, compiled_model, _ = snippet
+    (text_out,) = compiled_model.generate(["Hello"], max_tokens=4)
+    (ids_out,) = compiled_model.generate([list(b"Hello")], max_tokens=4)
+    assert text_out.prompt_token_ids == tuple(b"Hello")  # the byte-level tokenizer ran
+    assert text_out.token_ids == ids_out.token_ids
+    assert isinstance(text_out.text, str)

@@ -84,6 +84,11 @@ def test_model_source_in_memory_object_is_saved_once(
     assert resolve_model(src) is src  # resolved once, not saved again on the way in
     again = resolve_model(model)
     assert again.local_dir == src.local_dir and "reused" in again.note
+    from aot_core.model_cache import ModelWithTokenizer
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model)
+    with_tokenizer = resolve_model(ModelWithTokenizer(model=model, tokenizer=tokenizer))
+    assert with_tokenizer.has_tokenizer and with_tokenizer.local_dir != src.local_dir
 
 
 @pytest.mark.parametrize(

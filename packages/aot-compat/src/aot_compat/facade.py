@@ -318,10 +318,15 @@ class CompatCompiler:
             if cached is not None and not cached.closed:
                 self._last = cached
                 return cached
+            given = model
+            if translation.tokenizer is not None:
+                from aot_core.model_cache import ModelWithTokenizer
+
+                given = ModelWithTokenizer(model=model, tokenizer=translation.tokenizer)
             if inputs is not None or aot:
-                compiled = self.backend.compile_model_aot(model, _example_inputs(inputs), spec)
+                compiled = self.backend.compile_model_aot(given, _example_inputs(inputs), spec)
             else:
-                compiled = self.backend.compile_model(model, spec)
+                compiled = self.backend.compile_model(given, spec)
             metadata = {
                 "model_id": ident,
                 "backend": self.choice.name,

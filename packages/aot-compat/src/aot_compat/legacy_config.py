@@ -85,6 +85,10 @@ OBSOLETE_KEYS: dict[str, str] = {
 # Keys that identify the model rather than configure compilation.
 MODEL_ID_KEYS = ("model_id", "model_name", "model_path", "name")
 
+TOKENIZER_KEY = "tokenizer"
+"""The old config key that carries the model's tokenizer object (saved with an in-memory
+model on the vLLM path, used for text prompts on the legacy path)."""
+
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(CompileSpec)} - {"backend_options"}
 
 _MODE_NAMES: dict[str, tuple[str, bool | None]] = {
@@ -111,6 +115,10 @@ class LegacyTranslation:
     model_id: str | None = None
     """The model name/id the old config carried, if any (used for old get_model_info)."""
 
+    tokenizer: Any = None
+    """The tokenizer object the old config carried (``tokenizer``), handed to the backend
+    with the model (``aot_core.model_cache.ModelWithTokenizer``), or None."""
+
     notes: tuple[str, ...] = ()
     """Every warning issued while translating, in order."""
 
@@ -125,6 +133,7 @@ class _Collector:
     options: dict[str, Any] = field(default_factory=dict)
     strict: bool = False
     model_id: str | None = None
+    tokenizer: Any = None
     notes: list[str] = field(default_factory=list)
     categories: list[type[Warning]] = field(default_factory=list)
 
@@ -268,6 +277,18 @@ def _graph_config(c: _Collector, key: str, value: Any) -> None:
         )
 
 
+def _tokenizer(c: _Collector, key: str, value: Any) -> None:
+    if value is None:
+        return
+    if callable(getattr(value, "save_pretrained", None)):
+        c.tokenizer = value
+        return
+    c.note(
+        f"config key {key!r}={value!r} has no effect: the tokenizer files beside the model are "
+        "used; pass a tokenizer object to have it go with an in-memory model"
+    )
+
+
 def _field(name: str, convert: Callable[[Any], Any] | None = None) -> Callable[..., None]:
     def handler(c: _Collector, key: str, value: Any) -> None:
         c.set(name, convert(value) if convert is not None else value, key)
@@ -337,6 +358,7 @@ def _known_keys() -> list[str]:
         | migrated
         | set(OBSOLETE_KEYS)
         | set(MODEL_ID_KEYS)
+        | {TOKENIZER_KEY}
     )
 
 
@@ -372,6 +394,8 @@ def _translate_key(c: _Collector, key: str, value: Any, *, lenient: bool) -> Non
         elif key == "dtype":
             value = _dtype(value)
         c.set(key, value, key)
+    elif key == TOKENIZER_KEY:
+        _tokenizer(c, key, value)
     elif key in MODEL_ID_KEYS:
         if value is not None and c.model_id is None:
             c.model_id = str(value)
@@ -506,4 +530,6 @@ def translate(
         raise LegacyConfigError(f"{where}{exc}", field=old or exc.field) from None
     for message, category in zip(c.notes, c.categories, strict=True):
         warnings.warn(message, category, stacklevel=stacklevel + 1)
-    return LegacyTranslation(spec=spec, model_id=c.model_id, notes=tuple(c.notes))
+    return LegacyTranslation(
+        spec=spec, model_id=c.model_id, tokenizer=c.tokenizer, notes=tuple(c.notes)
+    )

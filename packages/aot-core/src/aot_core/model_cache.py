@@ -35,6 +35,22 @@ _CHUNK = 1 << 24
 
 
 @dataclass(frozen=True, kw_only=True)
+class ModelWithTokenizer:
+    """An in-memory model handed to a backend together with its tokenizer.
+
+    Backends that take model objects unwrap it: the vLLM backend saves both (the tokenizer
+    files beside the weights, so text prompts work), the legacy backend uses the tokenizer
+    for text prompts. aot-compat builds it from an old config's ``tokenizer`` key.
+    """
+
+    model: Any
+    """The model object (a transformers model)."""
+
+    tokenizer: Any
+    """Its tokenizer (anything with ``save_pretrained``), or None."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class SavedModel:
     """Where an in-memory model was saved, and whether this call wrote it."""
 

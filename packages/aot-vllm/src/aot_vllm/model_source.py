@@ -46,6 +46,13 @@ def resolve_model(model: Any) -> ModelSource:
     """
     if isinstance(model, ModelSource):
         return model
+    from aot_core.model_cache import ModelWithTokenizer
+
+    if isinstance(model, ModelWithTokenizer):
+        if model.tokenizer is not None:
+            # the tokenizer given is part of what vLLM must load: save both together
+            return _saved(model.model, model.tokenizer)
+        model = model.model
     if _in_memory(model):
         return _saved(model)
     text = _name_or_path(model)
@@ -84,10 +91,16 @@ def _in_memory(model: Any) -> bool:
     return False
 
 
-def _saved(model: Any) -> ModelSource:
+def _saved(model: Any, tokenizer: Any = None) -> ModelSource:
     from aot_core.model_cache import save_model
 
-    saved = save_model(model)
+    if not hasattr(model, "save_pretrained"):
+        raise SpecError(
+            f"model: a {type(model).__name__} cannot be saved for vLLM; pass a transformers "
+            "model, a model directory or a model name",
+            field="model",
+        )
+    saved = save_model(model, tokenizer=tokenizer)
     names = {p.name for p in saved.path.iterdir()}
     return ModelSource(
         name_or_path=str(saved.path),
