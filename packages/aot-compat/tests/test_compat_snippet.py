@@ -48,11 +48,13 @@ def snippet(
     import torch
 
     model = _model(request.param, tiny_model_dir, in_memory_model)
-    inputs = torch.tensor([PROMPTS[0]])
+    # the example inputs and settings of test_compat_old_api.py, so that the saved model's
+    # compile finds the compiled code that module's compile of the same model left behind
+    inputs = torch.tensor([list(b"Hello"), list(b"World")])
     # an old config, with a key no backend knows: it warns, the compile goes on
     config: dict[str, Any] = {
-        "max_seq_len": 64,
-        "kv_cache_memory_bytes": 32 << 20,
+        "max_seq_len": 128,
+        "kv_cache_memory_bytes": 64 << 20,
         "max_batch_size": 4,
     }
     if request.param == "in-memory":
