@@ -136,7 +136,11 @@ def request_start(model: Any, spec: CompileSpec, *, notes: Sequence[str] = ()) -
         entry=entry,
         log=log,
         t_start=t_start,
-        notes=(*notes, *([log.reason] if log.reason else [])),
+        notes=(
+            *([source.note] if source.note else []),
+            *notes,
+            *([log.reason] if log.reason else []),
+        ),
     )
 
 
