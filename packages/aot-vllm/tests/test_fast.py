@@ -68,6 +68,29 @@ def test_model_source_hf_object(tiny_model: Path) -> None:
     assert resolve_model(HFModel()).local_dir == tiny_model.resolve()
 
 
+def test_model_source_in_memory_object_is_saved_once(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setenv("AOT_CACHE_DIR", str(tmp_path))
+    config = transformers.LlamaConfig.from_pretrained(tiny_model)
+    config.name_or_path = ""
+    model = transformers.LlamaForCausalLM(config)
+    src = resolve_model(model)
+    assert src.local_dir is not None and src.local_dir.is_relative_to(tmp_path / "models")
+    assert (src.local_dir / "config.json").is_file() and src.has_weights
+    assert not src.has_tokenizer  # none was given: token-id prompts only
+    assert "saved in aot's model cache" in src.note and str(src.local_dir) in src.note
+    assert resolve_model(src) is src  # resolved once, not saved again on the way in
+    again = resolve_model(model)
+    assert again.local_dir == src.local_dir and "reused" in again.note
+    from aot_core.model_cache import ModelWithTokenizer
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model)
+    with_tokenizer = resolve_model(ModelWithTokenizer(model=model, tokenizer=tokenizer))
+    assert with_tokenizer.has_tokenizer and with_tokenizer.local_dir != src.local_dir
+
+
 @pytest.mark.parametrize(
     ("model", "needle"),
     [("/no/such/model/dir", "no such directory"), ("", "empty"), (object(), "name_or_path")],

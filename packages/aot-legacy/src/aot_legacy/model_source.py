@@ -82,6 +82,13 @@ def load_model(
     model: Any, *, dtype: str, device: torch.device, phases: dict[str, float]
 ) -> LoadedModel:
     """Resolve ``model`` into a ``LoadedModel`` on ``device``; ``dtype`` is the spec's."""
+    from aot_core.model_cache import ModelWithTokenizer
+
+    if isinstance(model, ModelWithTokenizer):
+        loaded = load_model(model.model, dtype=dtype, device=device, phases=phases)
+        if model.tokenizer is not None:
+            loaded.tokenizer = model.tokenizer  # the caller's, over one found beside it
+        return loaded
     want = None if dtype == "auto" else _torch_dtype(dtype)
     if isinstance(model, (str, Path)):
         directory = Path(model).expanduser()

@@ -152,6 +152,7 @@ def request_start(model: Any, spec: CompileSpec, *, notes: Sequence[str] = ()) -
         log=log,
         t_start=t_start,
         notes=(
+            *([source.note] if source.note else []),
             *notes,
             *([log.reason] if log.reason else []),
             *([split_note] if split_note else []),
