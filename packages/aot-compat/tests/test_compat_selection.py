@@ -262,3 +262,23 @@ def test_spec_keyword_is_not_undone_by_the_old_default(backends: dict[str, Any])
     compiler = create_enhanced_compiler(spec=spec)
     assert compiler.spec == spec
     assert create_enhanced_compiler(False, spec=CompileSpec()).spec.cuda_graphs is False
+
+
+def test_unknown_keys_warn_and_strict_makes_them_errors(
+    backends: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aot_compat import LegacyConfigError, UnknownConfigKeyWarning
+
+    backends["install"](vllm=OK)
+    with pytest.warns(UnknownConfigKeyWarning, match="max_batch_size"):
+        compiler = create_enhanced_compiler(max_batch_size=8)
+    assert compiler.strict is False
+    with pytest.raises(LegacyConfigError, match="max_batch_size"):
+        create_enhanced_compiler(max_batch_size=8, strict=True)
+    strict = create_enhanced_compiler(strict=True)
+    # per-compile configs are held to the compiler's strictness before any compile starts
+    with pytest.raises(LegacyConfigError, match=r"'max_seq_lenn'.*did you mean 'max_seq_len'"):
+        strict.compile_model_aot("some/model", None, {"max_seq_lenn": 8})
+    monkeypatch.setenv("AOT_COMPAT_STRICT", "1")
+    assert create_enhanced_compiler().strict is True
+    assert create_vllm_native_compiler(strict=False).strict is False

@@ -550,6 +550,77 @@ def test_an_entry_for_another_key_is_rebuilt_not_reused(art: Path, model: Path) 
     assert "holds another model or spec" in refused[0]
 
 
+def _tp2_artifact(tmp_path: Path, model: Path) -> Path:
+    """An artifact compiled for two tensor-parallel ranks, each with a file of its own."""
+    spec = SPEC.replace(tensor_parallel_size=2)
+    key = artifacts.entry_key(backend="test", backend_version="", model=model, spec=spec)
+    dest = tmp_path / "store" / "entries" / key
+    ranks = [
+        artifacts.RankRecord(
+            rank=r,
+            tensor_parallel_rank=r,
+            pipeline_parallel_rank=0,
+            files=(f"files/graphs/rank{r}.bin", "files/gone.bin"),
+        )
+        for r in (0, 1)
+    ]
+
+    def build(files_dir: Path) -> dict[str, Any]:
+        (files_dir / "graphs").mkdir()
+        for r in (0, 1):
+            (files_dir / "graphs" / f"rank{r}.bin").write_bytes(bytes([r]) * 64)
+        return {"device": "cpu"}
+
+    artifacts.build_and_publish(
+        dest, key=key, build=build, backend="test", backend_version="", spec=spec, model=model
+    )
+    # Ranks are the backend's record of its own files; it writes them when it seals.
+    artifacts.write_manifest(
+        dest, key=key, backend="test", backend_version="", spec=spec, model=model, ranks=ranks
+    )
+    return dest
+
+
+def test_a_multi_rank_manifest_records_the_world_and_each_ranks_files(
+    tmp_path: Path, model: Path
+) -> None:
+    dest = _tp2_artifact(tmp_path, model)
+    m = artifacts.read_manifest(dest)
+    assert m.world_size == (2, 1)
+    # A file a rank names that is not in the artifact is dropped from its record.
+    assert [r.files for r in m.ranks] == [("files/graphs/rank0.bin",), ("files/graphs/rank1.bin",)]
+    assert artifacts.Manifest.from_dict(m.to_dict()) == m
+    assert artifacts.verify(dest).ok
+    assert any("tensor_parallel_size=2" in line for line in artifacts.describe_manifest(m))
+
+
+def test_an_artifact_for_another_world_size_is_refused(tmp_path: Path, model: Path) -> None:
+    dest = _tp2_artifact(tmp_path, model)
+    assert artifacts.verify_for_load(dest, world=(2, 1)).world_size == (2, 1)
+    with pytest.raises(ArtifactIncompatibleError) as err:
+        artifacts.verify_for_load(dest, world=(1, 1))
+    message = str(err.value)
+    assert "built for tensor_parallel_size=2 x pipeline_parallel_size=1 (2 rank(s)" in message
+    assert "this start asks for tensor_parallel_size=1 x pipeline_parallel_size=1" in message
+    assert "rank 0, rank 1" in message
+    # And the other way round: a single-process artifact does not serve two ranks.
+    (plain := tmp_path / "plain").mkdir()
+    one = make_artifact(plain / "entry", model=model)
+    assert "built for tensor_parallel_size=1" in artifacts.world_problem(
+        one, tensor_parallel_size=2, pipeline_parallel_size=1
+    )
+
+
+def test_a_rank_record_naming_an_unlisted_file_is_tampering(tmp_path: Path, model: Path) -> None:
+    dest = _tp2_artifact(tmp_path, model)
+    rewrite_manifest(
+        dest, lambda d: d["ranks"][1]["files"].append("files/evil.so"), consistent=False
+    )
+    report = artifacts.verify(dest)
+    assert not report.ok
+    assert any("files/evil.so (named by rank 1" in p for p in report.problems())
+
+
 def test_an_artifact_being_built_is_already_an_artifact(tmp_path: Path, model: Path) -> None:
     # A backend handed the staging files/ as spec.cache_dir finds its (empty) artifact.
     seen: dict[str, Any] = {}

@@ -6,6 +6,7 @@ The numbers here are made-up inputs to pure functions; real measurements come fr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -177,3 +178,52 @@ def test_worker_module_has_no_heavy_imports() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_results_record_whether_bytecode_was_precompiled(tmp_path: Path) -> None:
+    import importlib.util
+    import py_compile
+
+    pkg = tmp_path / "withpyc"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (tmp_path / "nopyc").mkdir()
+    (tmp_path / "nopyc" / "__init__.py").write_text("")
+    py_compile.compile(
+        str(pkg / "__init__.py"), cfile=importlib.util.cache_from_source(str(pkg / "__init__.py"))
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        found = bench.bytecode_precompiled(("withpyc", "nopyc", "no_such_package_here"))
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert found == {"withpyc": True, "nopyc": False, "no_such_package_here": None}
+    runs = [record("eager", startup=1.0, tps=1.0, mem=1)]
+    result = _result(runs)
+    text = bench.format_report(
+        dataclasses.replace(
+            result, machine={**result.machine, "bytecode_precompiled": {"vllm": False}}
+        )
+    )
+    assert "bytecode precompiled (.pyc present): vllm NO" in text
+
+
+def test_decode_limit_is_bandwidth_over_weight_bytes_times_batch() -> None:
+    from aot_core.machine_limits import DecodeLimit, measure_copy_bandwidth
+
+    limit = DecodeLimit(bandwidth_bytes_per_s=8e9, weight_bytes=2 * 10**9, batch=4)
+    assert limit.tokens_per_s == pytest.approx(16.0)
+    assert "16 tokens/s" in limit.describe() and "batch 4" in limit.describe()
+    assert measure_copy_bandwidth(1 << 20, repeats=2) > 0
+    runs = [
+        record("eager", startup=1.0, tps=8.0, mem=1),
+        record("cold", startup=1.0, tps=12.0, mem=1),
+        record("warm", startup=1.0, tps=12.0, mem=1),
+    ]
+    result = _result(runs)
+    settings = {**result.settings, "decode_limit_tokens_per_s": 16.0}
+    text = bench.format_report(dataclasses.replace(result, settings=settings))
+    assert (
+        "output tokens/s vs the bandwidth limit of 16: eager 8 (50%), AOT warm start 12 (75%)"
+        in text
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from aot_core import CacheOutcome, OptimizationStats, compare
+from aot_core import CacheOutcome, OptimizationStats, RankStats, compare
 
 BEFORE = OptimizationStats(
     backend="legacy",
@@ -35,6 +35,25 @@ AFTER = BEFORE.replace(
 def test_json_round_trip() -> None:
     assert OptimizationStats.from_json(AFTER.to_json()) == AFTER
     assert OptimizationStats.from_dict(BEFORE.to_dict()) == BEFORE
+
+
+def test_per_rank_stats_round_trip() -> None:
+    ranks = tuple(
+        RankStats(
+            rank=r,
+            tensor_parallel_rank=r,
+            pid=1000 + r,
+            cache=CacheOutcome(status="hit", reason="1 Inductor graph loaded"),
+            compile_time_s=8.0 + r,
+            peak_memory_bytes=700 << 20,
+        )
+        for r in (0, 1)
+    )
+    stats = AFTER.replace(ranks=ranks)
+    again = OptimizationStats.from_json(stats.to_json())
+    assert again == stats
+    assert again.ranks[1].cache.status == "hit" and again.ranks[1].pid == 1001
+    assert stats.to_dict()["ranks"][0]["cache"]["reason"] == "1 Inductor graph loaded"
 
 
 def test_unknown_fields_are_rejected() -> None:

@@ -117,3 +117,29 @@ def test_without_a_cache_dir_it_keeps_its_table_in_the_aot_store(
     assert artifacts.verify(artifacts.ArtifactStore().path(key)).ok
     eager = toy.ToyCompiler(CompileSpec(compile_mode="none")).compile_model(model)
     assert eager.generate([[72, 105]])[0].token_ids == tokens
+
+
+def test_bench_workload_options_and_latency(env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = ["bench", "--backend", "toy", "--repeats", "1", "--new-tokens", "6", "--prompts", "6"]
+    proc = aot([*args, "--prompt-mix", "mixed", "--json", str(out)], env)
+    assert proc.returncode == ExitCode.OK, proc.stderr[-3000:]
+    settings = json.loads(out.read_text())["settings"]
+    lengths = settings["prompt_lengths"]
+    assert settings["prompts"] == 6 and settings["max_new_tokens"] == 6
+    # every second prompt fills the context beside the new tokens: 256 - 6
+    assert lengths[1::2] == [250, 250, 250] and max(lengths[0::2]) < 64
+    assert settings["workload"].startswith("mixed")
+    assert settings["spec"]["max_num_batched_tokens"] == 64  # so chunked prefill splits them
+    assert settings["spec"]["max_num_seqs"] == 6
+    latency = json.loads(out.read_text())["backends"]["toy"]["latency"]
+    assert set(latency) == {"cold", "warm", "eager"}
+    for lat in latency.values():
+        assert 0 < lat["ttft_p50_s"] <= lat["ttft_p95_s"]
+        # a bigram lookup per token: below the noise of the one-token call, so possibly 0
+        assert 0 <= lat["token_p50_s"] <= lat["token_p95_s"]
+        assert lat["probed_prompts"] == 6
+    assert "time to first token p50" in proc.stdout and "(mixed: short prompts" in proc.stdout
+    # the tiny Llama's weights over this machine's measured bandwidth, batch 6
+    assert settings["decode_limit_tokens_per_s"] > 0
+    assert "decode limit from memory bandwidth" in proc.stdout

@@ -47,3 +47,24 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache store for the in-process engine tests: every spec gets its own entry, and
     only the first start pays vLLM's model-inspection subprocess (shared between entries)."""
     return tmp_path_factory.mktemp("aot-store")
+
+
+# Multi-rank engines are expensive here (every rank is a process that imports vLLM): the
+# default suite starts them on one release (the noxfile sets AOT_MULTI_RANK_TESTS=1 for
+# it), and `nox -s vllm_parallel` (AOT_PARALLEL_EXTRA=1) runs the rest and the Ray tests.
+_GATES = {
+    "multi_rank": (
+        "AOT_MULTI_RANK_TESTS",
+        "multi-rank engine tests run in the default suite on one release; "
+        "nox -s vllm_parallel runs them everywhere",
+    ),
+    "parallel_extra": ("AOT_PARALLEL_EXTRA", "opt-in: nox -s vllm_parallel"),
+    "ray": ("AOT_PARALLEL_EXTRA", "opt-in: nox -s vllm_parallel (needs aot-vllm[ray])"),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker, (variable, reason) in _GATES.items():
+            if item.get_closest_marker(marker) and os.environ.get(variable) != "1":
+                item.add_marker(pytest.mark.skip(reason=f"{reason} ({variable}=1)"))

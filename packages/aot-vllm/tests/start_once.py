@@ -1,7 +1,7 @@
 """Start the tiny model once in a fresh process and print what happened as one JSON line.
 
 Used by test_warm_start.py (and handy by hand):
-    python start_once.py MODEL_DIR CACHE_DIR [aot]
+    python start_once.py MODEL_DIR CACHE_DIR [aot|eager]
 """
 
 from __future__ import annotations
@@ -23,10 +23,16 @@ def main() -> None:
 
     model, cache = sys.argv[1], sys.argv[2]
     options: dict[str, object] = {"kv_cache_memory_bytes": 64 << 20}
-    if len(sys.argv) > 3 and sys.argv[3] == "aot":
+    mode = sys.argv[3] if len(sys.argv) > 3 else ""
+    if mode == "aot":
         options["compile_cache"] = "aot"
     spec = CompileSpec(
-        dtype="float32", max_model_len=256, max_num_seqs=8, cache_dir=cache, backend_options=options
+        compile_mode="none" if mode == "eager" else "default",
+        dtype="float32",
+        max_model_len=256,
+        max_num_seqs=8,
+        cache_dir=cache,
+        backend_options=options,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

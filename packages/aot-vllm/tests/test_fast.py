@@ -69,6 +69,29 @@ def test_model_source_hf_object(tiny_model: Path) -> None:
     assert resolve_model(HFModel()).local_dir == tiny_model.resolve()
 
 
+def test_model_source_in_memory_object_is_saved_once(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setenv("AOT_CACHE_DIR", str(tmp_path))
+    config = transformers.LlamaConfig.from_pretrained(tiny_model)
+    config.name_or_path = ""
+    model = transformers.LlamaForCausalLM(config)
+    src = resolve_model(model)
+    assert src.local_dir is not None and src.local_dir.is_relative_to(tmp_path / "models")
+    assert (src.local_dir / "config.json").is_file() and src.has_weights
+    assert not src.has_tokenizer  # none was given: token-id prompts only
+    assert "saved in aot's model cache" in src.note and str(src.local_dir) in src.note
+    assert resolve_model(src) is src  # resolved once, not saved again on the way in
+    again = resolve_model(model)
+    assert again.local_dir == src.local_dir and "reused" in again.note
+    from aot_core.model_cache import ModelWithTokenizer
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model)
+    with_tokenizer = resolve_model(ModelWithTokenizer(model=model, tokenizer=tokenizer))
+    assert with_tokenizer.has_tokenizer and with_tokenizer.local_dir != src.local_dir
+
+
 @pytest.mark.parametrize(
     ("model", "needle"),
     [("/no/such/model/dir", "no such directory"), ("", "empty"), (object(), "name_or_path")],
@@ -348,3 +371,64 @@ def test_model_token_facts_read_the_config(tiny_model: Path) -> None:
     vocab, eos = model_token_facts(tiny_model)
     assert vocab == 260 and eos == (258,)
     assert model_token_facts(None) == (None, ())
+
+
+def test_compile_warmup_split_from_torch_timers() -> None:
+    from aot_vllm.evidence import BACKEND_COMPILE, DYNAMO_TOTAL, Counters, compile_warmup_split
+
+    before = Counters(compile_seconds={DYNAMO_TOTAL: 1.0, BACKEND_COMPILE: 0.5})
+    after = Counters(compile_seconds={DYNAMO_TOTAL: 5.0, BACKEND_COMPILE: 3.5})
+    split = compile_warmup_split(before, after, 6.5)
+    # Dynamo took 4 s of which the backend (Inductor) 3 s; the other 2.5 s ran the model.
+    assert split == {
+        "dynamo_trace_s": 1.0,
+        "inductor_compile_or_load_s": 3.0,
+        "warmup_runs_s": 2.5,
+    }
+    assert compile_warmup_split(None, after, 6.5) == {}  # engine in another process
+    assert compile_warmup_split(before, after, None) == {}
+
+
+def test_config_only_directory_gets_dummy_weights_and_a_note(config_only_model: Path) -> None:
+    from aot_vllm.model_source import resolve_model
+    from aot_vllm.start_setup import _engine_kwargs
+
+    kwargs, notes = _engine_kwargs({"dtype": "float32"}, resolve_model(str(config_only_model)))
+    assert kwargs["load_format"] == "dummy" and kwargs["skip_tokenizer_init"] is True
+    assert any(n.startswith("weights are placeholders") for n in notes)
+    # a load format the user chose is kept
+    kwargs, notes = _engine_kwargs(
+        {"load_format": "safetensors"}, resolve_model(str(config_only_model))
+    )
+    assert kwargs["load_format"] == "safetensors"
+    assert not any(n.startswith("weights are placeholders") for n in notes)
+
+
+def test_cpu_dtype_auto_becomes_float32_without_native_bf16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aot_core import dtype_choice
+    from aot_core.spec import CompileSpec
+    from aot_vllm.start_setup import _cpu_dtype
+
+    monkeypatch.setattr(dtype_choice, "cpu_isa", lambda: ("avx2", "fma"))
+    spec, note = _cpu_dtype(CompileSpec())
+    assert spec.dtype == "float32" and "no native bfloat16" in note
+    spec, note = _cpu_dtype(CompileSpec(dtype="bfloat16"))
+    assert spec.dtype == "bfloat16" and note == ""
+    monkeypatch.setattr(dtype_choice, "cpu_isa", lambda: ("avx512f", "avx512_bf16"))
+    assert _cpu_dtype(CompileSpec())[0].dtype == "auto"
+
+
+def test_config_only_directory_of_an_unknown_architecture_is_refused_naming_it(
+    tmp_path: Path,
+) -> None:
+    from aot_vllm.start_setup import check_architecture
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architectures": ["NoSuchModelForCausalLM"], "hidden_size": 64})
+    )
+    with pytest.raises(SpecError, match="NoSuchModelForCausalLM, an architecture the installed"):
+        check_architecture(resolve_model(str(tmp_path)))
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
+    check_architecture(resolve_model(str(tmp_path)))  # a known one passes

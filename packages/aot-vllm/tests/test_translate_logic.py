@@ -119,6 +119,12 @@ def test_facts_table_boundaries() -> None:
     assert "truncates" in release_facts("0.10.2").unknown_cc_key
     assert not release_facts("0.10.2").has_max_autotune_env
     assert release_facts("0.11.0").has_max_autotune_env
+    assert release_facts("0.19.1").cpu_ray_executor == "mp"
+    assert release_facts("0.20.0").cpu_ray_executor == "refused"
+    assert release_facts("0.19.1").cpu_threads_bind_in == "worker"
+    assert release_facts("0.20.0").cpu_threads_bind_in == "executor"
+    assert not release_facts("0.29.0").cpu_eager_skips_warmup
+    assert release_facts("0.30.0").cpu_eager_skips_warmup
 
 
 def test_every_fact_is_read_off_a_class_or_kept_in_the_table() -> None:
@@ -130,6 +136,9 @@ def test_every_fact_is_read_off_a_class_or_kept_in_the_table() -> None:
         "enforce_eager_disables_compile",
         "unknown_cc_key",
         "cpu_kv_cache_arg",
+        "cpu_ray_executor",
+        "cpu_threads_bind_in",
+        "cpu_eager_skips_warmup",
     }
 
 
@@ -351,6 +360,67 @@ def test_gpu_memory_utilization_on_cpu_before_0_20_is_refused() -> None:
 def test_memory_engine_args_point_at_the_checked_option(key: str) -> None:
     with pytest.raises(SpecError, match=f"use backend_options.{key}"):
         t("0.32.0", backend_options={"engine_args": {key: 1}})
+
+
+# --------------------------------------------------------------------------- several ranks
+
+
+@pytest.mark.parametrize("version", ALL_MINORS)
+def test_several_ranks_name_the_multiprocessing_executor(version: str) -> None:
+    assert "distributed_executor_backend" not in t(version).llm_kwargs
+    tp2 = t(version, tensor_parallel_size=2).llm_kwargs
+    assert tp2["distributed_executor_backend"] == "mp"
+    assert tp2["tensor_parallel_size"] == 2
+    ray = t(
+        version, tensor_parallel_size=2, backend_options={"distributed_executor_backend": "ray"}
+    )
+    assert ray.llm_kwargs["distributed_executor_backend"] == "ray"  # on CUDA, every release
+
+
+@pytest.mark.parametrize("version", ALL_MINORS)
+def test_ray_on_cpu_is_refused_with_the_releases_reason(version: str) -> None:
+    spec = CompileSpec(
+        tensor_parallel_size=2, backend_options={"distributed_executor_backend": "ray"}
+    )
+    with pytest.raises(SpecError, match=r"cannot honour distributed_executor_backend='ray' on CPU"):
+        translate(spec, vllm_version=version, cpu=True)
+    loose = translate(spec, vllm_version=version, cpu=True, best_effort=True)
+    assert loose.llm_kwargs["distributed_executor_backend"] == "mp"
+    why = (
+        "replaces Ray with its multiprocessing"
+        if parse_version(version) < (0, 20, 0)
+        else ("does not support ray")
+    )
+    assert any(why in w for w in loose.warnings)
+
+
+def test_pipeline_stages_in_eager_mode_on_cpu_are_refused_from_0_30() -> None:
+    spec = CompileSpec(
+        compile_mode="none",
+        cuda_graphs=False,
+        pipeline_parallel_size=2,
+        backend_options={"kv_cache_memory_bytes": 1 << 26},
+    )
+    with pytest.raises(SpecError, match=r"pipeline_parallel_size=2 with compile_mode 'none'"):
+        translate(spec, vllm_version="0.30.0", cpu=True)
+    assert (
+        translate(spec, vllm_version="0.29.0", cpu=True).llm_kwargs["pipeline_parallel_size"] == 2
+    )
+    assert translate(spec, vllm_version="0.32.0").llm_kwargs["pipeline_parallel_size"] == 2  # GPU
+    compiled = spec.replace(compile_mode="default")
+    assert (
+        translate(compiled, vllm_version="0.32.0", cpu=True).llm_kwargs[
+            "distributed_executor_backend"
+        ]
+        == "mp"
+    )
+
+
+def test_the_executor_is_not_an_engine_arg() -> None:
+    with pytest.raises(SpecError, match=r"use backend_options\.distributed_executor_backend"):
+        t("0.32.0", backend_options={"engine_args": {"distributed_executor_backend": "ray"}})
+    with pytest.raises(SpecError, match=r"must be 'mp' or 'ray'"):
+        t("0.32.0", backend_options={"distributed_executor_backend": "uni"})
 
 
 # --------------------------------------------------------------------------- backend_options

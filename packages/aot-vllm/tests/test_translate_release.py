@@ -75,6 +75,11 @@ SPECS: dict[str, CompileSpec] = {
             "engine_args": {"load_format": "dummy", "skip_tokenizer_init": True},
         },
     ),
+    "parallel": CompileSpec(
+        tensor_parallel_size=2,
+        pipeline_parallel_size=2,
+        backend_options={"distributed_executor_backend": "ray"},
+    ),
     "overrides": CompileSpec(
         backend_options={
             "compilation_config": {"level": 3, "max_capture_size": 8, "cudagraph_num_of_warmups": 1}
@@ -237,6 +242,43 @@ def test_cpu_kv_cache_fact_matches_the_cpu_platform_source() -> None:
     else:
         assert cpu.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
         assert "kv_cache_memory_bytes" not in cpu.llm_kwargs
+
+
+def _source(relative: str) -> str:
+    """The text of one of the installed release's modules ("" when it has no such file)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("vllm")
+    assert found is not None and found.submodule_search_locations
+    path = Path(next(iter(found.submodule_search_locations))) / relative
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+def test_several_ranks_facts_match_the_releases_source() -> None:
+    """What the CPU platform does with Ray, where it binds threads, when it skips warm-up,
+    and the names aot-vllm reads per rank, from the release's own source files."""
+    facts = release_facts(VERSION)
+    cpu = _source("platforms/cpu.py")
+    ray_utils = _source("v1/executor/ray_utils.py") or _source("executor/ray_utils.py")
+    falls_back = "fallback to mp" in cpu
+    assert facts.cpu_ray_executor == ("mp" if falls_back else "refused")
+    assert "ray_device_key" not in cpu  # the CPU platform never declares a Ray device
+    assert "does not support ray" in ray_utils
+    worker = _source("v1/worker/cpu_worker.py")
+    executor = _source("utils/ompmultiprocessing.py")
+    in_worker = "VLLM_CPU_OMP_THREADS_BIND" in worker
+    assert facts.cpu_threads_bind_in == ("worker" if in_worker else "executor")
+    assert in_worker or "VLLM_CPU_OMP_THREADS_BIND" in executor
+    assert "VLLM_CPU_OMP_THREADS_BIND" in CLASSES.env_vars
+    assert facts.cpu_eager_skips_warmup == ("_should_warm_up_model" in worker)
+    assert "distributed_executor_backend" in ENGINE_FIELDS
+    # Read per rank at run time: vLLM's padding of the vocabulary, the line that maps a
+    # worker's pid to its rank, and the per-rank compile-cache directory.
+    assert "DEFAULT_VOCAB_PADDING_SIZE = 64" in _source(
+        "model_executor/layers/vocab_parallel_embedding.py"
+    )
+    assert "world_size=%d rank=%d local_rank=%d" in _source("distributed/parallel_state.py")
+    assert 'f"rank_{rank}_{dp_rank}"' in _source("compilation/backends.py")
 
 
 def test_release_refuses_what_it_cannot_honour() -> None:

@@ -5,7 +5,12 @@ backend choice (``choose_backend``), the old dict configuration mapped to a ``Co
 (``translate``), and the old compiler and compiled-model objects (``CompatCompiler``).
 """
 
-from aot_compat.errors import BackendFallbackWarning, LegacyConfigError, LegacyConfigWarning
+from aot_compat.errors import (
+    BackendFallbackWarning,
+    LegacyConfigError,
+    LegacyConfigWarning,
+    UnknownConfigKeyWarning,
+)
 from aot_compat.facade import (
     CompatCompiledModel,
     CompatCompiler,
@@ -33,6 +38,7 @@ __all__ = [
     "LegacyGeneration",
     "LegacyStats",
     "LegacyTranslation",
+    "UnknownConfigKeyWarning",
     "VLLMNativeAOTCompiler",
     "choose_backend",
     "compiler_class_for",

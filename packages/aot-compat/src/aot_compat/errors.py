@@ -13,5 +13,12 @@ class LegacyConfigWarning(UserWarning):
     """An old configuration key has no effect any more; the message names it and says why."""
 
 
+class UnknownConfigKeyWarning(LegacyConfigWarning):
+    """An old configuration key no backend understands was ignored; the message names it and
+    suggests the closest known key. ``strict=True`` (or ``AOT_COMPAT_STRICT=1``) makes it a
+    ``LegacyConfigError``."""
+
+
 class LegacyConfigError(SpecError):
-    """An old configuration key or value that no backend understands; it names the key."""
+    """An old configuration value that no backend understands (or, under ``strict``, an
+    unknown key); it names the key."""

@@ -15,24 +15,14 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, ClassVar
 
-from aot_core.compiler import CompiledModel, Compiler, Generation, GenerationParams
+from aot_core.compiler import CompiledModel, Compiler, Generation
 from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
 
-from aot_compat.legacy_config import LegacyTranslation, translate
+from aot_compat.generate_call import as_tensor, cut_at_eos, default_pad_token_id, parse_call
+from aot_compat.legacy_config import LegacyTranslation, strict_from_env, translate
 from aot_compat.policy import LEGACY, OLD_COMPILATION_SYSTEMS, VLLM, preference
 from aot_compat.selection import BackendChoice, choose_backend
-
-# Old generate() keywords -> GenerationParams fields.
-_GENERATE_KEYWORDS = {
-    "max_tokens": "max_new_tokens",
-    "max_new_tokens": "max_new_tokens",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "seed": "seed",
-    "stop_on_eos": "stop_on_eos",
-}
 
 
 class LegacyGeneration(str):
@@ -70,55 +60,6 @@ class LegacyStats(dict[str, Any]):
     optimization_stats: OptimizationStats | None = None
 
 
-def _params(params: Any, kwargs: Mapping[str, Any]) -> GenerationParams:
-    """GenerationParams from a GenerationParams, old keywords, a dict, or vLLM SamplingParams."""
-    if isinstance(params, GenerationParams):
-        if kwargs:
-            raise TypeError(
-                "pass either a GenerationParams or generate keywords, not both "
-                f"(got {', '.join(sorted(kwargs))})"
-            )
-        return params
-    values: dict[str, Any] = {}
-    if isinstance(params, Mapping):
-        kwargs = {**params, **kwargs}
-    elif params is not None and hasattr(params, "max_tokens"):
-        # an old caller handing over vllm.SamplingParams, as the raw LLM once took
-        values = {
-            "max_new_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "top_k": max(int(getattr(params, "top_k", 0) or 0), 0),
-            "seed": getattr(params, "seed", None),
-            "stop_on_eos": not getattr(params, "ignore_eos", False),
-        }
-        values = {k: v for k, v in values.items() if v is not None}
-    elif params is not None:
-        raise TypeError(
-            f"generate params must be a GenerationParams, a dict or keywords, got "
-            f"{type(params).__name__}"
-        )
-    for key, value in kwargs.items():
-        if key == "ignore_eos":
-            values["stop_on_eos"] = not value
-        elif key in _GENERATE_KEYWORDS:
-            values[_GENERATE_KEYWORDS[key]] = value
-        else:
-            allowed = ", ".join(sorted({*_GENERATE_KEYWORDS, "ignore_eos"}))
-            raise TypeError(f"generate() got an unknown keyword {key!r}; allowed: {allowed}")
-    return GenerationParams(**values)
-
-
-def _prompts(prompts: Any) -> Any:
-    """Accept old input shapes: a tensor of token ids becomes a list of token-id lists."""
-    if hasattr(prompts, "tolist") and hasattr(prompts, "dim"):
-        ids = prompts.tolist()
-        return [ids] if prompts.dim() == 1 else ids
-    if isinstance(prompts, str):
-        return [prompts]
-    return prompts
-
-
 def _example_inputs(inputs: Any) -> Any:
     """Old example inputs, ``(input_ids,)`` tensors, become a list of token-id lists."""
     if isinstance(inputs, (tuple, list)) and len(inputs) == 1 and hasattr(inputs[0], "dim"):
@@ -132,23 +73,47 @@ def _example_inputs(inputs: Any) -> Any:
 class CompatCompiledModel:
     """A compiled model with the old calling conventions on top of an aot ``CompiledModel``."""
 
-    def __init__(self, compiled: CompiledModel, *, model_id: str, metadata: Mapping[str, Any]):
+    def __init__(
+        self,
+        compiled: CompiledModel,
+        *,
+        model_id: str,
+        metadata: Mapping[str, Any],
+        pad_token_id: int | None = None,
+    ):
         self.compiled = compiled
         """The backend's compiled model (the new API)."""
         self.model_id = model_id
         self.metadata = dict(metadata)
+        self.pad_token_id = pad_token_id
+        """The model's own pad token (its generation config's), which pads a tensor answer
+        when the caller names none, as transformers pads it."""
         self.closed = False
 
-    def generate(self, prompts: Any, params: Any = None, **kwargs: Any) -> list[LegacyGeneration]:
-        """Generate for each prompt (text or token ids); one result per prompt.
+    def generate(self, prompts: Any = None, params: Any = None, **kwargs: Any) -> Any:
+        """Generate for each prompt; old vLLM style or transformers style.
 
-        Takes a ``GenerationParams``, old keywords (``max_tokens``, ``temperature``,
-        ``top_p``, ...) or a vLLM ``SamplingParams``. Each result is a ``str`` (the text) that
-        also carries ``token_ids``, ``prompt_token_ids`` and ``finish_reason``.
+        vLLM style: prompts (text or token-id lists) with a ``GenerationParams``, old
+        keywords (``max_tokens``, ``temperature``, ``top_p``, ...) or a vLLM
+        ``SamplingParams``; one result per prompt, a ``str`` (the text) that also carries
+        ``token_ids``, ``prompt_token_ids`` and ``finish_reason``.
+
+        transformers style: an input-id tensor (or rows, or ``input_ids=``, or a tokenizer's
+        output) with an ``attention_mask`` (left or right padding) and ``max_new_tokens``,
+        ``do_sample``, ``temperature``, ``top_p``, ``top_k``, ``eos_token_id``,
+        ``pad_token_id``, ``num_return_sequences=1``. Given a tensor it returns a tensor of
+        prompt plus generated ids, laid out as transformers lays it out. An option that
+        cannot be honoured (``num_beams=4``) is a ``TypeError`` naming it.
         """
         if self.closed:
             raise RuntimeError(f"model {self.model_id!r} was closed; compile it again to generate")
-        outputs = self.compiled.generate(_prompts(prompts), _params(params, kwargs))
+        call = parse_call(prompts, params, kwargs)
+        outputs = [
+            cut_at_eos(g, call.eos_token_ids)
+            for g in self.compiled.generate(call.prompts, call.params)
+        ]
+        if call.input_tensor is not None:
+            return as_tensor(call, outputs, self.pad_token_id)
         return [LegacyGeneration(g) for g in outputs]
 
     @property
@@ -209,7 +174,9 @@ class CompatCompiler:
     it is None the backend is chosen with ``use_vllm_native`` and ``$AOT_BACKEND``.
     Constructor keywords are the old ones (``enable_cuda_graphs``, ``batch_sizes``,
     ``cache_dir``, ``compilation_level``, ``enable_chunked_prefill``, ...) or any
-    ``CompileSpec`` field; ``spec=`` takes a ``CompileSpec`` directly.
+    ``CompileSpec`` field; ``spec=`` takes a ``CompileSpec`` directly. An old key no backend
+    understands warns (``UnknownConfigKeyWarning``) and is ignored; ``strict=True`` (None:
+    ``$AOT_COMPAT_STRICT``) makes it a ``LegacyConfigError``, here and in every compile.
     """
 
     backend_name: ClassVar[str | None] = None
@@ -231,6 +198,7 @@ class CompatCompiler:
         spec: CompileSpec | None = None,
         use_vllm_native: bool = True,
         choice: BackendChoice | None = None,
+        strict: bool | None = None,
         **options: Any,
     ) -> None:
         if len(args) > len(self.positional):
@@ -254,8 +222,12 @@ class CompatCompiler:
                 choice = choose_backend(preference(use_vllm_native), stacklevel=3)
         self.choice = choice
         """Which backend runs this compiler, and why."""
+        self.strict = strict_from_env() if strict is None else strict
+        """Whether an old config key no backend understands is an error (else a warning)."""
         extra = {k: v for k, v in options.items() if not (k == "batch_sizes" and v is None)}
-        translation = translate(None, base=spec, backend=choice.name, extra=extra, stacklevel=3)
+        translation = translate(
+            None, base=spec, backend=choice.name, extra=extra, strict=self.strict, stacklevel=3
+        )
         self.backend: Compiler = choice.compiler(translation.spec)
         """The backend compiler (the new API)."""
         self.compiled_models: dict[tuple[str, str, str | None], CompatCompiledModel] = {}
@@ -333,6 +305,7 @@ class CompatCompiler:
             base=self.spec,
             backend=self.choice.name,
             compilation_mode=compilation_mode,
+            strict=self.strict,
             stacklevel=4,
         )
         spec = translation.spec
@@ -345,10 +318,15 @@ class CompatCompiler:
             if cached is not None and not cached.closed:
                 self._last = cached
                 return cached
+            given = model
+            if translation.tokenizer is not None:
+                from aot_core.model_cache import ModelWithTokenizer
+
+                given = ModelWithTokenizer(model=model, tokenizer=translation.tokenizer)
             if inputs is not None or aot:
-                compiled = self.backend.compile_model_aot(model, _example_inputs(inputs), spec)
+                compiled = self.backend.compile_model_aot(given, _example_inputs(inputs), spec)
             else:
-                compiled = self.backend.compile_model(model, spec)
+                compiled = self.backend.compile_model(given, spec)
             metadata = {
                 "model_id": ident,
                 "backend": self.choice.name,
@@ -358,7 +336,12 @@ class CompatCompiler:
                 "config_notes": list(translation.notes),
                 "vllm_native": self.choice.name == VLLM,
             }
-            wrapped = CompatCompiledModel(compiled, model_id=ident, metadata=metadata)
+            wrapped = CompatCompiledModel(
+                compiled,
+                model_id=ident,
+                metadata=metadata,
+                pad_token_id=default_pad_token_id(model),
+            )
             self.compiled_models[key] = wrapped
             self.model_metadata[ident] = metadata
             self._last = wrapped

@@ -10,13 +10,17 @@ Old callers passed a loose dict (``{"tensor_parallel_size": 1, "max_seq_len_to_c
   a ``LegacyConfigWarning`` when the chosen backend has no such setting;
 * a ``LegacyConfigWarning`` naming a key whose feature is gone (``max_seq_len_to_capture``,
   removed from vLLM in 0.11.0), so nothing is dropped without a word;
-* a ``LegacyConfigError`` for a key or value that no backend understands.
+* for a key no backend understands, an ``UnknownConfigKeyWarning`` that names it (with a
+  did-you-mean) and the compile goes on, as old scripts that carried such keys did; with
+  ``strict=True`` (or ``AOT_COMPAT_STRICT=1``) a ``LegacyConfigError`` instead. A value a
+  known key cannot take is always a ``LegacyConfigError``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +31,14 @@ from aot_core.errors import SpecError
 from aot_core.options import OptionPath
 from aot_core.spec import CompileSpec
 
-from aot_compat.errors import LegacyConfigError, LegacyConfigWarning
+from aot_compat.errors import LegacyConfigError, LegacyConfigWarning, UnknownConfigKeyWarning
+
+STRICT_ENV = "AOT_COMPAT_STRICT"
+"""Environment variable that makes unknown old config keys an error (``1``) when the caller
+did not pass ``strict=``."""
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 
 OLD_BACKEND_SETTINGS: frozenset[str] = frozenset(
     {
@@ -74,6 +85,10 @@ OBSOLETE_KEYS: dict[str, str] = {
 # Keys that identify the model rather than configure compilation.
 MODEL_ID_KEYS = ("model_id", "model_name", "model_path", "name")
 
+TOKENIZER_KEY = "tokenizer"
+"""The old config key that carries the model's tokenizer object (saved with an in-memory
+model on the vLLM path, used for text prompts on the legacy path)."""
+
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(CompileSpec)} - {"backend_options"}
 
 _MODE_NAMES: dict[str, tuple[str, bool | None]] = {
@@ -100,6 +115,10 @@ class LegacyTranslation:
     model_id: str | None = None
     """The model name/id the old config carried, if any (used for old get_model_info)."""
 
+    tokenizer: Any = None
+    """The tokenizer object the old config carried (``tokenizer``), handed to the backend
+    with the model (``aot_core.model_cache.ModelWithTokenizer``), or None."""
+
     notes: tuple[str, ...] = ()
     """Every warning issued while translating, in order."""
 
@@ -112,8 +131,11 @@ class _Collector:
     fields: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    strict: bool = False
     model_id: str | None = None
+    tokenizer: Any = None
     notes: list[str] = field(default_factory=list)
+    categories: list[type[Warning]] = field(default_factory=list)
 
     def set(self, name: str, value: Any, key: str) -> None:
         if name in self.fields and self.fields[name] != value:
@@ -125,8 +147,9 @@ class _Collector:
         self.fields[name] = value
         self.sources[name] = key
 
-    def note(self, message: str) -> None:
+    def note(self, message: str, category: type[Warning] = LegacyConfigWarning) -> None:
         self.notes.append(message)
+        self.categories.append(category)
 
     def put(self, path: OptionPath, value: Any) -> None:
         """Set ``value`` at ``path`` in the backend options (tables created as needed)."""
@@ -254,6 +277,18 @@ def _graph_config(c: _Collector, key: str, value: Any) -> None:
         )
 
 
+def _tokenizer(c: _Collector, key: str, value: Any) -> None:
+    if value is None:
+        return
+    if callable(getattr(value, "save_pretrained", None)):
+        c.tokenizer = value
+        return
+    c.note(
+        f"config key {key!r}={value!r} has no effect: the tokenizer files beside the model are "
+        "used; pass a tokenizer object to have it go with an in-memory model"
+    )
+
+
 def _field(name: str, convert: Callable[[Any], Any] | None = None) -> Callable[..., None]:
     def handler(c: _Collector, key: str, value: Any) -> None:
         c.set(name, convert(value) if convert is not None else value, key)
@@ -323,6 +358,7 @@ def _known_keys() -> list[str]:
         | migrated
         | set(OBSOLETE_KEYS)
         | set(MODEL_ID_KEYS)
+        | {TOKENIZER_KEY}
     )
 
 
@@ -358,6 +394,8 @@ def _translate_key(c: _Collector, key: str, value: Any, *, lenient: bool) -> Non
         elif key == "dtype":
             value = _dtype(value)
         c.set(key, value, key)
+    elif key == TOKENIZER_KEY:
+        _tokenizer(c, key, value)
     elif key in MODEL_ID_KEYS:
         if value is not None and c.model_id is None:
             c.model_id = str(value)
@@ -369,14 +407,40 @@ def _translate_key(c: _Collector, key: str, value: Any, *, lenient: bool) -> Non
         # attributes of an old model-config object that are not compile settings
         c.note(f"model-config attribute {key!r} is not a compile setting; ignored")
     else:
-        close = difflib.get_close_matches(key, _known_keys(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        _unknown_key(c, key)
+
+
+def _unknown_key(c: _Collector, key: str) -> None:
+    """An old key no backend understands: a warning (old scripts carried such keys and
+    ran), or an error under ``strict``."""
+    close = difflib.get_close_matches(key, _known_keys(), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    if c.strict:
         raise LegacyConfigError(
             f"config key {key!r} is not understood by any aot backend{hint} Fix or remove "
             "it; a backend-specific setting goes in config['backend_options']. Known keys: "
             + ", ".join(_known_keys()),
             field=key,
         )
+    c.note(
+        f"config key {key!r} is not understood by any aot backend and was ignored{hint} "
+        f"(pass strict=True or set {STRICT_ENV}=1 to make this an error)",
+        UnknownConfigKeyWarning,
+    )
+
+
+def strict_from_env() -> bool:
+    """Whether ``$AOT_COMPAT_STRICT`` asks for unknown config keys to be errors."""
+    raw = os.environ.get(STRICT_ENV, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise LegacyConfigError(
+        f"{STRICT_ENV}={raw!r} is not understood; set it to 1 (unknown config keys are "
+        "errors) or 0 (they warn), or unset it",
+        field=STRICT_ENV,
+    )
 
 
 def _items(config: Any) -> tuple[list[tuple[str, Any]], bool]:
@@ -405,6 +469,7 @@ def translate(
     backend: str | None = None,
     compilation_mode: Any = None,
     extra: Mapping[str, Any] | None = None,
+    strict: bool | None = None,
     stacklevel: int = 2,
 ) -> LegacyTranslation:
     """Translate an old configuration into a ``CompileSpec`` on top of ``base``.
@@ -412,11 +477,12 @@ def translate(
     ``config`` may be None, a ``CompileSpec`` (used as is), a dict of old or new keys, or an
     old model-config object. ``extra`` holds old constructor keywords, translated the same
     way. ``backend`` is the chosen backend's name, which decides where backend-only keys go.
-    Each key with no effect issues one ``LegacyConfigWarning``; an unknown key raises
-    ``LegacyConfigError``.
+    Each key with no effect issues one ``LegacyConfigWarning``; a key no backend
+    understands issues an ``UnknownConfigKeyWarning`` and is ignored, or raises
+    ``LegacyConfigError`` when ``strict`` (None: ``$AOT_COMPAT_STRICT`` decides).
     """
     base = base if base is not None else CompileSpec()
-    c = _Collector(backend=backend)
+    c = _Collector(backend=backend, strict=strict_from_env() if strict is None else strict)
     if isinstance(config, CompileSpec):
         spec_from_config: CompileSpec | None = config
     else:
@@ -462,6 +528,8 @@ def translate(
         old = c.sources.get(exc.field or "", exc.field)
         where = f"config key {old!r}: " if old and old != exc.field else ""
         raise LegacyConfigError(f"{where}{exc}", field=old or exc.field) from None
-    for message in c.notes:
-        warnings.warn(message, LegacyConfigWarning, stacklevel=stacklevel + 1)
-    return LegacyTranslation(spec=spec, model_id=c.model_id, notes=tuple(c.notes))
+    for message, category in zip(c.notes, c.categories, strict=True):
+        warnings.warn(message, category, stacklevel=stacklevel + 1)
+    return LegacyTranslation(
+        spec=spec, model_id=c.model_id, tokenizer=c.tokenizer, notes=tuple(c.notes)
+    )

@@ -33,7 +33,7 @@ from aot_core.registry import (
 )
 from aot_core.scoring import Score, ScoreRequest
 from aot_core.spec import CompileSpec
-from aot_core.stats import CacheOutcome, Comparison, OptimizationStats, compare
+from aot_core.stats import CacheOutcome, Comparison, OptimizationStats, RankStats, compare
 
 __version__ = "0.1.0"
 
@@ -59,6 +59,7 @@ __all__ = [
     "NoUsableBackendError",
     "OptimizationStats",
     "Prompt",
+    "RankStats",
     "Score",
     "ScoreRequest",
     "SpecError",

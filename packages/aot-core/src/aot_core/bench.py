@@ -162,7 +162,30 @@ def _machine() -> dict[str, Any]:
         "python": platform.python_version(),
         **versions,
         "aot_core": artifacts.package_version("aot-core"),
+        "bytecode_precompiled": bytecode_precompiled(),
     }
+
+
+def bytecode_precompiled(packages: Sequence[str] = ("vllm", "torch")) -> dict[str, bool | None]:
+    """Per package, whether its installed sources have .pyc files (None: not installed).
+
+    Without them (PYTHONDONTWRITEBYTECODE=1, uv's default install) every process compiles
+    the sources on import: `import vllm` measured 22 s instead of 8 s here, which every
+    start figure then carries. Read from the files, without importing anything.
+    """
+    import importlib.util
+
+    out: dict[str, bool | None] = {}
+    for name in packages:
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            found = None
+        if found is None or found.origin is None:
+            out[name] = None
+            continue
+        out[name] = Path(importlib.util.cache_from_source(found.origin)).is_file()
+    return out
 
 
 @contextlib.contextmanager
@@ -211,6 +234,10 @@ def run_bench(
     work_dir: Path | None,
     progress: Callable[[str], None],
     cache_root: Path | None = None,
+    notes: Sequence[str] = (),
+    prompts: Sequence[Sequence[int]] | None = None,
+    workload: str = "",
+    decode_limit: float | None = None,
 ) -> BenchResult:
     """Run every measurement and return the result (see ``format_report``).
 
@@ -224,7 +251,7 @@ def run_bench(
     base = spec.replace(
         **{k: v for k, v in BENCH_SPEC_DEFAULTS.items() if getattr(spec, k) is None}
     )
-    prompts = bench_prompts()
+    prompts = [list(p) for p in prompts] if prompts is not None else bench_prompts()
     total = len(chosen) * repeats * len(PHASES)
     progress(
         f"benchmarking {', '.join(chosen)} on {model_label}: {repeats} repeat(s) x "
@@ -268,6 +295,9 @@ def run_bench(
             "prompt_lengths": [len(p) for p in prompts],
             "spec": base.to_dict(),
             "threads": 1,
+            "notes": list(notes),
+            "workload": workload or "short",
+            "decode_limit_tokens_per_s": decode_limit,
         },
         backends=summaries,
         skipped=skipped,
@@ -350,7 +380,22 @@ _TABLES = (
 )
 
 
-def _backend_report(name: str, b: BackendSummary) -> list[str]:
+def _limit_line(b: BackendSummary, limit: float | None) -> list[str]:
+    """Output tokens/s per phase beside the machine's bandwidth bound for this model."""
+    if not limit:
+        return []
+    parts = []
+    for phase in ("eager", "warm"):
+        med = b.median.get(phase)
+        if med is not None and med.output_tokens_per_s:
+            share = med.output_tokens_per_s / limit
+            parts.append(f"{PHASE_LABELS[phase]} {med.output_tokens_per_s:.0f} ({share:.0%})")
+    if not parts:
+        return []
+    return [f"output tokens/s vs the bandwidth limit of {limit:.0f}: " + ", ".join(parts)]
+
+
+def _backend_report(name: str, b: BackendSummary, limit: float | None = None) -> list[str]:
     out = ["", f"== {name} {b.version}"]
     for key, title in _TABLES:
         table = b.comparisons.get(key)
@@ -363,6 +408,8 @@ def _backend_report(name: str, b: BackendSummary) -> list[str]:
     )
     if b.warm_cache:
         out.append("warm-start cache: " + "; ".join(b.warm_cache))
+    out += _latency_lines(b)
+    out += _limit_line(b, limit)
     match = b.tokens_match_eager
     verdict = {True: "identical", False: "DIFFERENT", None: "not compared"}[match]
     if match is False and b.tokens_divergence:
@@ -371,22 +418,56 @@ def _backend_report(name: str, b: BackendSummary) -> list[str]:
     return out
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f} ms"
+
+
+def _latency_lines(b: BackendSummary) -> list[str]:
+    """Time to first token and per-token latency, p50 / p95, per phase that measured them."""
+    out = []
+    for phase in PHASES:
+        lat = b.latency.get(phase)
+        if lat:
+            out.append(
+                f"latency, {PHASE_LABELS[phase]} (each prompt alone): time to first token "
+                f"p50 {_ms(lat.get('ttft_p50_s'))} / p95 {_ms(lat.get('ttft_p95_s'))}; per "
+                f"token p50 {_ms(lat.get('token_p50_s'))} / p95 {_ms(lat.get('token_p95_s'))}"
+            )
+    return out
+
+
 def format_report(result: BenchResult) -> str:
     """The before/after tables and the key facts, for people."""
     m, s = result.machine, result.settings
-    fixed = {"platform", "machine", "cpu_count", "cpu_isa", "cuda_capabilities", "python"}
+    fixed = {
+        "platform",
+        "machine",
+        "cpu_count",
+        "cpu_isa",
+        "cuda_capabilities",
+        "python",
+        "bytecode_precompiled",
+    }
     versions = ", ".join(
         f"{k} {v or '-'}" for k, v in m.items() if k not in fixed and k != "aot_core"
     )
     out = [
-        f"aot bench: {result.model}; {s['prompts']} prompts of {s['prompt_lengths']} tokens, "
+        f"aot bench: {result.model}; {s['prompts']} prompts of {s['prompt_lengths']} tokens "
+        f"({s.get('workload', 'short')} mix), "
         f"{s['max_new_tokens']} new tokens each; medians of {s['repeats']} fresh-process "
         "start(s)",
         f"machine: {m['machine']}, {m['cpu_count']} cores; {versions}, python {m['python']}",
     ]
+    pyc = m.get("bytecode_precompiled") or {}
+    if pyc:
+        out.append(
+            "bytecode precompiled (.pyc present): "
+            + ", ".join(f"{k} {'-' if v is None else 'yes' if v else 'NO'}" for k, v in pyc.items())
+        )
+    out += list(s.get("notes", ()))
     out += [f"skipped {name}: {reason}" for name, reason in result.skipped.items()]
     for name, b in result.backends.items():
-        out += _backend_report(name, b)
+        out += _backend_report(name, b, s.get("decode_limit_tokens_per_s"))
     names = [n for n, b in result.backends.items() if b.median.get("warm")]
     if len(names) >= 2:
         first, second = (result.backends[n].median["warm"] for n in names[:2])

@@ -7,6 +7,7 @@ Every class is a frozen dataclass whose ``to_dict`` is the ``--json`` output's s
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -147,9 +148,14 @@ class BackendSummary:
     warm_cache: tuple[str, ...]
     """The cache outcome each warm start reported."""
 
+    latency: Mapping[str, Mapping[str, float | None]] = dataclasses.field(default_factory=dict)
+    """Per phase, medians over its runs of time to first token and per-token latency
+    (p50 and p95 over the prompts, each run alone); empty when no run measured them."""
+
     def to_dict(self) -> dict[str, Any]:
         """The summary as it appears in the JSON result."""
         return {
+            "latency": {p: dict(v) for p, v in self.latency.items()},
             "version": self.version,
             "runs": [r.to_dict() for r in self.runs],
             "median": {p: (s.to_dict() if s is not None else None) for p, s in self.median.items()},
@@ -280,7 +286,15 @@ def summarise_backend(version: str, runs: Sequence[Run]) -> BackendSummary:
         tokens_match_eager=match,
         tokens_divergence=divergence(reference, compiled_tokens),
         warm_cache=tuple(c.status + (f" ({c.reason})" if c.reason else "") for c in warm_cache),
+        latency={p: lat for p, rs in by_phase.items() if (lat := median_latency(rs))},
     )
+
+
+def median_latency(runs: Sequence[Run]) -> dict[str, float | None]:
+    """Medians over ``runs`` of each latency figure the workers measured."""
+    found = [r.result.get("latency") or {} for r in runs if r.ok and r.result]
+    names = sorted({k for lat in found for k in lat})
+    return {k: _median([lat.get(k) for lat in found]) for k in names}
 
 
 def divergence(reference: Any, candidates: Sequence[Any]) -> str:

@@ -70,6 +70,56 @@ class _Start:
             if values:
                 stats[name] = statistics.median(values)
         self.outputs["stats"] = stats
+        self.outputs["latency"] = self.latency(compiled)
+
+    def latency(self, compiled: Any) -> dict[str, float | None]:
+        """Time to first token and per-token decode latency, p50 and p95 over the prompts.
+
+        Each prompt (up to 8) runs alone (a batch of one) twice: for one new token (time to
+        first token: prefill plus one step) and for up to 32; the difference over the extra
+        tokens is its per-token latency. Backend-neutral: only ``generate`` is timed.
+        """
+        import dataclasses
+
+        one = dataclasses.replace(self.params, max_new_tokens=1)
+        some = dataclasses.replace(
+            self.params, max_new_tokens=min(self.params.max_new_tokens, _LATENCY_TOKENS)
+        )
+        ttft, per_token = [], []
+        for prompt in self.prompts[:_LATENCY_PROMPTS]:
+            t = time.perf_counter()
+            compiled.generate([prompt], one)
+            first = time.perf_counter() - t
+            t = time.perf_counter()
+            (gen,) = compiled.generate([prompt], some)
+            full = time.perf_counter() - t
+            ttft.append(first)
+            if len(gen.token_ids) > 1:
+                per_token.append(max(full - first, 0.0) / (len(gen.token_ids) - 1))
+        return {
+            "ttft_p50_s": _percentile(ttft, 50),
+            "ttft_p95_s": _percentile(ttft, 95),
+            "token_p50_s": _percentile(per_token, 50),
+            "token_p95_s": _percentile(per_token, 95),
+            "probed_prompts": float(len(ttft)),
+        }
+
+
+# Latency probes run each prompt alone twice, the second time for up to 32 tokens: enough
+# steps for a per-token figure, and a bounded cost (the default bench has 12 starts).
+_LATENCY_PROMPTS = 8
+_LATENCY_TOKENS = 32
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile (linear interpolation), None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -192,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             "timings": run.timings,
             "tokens": run.outputs["tokens"],
             "deterministic": run.outputs["deterministic"],
+            "latency": run.outputs.get("latency", {}),
             "notes": run.notes,
             "pid": os.getpid(),
         }

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from aot_core import artifacts
+from aot_core import artifacts, model_choice
 from aot_core.command import (
     EXIT_CODE_HELP,
     CLIError,
@@ -38,7 +38,12 @@ from aot_core.errors import (
     SpecError,
 )
 from aot_core.prompts import default_prompts
+from aot_core.spec import CompileSpec
 from aot_core.workflow import INTERRUPTED, compile_into
+
+if TYPE_CHECKING:
+    from aot_core.machine_limits import DecodeLimit
+    from aot_core.memory_estimate import MemoryEstimate
 
 __all__ = [
     "EXIT_CODE_HELP",
@@ -165,8 +170,18 @@ def cmd_compile(args: argparse.Namespace) -> int:
     """Precompile MODEL with one backend into a verified artifact."""
     from aot_core.registry import get_backend
 
-    model = check_model(args.model)
+    cache_root = _store(args).root
+    chosen = _chosen_model(args, cache_root, default_tiny=False)
+    model = chosen.path
     spec = load_spec(args.spec)
+    if chosen.shape is not None:
+        # A preset's config says bfloat16; a model directory's spec is left to its backend,
+        # so that `aot compile` and the Python API name the same entry.
+        asked = _shape_defaults(spec, chosen.shape)
+        spec, dtype_note = _dtype_for_machine(asked)
+        if spec.dtype != asked.dtype:
+            _progress(dtype_note)
+    _fits(model, spec, max_model_len=spec.max_model_len or 0, max_num_seqs=spec.max_num_seqs or 1)
     cls = get_backend(args.backend)
     backend = args.backend
     key = artifacts.entry_key(
@@ -250,20 +265,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # else $AOT_CACHE_DIR, else the default), and that is the directory checked.
     cache_root = _store(args).root
     _writable(cache_root, "cache directory")
-    if args.model is None:
-        model = bench.ensure_bench_model(cache_root)
-        model_label = "built-in tiny Llama"
-    else:
-        model = check_model(args.model)
-        model_label = str(model)
+    chosen = _chosen_model(args, cache_root, default_tiny=True)
     spec = load_spec(args.spec)
-    if args.model is None and spec.dtype == "auto":
+    if chosen.shape is None and args.model is None and spec.dtype == "auto":
         # The tiny Llama's weights are float32; "auto" lets vLLM on CPU pick bfloat16, and
         # then compiled-vs-eager token comparisons measure rounding, not compilation.
         spec = spec.replace(dtype="float32")
+        dtype_note = "dtype auto -> float32: the built-in tiny Llama's weights are float32"
+    else:
+        spec, dtype_note = _dtype_for_machine(spec)
+    if args.prompts and spec.max_num_seqs is None and args.prompts > 4:
+        spec = spec.replace(max_num_seqs=args.prompts)  # the whole batch decodes together
+    if args.prompt_mix == "mixed" and spec.max_num_batched_tokens is None:
+        # A step budget below the long prompts' length, so chunked prefill splits them.
+        spec = spec.replace(max_num_batched_tokens=MIXED_STEP_TOKENS)
+    sized = spec.replace(
+        **{k: v for k, v in bench.BENCH_SPEC_DEFAULTS.items() if getattr(spec, k) is None}
+    )
+    estimate = _fits(
+        chosen.path,
+        sized,
+        max_model_len=sized.max_model_len or 0,
+        max_num_seqs=sized.max_num_seqs or 1,
+    )
+    notes = [dtype_note] if dtype_note else []
+    if estimate is not None:
+        notes.append(f"memory estimate per start: {estimate.describe()}")
+    prompts, workload = _workload(args, sized)
+    limit = _decode_limit(estimate, min(len(prompts), sized.max_num_seqs or len(prompts)))
+    if limit is not None:
+        notes.append(limit.describe())
+    for note in notes:
+        _progress(note)
     result = bench.run_bench(
-        model=model,
-        model_label=model_label,
+        prompts=prompts,
+        workload=workload,
+        model=chosen.path,
+        model_label=chosen.label,
         backends=args.backend or None,
         spec=spec,
         repeats=args.repeats,
@@ -272,6 +310,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         work_dir=Path(args.work_dir) if args.work_dir else None,
         progress=_progress,
         cache_root=cache_root,
+        notes=notes,
+        decode_limit=limit.tokens_per_s if limit is not None else None,
     )
     print(bench.format_report(result))
     if args.json is not None:
@@ -283,6 +323,90 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if result.failures:
         return ExitCode.BENCH_FAILED
     return ExitCode.OK
+
+
+# --prompt-mix mixed: the engine step's token budget (long prompts are 2-4x this).
+MIXED_STEP_TOKENS = 64
+
+
+def _workload(args: argparse.Namespace, spec: CompileSpec) -> tuple[list[list[int]], str]:
+    """The bench's prompts from --prompts / --prompt-mix, and how to describe them."""
+    from aot_core.prompts import TEXTS, workload_prompts
+
+    count = args.prompts or len(TEXTS)
+    room = (spec.max_model_len or 256) - args.max_new_tokens
+    long_tokens = max(room, 0)
+    if args.prompt_mix == "mixed" and long_tokens < 64:
+        raise CLIError(
+            ExitCode.USAGE,
+            f"--prompt-mix mixed: max_model_len {spec.max_model_len} leaves {long_tokens} "
+            f"prompt tokens beside {args.max_new_tokens} new ones; long prompts need at least "
+            "64: raise max_model_len in the spec or lower --new-tokens",
+        )
+    prompts = workload_prompts(count, args.prompt_mix, long_tokens=long_tokens)
+    if args.prompt_mix == "mixed":
+        return prompts, f"mixed: short prompts and {long_tokens}-token ones"
+    return prompts, "short"
+
+
+def _chosen_model(
+    args: argparse.Namespace, cache_root: Path, *, default_tiny: bool
+) -> model_choice.ChosenModel:
+    if args.shape is not None:
+        from aot_core.shape_presets import get_shape
+
+        try:
+            get_shape(args.shape)  # an unknown name fails before anything is written
+        except SpecError as exc:
+            raise CLIError(ExitCode.USAGE, f"--shape: {exc}") from None
+        _writable(cache_root, "cache directory")  # the shape's config-only directory goes there
+    return model_choice.choose_model(
+        args.model, args.shape, cache_root=cache_root, default_tiny=default_tiny
+    )
+
+
+def _shape_defaults(spec: CompileSpec, shape: str | None) -> CompileSpec:
+    """A preset's context (up to 131072 tokens) would size a huge KV cache: a ``--shape``
+    compile keeps the bench's small engine unless the spec says otherwise."""
+    from aot_core.bench import BENCH_SPEC_DEFAULTS
+
+    if shape is None:
+        return spec
+    return spec.replace(
+        **{k: v for k, v in BENCH_SPEC_DEFAULTS.items() if getattr(spec, k) is None}
+    )
+
+
+def _dtype_for_machine(spec: CompileSpec) -> tuple[CompileSpec, str]:
+    """dtype auto on a machine without GPUs: float32 unless the CPU has native bfloat16;
+    with the reason, for the header (empty when there is nothing to say)."""
+    from aot_core.dtype_choice import choose_cpu_dtype
+
+    if artifacts.cuda_capabilities():
+        return spec, ""
+    choice = choose_cpu_dtype(spec.dtype)
+    return spec.replace(dtype=choice.dtype), choice.reason
+
+
+def _fits(
+    model: Path, spec: CompileSpec, *, max_model_len: int, max_num_seqs: int
+) -> MemoryEstimate | None:
+    return model_choice.check_fits(
+        model, spec, max_model_len=max_model_len, max_num_seqs=max_num_seqs
+    )
+
+
+def _decode_limit(estimate: MemoryEstimate | None, batch: int) -> DecodeLimit | None:
+    """The bandwidth bound on decode tokens/s here (one 128 MiB copy, well under a second)."""
+    from aot_core.machine_limits import DecodeLimit, measure_copy_bandwidth
+
+    if estimate is None:
+        return None
+    return DecodeLimit(
+        bandwidth_bytes_per_s=measure_copy_bandwidth(),
+        weight_bytes=estimate.weight_bytes,
+        batch=batch,
+    )
 
 
 def _check_output_file(path: Path, what: str) -> None:
@@ -573,8 +697,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     p.add_argument(
-        "model", type=_path, help="local Hugging Face model directory (holding config.json)"
+        "model",
+        nargs="?",
+        type=_path,
+        help="local Hugging Face model directory (holding config.json; weights optional)",
     )
+    _add_shape_option(p)
     p.add_argument("--backend", required=True, type=_name, help="backend name (see `aot backends`)")
     p.add_argument("--spec", type=_path, help="compile spec file (.toml or .json)")
     p.add_argument(
@@ -597,6 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_bench_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """``aot bench`` and its options."""
     from aot_core.bench import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPEATS, DEFAULT_TIMEOUT_S
+    from aot_core.prompts import WORKLOAD_MIXES
 
     p = sub.add_parser(
         "bench",
@@ -607,6 +736,7 @@ def _add_bench_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument(
         "model", nargs="?", type=_path, help="model directory (default: built-in tiny Llama)"
     )
+    _add_shape_option(p)
     p.add_argument(
         "--backend",
         action="append",
@@ -621,10 +751,27 @@ def _add_bench_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         help=f"fresh-process starts per measurement, medians reported (default {DEFAULT_REPEATS})",
     )
     p.add_argument(
+        "--new-tokens",
         "--max-new-tokens",
+        dest="max_new_tokens",
+        metavar="M",
         type=_positive_int,
         default=DEFAULT_MAX_NEW_TOKENS,
         help=f"tokens generated per prompt (default {DEFAULT_MAX_NEW_TOKENS})",
+    )
+    p.add_argument(
+        "--prompts",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="prompts per batch (default: the 4 fixed sentences)",
+    )
+    p.add_argument(
+        "--prompt-mix",
+        choices=WORKLOAD_MIXES,
+        default="short",
+        help="short: the fixed sentences; mixed: every second prompt long (fills the context "
+        "beside the new tokens), so chunked prefill splits it while short ones decode",
     )
     p.add_argument(
         "--timeout",
@@ -641,6 +788,18 @@ def _add_bench_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         "the cache directory, removed afterwards)",
     )
     p.set_defaults(func=cmd_bench)
+
+
+def _add_shape_option(p: argparse.ArgumentParser) -> None:
+    from aot_core.shape_presets import known_shapes
+
+    p.add_argument(
+        "--shape",
+        type=_name,
+        metavar="NAME",
+        help="instead of MODEL, a real architecture's published config with placeholder "
+        f"weights (nothing downloaded): {', '.join(known_shapes())}",
+    )
 
 
 def _add_cache_commands(sub: Any) -> None:

@@ -36,6 +36,7 @@ class ExitCode(IntEnum):
     DISK_FULL = 11
     MISSING_DEPENDENCY = 12
     BENCH_FAILED = 13
+    NOT_ENOUGH_MEMORY = 14
     TASK_NOT_FOUND = 20
     DATASET_NOT_LOCAL = 21
     NO_TOKENIZER = 22
@@ -60,6 +61,9 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.DISK_FULL: "no space left on the device (nothing in the cache was changed)",
     ExitCode.MISSING_DEPENDENCY: "an optional dependency is missing (e.g. matplotlib for --plot)",
     ExitCode.BENCH_FAILED: "some benchmark runs failed (results of the others are reported)",
+    ExitCode.NOT_ENOUGH_MEMORY: (
+        "the model is estimated not to fit in the memory available here (estimate shown)"
+    ),
     ExitCode.TASK_NOT_FOUND: "aot eval: no lm-eval task has that name (--include-path for YAMLs)",
     ExitCode.DATASET_NOT_LOCAL: "aot eval: a task's dataset is not on this machine (runs offline)",
     ExitCode.NO_TOKENIZER: "aot eval: the model directory has no tokenizer for text tasks",

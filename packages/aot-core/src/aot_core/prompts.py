@@ -14,3 +14,23 @@ TEXTS: tuple[str, ...] = (
 def default_prompts() -> list[list[int]]:
     """The prompts as token ids (their bytes, all < 256: the byte-level tiny model's ids)."""
     return [list(t.encode()) for t in TEXTS]
+
+
+WORKLOAD_MIXES: tuple[str, ...] = ("short", "mixed")
+"""``aot bench --prompt-mix``: the fixed short prompts, or short and long ones alternating."""
+
+
+def workload_prompts(count: int, mix: str = "short", *, long_tokens: int = 0) -> list[list[int]]:
+    """``count`` prompts: the fixed sentences in turn; with ``mix="mixed"`` every second one
+    is ``long_tokens`` long (the sentences repeated), so a batch holds prompts long enough
+    for chunked prefill to split beside short ones that are already decoding."""
+    base = default_prompts()
+    out = []
+    for i in range(count):
+        short = base[i % len(base)]
+        if mix == "mixed" and i % 2 == 1 and long_tokens > len(short):
+            text = b" ".join(t.encode() for t in TEXTS) * (long_tokens // 64 + 1)
+            out.append(list(text[:long_tokens]))
+        else:
+            out.append(list(short))
+    return out

@@ -42,6 +42,40 @@ class CacheOutcome:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RankStats:
+    """One rank of a model split over several processes (tensor or pipeline parallel)."""
+
+    rank: int
+    """Global rank: ``pipeline_parallel_rank * tensor_parallel_size + tensor_parallel_rank``."""
+
+    tensor_parallel_rank: int = 0
+    """Position within its tensor-parallel group."""
+
+    pipeline_parallel_rank: int = 0
+    """Pipeline stage."""
+
+    pid: int | None = None
+    """Process that ran the rank (None when it was not seen)."""
+
+    cache: CacheOutcome = field(default_factory=CacheOutcome)
+    """Whether this rank's compiled code came from the cache, from this rank's own evidence."""
+
+    compile_time_s: float | None = None
+    """Seconds this rank spent compiling or loading compiled code."""
+
+    peak_memory_bytes: int | None = None
+    """Peak resident memory of the rank's process."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cache, Mapping):
+            object.__setattr__(self, "cache", CacheOutcome(**self.cache))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
 class OptimizationStats:
     """Measured facts about one compiled model: how it was built and how fast it runs."""
 
@@ -105,8 +139,16 @@ class OptimizationStats:
     notes: tuple[str, ...] = ()
     """Warnings and fallbacks that happened on the way, in order."""
 
+    ranks: tuple[RankStats, ...] = ()
+    """Per-rank facts of a multi-process (tensor/pipeline parallel) model; empty for one."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "cuda_graph_sizes", tuple(self.cuda_graph_sizes))
+        object.__setattr__(
+            self,
+            "ranks",
+            tuple(r if isinstance(r, RankStats) else RankStats(**r) for r in self.ranks),
+        )
         object.__setattr__(self, "notes", tuple(self.notes))
         object.__setattr__(self, "startup_phases", MappingProxyType(dict(self.startup_phases)))
         object.__setattr__(self, "resolved_config", MappingProxyType(dict(self.resolved_config)))
@@ -124,6 +166,8 @@ class OptimizationStats:
             value = getattr(self, f.name)
             if isinstance(value, CacheOutcome):
                 value = dataclasses.asdict(value)
+            elif f.name == "ranks":
+                value = [r.to_dict() for r in value]
             elif isinstance(value, Mapping):
                 value = _jsonable(dict(value))
             elif isinstance(value, tuple):
@@ -141,7 +185,7 @@ class OptimizationStats:
         kwargs = dict(data)
         if isinstance(kwargs.get("cache"), Mapping):
             kwargs["cache"] = CacheOutcome(**kwargs["cache"])
-        for name in ("cuda_graph_sizes", "notes"):
+        for name in ("cuda_graph_sizes", "notes", "ranks"):
             if name in kwargs:
                 kwargs[name] = tuple(kwargs[name])
         return cls(**kwargs)

@@ -37,6 +37,7 @@ class LegacyCompiledModel(CompiledModel):
         owned: list[Any],
         graphs: CUDAGraphOptimizer | None,
         compiler: EnhancedAOTCompiler | None,
+        module_name: str | None = None,
     ) -> None:
         self._generator: StaticKVGenerator | None = generator
         self._stats = stats
@@ -46,6 +47,9 @@ class LegacyCompiledModel(CompiledModel):
         self._compiler = compiler
         self.last_timings: GenerateTimings | None = None
         """Timings of the most recent generate call (decode seconds, token counts)."""
+        self.module_name = module_name
+        """The transformers module class this was compiled from, when the caller passed one:
+        then the compiled model is called like it (``module_call``); else None."""
 
     @property
     def stats(self) -> OptimizationStats:
@@ -127,6 +131,29 @@ class LegacyCompiledModel(CompiledModel):
             Score(logprob=sum(lps), is_greedy=all(greedy), token_logprobs=tuple(lps))
             for lps, greedy in score_requests(self._generator, pairs)
         ]
+
+    def __call__(self, input_ids: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """Called like the transformers module it was compiled from: ``input_ids``,
+        ``attention_mask``, ``labels``; returns its output type, logits computed by the
+        compiled steps (``aot_legacy.module_call``)."""
+        if self.module_name is None:
+            raise TypeError(
+                "this compiled model was not compiled from a transformers module, so it is not "
+                "called like one; use generate(prompts, params) (or score) instead"
+            )
+        if self._generator is None:
+            raise AOTError("this compiled model is closed; compile the model again to call it")
+        from aot_legacy.module_call import module_call
+
+        if args:  # forward(input_ids, attention_mask, ...) positionally, as modules allow
+            names = ("attention_mask", "position_ids", "past_key_values")
+            for name, value in zip(names, args, strict=False):
+                if name in kwargs:
+                    raise TypeError(f"compiled model got {name!r} twice")
+                kwargs[name] = value
+            if len(args) > len(names):
+                raise TypeError("compiled model takes input_ids and keywords; pass keywords")
+        return module_call(self._generator, input_ids, **kwargs)
 
     def _update_stats(self, t: GenerateTimings) -> None:
         device_peak = None

@@ -273,3 +273,59 @@ def _record(
         if t < len(target):
             results[r][0].append(float(values[r]))
             results[r][1].append(bool(greedy[r]))
+
+
+def full_logits(generator: StaticKVGenerator, rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Logits at every position of each row (``[len(row), vocab]``, float32), from the
+    generator's own steps: the first token through ``prefill``, each later one through
+    ``decode`` at its position (teacher-forced), rows batched up to the largest bucket.
+
+    This is what calling the model as a module returns, computed by the compiled steps that
+    also generate and score. Raises ``SpecError`` for an empty row, a row longer than the
+    static KV cache, or a token outside the vocabulary.
+    """
+    for i, row in enumerate(rows):
+        if not row:
+            raise SpecError(f"row {i} has no tokens", field="input_ids")
+        if len(row) > generator.max_seq:
+            raise SpecError(
+                f"row {i}: {len(row)} tokens do not fit the static KV cache of "
+                f"{generator.max_seq} positions (max_model_len); raise max_model_len",
+                field="max_model_len",
+            )
+        for t in row:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < generator.vocab_size:
+                raise SpecError(
+                    f"row {i}: token id {t!r} is outside the vocabulary "
+                    f"[0, {generator.vocab_size})",
+                    field="input_ids",
+                )
+    out: list[torch.Tensor] = []
+    with torch.no_grad():
+        for lo in range(0, len(rows), generator.max_batch):
+            out.extend(_logits_chunk(generator, rows[lo : lo + generator.max_batch]))
+    return out
+
+
+def _logits_chunk(g: StaticKVGenerator, rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    n = len(rows)
+    size = g.buckets[bisect.bisect_left(g.buckets, n)]
+    firsts = [row[0] for row in rows] + [g.pad_token_id] * (size - n)
+    ids = torch.tensor(
+        [[t] + [g.pad_token_id] * (MIN_BUCKET - 1) for t in firsts], dtype=torch.long
+    ).to(g.device)
+    pos = torch.arange(MIN_BUCKET, device=g.device).expand(size, MIN_BUCKET).contiguous()
+    zeros = torch.zeros(size, dtype=torch.long, device=g.device)
+    steps = [g.prefill(ids, pos, zeros)[:n].float()]
+    for t in range(1, max(len(r) for r in rows)):
+        # Rows that have ended keep stepping (the batch shape is fixed) on a pad token at a
+        # position inside their own KV row; their logits are dropped below.
+        feed = [r[t] if t < len(r) else g.pad_token_id for r in rows] + [g.pad_token_id] * (
+            size - n
+        )
+        step_pos = [min(t, g.max_seq - 1)] * n + [0] * (size - n)
+        ids1 = torch.tensor(feed, dtype=torch.long).view(size, 1).to(g.device)
+        pos1 = torch.tensor(step_pos, dtype=torch.long).view(size, 1).to(g.device)
+        steps.append(g.decode(ids1, pos1, zeros)[:n].float())
+    stacked = torch.stack(steps, dim=1)  # [n, longest, vocab]
+    return [stacked[r, : len(rows[r])] for r in range(n)]

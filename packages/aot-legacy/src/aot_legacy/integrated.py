@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -156,6 +157,8 @@ class IntegratedAOTCompiler(Compiler):
                 artifact=artifact,
                 phases=phases,
                 t_start=t_start,
+                # a transformers module passed in is called like itself afterwards
+                module_name=_module_name(model, loaded.source),
             ),
             example_prompts=example_prompts,
             aot=aot,
@@ -228,6 +231,7 @@ class IntegratedAOTCompiler(Compiler):
             owned=[step, kv, runners],
             graphs=graphs,
             compiler=parts.compiler,
+            module_name=parts.module_name,
         )
 
     def _stats(self, parts: _Parts, *, runners: Any, graphs: Any, kv: Any, torch: Any) -> Any:
@@ -297,6 +301,7 @@ class _Parts:
     artifact: Path | None
     phases: dict[str, float]
     t_start: float
+    module_name: str | None = None
 
 
 def _verify_artifact(cache_root: Path, package_dir: Path | None, *, backend: str) -> Path | None:
@@ -321,6 +326,16 @@ def _verify_artifact(cache_root: Path, package_dir: Path | None, *, backend: str
                 listed = verify_for_load(root, backend=backend).files
                 return root if listed else None
     return None
+
+
+def _module_name(model: Any, source: Any) -> str | None:
+    """The class name of a transformers module the caller passed (None for a path or a
+    ``StaticKVDecoder``, which are not called like transformers modules)."""
+    from aot_legacy.hf_adapter import is_hf_model
+
+    if isinstance(model, (str, os.PathLike)) or not is_hf_model(source):
+        return None
+    return type(source).__name__
 
 
 def _pick_device(choice: str, torch: Any) -> Any:

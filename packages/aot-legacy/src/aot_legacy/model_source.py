@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from aot_core.dtype_choice import choose_cpu_dtype
 from aot_core.errors import SpecError
 
 from aot_legacy.checkpoint import eos_token_ids, load_state, read_config, stored_dtype, weight_files
@@ -81,6 +82,13 @@ def load_model(
     model: Any, *, dtype: str, device: torch.device, phases: dict[str, float]
 ) -> LoadedModel:
     """Resolve ``model`` into a ``LoadedModel`` on ``device``; ``dtype`` is the spec's."""
+    from aot_core.model_cache import ModelWithTokenizer
+
+    if isinstance(model, ModelWithTokenizer):
+        loaded = load_model(model.model, dtype=dtype, device=device, phases=phases)
+        if model.tokenizer is not None:
+            loaded.tokenizer = model.tokenizer  # the caller's, over one found beside it
+        return loaded
     want = None if dtype == "auto" else _torch_dtype(dtype)
     if isinstance(model, (str, Path)):
         directory = Path(model).expanduser()
@@ -90,7 +98,17 @@ def load_model(
                 "directory (no hub downloads), a transformers model or a StaticKVDecoder",
                 field="model",
             )
-        return _from_directory(directory, want=want, device=device, phases=phases)
+        dtype_note = ""
+        if want is None and device.type == "cpu":
+            # aot-core reads the ISA: without native bfloat16, "auto" is float32 (a bfloat16
+            # checkpoint would otherwise run emulated, ~3x slower on AVX2 machines). A model
+            # object passed in keeps its own dtype.
+            choice = choose_cpu_dtype("auto")
+            want = _torch_dtype(choice.dtype) if choice.dtype != "auto" else None
+            dtype_note = choice.reason if want is not None else ""
+        loaded = _from_directory(directory, want=want, device=device, phases=phases)
+        loaded.notes += [dtype_note] if dtype_note else []
+        return loaded
     t0 = time.perf_counter()
     if isinstance(model, StaticKVDecoder):
         loaded = _from_object(model, want, device, max_positions=model.layout.max_positions)

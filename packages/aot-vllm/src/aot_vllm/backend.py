@@ -107,6 +107,6 @@ class VLLMNativeAOTCompiler(Compiler):
         examples = parse_example_inputs(example_inputs)
         source = resolve_model(model)
         informed, notes = inform_spec(base, examples, source)
-        compiled = build(model, informed, warmup=examples, extra_notes=notes)
+        compiled = build(source, informed, warmup=examples, extra_notes=notes)
         self._remember(compiled)
         return compiled

@@ -43,13 +43,15 @@ import re
 import secrets
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from aot_core.artifacts import (
     ArtifactStore,
+    Manifest,
+    RankRecord,
     artifact_root,
     check_owned,
     default_cache_root,
@@ -61,9 +63,10 @@ from aot_core.artifacts import (
     remove_leftovers,
     staging_dir,
     verify_for_load,
+    world_problem,
     write_manifest,
 )
-from aot_core.errors import AOTError, ArtifactError
+from aot_core.errors import AOTError, ArtifactError, ArtifactIncompatibleError
 from aot_core.spec import CompileSpec
 
 BACKEND = "vllm"
@@ -194,6 +197,9 @@ class CacheEntry:
             return OpenedEntry(state="absent", extra={})
         try:
             manifest = verify_for_load(self.path, backend=BACKEND, discard_extra=True)
+            refuse_other_world(manifest, self.spec, self.path)
+        except ArtifactIncompatibleWorld:
+            raise
         except ArtifactError as exc:
             problem = str(exc)
             check_owned(self.path, "replace")  # before a word of "moved aside" is said
@@ -220,6 +226,9 @@ class CacheEntry:
         else:
             try:
                 manifest = verify_for_load(self.path, backend=BACKEND)
+                refuse_other_world(manifest, self.spec, self.path)
+            except ArtifactIncompatibleWorld:
+                raise
             except ArtifactError as exc:
                 problem = f"its entry cannot be used: {exc}"
             else:
@@ -247,9 +256,12 @@ class CacheEntry:
         shutil.copytree(self.path, self.scratch, symlinks=True)
         return verify_for_load(self.scratch, backend=BACKEND).extra
 
-    def seal(self, *, device: str, extra: Mapping[str, Any]) -> None:
+    def seal(
+        self, *, device: str, extra: Mapping[str, Any], ranks: Sequence[RankRecord] = ()
+    ) -> None:
         """Write the manifest over the entry's current files (call with the lock held);
-        nothing to do in a store that cannot be written."""
+        ``ranks``: each rank's files, for a model split over several processes. Nothing to
+        do in a store that cannot be written."""
         if self.read_only:
             return
         write_manifest(
@@ -261,6 +273,7 @@ class CacheEntry:
             model=self.model,
             device=device,
             extra=dict(extra),
+            ranks=ranks,
         )
 
     def snapshot(self) -> Snapshot:
@@ -354,6 +367,23 @@ class CacheEntry:
             shutil.rmtree(trash, ignore_errors=True)
 
 
+class ArtifactIncompatibleWorld(ArtifactIncompatibleError):
+    """A compile-cache entry or artifact built for another world size (TP x PP) than the
+    start asks for. It is refused, never moved aside or rebuilt in place: it is intact, and
+    the other world may still need it."""
+
+
+def refuse_other_world(manifest: Manifest, spec: CompileSpec, path: Path) -> None:
+    """Raise ``ArtifactIncompatibleWorld`` when ``manifest`` was built for another world."""
+    problem = world_problem(
+        manifest,
+        tensor_parallel_size=spec.tensor_parallel_size,
+        pipeline_parallel_size=spec.pipeline_parallel_size,
+    )
+    if problem:
+        raise ArtifactIncompatibleWorld(f"{path}: refusing its compiled code: {problem}")
+
+
 class ArtifactFiles(CacheEntry):
     """``spec.cache_dir`` is an aot artifact's ``files/`` (``aot compile``, ``aot bench``):
     the artifact is the entry, so vLLM's caches go straight into it, with no store nested
@@ -381,12 +411,16 @@ class ArtifactFiles(CacheEntry):
         read-only media, without writing to it."""
         self.read_only = not _writable(self.files_dir)
         manifest = verify_for_load(self.path, backend=BACKEND, discard_extra=not self.read_only)
+        if manifest.files:
+            refuse_other_world(manifest, self.spec, self.path)
         if not self.read_only:
             self._make_dirs()
         state: EntryState = "intact" if manifest.files else "absent"
         return OpenedEntry(state=state, extra=dict(manifest.extra))
 
-    def seal(self, *, device: str, extra: Mapping[str, Any]) -> None:
+    def seal(
+        self, *, device: str, extra: Mapping[str, Any], ranks: Sequence[RankRecord] = ()
+    ) -> None:
         """Nothing to do: the artifact's owner writes its manifest."""
 
 
@@ -471,6 +505,7 @@ def written_files(before: Snapshot, after: Snapshot) -> set[str]:
 __all__ = [
     "IN_PROGRESS",
     "ArtifactFiles",
+    "ArtifactIncompatibleWorld",
     "CacheEntry",
     "CacheWarning",
     "FileState",
@@ -479,5 +514,6 @@ __all__ = [
     "Snapshot",
     "compiled_files",
     "open_entry",
+    "refuse_other_world",
     "written_files",
 ]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +36,14 @@ __all__ = [
     "CompileCacheChoice",
     "EngineVar",
     "EnvPatch",
+    "ThreadBinding",
     "aot_compile",
     "cache_root",
     "choose_compile_cache",
     "compile_cache_disabled",
     "compile_cache_switch",
     "cpu_kv_cache_space",
+    "cpu_threads_bind",
     "engine_environment",
     "inductor_tuning",
     "log_capture",
@@ -87,6 +89,12 @@ class EngineVar(enum.StrEnum):
     VLLM_ENABLE_V1_MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
     """"0" runs the engine core in this process (``engine_process = inline``: no spawn,
     counters readable), "1" in vLLM's engine processes."""
+
+    VLLM_CPU_OMP_THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
+    """CPU cores per rank of a multi-rank CPU engine, "0|1" style (one core list per rank).
+    vLLM's default "auto" gives each rank a NUMA node of its own and refuses a world larger
+    than the NUMA nodes; where there are fewer nodes than ranks aot-vllm splits the cores
+    this process may use (``cpu_threads_bind``). A value the user set is never replaced."""
 
     VLLM_LOGGING_CONFIG_PATH = "VLLM_LOGGING_CONFIG_PATH"
     """A logging config that keeps vLLM's console output (or the user's config) and adds
@@ -137,6 +145,64 @@ def cpu_kv_cache_space(gib: int) -> dict[str, str]:
 def log_capture(config_file: Path | None) -> dict[str, str]:
     """The logging config every engine process applies (nothing when capture is off)."""
     return {} if config_file is None else _set(EngineVar.VLLM_LOGGING_CONFIG_PATH, str(config_file))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThreadBinding:
+    """How the ranks of a CPU engine are bound to cores, and who chose it."""
+
+    value: str
+    """``VLLM_CPU_OMP_THREADS_BIND`` as the engine sees it ("auto" when unset)."""
+
+    chosen_by: str
+    """"user" (their variable, kept), "aot-vllm" (split from the allowed cores) or "vllm"
+    (its NUMA-node default, which fits)."""
+
+    env: Mapping[str, str]
+    """What aot-vllm sets (empty unless it chose)."""
+
+    note: str
+    """One line for the stats notes."""
+
+
+def cpu_threads_bind(*, ranks: int, cores: Sequence[int], numa_nodes: int) -> ThreadBinding:
+    """The thread binding of a CPU engine with ``ranks`` worker processes.
+
+    ``cores``: the cores this process may use (its affinity); ``numa_nodes``: how many NUMA
+    nodes hold them. The user's ``VLLM_CPU_OMP_THREADS_BIND`` wins; else vLLM's "auto" is
+    kept where it works (a NUMA node per rank); else the cores are split into ``ranks``
+    equal contiguous groups (the remainder stays free for the engine's other processes).
+    """
+    var = EngineVar.VLLM_CPU_OMP_THREADS_BIND
+    user = os.environ.get(var.value)
+    if user:
+        note = f"CPU thread binding: the user's {var.value}={user!r} is kept"
+        return ThreadBinding(value=user, chosen_by="user", env={}, note=note)
+    if numa_nodes >= ranks:
+        note = (
+            f"CPU thread binding: vLLM's default ({var.value}=auto, one of the {numa_nodes} "
+            f"NUMA nodes per rank)"
+        )
+        return ThreadBinding(value="auto", chosen_by="vllm", env={}, note=note)
+    per = len(cores) // ranks
+    value = "|".join(_core_list(sorted(cores)[i * per : (i + 1) * per]) for i in range(ranks))
+    note = (
+        f"CPU thread binding: {var.value}={value!r} set by aot-vllm ({per} of the "
+        f"{len(cores)} allowed core(s) per rank), because vLLM's default binds one NUMA node "
+        f"per rank and this machine gives the process {numa_nodes} for {ranks} ranks"
+    )
+    return ThreadBinding(value=value, chosen_by="aot-vllm", env=_set(var, value), note=note)
+
+
+def _core_list(cores: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" (the form vLLM parses in every release)."""
+    runs: list[list[int]] = []
+    for core in cores:
+        if runs and core == runs[-1][-1] + 1:
+            runs[-1].append(core)
+        else:
+            runs.append([core])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 def runs_inline(runtime: RuntimeOptions, spec: CompileSpec) -> bool:
@@ -232,6 +298,7 @@ def engine_environment(
     compile_cache: CompileCacheChoice,
     inductor_dir: Path,
     inline: bool,
+    threads_bind: ThreadBinding | None = None,
 ) -> dict[str, str]:
     """Everything set before ``vllm.LLM(...)``: the translation's variables and the runtime's.
 
@@ -242,6 +309,7 @@ def engine_environment(
         compile_cache.env,
         _set(EngineVar.TORCHINDUCTOR_CACHE_DIR, str(inductor_dir)),
         _set(EngineVar.VLLM_ENABLE_V1_MULTIPROCESSING, "0" if inline else "1"),
+        threads_bind.env if threads_bind is not None else {},
     )
     out: dict[str, str] = {}
     for part in parts:

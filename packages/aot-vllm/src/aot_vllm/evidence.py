@@ -62,6 +62,11 @@ class Counters:
     inductor: Mapping[str, int] = field(default_factory=dict)
     """torch._dynamo ``counters['inductor']`` and ``counters['aot_autograd']``."""
 
+    compile_seconds: Mapping[str, float] = field(default_factory=dict)
+    """Seconds torch spent so far in ``_compile.compile_inner`` (Dynamo's whole compile of a
+    frame) and ``OutputGraph.call_user_compiler`` (the backend: vLLM's Inductor compile, or
+    its load from the cache), summed from ``torch._dynamo.utils.compilation_time_metrics``."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class StartEvidence:
@@ -110,6 +115,34 @@ def counter_deltas(before: Counters | None, after: Counters | None) -> dict[str,
             if diff:
                 out[f"{group}.{key}"] = diff
     return out
+
+
+# compilation_time_metrics keys (torch 2.4-2.13): Dynamo's whole compile of a frame, and
+# the backend call inside it.
+DYNAMO_TOTAL = "_compile.compile_inner"
+BACKEND_COMPILE = "OutputGraph.call_user_compiler"
+
+
+def compile_warmup_split(
+    before: Counters | None, after: Counters | None, compile_warmup_s: float | None
+) -> dict[str, float]:
+    """vLLM's compile_warmup phase as torch timed it: Dynamo tracing, the Inductor compile
+    or cache load (the backend call), and the rest, which is the warm-up runs themselves.
+    Empty when the engine ran in another process (torch's timers are per process) or the
+    phase was not seen. vLLM on CPU logs no Dynamo or Inductor lines at INFO, so the split
+    comes from torch's own timers rather than from log lines."""
+    if before is None or after is None or compile_warmup_s is None:
+        return {}
+
+    def moved(key: str) -> float:
+        return max(0.0, after.compile_seconds.get(key, 0.0) - before.compile_seconds.get(key, 0.0))
+
+    total, backend = moved(DYNAMO_TOTAL), moved(BACKEND_COMPILE)
+    return {
+        "dynamo_trace_s": round(max(0.0, total - backend), 4),
+        "inductor_compile_or_load_s": round(backend, 4),
+        "warmup_runs_s": round(max(0.0, compile_warmup_s - total), 4),
+    }
 
 
 def _delta(before: Counters | None, after: Counters | None, group: str, name: str) -> int:
@@ -298,4 +331,20 @@ def read_counters() -> Counters:
         for group in ("inductor", "aot_autograd"):
             for name, value in dict(counters.get(group, {})).items():
                 inductor[name if group == "inductor" else f"aot_autograd.{name}"] = int(value)
-    return Counters(vllm=vllm_counts, inductor=inductor)
+    return Counters(vllm=vllm_counts, inductor=inductor, compile_seconds=_compile_seconds())
+
+
+def _compile_seconds() -> dict[str, float]:
+    import sys
+
+    utils = sys.modules.get("torch._dynamo.utils")
+    metrics = getattr(utils, "compilation_time_metrics", None)
+    if not isinstance(metrics, dict):
+        return {}
+    out = {}
+    for key in (DYNAMO_TOTAL, BACKEND_COMPILE):
+        try:
+            out[key] = float(sum(metrics.get(key, ())))
+        except (TypeError, ValueError):
+            continue
+    return out

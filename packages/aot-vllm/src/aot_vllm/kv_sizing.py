@@ -21,6 +21,7 @@ from typing import Any
 from aot_core.spec import CompileSpec
 
 from aot_vllm.engine_env import EngineVar
+from aot_vllm.parallel import layer_split
 
 # vLLM's own default max_num_seqs for the LLM class on CPU, per device, in every release
 # from 0.10.2 to 0.33 (EngineArgs._set_default_args / get_batch_defaults).
@@ -69,13 +70,24 @@ def user_sized(spec: CompileSpec) -> bool:
 
 
 def bytes_per_token(
-    config: Mapping[str, Any], dtype: str, kv_cache_dtype: str | None
+    config: Mapping[str, Any],
+    dtype: str,
+    kv_cache_dtype: str | None,
+    *,
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
 ) -> int | None:
-    """K and V bytes one token takes over all layers; None for a layout this cannot read."""
+    """K and V bytes one token takes over all layers of one rank (the largest pipeline stage,
+    its share of the KV heads); None for a layout this cannot read."""
     config = _language_model(config)
     layers = config.get("num_hidden_layers")
     heads = config.get("num_attention_heads")
     kv_heads = config.get("num_key_value_heads", heads)
+    if isinstance(layers, int) and layers >= pipeline_parallel_size > 1:
+        layers = max(layer_split(layers, pipeline_parallel_size))
+    if isinstance(kv_heads, int) and kv_heads > 0:
+        # vLLM gives each rank kv_heads / tp heads, or one replicated head when tp > kv_heads.
+        kv_heads = -(-kv_heads // tensor_parallel_size)
     head_dim = config.get("head_dim")
     if head_dim is None and isinstance(heads, int) and heads > 0:
         hidden = config.get("hidden_size")
@@ -111,7 +123,13 @@ def cpu_kv_cache_size(
         return f"its config.json could not be read ({exc})"
     engine_args: Mapping[str, Any] = spec.backend_options.get("engine_args", {}) or {}
     kv_dtype = engine_args.get("kv_cache_dtype")
-    per_token = bytes_per_token(config, spec.dtype, kv_dtype if isinstance(kv_dtype, str) else None)
+    per_token = bytes_per_token(
+        config,
+        spec.dtype,
+        kv_dtype if isinstance(kv_dtype, str) else None,
+        tensor_parallel_size=spec.tensor_parallel_size,
+        pipeline_parallel_size=spec.pipeline_parallel_size,
+    )
     if per_token is None:
         return "the model's attention layout is not a plain K/V cache"
     world = spec.tensor_parallel_size * spec.pipeline_parallel_size
@@ -123,15 +141,17 @@ def cpu_kv_cache_size(
     tokens = (seqs + 1) * per_seq  # one spare sequence covers vLLM's reserved null block
     nbytes = tokens * per_token
     total = total_memory if total_memory is not None else _physical_memory()
-    if total and nbytes > _MAX_SHARE * total:
+    # kv_cache_memory_bytes is per rank: every worker process reserves that much.
+    if total and nbytes * world > _MAX_SHARE * total:
         return (
-            f"{seqs} sequences of {length} tokens need {_mib(nbytes)}, more than half of "
-            f"this machine's {_mib(total)}"
+            f"{seqs} sequences of {length} tokens need {_mib(nbytes * world)}, more than "
+            f"half of this machine's {_mib(total)}"
         )
+    per_rank = f" per rank (x {world} ranks)" if world > 1 else ""
     reason = (
-        f"KV cache sized to {_mib(nbytes)} for max_num_seqs={seqs} x max_model_len={length} "
-        f"({per_token} bytes/token) instead of vLLM's CPU default share of memory; set "
-        "backend_options.kv_cache_memory_bytes to choose"
+        f"KV cache sized to {_mib(nbytes)}{per_rank} for max_num_seqs={seqs} x "
+        f"max_model_len={length} ({per_token} bytes/token) instead of vLLM's CPU default "
+        "share of memory; set backend_options.kv_cache_memory_bytes to choose"
     )
     return KVCacheSize(nbytes=nbytes, tokens=tokens, reason=reason)
 

@@ -1,4 +1,9 @@
-"""Which model to start: a local directory, a hub name, or a Hugging Face model object."""
+"""Which model to start: a local directory, a hub name, or a Hugging Face model object.
+
+vLLM loads models from a directory. A model object loaded from one (its ``name_or_path``)
+starts from there; one built or changed in memory, with no ``name_or_path``, is saved in
+aot's model cache under a content hash (``aot_core.model_cache``) and starts from there.
+"""
 
 from __future__ import annotations
 
@@ -29,9 +34,27 @@ class ModelSource:
     has_weights: bool
     """Weight files are present (always assumed True for hub names)."""
 
+    note: str = ""
+    """What was done to make the model loadable (an in-memory model saved, and where)."""
+
 
 def resolve_model(model: Any) -> ModelSource:
-    """Turn what the user passed into a ``ModelSource``, or raise ``SpecError`` saying why not."""
+    """Turn what the user passed into a ``ModelSource``, or raise ``SpecError`` saying why not.
+
+    A ``ModelSource`` passes through, so a model resolved once (an in-memory one saved
+    once) is not resolved again on the way to the engine.
+    """
+    if isinstance(model, ModelSource):
+        return model
+    from aot_core.model_cache import ModelWithTokenizer
+
+    if isinstance(model, ModelWithTokenizer):
+        if model.tokenizer is not None:
+            # the tokenizer given is part of what vLLM must load: save both together
+            return _saved(model.model, model.tokenizer)
+        model = model.model
+    if _in_memory(model):
+        return _saved(model)
     text = _name_or_path(model)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -55,6 +78,37 @@ def resolve_model(model: Any) -> ModelSource:
             field="model",
         )
     return ModelSource(name_or_path=text, local_dir=None, has_tokenizer=True, has_weights=True)
+
+
+def _in_memory(model: Any) -> bool:
+    """A transformers model object that was not loaded from anywhere (no name_or_path)."""
+    if isinstance(model, (str, os.PathLike)) or not hasattr(model, "save_pretrained"):
+        return False
+    try:
+        _name_or_path(model)
+    except SpecError:
+        return True
+    return False
+
+
+def _saved(model: Any, tokenizer: Any = None) -> ModelSource:
+    from aot_core.model_cache import save_model
+
+    if not hasattr(model, "save_pretrained"):
+        raise SpecError(
+            f"model: a {type(model).__name__} cannot be saved for vLLM; pass a transformers "
+            "model, a model directory or a model name",
+            field="model",
+        )
+    saved = save_model(model, tokenizer=tokenizer)
+    names = {p.name for p in saved.path.iterdir()}
+    return ModelSource(
+        name_or_path=str(saved.path),
+        local_dir=saved.path,
+        has_tokenizer=any(n in names for n in _TOKENIZER_FILES),
+        has_weights=True,
+        note=saved.note(),
+    )
 
 
 def _name_or_path(model: Any) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
 
-from aot_vllm.releases import CUDAGRAPH_MODES
+from aot_vllm.releases import CUDAGRAPH_MODES, EXECUTORS
 from aot_vllm.runtime_options import RUNTIME_OPTIONS
 
 __all__ = ["KNOWN_BACKEND_OPTIONS", "BackendOption", "check_options"]
@@ -73,6 +73,12 @@ def _cudagraph_mode(key: str, value: Any) -> str:
     return name
 
 
+def _executor(key: str, value: Any) -> str:
+    if value not in EXECUTORS:
+        raise _bad(key, " or ".join(repr(e) for e in EXECUTORS), value)
+    return str(value)
+
+
 def _mapping(key: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise _bad(key, "a table of key = value", value)
@@ -104,6 +110,11 @@ KNOWN_BACKEND_OPTIONS: dict[str, BackendOption] = {
     "optimization_level": BackendOption(check=_opt_level, help="vLLM -O level (0.12+)"),
     "use_aot_compile": BackendOption(check=_bool, help="VLLM_USE_AOT_COMPILE (0.11.1+)"),
     "disable_compile_cache": BackendOption(check=_bool, help="VLLM_DISABLE_COMPILE_CACHE"),
+    "distributed_executor_backend": BackendOption(
+        check=_executor,
+        help="vLLM's executor for several ranks: 'mp' (default, one machine) or 'ray' "
+        "(a Ray cluster; GPUs only, vLLM's CPU platform has no Ray support)",
+    ),
 }
 """Every ``backend_options`` key the translation spells; any other key (but the runtime's)
 is an error."""

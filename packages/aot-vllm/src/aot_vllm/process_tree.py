@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 
 import psutil
@@ -10,19 +11,25 @@ import psutil
 
 def tree_rss(proc: psutil.Process | None = None) -> int:
     """Resident bytes of a process plus all its descendants (vLLM's engine processes)."""
+    return sum(tree_rss_by_pid(proc).values())
+
+
+def tree_rss_by_pid(proc: psutil.Process | None = None) -> dict[int, int]:
+    """Resident bytes of a process and of each of its live descendants, by pid."""
     proc = proc or psutil.Process()
-    total = 0
+    out: dict[int, int] = {}
     try:
-        total += proc.memory_info().rss
+        out[proc.pid] = proc.memory_info().rss
         children = proc.children(recursive=True)
     except psutil.Error:
-        return total
+        return out
     for child in children:
         try:
-            total += child.memory_info().rss
+            if child.status() != psutil.STATUS_ZOMBIE:
+                out[child.pid] = child.memory_info().rss
         except psutil.Error:
             continue
-    return total
+    return out
 
 
 def child_pids() -> set[int]:
@@ -82,20 +89,51 @@ def reap(pids: Iterable[int], *, timeout_s: float = 10.0) -> list[int]:
     return signalled
 
 
+TITLE_PREFIX = "VLLM::"
+"""vLLM names its processes with setproctitle: "VLLM::EngineCore", "VLLM::Worker_TP1", ..."""
+
+
 class PeakMemory:
-    """Samples the RSS of this process and its children in a background thread."""
+    """Samples the RSS of this process and its children in a background thread.
+
+    Besides the peak of the whole tree it keeps each process's own peak (``by_pid``) and
+    when a process seen earlier was first found gone (``gone``), and vLLM's title of each
+    (``titles``): with several ranks, which worker held how much, and which one died first
+    when a start fails.
+    """
 
     def __init__(self, interval_s: float = 0.1) -> None:
         self.interval_s = interval_s
         self.peak = 0
+        self.by_pid: dict[int, int] = {}
+        self.gone: dict[int, float] = {}
+        self.titles: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def sample(self) -> int:
-        """Take one sample now; returns it."""
-        value = tree_rss()
-        self.peak = max(self.peak, value)
-        return value
+        """Take one sample now; returns the tree's total."""
+        values = tree_rss_by_pid()
+        self._read_titles(values.keys())
+        now = time.time()
+        for pid in self.by_pid.keys() - values.keys() - self.gone.keys():
+            self.gone[pid] = now
+        for pid, rss in values.items():
+            self.by_pid[pid] = max(self.by_pid.get(pid, 0), rss)
+        total = sum(values.values())
+        self.peak = max(self.peak, total)
+        return total
+
+    def _read_titles(self, pids: Iterable[int]) -> None:
+        """vLLM's process titles ("VLLM::Worker_PP0_TP1"), read until a process has one."""
+        for pid in pids:
+            if self.titles.get(pid, "").startswith(TITLE_PREFIX):
+                continue
+            try:
+                cmdline = psutil.Process(pid).cmdline()
+            except psutil.Error:
+                continue
+            self.titles[pid] = cmdline[0] if cmdline else ""
 
     def start(self) -> PeakMemory:
         """Start sampling (idempotent)."""

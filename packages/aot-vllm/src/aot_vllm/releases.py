@@ -34,6 +34,7 @@ from aot_core.errors import BackendUnavailableError, SpecError
 __all__ = [
     "CLASS_FACTS",
     "CUDAGRAPH_MODES",
+    "EXECUTORS",
     "NEWEST_KNOWN",
     "OLDEST_SUPPORTED",
     "VLLM_DISTRIBUTIONS",
@@ -62,6 +63,11 @@ OLDEST_SUPPORTED: Version = (0, 10, 2)
 
 NEWEST_KNOWN: Version = (0, 33, 0)
 """The newest vLLM release whose classes the translation was checked against."""
+
+EXECUTORS: tuple[str, ...] = ("mp", "ray")
+"""``distributed_executor_backend`` values aot-vllm passes for several ranks; every release
+0.10.2-0.33 takes both on CUDA (``ParallelConfig``), and on CPU only "mp" runs
+(``ReleaseFacts.cpu_ray_executor``)."""
 
 CUDAGRAPH_MODES: tuple[str, ...] = (
     "NONE",
@@ -154,7 +160,8 @@ class ReleaseFacts:
         ``has_aot_compile``, ``has_max_autotune_env``.
     - Behaviour no class shows (the table alone, from each release's source):
         ``honours_chunked_prefill_off``, ``enforce_eager_disables_compile``,
-        ``unknown_cc_key``, ``cpu_kv_cache_arg``.
+        ``unknown_cc_key``, ``cpu_kv_cache_arg``, and for several ranks on CPU
+        ``cpu_ray_executor``, ``cpu_threads_bind_in``, ``cpu_eager_skips_warmup``.
     """
 
     version: Version
@@ -203,6 +210,22 @@ class ReleaseFacts:
     """On CPU, ``kv_cache_memory_bytes`` sizes the KV cache (0.20+); before, only
     ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB) does and both memory arguments are ignored."""
 
+    cpu_ray_executor: str
+    """What the CPU platform does with ``distributed_executor_backend="ray"``: "mp" (it
+    warns and runs its multiprocessing executor instead, 0.10.2-0.19) or "refused" (0.20+:
+    the CPU platform declares no Ray device, so ``initialize_ray_cluster`` raises "current
+    platform cpu does not support ray")."""
+
+    cpu_threads_bind_in: str
+    """Where ``VLLM_CPU_OMP_THREADS_BIND`` takes effect: "worker" (``CPUWorker`` picks its
+    entry of the "a|b" list by global rank, 0.10.2-0.19) or "executor" (the
+    multiprocessing executor's ``OMPProcessManager``, one entry per local rank, 0.20+)."""
+
+    cpu_eager_skips_warmup: bool
+    """The CPU worker skips its warm-up run in eager mode when the KV-cache size is given
+    (0.30+); a pipeline stage then never allocates its intermediate-tensor buffer and the
+    first request fails (``assert self.intermediate_tensors is not None``, seen on 0.32.0)."""
+
 
 CLASS_FACTS: frozenset[str] = frozenset(
     {
@@ -244,6 +267,9 @@ _FACTS: tuple[tuple[Version, dict[str, Any]], ...] = (
             "has_partial_prefill_args": True,
             "unknown_cc_key": "silently truncates the dict at that key",
             "cpu_kv_cache_arg": False,
+            "cpu_ray_executor": "mp",
+            "cpu_threads_bind_in": "worker",
+            "cpu_eager_skips_warmup": False,
         },
     ),
     ((0, 11, 0), {"has_max_autotune_env": True, "unknown_cc_key": "raises StopIteration"}),
@@ -263,8 +289,16 @@ _FACTS: tuple[tuple[Version, dict[str, Any]], ...] = (
     ((0, 16, 0), {"unknown_cc_key": "raises ValueError"}),
     ((0, 17, 0), {"enforce_eager_disables_compile": True}),
     ((0, 18, 0), {"level_alias": False}),
-    ((0, 20, 0), {"cpu_kv_cache_arg": True}),
+    (
+        (0, 20, 0),
+        {
+            "cpu_kv_cache_arg": True,
+            "cpu_ray_executor": "refused",
+            "cpu_threads_bind_in": "executor",
+        },
+    ),
     ((0, 27, 0), {"has_partial_prefill_args": False}),
+    ((0, 30, 0), {"cpu_eager_skips_warmup": True}),
 )
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from aot_core.artifacts import FILES_DIR, RankRecord
 from aot_core.stats import CacheOutcome, OptimizationStats
 
-from aot_vllm import engine_env, evidence
+from aot_vllm import engine_env, evidence, ranks
 from aot_vllm.cache import OpenedEntry, Snapshot
 from aot_vllm.engine import RunningEngine
+from aot_vllm.ranks import RankReading
 from aot_vllm.readback import read_resolved_config, resolution_notes
 from aot_vllm.start_setup import EngineSetup
 from aot_vllm.vllm_logs import LogRecordLine
@@ -86,9 +89,21 @@ class StartReading:
     peak_memory: int
     """Peak RSS of this process and its children during the start, in bytes."""
 
+    counters_after: evidence.Counters | None = None
+    """In-process counters after the start (None when the engine ran in another process)."""
+
+    ranks: tuple[RankReading, ...] = ()
+    """Each rank's own evidence, for a model split over several processes."""
+
 
 def read_start(
-    setup: EngineSetup, launch: Launch, *, records: Sequence[LogRecordLine], peak_memory: int
+    setup: EngineSetup,
+    launch: Launch,
+    *,
+    records: Sequence[LogRecordLine],
+    peak_memory: int,
+    peaks_by_pid: Mapping[int, int] | None = None,
+    titles: Mapping[int, str] | None = None,
 ) -> StartReading:
     """Read the start back: phases, compile time, cache verdict, resolved configuration."""
     request = setup.request
@@ -111,15 +126,29 @@ def read_start(
         counters_after=counters_after,
     )
     failure = evidence.aot_load_failure(records)
+    outcome = evidence.decide_cache_outcome(ev, load_time_s=compile_s if compiles else None)
+    per_rank: tuple[RankReading, ...] = ()
+    if setup.world.size > 1:
+        per_rank = ranks.read_ranks(
+            records,
+            setup.world,
+            peaks=peaks_by_pid or {},
+            present=sorted(ev.after),
+            titles=titles,
+        )
+        if outcome.status not in ("disabled",):
+            outcome = ranks.combined_outcome([r.stats for r in per_rank], outcome)
     return StartReading(
         launch=launch,
         records=tuple(records),
         phases=phases,
         compile_s=compile_s,
-        outcome=evidence.decide_cache_outcome(ev, load_time_s=compile_s if compiles else None),
+        ranks=per_rank,
+        outcome=outcome,
         aot_failure=failure[1] if failure is not None else None,
         resolved=read_resolved_config(launch.running.llm),
         counters=evidence.counter_deltas(launch.counters_before, counters_after),
+        counters_after=counters_after,
         kv_cache_tokens=_kv_cache_tokens(launch.running.llm, records),
         peak_memory=peak_memory,
     )
@@ -152,8 +181,42 @@ def start_stats(setup: EngineSetup, reading: StartReading) -> OptimizationStats:
             "cache_entry": str(setup.request.entry.path),
             "engine_start_s": round(launch.t_ready - launch.t_engine, 4),
             "counters": reading.counters,
+            "compile_warmup_split": evidence.compile_warmup_split(
+                launch.counters_before,
+                reading.counters_after,
+                reading.phases.get("compile_warmup"),
+            ),
+            **_parallel_config(setup),
         },
         notes=_notes(setup, reading),
+        ranks=tuple(r.stats for r in reading.ranks),
+    )
+
+
+def _parallel_config(setup: EngineSetup) -> dict[str, Any]:
+    """The world and how its ranks were placed (nothing for a single process)."""
+    if setup.world.size == 1:
+        return {}
+    bind = setup.threads_bind
+    return {
+        "tensor_parallel_size": setup.world.tensor_parallel_size,
+        "pipeline_parallel_size": setup.world.pipeline_parallel_size,
+        "distributed_executor_backend": setup.llm_kwargs.get("distributed_executor_backend"),
+        "cpu_threads_bind": None if bind is None else bind.value,
+        "cpu_threads_bind_chosen_by": None if bind is None else bind.chosen_by,
+    }
+
+
+def manifest_ranks(setup: EngineSetup, reading: StartReading) -> tuple[RankRecord, ...]:
+    """Each rank's files, for the cache entry's manifest (paths as the manifest has them)."""
+    return tuple(
+        RankRecord(
+            rank=r.stats.rank,
+            tensor_parallel_rank=r.stats.tensor_parallel_rank,
+            pipeline_parallel_rank=r.stats.pipeline_parallel_rank,
+            files=tuple(f"{FILES_DIR}/{Path(rel).as_posix()}" for rel in r.files),
+        )
+        for r in reading.ranks
     )
 
 

@@ -11,7 +11,9 @@ Two steps of ``startup.build``, each with a typed result:
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +28,13 @@ from aot_vllm.compiled_model import model_token_facts
 from aot_vllm.context_length import check_max_model_len
 from aot_vllm.engine import platform_is_cpu
 from aot_vllm.model_source import ModelSource, resolve_model
+from aot_vllm.parallel import (
+    World,
+    allowed_cores,
+    check_model_split,
+    check_resources,
+    numa_nodes,
+)
 from aot_vllm.releases import installed_vllm
 from aot_vllm.runtime_options import RuntimeOptions, split_options
 from aot_vllm.translate import Translation, translate
@@ -97,6 +106,12 @@ class EngineSetup:
     t_imported: float
     """Wall-clock time vLLM was imported and the spec translated."""
 
+    world: World
+    """How many ranks (worker processes) the model runs in."""
+
+    threads_bind: engine_env.ThreadBinding | None
+    """How the ranks of a multi-rank CPU engine are bound to cores (None otherwise)."""
+
     notes: tuple[str, ...]
     """Notes of this step (KV-cache size, translation warnings, tokenizer)."""
 
@@ -124,6 +139,7 @@ def request_start(model: Any, spec: CompileSpec, *, notes: Sequence[str] = ()) -
     length_note = check_max_model_len(spec, source.local_dir)
     notes = (*notes, *([length_note] if length_note else []))
     runtime, engine_spec = split_options(spec)
+    split_note = check_model_split(spec, source.local_dir)
     if installed_vllm() is None:
         raise BackendUnavailableError(f"vLLM is not installed; {INSTALL_HINT}")
     entry = open_entry(spec=spec, model=source.name_or_path, backend_version=aot_vllm_version())
@@ -139,20 +155,31 @@ def request_start(model: Any, spec: CompileSpec, *, notes: Sequence[str] = ()) -
         entry=entry,
         log=log,
         t_start=t_start,
-        notes=(*notes, *([log.reason] if log.reason else [])),
+        notes=(
+            *([source.note] if source.note else []),
+            *notes,
+            *([log.reason] if log.reason else []),
+            *([split_note] if split_note else []),
+        ),
     )
 
 
 def set_up_engine(request: StartRequest) -> EngineSetup:
     """Size, translate and place the engine for the installed release (vLLM imported)."""
     notes: list[str] = []
+    check_architecture(request.source)
     is_cpu = platform_is_cpu()
     spec = request.engine_spec
     if is_cpu:
+        spec, dtype_note = _cpu_dtype(spec)
+        notes.extend([dtype_note] if dtype_note else [])
         spec, note = kv_sizing.size_cpu_kv_cache(spec, request.source.local_dir)
         notes.extend([note] if note else [])
     translation = translate(spec, best_effort=request.runtime.best_effort, cpu=is_cpu)
     notes.extend(translation.warnings)
+    world = World.of(spec)
+    threads_bind = _place_ranks(world, is_cpu=is_cpu, llm_kwargs=translation.llm_kwargs)
+    notes.extend([threads_bind.note] if threads_bind is not None else [])
     t_imported = time.time()
     kwargs, kwargs_notes = _engine_kwargs(translation.llm_kwargs, request.source)
     vocab, eos = model_token_facts(request.source.local_dir)
@@ -166,8 +193,35 @@ def set_up_engine(request: StartRequest) -> EngineSetup:
         vocab_size=vocab,
         eos_token_ids=eos,
         t_imported=t_imported,
+        world=world,
+        threads_bind=threads_bind,
         notes=(*notes, *kwargs_notes),
     )
+
+
+def _place_ranks(
+    world: World, *, is_cpu: bool, llm_kwargs: dict[str, Any]
+) -> engine_env.ThreadBinding | None:
+    """Refuse a world this machine cannot hold; on CPU, bind each rank to its cores."""
+    if world.size == 1:
+        return None
+    cores = allowed_cores()
+    devices = None
+    if not is_cpu and llm_kwargs.get("distributed_executor_backend") != "ray":
+        devices = _visible_devices()
+    check_resources(world, is_cpu=is_cpu, cores=len(cores), devices=devices)
+    if not is_cpu:
+        return None
+    return engine_env.cpu_threads_bind(ranks=world.size, cores=cores, numa_nodes=numa_nodes(cores))
+
+
+def _visible_devices() -> int | None:
+    """Accelerators torch sees (vLLM has imported it by now); None when it cannot tell."""
+    torch = sys.modules.get("torch")
+    try:
+        return int(torch.cuda.device_count()) if torch is not None else None
+    except Exception:
+        return None
 
 
 def _engine_kwargs(
@@ -181,6 +235,51 @@ def _engine_kwargs(
             f"{source.name_or_path} has no tokenizer files: started without a tokenizer "
             "(token-id prompts only)"
         )
+    if source.local_dir is not None and not source.has_weights and "load_format" not in kwargs:
+        # Config-only directory: vLLM's dummy loader fills the weights with random values.
+        # Compiled code takes the weights as inputs, so it serves real weights of the same
+        # config later (see the README on config-only precompile).
+        kwargs["load_format"] = "dummy"
+        notes.append(
+            f"weights are placeholders: {source.name_or_path} holds config.json but no weight "
+            "files, so the engine runs vLLM's dummy (random) weights; outputs are meaningless"
+        )
     # Per-request timings (time to first token) need vLLM's request stats.
     kwargs.setdefault("disable_log_stats", False)
     return kwargs, notes
+
+
+def _cpu_dtype(spec: CompileSpec) -> tuple[CompileSpec, str]:
+    """dtype auto on a CPU without native bfloat16 is float32 (vLLM would take bfloat16
+    from the config and emulate it, about 3x slower here); an explicit dtype wins."""
+    from aot_core.dtype_choice import choose_cpu_dtype
+
+    if spec.dtype != "auto":
+        return spec, ""
+    choice = choose_cpu_dtype(spec.dtype)
+    return spec.replace(dtype=choice.dtype), choice.reason
+
+
+def check_architecture(source: ModelSource) -> None:
+    """A local config naming only architectures vLLM cannot build fails here, naming them,
+    before an engine starts (a config-only directory would otherwise fail deep inside
+    vLLM's engine process). Configs with remote code (``auto_map``) are left to vLLM."""
+    if source.local_dir is None:
+        return
+    try:
+        data = json.loads((source.local_dir / "config.json").read_text(encoding="utf-8"))
+        from vllm.model_executor.models import ModelRegistry
+
+        supported = set(ModelRegistry.get_supported_archs())
+    except Exception:  # unreadable config or another registry API: vLLM's own check decides
+        return
+    archs = data.get("architectures") if isinstance(data, dict) else None
+    if not isinstance(archs, list) or not archs or "auto_map" in data or not supported:
+        return
+    if not any(a in supported for a in archs):
+        raise SpecError(
+            f"model: {source.local_dir} is a {', '.join(map(str, archs))}, an architecture "
+            f"the installed vLLM cannot build; use a model of an architecture vLLM supports "
+            "(LlamaForCausalLM, Qwen2ForCausalLM, ...) or another backend",
+            field="model",
+        )

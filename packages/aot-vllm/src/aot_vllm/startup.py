@@ -20,13 +20,21 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from aot_core.errors import CompilationError
 from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
 
-from aot_vllm import engine, engine_env, evidence, process_tree
+from aot_vllm import engine, engine_env, evidence, process_tree, ranks
 from aot_vllm.compiled_model import VLLMCompiledModel
 from aot_vllm.example_inputs import ExampleInputs
-from aot_vllm.start_report import Launch, device_name, manifest_extra, read_start, start_stats
+from aot_vllm.start_report import (
+    Launch,
+    device_name,
+    manifest_extra,
+    manifest_ranks,
+    read_start,
+    start_stats,
+)
 from aot_vllm.start_setup import EngineSetup, request_start, set_up_engine
 
 __all__ = ["AOTVLLMWarning", "build"]
@@ -99,13 +107,17 @@ def _launch(
         compile_cache=choice,
         inductor_dir=entry.inductor_dir,
         inline=setup.inline,
+        threads_bind=setup.threads_bind,
     )
     env.apply(variables)
     before = entry.snapshot()
     counters_before = evidence.read_counters() if setup.inline else None
     memory.start()
     t_engine = time.time()
-    running = engine.start(setup.request.source.name_or_path, setup.llm_kwargs)
+    try:
+        running = engine.start(setup.request.source.name_or_path, setup.llm_kwargs)
+    except CompilationError as exc:
+        raise _which_rank_died(exc, setup, memory) from exc
     t_ready = time.time()
     memory.stop()
     return Launch(
@@ -118,6 +130,21 @@ def _launch(
         t_engine=t_engine,
         t_ready=t_ready,
     )
+
+
+def _which_rank_died(
+    exc: CompilationError, setup: EngineSetup, memory: process_tree.PeakMemory
+) -> CompilationError:
+    """The start's error, naming the rank whose process exited first (several ranks)."""
+    if setup.world.size == 1:
+        return exc
+    memory.stop()
+    records = setup.request.log.records(since=setup.request.t_start - 1.0)
+    pids = {**ranks.rank_pids_from_titles(memory.titles, setup.world), **ranks.rank_pids(records)}
+    death = ranks.describe_death(memory.gone, pids, setup.world, t_start=setup.request.t_start)
+    if not death:
+        return exc
+    return CompilationError(f"{death}; every other engine process was stopped. {exc}")
 
 
 def _compiled_model(
@@ -153,7 +180,14 @@ def _finish(
     """Read the start, set the stats, run the examples once, seal the cache entry."""
     request = setup.request
     records = request.log.records(since=request.t_start - 1.0)
-    reading = read_start(setup, launch, records=records, peak_memory=memory.peak)
+    reading = read_start(
+        setup,
+        launch,
+        records=records,
+        peak_memory=memory.peak,
+        peaks_by_pid=memory.by_pid,
+        titles=memory.titles,
+    )
     if reading.aot_failure is not None:
         _warn(
             f"vLLM {setup.translation.vllm_version} could not load its AOT artifact "
@@ -168,7 +202,11 @@ def _finish(
         compiled._set_stats(stats.replace(peak_host_memory_bytes=memory.peak))
     request.entry.share_modelinfos()
     try:
-        request.entry.seal(device=device_name(setup.is_cpu), extra=manifest_extra(setup, reading))
+        request.entry.seal(
+            device=device_name(setup.is_cpu),
+            extra=manifest_extra(setup, reading),
+            ranks=manifest_ranks(setup, reading),
+        )
     except Exception as exc:
         message = (
             f"the compile cache entry {request.entry.path} could not be sealed ({exc}); "

@@ -394,6 +394,52 @@ def _cpu_kv_cache_env(s: _Spelling) -> None:
     s.env.update(engine_env.cpu_kv_cache_space(gib))
 
 
+def _parallel(s: _Spelling) -> None:
+    """The executor for several ranks, and what the CPU platform cannot run."""
+    spec = s.spec
+    executor = s.options.get("distributed_executor_backend")
+    if executor == "ray" and s.cpu:
+        _ray_on_cpu(s)
+        executor = "mp"
+    if (
+        s.cpu
+        and spec.pipeline_parallel_size > 1
+        and not spec.compiles
+        and s.facts.cpu_eager_skips_warmup
+        and "kv_cache_memory_bytes" in s.options
+    ):
+        s.cannot(
+            f"pipeline_parallel_size={spec.pipeline_parallel_size} with compile_mode 'none' on CPU",
+            "its CPU worker skips the warm-up run in eager mode when the KV-cache size is "
+            "given, so a pipeline stage never allocates its buffer for the activations it "
+            "receives and the first request fails",
+            "Use compile_mode 'default' (its warm-up allocates the buffers), or "
+            "tensor_parallel_size instead of pipeline stages.",
+            field="pipeline_parallel_size",
+        )
+    if spec.tensor_parallel_size * spec.pipeline_parallel_size > 1 or executor is not None:
+        # Stated even when it is vLLM's default: inside a Ray placement group (a Ray actor)
+        # vLLM would otherwise pick Ray by itself.
+        s.kwargs["distributed_executor_backend"] = executor or "mp"
+
+
+def _ray_on_cpu(s: _Spelling) -> None:
+    if s.facts.cpu_ray_executor == "mp":
+        why = "its CPU platform replaces Ray with its multiprocessing executor (with a warning)"
+    else:
+        why = (
+            "its CPU platform declares no Ray device, so vLLM's Ray executor raises "
+            "'current platform cpu does not support ray'"
+        )
+    s.cannot(
+        "distributed_executor_backend='ray' on CPU",
+        why,
+        "Use 'mp' (the default) on CPU; to spread work over a Ray cluster of CPU machines, "
+        "run one engine per node from an exported artifact (README: Scale-out).",
+        field="backend_options",
+    )
+
+
 # --------------------------------------------------------------------------- raw overrides
 
 
@@ -440,6 +486,11 @@ def _refused_engine_arg(key: str) -> str | None:
         )
     if key == "compilation_config":
         return "use backend_options.compilation_config (a table of fields) instead"
+    if key == "distributed_executor_backend":
+        return (
+            "use backend_options.distributed_executor_backend, which is checked against "
+            "what the platform can run"
+        )
     return None
 
 
@@ -505,6 +556,7 @@ _STEPS: tuple[Callable[[_Spelling], None], ...] = (
     _compile_cache_options,
     _scheduler,
     _resources,
+    _parallel,
     _compilation_overrides,
     _engine_arg_overrides,
 )

@@ -90,7 +90,33 @@ def logging_config(log_file: Path, *, base: dict[str, Any] | None = None) -> dic
     # The capture needs INFO records even when the console shows only warnings.
     if logging.getLevelName(str(vllm_logger.get("level", "INFO")).upper()) > logging.INFO:
         vllm_logger["level"] = "INFO"
+    _capture_torch_cache_lines(config)
     return config
+
+
+# Inductor's and AOTAutograd's own verdicts ("fx graph cache hit for key ..."), logged at
+# INFO by whichever process compiles: with several ranks, the only evidence of what each
+# rank's worker process loaded or compiled.
+TORCH_CACHE_LOGGERS = (
+    "torch._inductor.codecache",
+    "torch._functorch._aot_autograd.autograd_cache",
+)
+
+
+def _capture_torch_cache_lines(config: dict[str, Any]) -> None:
+    handlers = config["handlers"]
+    # Not propagated (torch's own handlers would print every INFO line); warnings still
+    # reach the console through this handler.
+    handlers.setdefault(
+        "aot_torch_console",
+        {"class": "logging.StreamHandler", "level": "WARNING", "stream": "ext://sys.stderr"},
+    )
+    loggers = config["loggers"]
+    for name in TORCH_CACHE_LOGGERS:
+        loggers.setdefault(
+            name,
+            {"handlers": ["aot_capture", "aot_torch_console"], "level": "INFO", "propagate": False},
+        )
 
 
 class LogCapture:

@@ -39,8 +39,10 @@ def create_enhanced_compiler(
     ``BackendFallbackWarning`` saying why; ``use_vllm_native=False`` prefers legacy.
     ``$AOT_BACKEND`` overrides both. ``options`` are the old keywords (``batch_sizes``,
     ``cache_dir``, ``compilation_level``, ``enable_chunked_prefill``, ``base_compiler``,
-    ...) or ``CompileSpec`` fields; ``spec=`` takes a ``CompileSpec``. Raises an
-    ``ImportError`` that says what to pip install when no backend can run.
+    ...) or ``CompileSpec`` fields; ``spec=`` takes a ``CompileSpec``. A key no backend
+    understands warns and is ignored; ``strict=True`` (or ``$AOT_COMPAT_STRICT=1``) makes it
+    an error. Raises an ``ImportError`` that says what to pip install when no backend can
+    run.
     """
     from aot_compat.facade import compiler_class_for
     from aot_compat.policy import preference

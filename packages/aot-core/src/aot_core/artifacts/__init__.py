@@ -47,6 +47,7 @@ from aot_core.artifacts.manifest import (
     MANIFEST_NAME,
     FileRecord,
     Manifest,
+    RankRecord,
     artifact_root,
     check_owned,
     fsync_tree,
@@ -85,6 +86,7 @@ from aot_core.artifacts.verification import (
     manifest_inconsistencies,
     verify,
     verify_for_load,
+    world_problem,
 )
 
 __all__ = [
@@ -98,6 +100,7 @@ __all__ = [
     "FileRecord",
     "LockTimeoutError",
     "Manifest",
+    "RankRecord",
     "VerifyReport",
     "artifact_root",
     "build_and_publish",
@@ -135,5 +138,6 @@ __all__ = [
     "using_artifact",
     "verify",
     "verify_for_load",
+    "world_problem",
     "write_manifest",
 ]

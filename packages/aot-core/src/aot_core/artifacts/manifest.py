@@ -48,6 +48,28 @@ class FileRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RankRecord:
+    """One rank's share of an artifact compiled for several processes (tensor/pipeline parallel)."""
+
+    rank: int
+    """Global rank: ``pipeline_parallel_rank * tensor_parallel_size + tensor_parallel_rank``."""
+
+    tensor_parallel_rank: int
+    """Position within its tensor-parallel group."""
+
+    pipeline_parallel_rank: int
+    """Pipeline stage."""
+
+    files: tuple[str, ...]
+    """The artifact's files (paths as in ``Manifest.files``) this rank compiled or loaded;
+    files the ranks share (kernels of identical graphs) may appear under several ranks."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible dict."""
+        return {**dataclasses.asdict(self), "files": list(self.files)}
+
+
+@dataclass(frozen=True, kw_only=True)
 class Manifest:
     """What an artifact holds and what it was built for."""
 
@@ -116,11 +138,24 @@ class Manifest:
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     """Free-form facts (e.g. the compile stats), informational only."""
 
+    ranks: tuple[RankRecord, ...] = ()
+    """Each rank's files, for an artifact compiled for more than one process; empty for one
+    process (and in manifests written before ranks were recorded)."""
+
+    @property
+    def world_size(self) -> tuple[int, int]:
+        """(tensor_parallel_size, pipeline_parallel_size) the artifact was compiled for."""
+        return (
+            int(self.spec.get("tensor_parallel_size", 1) or 1),
+            int(self.spec.get("pipeline_parallel_size", 1) or 1),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-compatible dict, with aot's format marker."""
         out: dict[str, Any] = {"format": FORMAT_MARKER}
         out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         out["files"] = [dataclasses.asdict(f) for f in self.files]
+        out["ranks"] = [r.to_dict() for r in self.ranks]
         out["pins"] = dict(self.pins)
         out["spec"] = json.loads(json.dumps(dict(self.spec)))
         out["extra"] = json.loads(json.dumps(dict(self.extra), default=str))
@@ -159,6 +194,7 @@ class Manifest:
                 files=files,
                 host_fingerprint=str(data.get("host_fingerprint") or ""),
                 extra=MappingProxyType(dict(data.get("extra") or {})),
+                ranks=tuple(_rank_record(r) for r in data.get("ranks") or ()),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactCorruptError(
@@ -174,6 +210,15 @@ class Manifest:
     def total_size(self) -> int:
         """Sum of the file sizes in bytes."""
         return sum(f.size for f in self.files)
+
+
+def _rank_record(data: Mapping[str, Any]) -> RankRecord:
+    return RankRecord(
+        rank=int(data["rank"]),
+        tensor_parallel_rank=int(data["tensor_parallel_rank"]),
+        pipeline_parallel_rank=int(data["pipeline_parallel_rank"]),
+        files=tuple(str(f) for f in data["files"]),
+    )
 
 
 def _typed(value: Any, kind: type, name: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -13,7 +14,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -35,6 +36,7 @@ from aot_core.artifacts.manifest import (
     MANIFEST_NAME,
     FileRecord,
     Manifest,
+    RankRecord,
     _fsync_path,
     _sha256_file,
     _walk_files,
@@ -49,6 +51,12 @@ from aot_core.errors import ArtifactError, ArtifactIncompatibleError, NotOwnedEr
 from aot_core.spec import CompileSpec
 
 
+def _present_ranks(ranks: Sequence[RankRecord], present: set[str]) -> tuple[RankRecord, ...]:
+    return tuple(
+        dataclasses.replace(r, files=tuple(f for f in r.files if f in present)) for r in ranks
+    )
+
+
 def write_manifest(
     artifact_dir: str | os.PathLike[str],
     *,
@@ -61,8 +69,12 @@ def write_manifest(
     extra: Mapping[str, Any] | None = None,
     config_hash: str | None = None,
     host: str | None = None,
+    ranks: Sequence[RankRecord] = (),
 ) -> Manifest:
     """Hash every file under ``artifact_dir/files`` and write ``manifest.json`` beside it.
+
+    ``ranks``: each rank's files, for an artifact compiled for several processes; a file a
+    rank names that is not in the artifact is dropped from that rank's record.
 
     Symbolic links are refused: an artifact must be self-contained. The manifest is written
     to a temporary name, flushed and renamed, so it is either complete or absent.
@@ -115,6 +127,7 @@ def write_manifest(
         files=tuple(records),
         host_fingerprint=host if host is not None else host_fingerprint(),
         extra=MappingProxyType(dict(extra or {})),
+        ranks=_present_ranks(ranks, {r.path for r in records}),
     )
     tmp = root / f".{MANIFEST_NAME}.tmp"
     with tmp.open("w", encoding="utf-8") as fh:

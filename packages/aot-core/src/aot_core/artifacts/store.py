@@ -192,7 +192,17 @@ def describe_manifest(manifest: Manifest) -> Sequence[str]:
     device = manifest.device
     if manifest.device_kind == "cpu":
         device = f"{device} ({manifest.cpu_arch})"
+    tp, pp = manifest.world_size
+    world = (
+        [
+            f"world: tensor_parallel_size={tp} x pipeline_parallel_size={pp} "
+            f"({len(manifest.ranks)} rank record(s))"
+        ]
+        if tp * pp > 1
+        else []
+    )
     return (
+        *world,
         f"backend: {manifest.backend} {manifest.backend_version}",
         "pins: "
         + (", ".join(f"{k} {v or '-'}" for k, v in sorted(manifest.pins.items())) or "none"),

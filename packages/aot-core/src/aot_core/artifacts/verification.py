@@ -120,6 +120,7 @@ def verify(artifact_dir: str | os.PathLike[str]) -> VerifyReport:
         elif size != record.size or _digest_or_none(path) != record.sha256:
             tampered.append(rel)
     extra = [rel for rel, _ in _walk_files(root) if rel not in listed and rel != MANIFEST_NAME]
+    tampered.extend(_rank_problems(manifest, listed))
     return VerifyReport(
         path=str(root),
         manifest=manifest,
@@ -128,6 +129,44 @@ def verify(artifact_dir: str | os.PathLike[str]) -> VerifyReport:
         truncated=tuple(truncated),
         missing=tuple(missing),
         extra=tuple(extra),
+    )
+
+
+def _rank_problems(manifest: Manifest, listed: set[str]) -> list[str]:
+    """A rank record that names a file the manifest does not list, or too many ranks."""
+    tp, pp = manifest.world_size
+    problems = [
+        f"{rel} (named by rank {r.rank} but not listed)"
+        for r in manifest.ranks
+        for rel in r.files
+        if rel not in listed
+    ]
+    if len(manifest.ranks) > tp * pp:
+        problems.append(
+            f"manifest.json ({len(manifest.ranks)} rank records for a world of {tp * pp})"
+        )
+    return problems
+
+
+def world_problem(
+    manifest: Manifest, *, tensor_parallel_size: int, pipeline_parallel_size: int
+) -> str:
+    """Why an artifact compiled for another world size cannot serve this one; "" when it can.
+
+    Each rank compiles only its own shard of the model, so the compiled code of a world of
+    2 is not the code a world of 1 (or 4) runs.
+    """
+    tp, pp = manifest.world_size
+    if (tp, pp) == (tensor_parallel_size, pipeline_parallel_size):
+        return ""
+    ranks = ", ".join(f"rank {r.rank}" for r in manifest.ranks)
+    held = f"; it holds {ranks}" if ranks else ""
+    return (
+        f"built for tensor_parallel_size={tp} x pipeline_parallel_size={pp} ({tp * pp} "
+        f"rank(s){held}), but this start asks for tensor_parallel_size={tensor_parallel_size} x "
+        f"pipeline_parallel_size={pipeline_parallel_size} "
+        f"({tensor_parallel_size * pipeline_parallel_size} rank(s)); compile for this world "
+        "size (a new entry), or start with the artifact's"
     )
 
 
@@ -257,13 +296,19 @@ def _backend_version(backend: str) -> str | None:
 
 
 def verify_for_load(
-    artifact_dir: str | os.PathLike[str], *, backend: str | None = None, discard_extra: bool = False
+    artifact_dir: str | os.PathLike[str],
+    *,
+    backend: str | None = None,
+    discard_extra: bool = False,
+    world: tuple[int, int] | None = None,
 ) -> Manifest:
     """Gate in front of loading compiled code: raise unless the artifact is intact and fits here.
 
     ``artifact_dir`` is the artifact directory or its ``files/`` directory. Raises
     ``ArtifactCorruptError`` (tampered, truncated, missing or unlisted files, bad manifest)
-    or ``ArtifactIncompatibleError`` (another backend, torch, vLLM or device). Callers then
+    or ``ArtifactIncompatibleError`` (another backend, torch, vLLM or device, or, when
+    ``world`` = (tensor_parallel_size, pipeline_parallel_size) is given, another world
+    size: ``world_problem``). Callers then
     compile afresh into a new directory; they never load the refused files.
     ``discard_extra`` is for backends whose engine writes into its cache while starting:
     instead of refusing an entry over unlisted files, it deletes them (the caller holds the
@@ -279,6 +324,11 @@ def verify_for_load(
             f"{report.path}: refusing to load a damaged artifact: {report.describe()}"
         )
     problems = check_compatible(report.manifest, backend=backend)
+    if world is not None:
+        mismatch = world_problem(
+            report.manifest, tensor_parallel_size=world[0], pipeline_parallel_size=world[1]
+        )
+        problems.extend([mismatch] if mismatch else [])
     if problems:
         raise ArtifactIncompatibleError(
             f"{report.path}: refusing to load an artifact built for another environment: "

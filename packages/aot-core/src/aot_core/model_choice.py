@@ -1,0 +1,92 @@
+"""What ``aot compile`` and ``aot bench`` run on: a model directory, a ``--shape`` preset or
+the built-in tiny Llama, checked to fit this machine's memory before any engine starts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aot_core.command import CLIError, ExitCode, check_model
+from aot_core.errors import SpecError
+from aot_core.spec import CompileSpec
+
+if TYPE_CHECKING:
+    from aot_core.memory_estimate import MemoryEstimate
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChosenModel:
+    """The model directory a command runs on, and how to name it."""
+
+    path: Path
+    """The model directory (for a shape: its config-only directory)."""
+
+    label: str
+    """For reports: "built-in tiny Llama", "shape smollm2-135m (...)" or the path."""
+
+    shape: str | None = None
+    """The ``--shape`` preset's name, when one was chosen."""
+
+
+def choose_model(
+    model: str | None, shape: str | None, *, cache_root: Path, default_tiny: bool
+) -> ChosenModel:
+    """Resolve MODEL / ``--shape`` (exactly one, unless the tiny model is the default)."""
+    if model is not None and shape is not None:
+        raise CLIError(ExitCode.USAGE, "pass either a model directory or --shape, not both")
+    if shape is not None:
+        from aot_core.shape_presets import ensure_shape_dir, get_shape
+
+        try:
+            preset = get_shape(shape)
+        except SpecError as exc:
+            raise CLIError(ExitCode.USAGE, f"--shape: {exc}") from None
+        path = ensure_shape_dir(preset, cache_root)
+        return ChosenModel(
+            path=path,
+            label=f"shape {preset.name} ({preset.title}'s config, placeholder weights)",
+            shape=preset.name,
+        )
+    if model is None:
+        if not default_tiny:
+            raise CLIError(
+                ExitCode.USAGE,
+                "name a model directory or a preset with --shape NAME "
+                "(`aot bench --help` lists the shapes)",
+            )
+        from aot_core.tiny import ensure_tiny_llama
+
+        return ChosenModel(path=ensure_tiny_llama(cache_root), label="built-in tiny Llama")
+    path = check_model(model)
+    return ChosenModel(path=path, label=str(path))
+
+
+def check_fits(
+    model: Path, spec: CompileSpec, *, max_model_len: int, max_num_seqs: int
+) -> MemoryEstimate | None:
+    """The memory estimate of one start, or a NOT_ENOUGH_MEMORY ``CLIError`` when it does not
+    fit; None when config.json is not of a family the estimate knows."""
+    from aot_core.memory_estimate import estimate
+
+    config = _config(model)
+    try:
+        est = estimate(
+            config, dtype=spec.dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs
+        )
+    except (KeyError, TypeError, ValueError):
+        return None  # not a Llama-family config: the backend's own checks decide
+    if not est.fits:
+        raise CLIError(
+            ExitCode.NOT_ENOUGH_MEMORY,
+            f"{model.name} is estimated not to fit in this machine's memory, so no engine was "
+            f"started: {est.describe()}. Free memory, choose a smaller shape, a smaller "
+            "max_model_len / max_num_seqs, or dtype bfloat16 in the spec",
+        )
+    return est
+
+
+def _config(model: Path) -> dict[str, Any]:
+    data = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
