@@ -20,6 +20,7 @@ from aot_core.artifacts import environment
 from aot_core.artifacts.identity import key_digest
 from aot_core.errors import ArtifactCorruptError, ArtifactError, ArtifactIncompatibleError
 from aot_core.spec import CompileSpec
+from aot_core.stats import RankStats
 
 SPEC = CompileSpec(compile_mode="default", max_model_len=256)
 
@@ -555,13 +556,9 @@ def _tp2_artifact(tmp_path: Path, model: Path) -> Path:
     spec = SPEC.replace(tensor_parallel_size=2)
     key = artifacts.entry_key(backend="test", backend_version="", model=model, spec=spec)
     dest = tmp_path / "store" / "entries" / key
+    # What a backend reports per rank (paths relative to its cache_dir, the files/ dir).
     ranks = [
-        artifacts.RankRecord(
-            rank=r,
-            tensor_parallel_rank=r,
-            pipeline_parallel_rank=0,
-            files=(f"files/graphs/rank{r}.bin", "files/gone.bin"),
-        )
+        RankStats(rank=r, tensor_parallel_rank=r, files=(f"graphs/rank{r}.bin", "gone.bin"))
         for r in (0, 1)
     ]
 
@@ -569,14 +566,10 @@ def _tp2_artifact(tmp_path: Path, model: Path) -> Path:
         (files_dir / "graphs").mkdir()
         for r in (0, 1):
             (files_dir / "graphs" / f"rank{r}.bin").write_bytes(bytes([r]) * 64)
-        return {"device": "cpu"}
+        return {"device": "cpu", "ranks": artifacts.rank_records(ranks)}
 
     artifacts.build_and_publish(
         dest, key=key, build=build, backend="test", backend_version="", spec=spec, model=model
-    )
-    # Ranks are the backend's record of its own files; it writes them when it seals.
-    artifacts.write_manifest(
-        dest, key=key, backend="test", backend_version="", spec=spec, model=model, ranks=ranks
     )
     return dest
 

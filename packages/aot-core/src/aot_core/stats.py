@@ -66,9 +66,14 @@ class RankStats:
     peak_memory_bytes: int | None = None
     """Peak resident memory of the rank's process."""
 
+    files: tuple[str, ...] = ()
+    """Files under the backend's compile cache (``spec.cache_dir``, relative paths) this
+    rank compiled or loaded; what an artifact's manifest records per rank."""
+
     def __post_init__(self) -> None:
         if isinstance(self.cache, Mapping):
             object.__setattr__(self, "cache", CacheOutcome(**self.cache))
+        object.__setattr__(self, "files", tuple(self.files))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-compatible dict."""

@@ -67,7 +67,11 @@ def compile_into(
         if INTERRUPTED.is_set():
             # Some compilers swallow KeyboardInterrupt and finish anyway; never publish then.
             raise KeyboardInterrupt
-        return {"device": stats.device or "cpu", "extra": {"compile_stats": stats.to_dict()}}
+        return {
+            "device": stats.device or "cpu",
+            "extra": {"compile_stats": stats.to_dict()},
+            "ranks": artifacts.rank_records(stats.ranks),
+        }
 
     return artifacts.build_and_publish(
         dest,

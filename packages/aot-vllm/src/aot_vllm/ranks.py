@@ -158,6 +158,7 @@ def read_ranks(
             if pid is not None
             else CacheOutcome(status="unknown", reason="no process logged this rank")
         )
+        files = rank_files(own, rank, present)
         stats = RankStats(
             rank=rank,
             tensor_parallel_rank=tp_rank,
@@ -166,8 +167,9 @@ def read_ranks(
             cache=cache,
             compile_time_s=compile_s,
             peak_memory_bytes=peaks.get(pid) if pid is not None else None,
+            files=files,
         )
-        out.append(RankReading(stats=stats, files=rank_files(own, rank, present)))
+        out.append(RankReading(stats=stats, files=files))
     return tuple(out)
 
 

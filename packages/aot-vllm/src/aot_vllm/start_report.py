@@ -11,10 +11,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from aot_core.artifacts import FILES_DIR, RankRecord
+from aot_core.artifacts import RankRecord, rank_records
 from aot_core.stats import CacheOutcome, OptimizationStats
 
 from aot_vllm import engine_env, evidence, ranks
@@ -209,15 +208,7 @@ def _parallel_config(setup: EngineSetup) -> dict[str, Any]:
 
 def manifest_ranks(setup: EngineSetup, reading: StartReading) -> tuple[RankRecord, ...]:
     """Each rank's files, for the cache entry's manifest (paths as the manifest has them)."""
-    return tuple(
-        RankRecord(
-            rank=r.stats.rank,
-            tensor_parallel_rank=r.stats.tensor_parallel_rank,
-            pipeline_parallel_rank=r.stats.pipeline_parallel_rank,
-            files=tuple(f"{FILES_DIR}/{Path(rel).as_posix()}" for rel in r.files),
-        )
-        for r in reading.ranks
-    )
+    return rank_records(r.stats for r in reading.ranks)
 
 
 def _notes(setup: EngineSetup, reading: StartReading) -> tuple[str, ...]:

@@ -52,6 +52,7 @@ from aot_core.artifacts.manifest import (
     check_owned,
     fsync_tree,
     ownership_problem,
+    rank_records,
     read_manifest,
     resolve_artifact_dir,
 )
@@ -128,6 +129,7 @@ __all__ = [
     "ownership_problem",
     "package_version",
     "publish",
+    "rank_records",
     "read_manifest",
     "remove_entry",
     "remove_leftovers",

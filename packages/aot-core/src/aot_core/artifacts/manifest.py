@@ -8,13 +8,16 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aot_core.errors import ArtifactCorruptError, NotOwnedError
+
+if TYPE_CHECKING:
+    from aot_core.stats import RankStats
 
 FORMAT_VERSION = 1
 """Version of the manifest format; an artifact with a newer one is refused."""
@@ -210,6 +213,20 @@ class Manifest:
     def total_size(self) -> int:
         """Sum of the file sizes in bytes."""
         return sum(f.size for f in self.files)
+
+
+def rank_records(ranks: Iterable[RankStats]) -> tuple[RankRecord, ...]:
+    """The manifest's record of each rank, from the ranks' stats (their files are relative to
+    the backend's cache_dir, which is an artifact's ``files/``)."""
+    return tuple(
+        RankRecord(
+            rank=r.rank,
+            tensor_parallel_rank=r.tensor_parallel_rank,
+            pipeline_parallel_rank=r.pipeline_parallel_rank,
+            files=tuple(f"{FILES_DIR}/{Path(f).as_posix()}" for f in r.files),
+        )
+        for r in ranks
+    )
 
 
 def _rank_record(data: Mapping[str, Any]) -> RankRecord:

@@ -501,6 +501,7 @@ def build_and_publish(
                 model=model,
                 device=str(info.get("device") or "cpu"),
                 extra=info.get("extra"),
+                ranks=info.get("ranks") or (),
             )
             publish(staging, target, replace=True)
         return manifest, True
