@@ -23,10 +23,14 @@ from aot_core.errors import ArtifactCorruptError
 
 WRITER = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, os, signal, sys, time
     from pathlib import Path
     from aot_core import artifacts
     from aot_core.spec import CompileSpec
+
+    # A test run started in the background (a CI runner's `cmd &`) hands its children
+    # SIGINT ignored, and Python then never turns it into KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     dest, mode, model = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     ready = Path(sys.argv[4]) if len(sys.argv) > 4 else None
