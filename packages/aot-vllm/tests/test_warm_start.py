@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-# smoke: the one engine check the older runtime release gets in the default nox run.
-pytestmark = [pytest.mark.slow, pytest.mark.smoke]
+pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).with_name("start_once.py")
 
