@@ -101,6 +101,43 @@ def cached_attention(
     return out.transpose(1, 2).reshape(bsz, -1, n_heads * head_dim)
 
 
+def decoder_layer(
+    layer: Any,
+    x: torch.Tensor,
+    *,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    scaling: float,
+) -> torch.Tensor:
+    """One Llama-family block over the static KV cache: ``x`` ``[B, T, H]`` -> ``[B, T, H]``.
+
+    ``layer`` is laid out as transformers lays it out (``self_attn.{q,k,v,o}_proj``, the two
+    norms, ``mlp``), which aot's own decoder copies; ``self_attn.q_norm``/``k_norm`` where
+    present (Qwen3 normalises heads before RoPE).
+    """
+    bsz, seq, _ = x.shape
+    attn = layer.self_attn
+    h = layer.input_layernorm(x)
+    q = attn.q_proj(h).view(bsz, seq, n_heads, -1)
+    k = attn.k_proj(h).view(bsz, seq, n_kv_heads, -1)
+    v = attn.v_proj(h).view(bsz, seq, n_kv_heads, -1)
+    if hasattr(attn, "q_norm"):
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
+    out = cached_attention(
+        q, k, v, k_cache=k_cache, v_cache=v_cache, positions=positions, scaling=scaling
+    )
+    x = x + attn.o_proj(out)
+    return x + layer.mlp(layer.post_attention_layernorm(x))  # type: ignore[no-any-return]
+
+
 def gather_last(hidden: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
     """``hidden[b, last_index[b]]`` for each row: ``[B, T, H] -> [B, H]``."""
     idx = last_index.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])

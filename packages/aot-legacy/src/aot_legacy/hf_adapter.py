@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from aot_core.errors import SpecError
 
-from aot_legacy.decoder import KVLayout, StaticKVDecoder, cached_attention, gather_last, rotate_half
+from aot_legacy.decoder import KVLayout, StaticKVDecoder, decoder_layer, gather_last
 from aot_legacy.llama import SUPPORTED_MODEL_TYPES
 
 
@@ -66,29 +66,19 @@ class HFCausalLMStep(StaticKVDecoder):
         x = inner.embed_tokens(input_ids)
         cos, sin = inner.rotary_emb(x, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        bsz, seq = input_ids.shape
         for i, layer in enumerate(inner.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(bsz, seq, self.n_heads, -1)
-            k = attn.k_proj(h).view(bsz, seq, self.layout.num_kv_heads, -1)
-            v = attn.v_proj(h).view(bsz, seq, self.layout.num_kv_heads, -1)
-            if hasattr(attn, "q_norm"):  # Qwen3 normalises heads before RoPE
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-            out = cached_attention(
-                q,
-                k,
-                v,
+            x = decoder_layer(
+                layer,
+                x,
+                cos=cos,
+                sin=sin,
                 k_cache=kv[2 * i],
                 v_cache=kv[2 * i + 1],
                 positions=positions,
-                scaling=attn.scaling,
+                n_heads=self.n_heads,
+                n_kv_heads=self.layout.num_kv_heads,
+                scaling=layer.self_attn.scaling,
             )
-            x = x + attn.o_proj(out)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
         x = gather_last(inner.norm(x), last_index)
         return self.model.lm_head(x).float()
 

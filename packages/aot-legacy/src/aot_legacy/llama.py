@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from aot_legacy.decoder import KVLayout, StaticKVDecoder, cached_attention, gather_last, rotate_half
+from aot_legacy.decoder import KVLayout, StaticKVDecoder, decoder_layer, gather_last
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
 """HF ``model_type`` values with the Llama decoder-layer structure the legacy backend drives."""
@@ -322,29 +322,19 @@ class LlamaFamilyDecoder(StaticKVDecoder):
         freqs = positions[..., None].float() * self.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(x.dtype).unsqueeze(1), emb.sin().to(x.dtype).unsqueeze(1)
-        bsz, seq = input_ids.shape
         for i, layer in enumerate(self.model.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(bsz, seq, cfg.num_heads, cfg.head_dim)
-            k = attn.k_proj(h).view(bsz, seq, cfg.num_kv_heads, cfg.head_dim)
-            v = attn.v_proj(h).view(bsz, seq, cfg.num_kv_heads, cfg.head_dim)
-            if cfg.qk_norm:
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-            out = cached_attention(
-                q,
-                k,
-                v,
+            x = decoder_layer(
+                layer,
+                x,
+                cos=cos,
+                sin=sin,
                 k_cache=kv[2 * i],
                 v_cache=kv[2 * i + 1],
                 positions=positions,
+                n_heads=cfg.num_heads,
+                n_kv_heads=cfg.num_kv_heads,
                 scaling=self.scaling,
             )
-            x = x + attn.o_proj(out)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
         x = gather_last(self.model.norm(x), last_index)
         return self.lm_head(x).float()  # type: ignore[no-any-return]
 
