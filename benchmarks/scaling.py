@@ -24,7 +24,6 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,6 +156,38 @@ def _markdown(rows: list[dict[str, Any]], header: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _write(
+    args: argparse.Namespace,
+    started: str,
+    records: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+) -> str:
+    """Write DIR/scaling.md and DIR/scaling.json for the rows so far; the table's header."""
+    machine = next((r["result"]["machine"] for r in records if r.get("result")), {})
+    header = (
+        f"Scaling table ({started}; `python benchmarks/scaling.py --repeats {args.repeats} "
+        f"--max-new-tokens {args.max_new_tokens}`): {machine.get('machine', '?')}, "
+        f"{machine.get('cpu_count', '?')} cores; a start is aot's `startup_s`, "
+        "`compile_model` to ready (not the interpreter's start, nor any generation), the median "
+        f"of {args.repeats} fresh process(es); tokens/s is the warm start's."
+    )
+    (args.out / "scaling.md").write_text(_markdown(rows, header))
+    (args.out / "scaling.json").write_text(
+        json.dumps(
+            {
+                "date_utc": started,
+                "repeats": args.repeats,
+                "max_new_tokens": args.max_new_tokens,
+                "rows": rows,
+                "runs": records,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return header
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated")
@@ -166,28 +197,35 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per start")
     parser.add_argument("--out", type=Path, default=Path("scaling-results"))
     parser.add_argument("--cache-dir", type=Path, help="aot's cache root (default: aot's own)")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite DIR/scaling.md (and the rows) from the runs in DIR/scaling.json",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    records, rows = [], []
+    if args.render:
+        saved = json.loads((args.out / "scaling.json").read_text())
+        args.repeats = saved.get("repeats", args.repeats)
+        args.max_new_tokens = saved.get("max_new_tokens", args.max_new_tokens)
+        rows = [_row(r) for r in saved["runs"]]
+        print(_markdown(rows, _write(args, saved["date_utc"], saved["runs"], rows)))
+        return 0
+    records: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    with tempfile.TemporaryDirectory(prefix="aot-scaling-", dir=args.out) as tmp:
-        for shape in args.shapes.split(","):
-            for backend in args.backends.split(","):
-                record = _bench(shape, backend, args, Path(tmp))
-                records.append(record)
-                rows.append(_row(record))
-                print(f"scaling: {rows[-1]}", file=sys.stderr, flush=True)
-    machine = next((r["result"]["machine"] for r in records if r.get("result")), {})
-    header = (
-        f"Scaling table ({started}; `python benchmarks/scaling.py --repeats {args.repeats} "
-        f"--max-new-tokens {args.max_new_tokens}`): {machine.get('machine', '?')}, "
-        f"{machine.get('cpu_count', '?')} cores; starts are launch-to-ready medians of "
-        f"{args.repeats} fresh process(es); tokens/s is the warm start's."
-    )
-    (args.out / "scaling.md").write_text(_markdown(rows, header))
-    (args.out / "scaling.json").write_text(
-        json.dumps({"date_utc": started, "rows": rows, "runs": records}, indent=2) + "\n"
-    )
+    # Each run's log and JSON stay under DIR/runs/, and the table is rewritten after every
+    # cell: a run of an hour or more that is stopped keeps every finished row.
+    work = args.out / "runs"
+    work.mkdir(exist_ok=True)
+    header = ""
+    for shape in args.shapes.split(","):
+        for backend in args.backends.split(","):
+            record = _bench(shape, backend, args, work)
+            records.append(record)
+            rows.append(_row(record))
+            print(f"scaling: {rows[-1]}", file=sys.stderr, flush=True)
+            header = _write(args, started, records, rows)
     print(_markdown(rows, header))
     print(f"wrote {args.out / 'scaling.md'} and {args.out / 'scaling.json'}", file=sys.stderr)
     return 0
