@@ -18,6 +18,7 @@ def _choose(
     *,
     is_cpu: bool = True,
     has_aot: bool = True,
+    finalizes: bool = False,
     previous: dict[str, Any] | None = None,
 ) -> engine_env.CompileCacheChoice:
     runtime, engine_spec = split_options(spec)
@@ -25,6 +26,7 @@ def _choose(
         runtime,
         spec=engine_spec,
         has_aot_compile=has_aot,
+        aot_load_finalizes=finalizes,
         is_cpu=is_cpu,
         previous=previous or {},
     )
@@ -118,3 +120,21 @@ def test_env_patch_restores_what_was_there(monkeypatch: pytest.MonkeyPatch) -> N
     patch.restore()
     assert os.environ["VLLM_CACHE_ROOT"] == "/user/choice"
     assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+
+
+@pytest.mark.parametrize(
+    ("options", "is_cpu", "finalizes", "fix"),
+    [
+        ({"compile_cache": "aot"}, True, True, True),
+        ({"use_aot_compile": True}, True, True, True),
+        ({"compile_cache": "aot"}, True, False, False),  # the release loads without it
+        ({"compile_cache": "aot"}, False, True, False),  # GPUs use vLLM's own backend
+        ({"compile_cache": "inductor"}, True, True, False),
+        ({}, True, True, False),
+    ],
+)
+def test_the_aot_load_fix_is_on_only_for_aot_starts_on_cpu(
+    options: dict[str, Any], is_cpu: bool, finalizes: bool, fix: bool
+) -> None:
+    choice = _choose(CompileSpec(backend_options=options), is_cpu=is_cpu, finalizes=finalizes)
+    assert (choice.env.get("AOT_VLLM_AOT_LOAD_FIX") == "1") is fix

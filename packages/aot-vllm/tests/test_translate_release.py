@@ -271,6 +271,11 @@ def test_several_ranks_facts_match_the_releases_source() -> None:
     assert in_worker or "VLLM_CPU_OMP_THREADS_BIND" in executor
     assert "VLLM_CPU_OMP_THREADS_BIND" in CLASSES.env_vars
     assert facts.cpu_eager_skips_warmup == ("_should_warm_up_model" in worker)
+    # The AOT loader's last step, which aot-vllm's plugin supplies on CPU (vllm_plugin).
+    decorators = _source("compilation/decorators.py")
+    assert facts.aot_load_finalizes == (".finalize_loading(" in decorators)
+    if facts.aot_load_finalizes:
+        assert "load_compiled_function" in decorators
     assert "distributed_executor_backend" in ENGINE_FIELDS
     # Read per rank at run time: vLLM's padding of the vocabulary, the line that maps a
     # worker's pid to its rank, and the per-rank compile-cache directory.

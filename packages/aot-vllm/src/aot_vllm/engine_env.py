@@ -20,6 +20,7 @@ from typed inputs, and its place in ``engine_environment``.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ __all__ = [
     "EnvPatch",
     "ThreadBinding",
     "aot_compile",
+    "aot_load_fix",
     "cache_root",
     "choose_compile_cache",
     "compile_cache_disabled",
@@ -96,6 +98,11 @@ class EngineVar(enum.StrEnum):
     than the NUMA nodes; where there are fewer nodes than ranks aot-vllm splits the cores
     this process may use (``cpu_threads_bind``). A value the user set is never replaced."""
 
+    AOT_VLLM_AOT_LOAD_FIX = "AOT_VLLM_AOT_LOAD_FIX"
+    """"1" turns on aot-vllm's vLLM plugin (``vllm_plugin``) in every engine process, so a
+    CPU engine can reload its own AOT artifact (release fact ``aot_load_finalizes``). Set
+    only with ``CompileCache.AOT`` on CPU; a plain vLLM run never sees the plugin act."""
+
     VLLM_LOGGING_CONFIG_PATH = "VLLM_LOGGING_CONFIG_PATH"
     """A logging config that keeps vLLM's console output (or the user's config) and adds
     aot-vllm's capture file, applied by every engine process."""
@@ -125,6 +132,11 @@ def inductor_tuning(*, on: bool) -> dict[str, str]:
 def aot_compile(*, on: bool) -> dict[str, str]:
     """vLLM's AOT compile on or off."""
     return _set(EngineVar.VLLM_USE_AOT_COMPILE, "1" if on else "0")
+
+
+def aot_load_fix() -> dict[str, str]:
+    """aot-vllm's plugin supplies the AOT loader's missing step in every engine process."""
+    return _set(EngineVar.AOT_VLLM_AOT_LOAD_FIX, "1")
 
 
 def compile_cache_switch(*, disabled: bool) -> dict[str, str]:
@@ -247,14 +259,32 @@ def choose_compile_cache(
     *,
     spec: CompileSpec,
     has_aot_compile: bool,
+    aot_load_finalizes: bool,
     is_cpu: bool,
     previous: Mapping[str, Any],
 ) -> CompileCacheChoice:
     """Which compile cache the engine uses (``backend_options.compile_cache``, default auto).
 
     ``previous`` is the cache entry's record of earlier starts: an AOT artifact that failed
-    to load there sends later starts to Inductor's cache.
+    to load there sends later starts to Inductor's cache. An AOT start on CPU turns on the
+    plugin that lets the release reload its artifact (``aot_load_finalizes``).
     """
+    choice = _asked_or_auto(
+        runtime, spec=spec, has_aot_compile=has_aot_compile, is_cpu=is_cpu, previous=previous
+    )
+    if choice.cache is CompileCache.AOT and is_cpu and aot_load_finalizes:
+        return dataclasses.replace(choice, env={**choice.env, **aot_load_fix()})
+    return choice
+
+
+def _asked_or_auto(
+    runtime: RuntimeOptions,
+    *,
+    spec: CompileSpec,
+    has_aot_compile: bool,
+    is_cpu: bool,
+    previous: Mapping[str, Any],
+) -> CompileCacheChoice:
     if not spec.compiles:
         return CompileCacheChoice(cache=CompileCache.NONE, env={})
     if not has_aot_compile:

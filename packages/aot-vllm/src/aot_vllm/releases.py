@@ -161,7 +161,8 @@ class ReleaseFacts:
     - Behaviour no class shows (the table alone, from each release's source):
         ``honours_chunked_prefill_off``, ``enforce_eager_disables_compile``,
         ``unknown_cc_key``, ``cpu_kv_cache_arg``, and for several ranks on CPU
-        ``cpu_ray_executor``, ``cpu_threads_bind_in``, ``cpu_eager_skips_warmup``.
+        ``cpu_ray_executor``, ``cpu_threads_bind_in``, ``cpu_eager_skips_warmup``, and
+        for compile-cache reloads ``aot_load_finalizes``.
     """
 
     version: Version
@@ -226,6 +227,11 @@ class ReleaseFacts:
     (0.30+); a pipeline stage then never allocates its intermediate-tensor buffer and the
     first request fails (``assert self.intermediate_tensors is not None``, seen on 0.32.0)."""
 
+    aot_load_finalizes: bool
+    """Loading an AOT artifact ends with ``compiled_fn.finalize_loading(config)`` (0.18+), a
+    method only vLLM's own backend's functions have: on CPU, where vLLM compiles with Inductor
+    directly, every reload fails unless aot-vllm's plugin supplies it (``vllm_plugin``)."""
+
 
 CLASS_FACTS: frozenset[str] = frozenset(
     {
@@ -270,6 +276,7 @@ _FACTS: tuple[tuple[Version, dict[str, Any]], ...] = (
             "cpu_ray_executor": "mp",
             "cpu_threads_bind_in": "worker",
             "cpu_eager_skips_warmup": False,
+            "aot_load_finalizes": False,
         },
     ),
     ((0, 11, 0), {"has_max_autotune_env": True, "unknown_cc_key": "raises StopIteration"}),
@@ -288,7 +295,7 @@ _FACTS: tuple[tuple[Version, dict[str, Any]], ...] = (
     ((0, 13, 0), {"engine_capture_sizes_key": "cudagraph_capture_sizes"}),
     ((0, 16, 0), {"unknown_cc_key": "raises ValueError"}),
     ((0, 17, 0), {"enforce_eager_disables_compile": True}),
-    ((0, 18, 0), {"level_alias": False}),
+    ((0, 18, 0), {"level_alias": False, "aot_load_finalizes": True}),
     (
         (0, 20, 0),
         {

@@ -99,6 +99,7 @@ def _launch(
         setup.request.runtime,
         spec=setup.engine_spec,
         has_aot_compile=release.facts.has_aot_compile,
+        aot_load_finalizes=release.facts.aot_load_finalizes,
         is_cpu=setup.is_cpu,
         previous=opened.extra,
     )
