@@ -378,7 +378,13 @@ def vllm_translations(session: nox.Session) -> None:
 def _run_release_checks(session: nox.Session, tmp: Path, *, workers: int) -> list[str]:
     """Run TRANSLATION_TESTS once per release directory, ``workers`` at a time."""
     bindir = str(Path(session.bin))
-    env = {**os.environ, **session.env, **THREAD_ENV}
+    # nox's session.env maps a variable to None to mean "unset it".
+    env = dict(os.environ)
+    for name, value in {**session.env, **THREAD_ENV}.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     pending = list(VLLM_TRANSLATION_RELEASES)
     running: dict[str, subprocess.Popen[bytes]] = {}
