@@ -30,9 +30,14 @@ def test_vllm_finds_the_plugin() -> None:
 def test_without_aot_vllm_asking_nothing_changes(
     original_loader: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    def inductor_fn(*args: Any) -> None: ...
+
+    monkeypatch.setattr(torch.compiler, "load_compiled_function", lambda *a, **k: loaded)
+    loaded = _Loaded(inductor_fn)
     monkeypatch.delenv(EngineVar.AOT_VLLM_AOT_LOAD_FIX, raising=False)
     vllm_plugin.register()
-    assert torch.compiler.load_compiled_function is original_loader
+    assert torch.compiler.load_compiled_function("artifact-file") is loaded
+    assert not hasattr(inductor_fn, "finalize_loading")
 
 
 class _Loaded:
@@ -55,9 +60,11 @@ def test_an_inductor_function_gets_an_empty_finalize_step(
     sealed = object()  # takes no attributes: left as it is, vLLM's own fallback applies
     loaded = iter([_Loaded(inductor_fn), _Loaded(own), _Loaded(sealed)])
     monkeypatch.setattr(torch.compiler, "load_compiled_function", lambda *a, **k: next(loaded))
-    monkeypatch.setenv(EngineVar.AOT_VLLM_AOT_LOAD_FIX, "1")
+    # vLLM registers plugins at its first engine in a process, maybe before an aot engine
+    # sets the variable: the variable counts when a model is loaded.
     vllm_plugin.register()
-    vllm_plugin.register()  # vLLM loads plugins in each process; twice must not stack
+    vllm_plugin.register()  # twice must not stack
+    monkeypatch.setenv(EngineVar.AOT_VLLM_AOT_LOAD_FIX, "1")
     patched = torch.compiler.load_compiled_function
     first = patched("artifact-file", f_globals={})
     assert first._artifacts.compiled_fn.finalize_loading(object()) is None
