@@ -4,7 +4,8 @@ vLLM loads its ``vllm.general_plugins`` entry points in every process it starts 
 the engine core, each tensor-parallel worker); nothing else reaches a worker process.
 Installing aot-vllm must not change a plain vLLM run, so the fix acts only while aot-vllm's
 engine environment turns it on (``EngineVar.AOT_VLLM_AOT_LOAD_FIX``, decided from the
-release's facts). This module imports nothing heavy until then.
+release's facts). Registering wraps torch's loader, which vLLM has already imported; the
+wrapper passes the loaded function through untouched while the variable is unset.
 """
 
 from __future__ import annotations
