@@ -11,8 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nox
@@ -69,9 +69,12 @@ FIND_LINKS = _local_wheel_dirs()
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+PYTEST = ("pytest", "-ra", "-p", "no:cacheprovider")
+
+
 def _pytest(session: nox.Session, *paths: str, default_args: tuple[str, ...] = ()) -> None:
     args = session.posargs or [*default_args]
-    session.run("pytest", "-ra", "-p", "no:cacheprovider", *paths, *args, env=THREAD_ENV)
+    session.run(*PYTEST, *paths, *args, env=THREAD_ENV)
 
 
 def _remove_broken_vllm_extras(session: nox.Session) -> None:
@@ -377,7 +380,6 @@ def vllm_translations(session: nox.Session) -> None:
 
 def _run_release_checks(session: nox.Session, tmp: Path, *, workers: int) -> list[str]:
     """Run TRANSLATION_TESTS once per release directory, ``workers`` at a time."""
-    bindir = str(Path(session.bin))
     # nox's session.env maps a variable to None to mean "unset it".
     env = dict(os.environ)
     for name, value in {**session.env, **THREAD_ENV}.items():
@@ -385,38 +387,27 @@ def _run_release_checks(session: nox.Session, tmp: Path, *, workers: int) -> lis
             env.pop(name, None)
         else:
             env[name] = value
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    pending = list(VLLM_TRANSLATION_RELEASES)
-    running: dict[str, subprocess.Popen[bytes]] = {}
-    failed: list[str] = []
-    while pending or running:
-        while pending and len(running) < workers:
-            release = pending.pop(0)
-            site = tmp / release / "site"
-            run_env = {**env, "PYTHONPATH": str(site)} if site.is_dir() else env
-            log = (tmp / release / "pytest.log").open("wb")
-            cmd = [
-                "pytest",
-                "-ra",
-                "-p",
-                "no:cacheprovider",
-                "--basetemp",
-                str(tmp / release / "t"),
-            ]
-            running[release] = subprocess.Popen(
-                [*cmd, *TRANSLATION_TESTS], env=run_env, stdout=log, stderr=subprocess.STDOUT
-            )
-            log.close()
-        time.sleep(0.5)
-        for release, proc in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[release]
-            output = (tmp / release / "pytest.log").read_text(errors="replace")
-            summary = output.strip().splitlines()[-1] if output.strip() else "(no output)"
-            session.log(f"vLLM release {release}: {summary}")
-            if proc.returncode != 0:
-                print(output)
+    env["PATH"] = str(Path(session.bin)) + os.pathsep + env.get("PATH", "")
+
+    def check(release: str) -> subprocess.CompletedProcess[str]:
+        site = tmp / release / "site"
+        return subprocess.run(
+            [*PYTEST, "--basetemp", str(tmp / release / "t"), *TRANSLATION_TESTS],
+            env={**env, "PYTHONPATH": str(site)} if site.is_dir() else env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+        )
+
+    failed = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        releases = list(VLLM_TRANSLATION_RELEASES)
+        for release, done in zip(releases, pool.map(check, releases), strict=True):
+            lines = done.stdout.strip().splitlines()
+            session.log(f"vLLM release {release}: {lines[-1] if lines else '(no output)'}")
+            if done.returncode != 0:
+                print(done.stdout)
                 failed.append(release)
     return failed
 
