@@ -243,7 +243,10 @@ def test_manifest_paths_outside_the_artifact_are_tampering(art: Path) -> None:
     [
         (lambda d: d["pins"].update(torch="0.0.1"), "built for torch 0.0.1, this environment has"),
         (lambda d: d["pins"].update(vllm="0.9.9"), "built for vllm 0.9.9"),
-        (lambda d: d.update(cpu_isa=[*d["cpu_isa"], "amx_int8", "sve2"]), "which this CPU lacks"),
+        (
+            lambda d: d.update(cpu_isa=[*d["cpu_isa"], "aot_test_isa_no_cpu_has"]),
+            "which this CPU lacks",
+        ),
         (lambda d: d.update(cpu_arch="riscv128"), "built on a riscv128 CPU"),
         (
             lambda d: d.update(
