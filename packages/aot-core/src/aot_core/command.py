@@ -41,6 +41,8 @@ class ExitCode(IntEnum):
     DATASET_NOT_LOCAL = 21
     NO_TOKENIZER = 22
     PARITY_EXCEEDED = 23
+    TASK_INVALID = 24
+    TASK_DATA_INVALID = 25
     INTERRUPTED = 130
 
 
@@ -68,6 +70,10 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.DATASET_NOT_LOCAL: "aot eval: a task's dataset is not on this machine (runs offline)",
     ExitCode.NO_TOKENIZER: "aot eval: the model directory has no tokenizer for text tasks",
     ExitCode.PARITY_EXCEEDED: "aot eval --parity: eager and compiled differ beyond the tolerance",
+    ExitCode.TASK_INVALID: "aot eval: a task YAML does not parse or is not a task (file, line)",
+    ExitCode.TASK_DATA_INVALID: (
+        "aot eval: a task's data file is unreadable as its format or has no documents (file, line)"
+    ),
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C); nothing half-written was left to load",
 }
 
