@@ -173,14 +173,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     cache_root = _store(args).root
     chosen = _chosen_model(args, cache_root, default_tiny=False)
     model = chosen.path
-    spec = load_spec(args.spec)
-    if chosen.shape is not None:
-        # A preset's config says bfloat16; a model directory's spec is left to its backend,
-        # so that `aot compile` and the Python API name the same entry.
-        asked = _shape_defaults(spec, chosen.shape)
-        spec, dtype_note = _dtype_for_machine(asked)
-        if spec.dtype != asked.dtype:
-            _progress(dtype_note)
+    spec = _compile_spec(load_spec(args.spec), model, shape=chosen.shape)
     _fits(model, spec, max_model_len=spec.max_model_len or 0, max_num_seqs=spec.max_num_seqs or 1)
     cls = get_backend(args.backend)
     backend = args.backend
@@ -266,14 +259,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cache_root = _store(args).root
     _writable(cache_root, "cache directory")
     chosen = _chosen_model(args, cache_root, default_tiny=True)
-    spec = load_spec(args.spec)
-    if chosen.shape is None and args.model is None and spec.dtype == "auto":
-        # The tiny Llama's weights are float32; "auto" lets vLLM on CPU pick bfloat16, and
-        # then compiled-vs-eager token comparisons measure rounding, not compilation.
-        spec = spec.replace(dtype="float32")
-        dtype_note = "dtype auto -> float32: the built-in tiny Llama's weights are float32"
-    else:
-        spec, dtype_note = _dtype_for_machine(spec)
+    spec, dtype_note = _dtype_for_machine(load_spec(args.spec), chosen.path)
     if args.prompts and spec.max_num_seqs is None and args.prompts > 4:
         spec = spec.replace(max_num_seqs=args.prompts)  # the whole batch decodes together
     if args.prompt_mix == "mixed" and spec.max_num_batched_tokens is None:
@@ -365,26 +351,37 @@ def _chosen_model(
     )
 
 
-def _shape_defaults(spec: CompileSpec, shape: str | None) -> CompileSpec:
-    """A preset's context (up to 131072 tokens) would size a huge KV cache: a ``--shape``
-    compile keeps the bench's small engine unless the spec says otherwise."""
+def _compile_spec(spec: CompileSpec, model: Path, *, shape: str | None) -> CompileSpec:
+    """The spec ``aot compile`` keys and builds its entry with: its open fields resolved as
+    ``aot eval`` resolves them (aot-core's ``resolve_start``, the same example prompts), so
+    an eval job of the same model and spec finds this entry. A ``--shape`` preset's context
+    (up to 131072 tokens) would size a huge KV cache, so it takes the bench's small engine
+    unless the spec says otherwise, and its dtype is fixed here (its config says bfloat16)."""
     from aot_core.bench import BENCH_SPEC_DEFAULTS
+    from aot_core.start_config import resolve_start
 
-    if shape is None:
-        return spec
-    return spec.replace(
-        **{k: v for k, v in BENCH_SPEC_DEFAULTS.items() if getattr(spec, k) is None}
+    start = resolve_start(
+        spec,
+        model,
+        examples=default_prompts(),
+        defaults=BENCH_SPEC_DEFAULTS if shape is not None else None,
     )
+    resolved = start.apply(spec)
+    if shape is not None:
+        resolved, note = _dtype_for_machine(resolved, model)
+        if note:
+            _progress(note)
+    return resolved
 
 
-def _dtype_for_machine(spec: CompileSpec) -> tuple[CompileSpec, str]:
-    """dtype auto on a machine without GPUs: float32 unless the CPU has native bfloat16;
-    with the reason, for the header (empty when there is nothing to say)."""
-    from aot_core.dtype_choice import choose_cpu_dtype
+def _dtype_for_machine(spec: CompileSpec, model: Path) -> tuple[CompileSpec, str]:
+    """dtype auto as every backend resolves it (aot-core's ``resolve_dtype``), put into the
+    spec; with the reason, for the header (empty when there is nothing to say)."""
+    from aot_core.dtype_choice import resolve_dtype
 
-    if artifacts.cuda_capabilities():
+    choice = resolve_dtype(spec.dtype, model, gpu=bool(artifacts.cuda_capabilities()))
+    if choice.dtype == spec.dtype:
         return spec, ""
-    choice = choose_cpu_dtype(spec.dtype)
     return spec.replace(dtype=choice.dtype), choice.reason
 
 

@@ -43,6 +43,8 @@ class ExitCode(IntEnum):
     PARITY_EXCEEDED = 23
     TASK_INVALID = 24
     TASK_DATA_INVALID = 25
+    PORT_IN_USE = 30
+    ENTRY_IN_USE = 31
     INTERRUPTED = 130
 
 
@@ -74,6 +76,8 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.TASK_DATA_INVALID: (
         "aot eval: a task's data file is unreadable as its format or has no documents (file, line)"
     ),
+    ExitCode.PORT_IN_USE: "aot serve: the port is in use, or the host is not an address here",
+    ExitCode.ENTRY_IN_USE: "aot serve: another process is serving or using this cache entry",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C); nothing half-written was left to load",
 }
 
