@@ -18,7 +18,12 @@ import pytest
 from aot_core import artifacts
 from aot_core.artifacts import environment
 from aot_core.artifacts.identity import key_digest
-from aot_core.errors import ArtifactCorruptError, ArtifactError, ArtifactIncompatibleError
+from aot_core.errors import (
+    ArtifactCorruptError,
+    ArtifactError,
+    ArtifactIncompatibleError,
+    NotOwnedError,
+)
 from aot_core.spec import CompileSpec
 from aot_core.stats import RankStats
 
@@ -404,9 +409,12 @@ def test_import_does_not_silently_replace_a_different_entry(art: Path, tmp_path:
     assert placed and artifacts.verify(dest).ok and len(artifacts.read_manifest(dest).files) == 4
 
 
-def test_corrupt_existing_entry_is_rebuilt_not_reused(art: Path, model: Path) -> None:
+def test_corrupt_existing_entry_is_refused_not_rebuilt(art: Path, model: Path) -> None:
+    """A file whose bytes differ from the manifest is not provably aot's (issue 23: a copied
+    manifest must not make a directory deletable), so the entry is neither reused nor
+    rebuilt over: it is left for a person to look at. Until 2026-12 it was rebuilt."""
     (art / "files/empty.txt").write_text("tampered")
-    refused: list[str] = []
+    before = {p: p.read_bytes() for p in art.rglob("*") if p.is_file()}
     calls: list[Path] = []
 
     def build(files_dir: Path) -> dict[str, Any]:
@@ -414,31 +422,28 @@ def test_corrupt_existing_entry_is_rebuilt_not_reused(art: Path, model: Path) ->
         (files_dir / "fresh.bin").write_bytes(b"fresh")
         return {"device": "cpu"}
 
+    with pytest.raises(NotOwnedError, match=r"files/empty.txt \(8 bytes, the manifest says 0\)"):
+        artifacts.build_and_publish(
+            art, key=art.name, build=build, backend="test", backend_version="", spec=SPEC,
+            model=model, force=True,
+        )  # fmt: skip
+    assert calls == []
+    assert {p: p.read_bytes() for p in art.rglob("*") if p.is_file()} == before
+    # once the damage is gone (the file as the manifest lists it), it is reused unbuilt
+    (art / "files/empty.txt").write_bytes(b"")
+    again, built = artifacts.build_and_publish(
+        art, key=art.name, build=build, backend="test", backend_version="", spec=SPEC,
+        model=model,
+    )  # fmt: skip
+    assert not built and calls == [] and again.key == art.name
+    # a listed file that is missing loses nothing: that entry is still aot's to rebuild
+    (art / "files/empty.txt").unlink()
     manifest, built = artifacts.build_and_publish(
-        art,
-        key=art.name,
-        build=build,
-        backend="test",
-        backend_version="",
-        spec=SPEC,
+        art, key=art.name, build=build, backend="test", backend_version="", spec=SPEC,
         model=model,
-        on_refused=lambda exc: refused.append(str(exc)),
-    )
-    assert built and len(calls) == 1
-    assert "tampered" in refused[0]
-    assert [f.path for f in manifest.files] == ["files/fresh.bin"]
+    )  # fmt: skip
+    assert built and len(calls) == 1 and [f.path for f in manifest.files] == ["files/fresh.bin"]
     assert artifacts.verify(art).ok
-    # and a valid entry is reused without building
-    again, built_again = artifacts.build_and_publish(
-        art,
-        key=art.name,
-        build=build,
-        backend="test",
-        backend_version="",
-        spec=SPEC,
-        model=model,
-    )
-    assert not built_again and len(calls) == 1 and again == manifest
 
 
 def test_failed_build_leaves_previous_entry_and_no_staging(art: Path, model: Path) -> None:

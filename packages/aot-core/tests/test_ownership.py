@@ -196,11 +196,19 @@ def test_compile_out_writes_new_or_empty_dirs_and_replaces_its_own(
         report = artifacts.verify(out)
         assert report.ok and report.manifest is not None
         assert json.loads((out / "manifest.json").read_text())["format"] == "aot-artifact"
-    # aot's own artifact, damaged: it is aot's, so it is rebuilt in place
-    (empty / "files" / "kernel.bin").write_bytes(b"tampered")
+    # aot's own artifact, compiled for another environment but every file as listed: it is
+    # provably aot's, so it is rebuilt in place
+    (empty / "files" / "kernel.bin").unlink()
     assert main([*argv, "--out", str(empty)]) == ExitCode.OK
     assert "compiling afresh" in capsys.readouterr().err
     assert artifacts.verify(empty).ok
+    # damaged (bytes differ from the manifest): no longer provably aot's, so it is refused
+    # and left as it is, --force or not (until 2026-12 it was rebuilt in place)
+    (empty / "files" / "kernel.bin").write_bytes(b"tampered")
+    for force in ([], ["--force"]):
+        assert main([*argv, "--out", str(empty), *force]) == ExitCode.CACHE_NOT_WRITABLE
+        assert "files/kernel.bin" in capsys.readouterr().err
+        assert (empty / "files" / "kernel.bin").read_bytes() == b"tampered"
     # no staging or trash directory is left beside it (its lock file stays while it exists)
     hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
     assert hidden == [".empty.lock"]

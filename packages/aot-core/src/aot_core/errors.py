@@ -48,6 +48,23 @@ class CompilationError(AOTError, RuntimeError):
     """Compiling a model failed in a way that no fallback could recover from."""
 
 
+class EmptyPathVariableError(AOTError, ValueError):
+    """An environment variable aot reads a path from is set but empty (or blank).
+
+    Refused rather than skipped: ``AOT_CACHE_DIR=$UNSET aot cache clear`` must not fall
+    back to the real cache. ``variable`` names it. The ``aot`` command exits 2, as for an
+    empty ``--cache-dir``.
+    """
+
+    def __init__(self, variable: str) -> None:
+        super().__init__(
+            f"${variable} is set but empty; an empty path would silently mean another "
+            f"directory (the default cache). Set it to a directory, or unset it "
+            f"(`unset {variable}`) to use the default"
+        )
+        self.variable = variable
+
+
 class ArtifactError(AOTError):
     """A compiled artifact is missing, tampered with, truncated or built for another system."""
 

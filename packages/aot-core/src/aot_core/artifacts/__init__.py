@@ -10,9 +10,10 @@ every file with its sha256 and size.
 Compiled files hold code that runs when loaded, so nothing loads unless ``verify_for_load``
 passes: the manifest is aot's (format marker ``FORMAT_MARKER``) and agrees with itself,
 every file matches its checksum, no file was added, and the artifact was built for this
-environment. Nothing that aot cannot prove it wrote (an intact aot manifest) is ever deleted
-or replaced (``check_owned``, ``NotOwnedError``). Writers publish atomically (build in a
-staging directory beside the destination, fsync, rename) under a per-entry ``flock``, so
+environment. Nothing that aot cannot prove it wrote (an intact aot manifest listing every
+file there with its checksum) is ever deleted or replaced (``check_owned``,
+``NotOwnedError``). Writers publish atomically (build in a staging directory beside the
+destination, fsync, rename) under a per-entry ``flock``, so
 concurrent compiles of the same entry all finish with one intact entry, and an interrupted
 compile leaves only a staging directory that no reader ever looks at.
 
@@ -50,13 +51,16 @@ from aot_core.artifacts.manifest import (
     RankRecord,
     artifact_root,
     check_owned,
+    foreign_files,
     fsync_tree,
+    manifest_problem,
     ownership_problem,
     rank_records,
     read_manifest,
     resolve_artifact_dir,
 )
 from aot_core.artifacts.publishing import (
+    INTENTS,
     LockTimeoutError,
     build_and_publish,
     check_replaceable,
@@ -72,6 +76,7 @@ from aot_core.artifacts.publishing import (
 )
 from aot_core.artifacts.store import (
     CACHE_ENV_VAR,
+    PATH_ENV_VARS,
     ArtifactStore,
     EntryInfo,
     default_cache_root,
@@ -79,6 +84,7 @@ from aot_core.artifacts.store import (
     directory_size,
     ensure_writable,
     format_bytes,
+    path_from_env,
 )
 from aot_core.artifacts.transfer import export_artifact, export_target_problem, import_artifact
 from aot_core.artifacts.verification import (
@@ -95,7 +101,9 @@ __all__ = [
     "FILES_DIR",
     "FORMAT_MARKER",
     "FORMAT_VERSION",
+    "INTENTS",
     "MANIFEST_NAME",
+    "PATH_ENV_VARS",
     "ArtifactStore",
     "EntryInfo",
     "FileRecord",
@@ -119,15 +127,18 @@ __all__ = [
     "entry_lock",
     "export_artifact",
     "export_target_problem",
+    "foreign_files",
     "format_bytes",
     "fsync_tree",
     "host_fingerprint",
     "import_artifact",
     "is_read_only_error",
     "manifest_inconsistencies",
+    "manifest_problem",
     "model_config_hash",
     "ownership_problem",
     "package_version",
+    "path_from_env",
     "publish",
     "rank_records",
     "read_manifest",

@@ -201,8 +201,7 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactCorruptError(
-                f"the manifest is malformed ({type(exc).__name__}: {exc}); delete the entry "
-                "(`aot cache clear KEY`) and compile again"
+                f"the manifest is malformed ({type(exc).__name__}: {exc})"
             ) from exc
 
     def recorded_versions(self) -> dict[str, str | None]:
@@ -354,7 +353,7 @@ def _read_manifest_data(path: Path) -> Mapping[str, Any]:
     except FileNotFoundError:
         raise ArtifactCorruptError(
             f"{path.parent}: no {MANIFEST_NAME}; this is not a complete aot artifact (an "
-            "interrupted write, or files from another tool). Delete it and compile again"
+            "interrupted write, or files from another tool)"
         ) from None
     except OSError as exc:
         raise ArtifactCorruptError(
@@ -365,9 +364,7 @@ def _read_manifest_data(path: Path) -> Mapping[str, Any]:
     try:
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or absurdly nested
-        raise ArtifactCorruptError(
-            f"{path}: the manifest is not valid JSON ({exc}); delete the entry and compile again"
-        ) from exc
+        raise ArtifactCorruptError(f"{path}: the manifest is not valid JSON ({exc})") from exc
     if not isinstance(data, Mapping):
         raise ArtifactCorruptError(f"{path}: the manifest is not a JSON object")
     return data
@@ -385,34 +382,124 @@ def read_manifest(artifact_dir: str | os.PathLike[str]) -> Manifest:
         ) from None
 
 
-def ownership_problem(path: str | os.PathLike[str]) -> str | None:
-    """Why aot cannot prove that it wrote ``path``; None when it can, or nothing is there.
+MANIFEST_TEMP_NAME = f".{MANIFEST_NAME}.tmp"
+"""The name ``write_manifest`` writes to before its rename; one left by an interrupted write
+is aot's own, like its staging directories (recognised by this exact name, at the root)."""
 
-    Proof is an intact aot manifest in the directory: a regular ``manifest.json`` holding a
-    JSON object with aot's format marker (or, written before the marker, every field of
-    format 1) that parses completely. The files need not verify: a damaged artifact is
-    still aot's to replace. A symbolic link is judged by its target (and only the link is
-    ever removed). Everything else is someone else's and must not be deleted or replaced.
+MAX_FOREIGN_NAMED = 5
+"""How many foreign files a refusal names (then how many more there are)."""
+
+
+def manifest_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` does not hold an intact aot manifest; None when it does, or is absent.
+
+    An intact manifest is a regular ``manifest.json`` holding a JSON object with aot's
+    format marker (or, written before the marker, every field of format 1) that parses
+    completely. It says aot made the directory, not that aot wrote everything now in it:
+    that is ``ownership_problem``. Alone it serves only where aot also chose the name
+    (its scratch copies) and where nothing is deleted (whether a lock file may go).
     """
-    p = Path(path)
+    return _manifest_and_problem(Path(path))[1]
+
+
+def _manifest_and_problem(p: Path) -> tuple[Manifest | None, str | None]:
     if not (p.exists() or p.is_symlink()):
-        return None
+        return None, None
     if p.is_symlink() and not p.exists():
-        return f"{p} is a broken symbolic link, not an aot artifact"
+        return None, f"{p} is a broken symbolic link, not an aot artifact"
     if not p.is_dir():
-        return f"{p} is a file, not an aot artifact directory"
+        return None, f"{p} is a file, not an aot artifact directory"
     manifest = p / MANIFEST_NAME
     if not (manifest.exists() or manifest.is_symlink()):
-        return f"{p} holds no {MANIFEST_NAME}, so it is not an aot artifact"
+        return None, f"{p} holds no {MANIFEST_NAME}, so it is not an aot artifact"
     try:
         data = _read_manifest_data(manifest)
         if "format" not in data and data.get("format_version") != 1:
             raise ArtifactCorruptError("it has neither aot's format marker nor format_version 1")
-        Manifest.from_dict(data)
+        return Manifest.from_dict(data), None
     except ArtifactCorruptError as exc:
         reason = str(exc).removeprefix(f"{manifest}: ")
-        return f"{manifest} is not an intact aot manifest ({reason})"
-    return None
+        return None, f"{manifest} is not an intact aot manifest ({reason})"
+
+
+def ownership_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why aot cannot prove that it wrote ``path``; None when it can, or nothing is there.
+
+    The proof covers every byte that deleting or replacing ``path`` would lose: an intact
+    aot manifest (``manifest_problem``), and every other file below it listed there with
+    the size and sha256 it has on disk (a listed file that is absent loses nothing). An
+    unlisted file, a link or special file inside, or a listed file whose bytes differ
+    makes the whole directory someone else's, named in the answer (the first
+    ``MAX_FOREIGN_NAMED``). The one exception is ``MANIFEST_TEMP_NAME`` at the top, which
+    only an interrupted ``write_manifest`` leaves.
+
+    Why the manifest alone is not enough: it is one file anyone can copy. A project
+    directory holding a copy of a real entry's ``manifest.json`` beside its own sources
+    was "aot's" by that rule and was deleted. With the checksums, a copied (or forged)
+    manifest can only ever make aot delete bytes identical to ones an aot manifest
+    records, i.e. a copy of compiled output that aot can produce again.
+
+    What this costs, in the safe direction: a damaged entry (a file truncated, edited or
+    bit-rotten; a file planted in it; engine output a crashed start left unlisted) is no
+    longer aot's to delete or rebuild: ``aot compile``, ``aot cache clear`` and import
+    refuse it (exit 10) and say so, and the user moves it away by hand after looking.
+    Such damage does not happen through aot (entries are published whole by one rename),
+    so it is rare, and when it happens a person should see it. The one place aot still
+    deletes unlisted files is ``verify_for_load(discard_extra=True)``, which aot-vllm
+    calls on its own store's entry under the entry's lock: only files below ``files/``
+    (where the engine writes while it starts), only once every listed file has verified;
+    anything unlisted elsewhere refuses the entry instead.
+
+    No stronger proof (a per-store key signing manifests, a marker only aot can make) is
+    needed for this: such a key sits in the same user-writable cache, so it would stop
+    nobody who can forge a manifest, and those can delete the files anyway; against a
+    careless copy, which is what loses data, the checksums already decide. A symbolic
+    link is judged by its target's manifest alone (only the link is ever removed).
+    """
+    p = Path(path)
+    manifest, problem = _manifest_and_problem(p)
+    if manifest is None or p.is_symlink():
+        return problem
+    foreign = foreign_files(p, manifest)
+    if not foreign:
+        return None
+    more = len(foreign) - MAX_FOREIGN_NAMED
+    named = "; ".join(foreign[:MAX_FOREIGN_NAMED]) + (f"; and {more} more" if more > 0 else "")
+    return (
+        f"{p} holds files its aot manifest does not vouch for (not listed, or their bytes "
+        f"differ from its checksums): {named}"
+    )
+
+
+def foreign_files(root: Path, manifest: Manifest) -> list[str]:
+    """Each file below ``root`` the manifest does not vouch for, with why; sorted by path."""
+    listed = {r.path: r for r in manifest.files}
+    out: list[str] = []
+    for rel, path in _walk_files(root):
+        if rel in (MANIFEST_NAME, MANIFEST_TEMP_NAME):
+            continue
+        record = listed.get(rel)
+        reason = "not listed in the manifest" if record is None else _differs(path, record)
+        if path.is_symlink():
+            reason = "a symbolic link"
+        if reason:
+            out.append(f"{rel} ({reason})")
+    return out
+
+
+def _differs(path: Path, record: FileRecord) -> str:
+    """Why ``path`` is not the file ``record`` describes; "" when it is."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        if st.st_size != record.size:
+            return f"{st.st_size} bytes, the manifest says {record.size}"
+        if _sha256_file(path) != record.sha256:
+            return "its sha256 differs from the manifest's"
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    return ""
 
 
 def check_owned(path: str | os.PathLike[str], action: str) -> None:
@@ -423,9 +510,10 @@ def check_owned(path: str | os.PathLike[str], action: str) -> None:
     problem = ownership_problem(path)
     if problem is not None:
         raise NotOwnedError(
-            f"refusing to {action} {path}: {problem}. aot deletes or replaces only directories "
-            "it wrote (proved by an intact aot manifest); nothing was changed. Move it away "
-            "yourself, or choose another path"
+            f"refusing to {action} {path}: {problem}. aot deletes or replaces only what it "
+            "can prove it wrote (an intact aot manifest listing every file with its "
+            "checksum); nothing was changed, whatever the flags. Look at what it holds, then "
+            "move it away yourself (for example `mv` it elsewhere), or choose another path"
         )
 
 

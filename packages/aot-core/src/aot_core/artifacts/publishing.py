@@ -34,6 +34,7 @@ from aot_core.artifacts.manifest import (
     FILES_DIR,
     FORMAT_VERSION,
     MANIFEST_NAME,
+    MANIFEST_TEMP_NAME,
     FileRecord,
     Manifest,
     RankRecord,
@@ -43,7 +44,7 @@ from aot_core.artifacts.manifest import (
     check_owned,
     fsync_tree,
     is_empty_dir,
-    ownership_problem,
+    manifest_problem,
     resolve_artifact_dir,
 )
 from aot_core.artifacts.verification import verify, verify_for_load
@@ -129,7 +130,7 @@ def write_manifest(
         extra=MappingProxyType(dict(extra or {})),
         ranks=_present_ranks(ranks, {r.path for r in records}),
     )
-    tmp = root / f".{MANIFEST_NAME}.tmp"
+    tmp = root / MANIFEST_TEMP_NAME
     with tmp.open("w", encoding="utf-8") as fh:
         json.dump(manifest.to_dict(), fh, indent=2, sort_keys=True)
         fh.write("\n")
@@ -142,6 +143,21 @@ def write_manifest(
 
 class LockTimeoutError(ArtifactError):
     """Another process held an entry's lock for longer than the caller would wait."""
+
+
+INTENTS = ("writing", "using", "deleting")
+"""What a lock holder records it is doing with the entry (in its lock file, beside its pid):
+writing (compiling, importing: it may replace the entry), using (verifying and loading it
+for a start, re-sealing what the engine added), deleting (``aot cache clear``)."""
+
+
+def lock_holder(lock_fd: int) -> str:
+    """ "process N, which is <intent> it", read from a lock file another process holds."""
+    text = os.pread(lock_fd, 64, 0).decode(errors="replace").split()
+    pid = text[0] if text else "?"
+    intent = text[1] if len(text) > 1 and text[1] in INTENTS else ""
+    # A lock file written before intents were recorded holds only the pid.
+    return f"process {pid}, which is {intent or 'holding'}"
 
 
 # Errors that mean "this directory cannot be written by us", as opposed to a real failure.
@@ -191,14 +207,14 @@ def _wait_for_flock(
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
             return
         except BlockingIOError:
-            if not announced and on_wait is not None:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                on_wait(f"waiting for process {holder}, which is writing {target.name}")
-                announced = True
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() >= deadline:
+                held = f"for over {timeout_s:.0f} s" if timeout_s else "now"
                 raise LockTimeoutError(
-                    f"{target}: another process has held its lock for over {timeout_s:.0f} s"
+                    f"{target} is in use {held}: {lock_holder(fd)} {target.name}"
                 ) from None
+            if not announced and on_wait is not None:
+                on_wait(f"waiting for {lock_holder(fd)} {target.name}")
+                announced = True
             time.sleep(0.05)
 
 
@@ -218,6 +234,7 @@ def entry_lock(
     timeout_s: float | None = None,
     on_wait: Callable[[str], None] | None = None,
     read_only_ok: bool = False,
+    intent: str = "writing",
 ) -> Iterator[bool]:
     """Hold the ``flock`` that guards writes to the entry at ``dest``; yields True if exclusive.
 
@@ -235,7 +252,11 @@ def entry_lock(
     ``read_only_ok`` is for readers: where the lock file cannot be created (read-only media,
     a store owned by another user), take a shared lock on an existing lock file, or none at
     all when there is none (then nobody can write there either); yields False then.
+    ``intent`` (one of ``INTENTS``) is written beside the pid, so a waiter can say what it
+    waits for. ``timeout_s=0`` never waits: a held lock raises ``LockTimeoutError`` at once.
     """
+    if intent not in INTENTS:
+        raise ValueError(f"intent must be one of {INTENTS}, got {intent!r}")
     target = Path(dest)
     lock_path = _lock_path(target)
     try:
@@ -264,14 +285,14 @@ def entry_lock(
     try:
         if exclusive:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            os.pwrite(fd, f"{os.getpid()} {intent}".encode(), 0)
         try:
             yield exclusive
         finally:
             if exclusive:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)
-                    if ownership_problem(target) is not None or not (
+                    if manifest_problem(target) is not None or not (
                         target.exists() or target.is_symlink()
                     ):
                         lock_path.unlink()  # still held: see the docstring
@@ -394,15 +415,17 @@ def publish(staging: Path, dest: str | os.PathLike[str], *, replace: bool = True
     return target
 
 
-def remove_entry(dest: str | os.PathLike[str]) -> bool:
+def remove_entry(dest: str | os.PathLike[str], *, timeout_s: float | None = 0.0) -> bool:
     """Delete an entry atomically (rename aside, then delete); False when it was absent.
 
     Only an entry aot can prove it wrote (``check_owned``) or an empty directory is
     removed; anything else raises ``NotOwnedError`` and stays as it was. A linked entry
-    loses its link only.
+    loses its link only. An entry another process has locked (a compile writing it, a
+    start using it) raises ``LockTimeoutError`` at once by default: queued behind a
+    compile, the deletion would remove the entry that compile had just published.
     """
     target = Path(dest)
-    with entry_lock(target):
+    with entry_lock(target, timeout_s=timeout_s, intent="deleting"):
         remove_leftovers(target)
         if not (target.exists() or target.is_symlink()):
             return False
@@ -526,7 +549,7 @@ def using_artifact(
     and never re-sealed: reading needs no write access.
     """
     root = resolve_artifact_dir(artifact_dir)
-    with entry_lock(root, on_wait=on_wait, read_only_ok=True) as exclusive:
+    with entry_lock(root, on_wait=on_wait, read_only_ok=True, intent="using") as exclusive:
         manifest = verify_for_load(root, backend=backend)
         yield manifest
         if exclusive and not verify(root).ok:

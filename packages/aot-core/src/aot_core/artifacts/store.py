@@ -20,19 +20,39 @@ from aot_core.artifacts.publishing import (
     remove_leftovers,
 )
 from aot_core.artifacts.verification import check_compatible, manifest_inconsistencies
-from aot_core.errors import ArtifactCorruptError, ArtifactError
+from aot_core.errors import ArtifactCorruptError, ArtifactError, EmptyPathVariableError
 
 CACHE_ENV_VAR = "AOT_CACHE_DIR"
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
+PATH_ENV_VARS = (CACHE_ENV_VAR, "XDG_CACHE_HOME", "HOME")
+"""The environment variables aot reads paths from, in the order ``default_cache_root`` asks."""
+
+
+def path_from_env(variable: str) -> str | None:
+    """``$variable``, None when unset; ``EmptyPathVariableError`` when set but blank.
+
+    An empty value is refused rather than skipped (which the XDG convention would do for
+    XDG_CACHE_HOME): a script's unset variable must not turn a scratch cache into the
+    user's real one.
+    """
+    value = os.environ.get(variable)
+    if value is not None and not value.strip():
+        raise EmptyPathVariableError(variable)
+    return value
+
+
 def default_cache_root() -> Path:
-    """$AOT_CACHE_DIR, else $XDG_CACHE_HOME/aot, else ~/.cache/aot."""
-    env = os.environ.get(CACHE_ENV_VAR)
-    if env:
+    """$AOT_CACHE_DIR, else $XDG_CACHE_HOME/aot, else ~/.cache/aot (``path_from_env`` each)."""
+    env = path_from_env(CACHE_ENV_VAR)
+    if env is not None:
         return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "aot"
+    xdg = path_from_env("XDG_CACHE_HOME")
+    if xdg is not None:
+        return Path(xdg).expanduser() / "aot"
+    path_from_env("HOME")  # Path.home() turns an empty $HOME into "/"
+    return Path.home() / ".cache" / "aot"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,7 +143,7 @@ class ArtifactStore:
             dest = self.entries_dir / key
             before = {p for p in self.leftovers() if self._leftover_key(p) == key}
             try:
-                with entry_lock(dest, timeout_s=0.0):
+                with entry_lock(dest, timeout_s=0.0, intent="deleting"):
                     remove_leftovers(dest)
             except LockTimeoutError:
                 continue  # a live writer owns them
@@ -131,9 +151,16 @@ class ArtifactStore:
             cleaned += len(before - after)
         return cleaned
 
+    def _listed_path(self, key: str) -> Path:
+        """``path(key)``, or for a directory ``entry_keys`` lists whatever its name (another
+        tool's, say), the directory itself: it is still shown, and still refused."""
+        if key in self.entry_keys():
+            return self.entries_dir / key
+        return self.path(key)
+
     def info(self, key: str) -> EntryInfo:
         """Manifest, loadability and size of one entry (cheap: no checksums)."""
-        path = self.path(key)
+        path = self._listed_path(key)
         size = directory_size(path)
         try:
             manifest = read_manifest(path)
@@ -146,8 +173,9 @@ class ArtifactStore:
         )
 
     def remove(self, key: str) -> bool:
-        """Delete one entry atomically; False when absent."""
-        return remove_entry(self.path(key))
+        """Delete one entry atomically; False when absent. Never waits for its lock: an entry
+        in use raises ``LockTimeoutError`` (``remove_entry``)."""
+        return remove_entry(self._listed_path(key))
 
 
 def ensure_writable(directory: Path) -> None:

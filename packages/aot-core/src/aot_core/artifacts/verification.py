@@ -15,6 +15,7 @@ from aot_core.artifacts.manifest import (
     FILES_DIR,
     FORMAT_VERSION,
     MANIFEST_NAME,
+    MANIFEST_TEMP_NAME,
     Manifest,
     _sha256_file,
     _walk_files,
@@ -311,15 +312,24 @@ def verify_for_load(
     size: ``world_problem``). Callers then
     compile afresh into a new directory; they never load the refused files.
     ``discard_extra`` is for backends whose engine writes into its cache while starting:
-    instead of refusing an entry over unlisted files, it deletes them (the caller holds the
-    entry's lock) once everything listed has verified, so the engine never reads a file
-    the manifest does not vouch for; at worst it recomputes what they held.
+    instead of refusing an entry over unlisted files below ``files/`` (where the engine
+    writes), it deletes them (the caller holds the entry's lock) once everything listed has
+    verified and the artifact fits here, so the engine never reads a file the manifest does
+    not vouch for; at worst it recomputes what they held. Unlisted files anywhere else
+    (beside ``manifest.json``: a project's own files around a copied manifest) refuse the
+    artifact and are never deleted (``ownership_problem`` says why this is the only place
+    aot deletes files its manifest does not list).
     """
     report = verify(artifact_dir)
     if report.manifest is None:
         raise ArtifactCorruptError(report.error)
     damaged = report.inconsistent or report.tampered or report.truncated or report.missing
-    if (damaged or (report.extra and not discard_extra)) and report.error == "":
+    outside = [
+        rel
+        for rel in report.extra
+        if not rel.startswith(f"{FILES_DIR}/") and rel != MANIFEST_TEMP_NAME
+    ]
+    if (damaged or outside or (report.extra and not discard_extra)) and report.error == "":
         raise ArtifactCorruptError(
             f"{report.path}: refusing to load a damaged artifact: {report.describe()}"
         )
