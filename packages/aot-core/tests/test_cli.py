@@ -406,9 +406,16 @@ def test_cache_verify_reports_tampering_and_incompatibility(
     code, _, err = run(["cache", "export", "existing", str(tmp_path / "x.tar")], capsys)
     assert code == ExitCode.ARTIFACT_CORRUPT and "refusing to export" in err
 
-    code, out, _ = run(["cache", "clear", "--invalid"], capsys)
-    assert code == 0 and "removed 2 entries" in out
-    assert cache.entry_keys() == []
+    # verify suggests only what works: clear for the intact-but-incompatible entry, moving
+    # it away by hand for the truncated one, which aot cannot prove it wrote
+    code, out, _ = run(["cache", "verify"], capsys)
+    assert "`aot cache clear foreign` removes it" in out
+    assert "`aot cache clear existing`" not in out and "move it away yourself" in out
+    code, out, err = run(["cache", "clear", "--invalid"], capsys)
+    # until 2026-12 the truncated entry was cleared too; its bytes are no longer aot's
+    assert code == ExitCode.CACHE_NOT_WRITABLE and "removed 1 entry" in out
+    assert "refusing to delete" in err and "files/inductor/kernels/k1.so" in err
+    assert cache.entry_keys() == ["existing"]
 
 
 def test_cache_import_refusals_leave_the_cache_alone(

@@ -34,6 +34,7 @@ from aot_core.errors import (
     ArtifactIncompatibleError,
     BackendUnavailableError,
     CompilationError,
+    EmptyPathVariableError,
     NotOwnedError,
     SpecError,
 )
@@ -434,6 +435,14 @@ def _write_result(path: Path, text: str) -> None:
 # --------------------------------------------------------------------------- aot cache
 
 
+def _entry_path(store: artifacts.ArtifactStore, key: str) -> Path:
+    """The store's path for ``key``; a name that cannot be a key is a bad command line."""
+    try:
+        return store.path(key)
+    except ArtifactError as exc:
+        raise CLIError(ExitCode.USAGE, str(exc)) from None
+
+
 def _resolve_entry(store: artifacts.ArtifactStore, ref: str) -> Path:
     """An entry key of the store, or a path to an artifact directory."""
     as_path = Path(ref).expanduser()
@@ -441,13 +450,26 @@ def _resolve_entry(store: artifacts.ArtifactStore, ref: str) -> Path:
         return artifacts.resolve_artifact_dir(as_path)
     if "/" in ref or ref.startswith("."):
         raise CLIError(ExitCode.ARTIFACT_CORRUPT, f"{ref}: no such artifact directory")
-    path = store.path(ref)
+    path = _entry_path(store, ref)
     if not path.is_dir():
         raise CLIError(
             ExitCode.ARTIFACT_CORRUPT,
             f"no cache entry {ref!r} in {store.entries_dir}; `aot cache ls` lists them",
         )
     return path
+
+
+def _removal_hint(store: artifacts.ArtifactStore, path: Path) -> str:
+    """How to get rid of an unusable entry: only a command that will work for it."""
+    problem = artifacts.ownership_problem(path)
+    if problem is None and path.parent == store.entries_dir:
+        return f"`aot cache clear {path.name}` removes it"
+    if problem is None:
+        return "it is aot's: delete it, or compile with --out onto it to rebuild it"
+    return (
+        f"aot cannot prove it wrote it, so aot will not delete it ({problem}); look at what "
+        "it holds, then move it away yourself"
+    )
 
 
 def _ls_status(info: artifacts.EntryInfo, report: artifacts.VerifyReport | None) -> str:
@@ -491,6 +513,10 @@ def cmd_cache_ls(args: argparse.Namespace) -> int:
                 "not checked: the manifest is consistent and fits this machine, but no file's "
                 "checksum was read; `aot cache ls --verify` or `aot cache verify` reads them"
             )
+        for i in infos:
+            report = reports[i.key]
+            if i.problem or (report is not None and not report.ok):
+                print(f"{i.key}: {_removal_hint(store, i.path)}")
     leftovers = store.leftovers()
     if leftovers:
         print(
@@ -519,7 +545,7 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
     """Check checksums and compatibility of entries; non-zero when any is bad."""
     store = _store(args)
     paths = [_resolve_entry(store, r) for r in args.entries] or [
-        store.path(k) for k in store.entry_keys()
+        store.entries_dir / k for k in store.entry_keys()
     ]
     if not paths:
         print(f"no entries in {store.entries_dir}")
@@ -531,6 +557,7 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
             print(f"{path}: CORRUPT")
             for problem in report.problems():
                 print(f"  {problem}")
+            print(f"  {_removal_hint(store, path)}")
             worst = ExitCode.ARTIFACT_CORRUPT
             continue
         assert report.manifest is not None
@@ -539,6 +566,7 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
             print(f"{path}: intact, but INCOMPATIBLE with this environment")
             for problem in problems:
                 print(f"  {problem}")
+            print(f"  {_removal_hint(store, path)}")
             if worst == ExitCode.OK:
                 worst = ExitCode.ARTIFACT_INCOMPATIBLE
             continue
@@ -607,6 +635,8 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
     store = _store(args)
     removed = 0
     refused: list[str] = []
+    for key in args.entries:
+        _entry_path(store, key)  # every name checked before anything is removed
     if not args.leftovers:
         if args.entries:
             keys = list(args.entries)
@@ -626,6 +656,9 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
                     raise CLIError(ExitCode.ARTIFACT_CORRUPT, f"no cache entry {key!r}")
             except NotOwnedError as exc:
                 refused.append(str(exc))
+            except artifacts.LockTimeoutError as exc:
+                # Never queued: behind a compile it would delete what that compile published.
+                refused.append(f"{exc}; not removed, try again when it has finished")
     cleaned = store.clean_leftovers()
     print(
         f"removed {removed} entr{'y' if removed == 1 else 'ies'}"
@@ -883,6 +916,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return int(func(args))
     except CLIError as exc:
         return _fail(exc.code, str(exc))
+    except EmptyPathVariableError as exc:
+        return _fail(ExitCode.USAGE, str(exc))
     except SpecError as exc:
         where = []
         if exc.field:
