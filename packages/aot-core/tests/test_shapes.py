@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from aot_core import memory_estimate
 from aot_core.cli import ExitCode, main
-from aot_core.dtype_choice import choose_cpu_dtype, cpu_has_native_bf16
+from aot_core.dtype_choice import cpu_has_native_bf16, resolve_dtype
 from aot_core.errors import SpecError
 from aot_core.shape_presets import ensure_shape_dir, get_shape, known_shapes, shape_dir
 
@@ -101,12 +101,13 @@ def test_estimate_adds_weights_kv_and_overhead() -> None:
     assert half.dtype == "bfloat16" and half.weight_bytes == est.weight_bytes // 2
 
 
-def test_dtype_auto_is_float32_without_native_bf16() -> None:
+def test_dtype_auto_is_float32_without_native_bf16(tmp_path: Path) -> None:
+    model = ensure_shape_dir(get_shape("smollm2-135m"), tmp_path)  # its config: bfloat16
     avx2 = ("avx", "avx2", "fma")
     assert not cpu_has_native_bf16(avx2)
-    assert choose_cpu_dtype("auto", isa=avx2).dtype == "float32"
-    assert "no native bfloat16" in choose_cpu_dtype("auto", isa=avx2).reason
+    assert resolve_dtype("auto", model, isa=avx2).dtype == "float32"
+    assert "no native bfloat16" in resolve_dtype("auto", model, isa=avx2).reason
     for native in (("avx512f", "avx512_bf16"), ("amx_bf16",), ("asimd", "bf16")):
-        assert choose_cpu_dtype("auto", isa=native).dtype == "auto"
+        assert resolve_dtype("auto", model, isa=native).dtype == "bfloat16"
     # an explicit dtype always wins
-    assert choose_cpu_dtype("bfloat16", isa=avx2).dtype == "bfloat16"
+    assert resolve_dtype("bfloat16", model, isa=avx2).dtype == "bfloat16"

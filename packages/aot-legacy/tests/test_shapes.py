@@ -26,7 +26,12 @@ def test_smollm2_shape_runs_eager_with_placeholder_weights(tmp_path: Path) -> No
         s = m.stats
         assert s.resolved_config["placeholder_weights"] is True
         assert any(n.startswith("weights are placeholders") for n in s.notes)
-        if not cpu_has_native_bf16():
+        # aot-core's rule for "auto", on either kind of CPU: the preset's bfloat16 where it is
+        # native, float32 where it would be emulated.
+        if cpu_has_native_bf16():
+            assert s.resolved_config["dtype"] == "bfloat16", s.resolved_config
+            assert any("checkpoint's own dtype" in n for n in s.notes), s.notes
+        else:
             assert s.resolved_config["dtype"] == "float32", s.resolved_config
             assert any("no native bfloat16" in n for n in s.notes), s.notes
         gens = m.generate([[1, 2, 3, 4], [5]], GenerationParams(max_new_tokens=4))

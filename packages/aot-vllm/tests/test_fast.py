@@ -404,20 +404,30 @@ def test_config_only_directory_gets_dummy_weights_and_a_note(config_only_model: 
     assert not any(n.startswith("weights are placeholders") for n in notes)
 
 
-def test_cpu_dtype_auto_becomes_float32_without_native_bf16(
-    monkeypatch: pytest.MonkeyPatch,
+def test_cpu_dtype_auto_is_decided_by_aot_cores_one_rule_on_both_kinds_of_cpu(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path
 ) -> None:
-    from aot_core import dtype_choice
+    from aot_core import artifacts, cli, dtype_choice
     from aot_core.spec import CompileSpec
-    from aot_vllm.start_setup import _cpu_dtype
+    from aot_vllm.start_setup import resolve_engine_spec
 
+    monkeypatch.setattr(artifacts, "cuda_capabilities", lambda: ())
     monkeypatch.setattr(dtype_choice, "cpu_isa", lambda: ("avx2", "fma"))
-    spec, note = _cpu_dtype(CompileSpec())
-    assert spec.dtype == "float32" and "no native bfloat16" in note
-    spec, note = _cpu_dtype(CompileSpec(dtype="bfloat16"))
-    assert spec.dtype == "bfloat16" and note == ""
+    spec, resolved, notes = resolve_engine_spec(CompileSpec(), tiny_model, is_cpu=True)
+    assert spec.dtype == "float32" and any("no native bfloat16" in n for n in notes)
+    assert resolved["dtype"] == {"value": "float32", "source": "machine"}
+    spec, resolved, notes = resolve_engine_spec(
+        CompileSpec(dtype="bfloat16"), tiny_model, is_cpu=True
+    )
+    assert spec.dtype == "bfloat16" and resolved["dtype"]["source"] == "spec"
+    # Native bf16: the tiny Llama's own float32, where vLLM's "auto" would downcast to
+    # bfloat16; `aot bench` gives the same answer for the same model.
     monkeypatch.setattr(dtype_choice, "cpu_isa", lambda: ("avx512f", "avx512_bf16"))
-    assert _cpu_dtype(CompileSpec())[0].dtype == "auto"
+    spec, resolved, _ = resolve_engine_spec(CompileSpec(), tiny_model, is_cpu=True)
+    assert resolved["dtype"] == {"value": "float32", "source": "model config"}
+    assert cli._dtype_for_machine(CompileSpec(), tiny_model)[0].dtype == spec.dtype
+    # On a GPU the engine chooses.
+    assert resolve_engine_spec(CompileSpec(), tiny_model, is_cpu=False)[0].dtype == "auto"
 
 
 def test_config_only_directory_of_an_unknown_architecture_is_refused_naming_it(

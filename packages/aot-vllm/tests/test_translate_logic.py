@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -627,3 +628,43 @@ def test_broken_vllm_blocks_only_the_installed_translation(monkeypatch: pytest.M
     with pytest.raises(BackendUnavailableError, match="boom"):
         translate(CompileSpec())
     assert t("0.20.0").checked_against_classes is False
+
+
+# --------------------------------------------------------------------------- one start config
+
+
+@pytest.mark.parametrize(
+    "isa", [("avx2", "fma"), ("avx2", "avx512f", "avx512_bf16")], ids=["avx2", "avx512_bf16"]
+)
+def test_eager_and_compiled_eval_jobs_get_one_engine_but_for_compilation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isa: tuple[str, ...]
+) -> None:
+    """``aot eval --eager`` and ``aot eval`` of one command reach vLLM with the same engine
+    arguments (dtype, max_model_len, KV cache, batch limits); only compilation_config
+    differs. Before, eager ran the model's own context and vLLM's KV share, compiled 128."""
+    from aot_core import artifacts, dtype_choice
+    from aot_core.evaluation.model_args import parse_model_args
+    from aot_core.evaluation.startup import job_spec
+    from aot_core.prompts import default_prompts
+    from aot_core.tiny import write_tiny_llama
+    from aot_vllm.example_inputs import inform_spec, parse_example_inputs
+    from aot_vllm.model_source import resolve_model
+    from aot_vllm.start_setup import resolve_engine_spec
+
+    monkeypatch.setattr(artifacts, "cuda_capabilities", lambda: ())
+    monkeypatch.setattr(dtype_choice, "cpu_isa", lambda: isa)
+    model = write_tiny_llama(tmp_path / "tiny")
+    source = resolve_model(str(model))
+    engine: dict[bool, dict[str, Any]] = {}
+    for eager in (True, False):
+        spec, _ = job_spec(parse_model_args({"pretrained": str(model), "eager": eager}))
+        if spec.compiles:  # compile_model_aot fills open fields from its examples first
+            spec, _ = inform_spec(spec, parse_example_inputs(default_prompts()), source)
+        spec, _, _ = resolve_engine_spec(spec, source.local_dir, is_cpu=True)
+        engine[eager] = translate(spec, vllm_version="0.32.0", cpu=True).llm_kwargs
+    compiled, eager_kwargs = engine[False], engine[True]
+    assert compiled["compilation_config"] != eager_kwargs["compilation_config"]
+    del compiled["compilation_config"], eager_kwargs["compilation_config"]
+    assert eager_kwargs == compiled
+    assert compiled["max_model_len"] == 128 and compiled["dtype"] == "float32"
+    assert compiled["kv_cache_memory_bytes"] > 0

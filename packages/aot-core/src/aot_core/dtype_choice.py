@@ -1,27 +1,52 @@
-"""Which dtype "auto" means on this machine: float32 where the CPU has no native bfloat16.
+"""What dtype "auto" means for one start: the one rule every backend and command uses.
 
-vLLM's ``dtype="auto"`` takes a checkpoint's bfloat16 on CPU even where bfloat16 is only
-emulated (AVX2/FMA machines), which measured 3x slower than float32 there. aot-core reads
-the ISA (it already does for artifact compatibility); a backend that runs on a GPU keeps
-"auto" and lets its engine choose. An explicit dtype in the spec always wins.
+The rule, for a start on CPU:
+
+- an explicit dtype in the spec always wins;
+- a CPU without native bfloat16 (AVX2/FMA machines) runs float32: vLLM's ``dtype="auto"``
+  would take a checkpoint's bfloat16 (and downcast a float32 one) and emulate it there,
+  which measured 3x slower than float32;
+- a CPU with native bfloat16 runs the checkpoint's own dtype (config.json's ``torch_dtype``
+  or ``dtype``; float32 when it names none). A float32 checkpoint stays float32, as
+  transformers and lm-eval's ``hf`` model load it, instead of vLLM's downcast to bfloat16:
+  the dtype then depends on the model, never on which kind of CPU ran it, so eager and
+  compiled runs, ``aot bench`` and ``aot eval`` compare the same arithmetic on every host.
+
+A start on a GPU keeps "auto" and lets its engine choose. ``resolve_dtype`` is that rule.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from aot_core.artifacts import cpu_isa
 
 # x86: AVX-512 BF16 or AMX; arm: the BF16 extension. Any of these makes bf16 matmuls native.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
+# The names config.json uses for a checkpoint's dtype, as CompileSpec spells them.
+_CONFIG_DTYPES = {
+    "float32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "float16": "float16",
+    "half": "float16",
+}
+
 
 @dataclass(frozen=True, kw_only=True)
 class DtypeChoice:
-    """The dtype a start will use on CPU, and why."""
+    """The dtype a start will use, and why."""
 
     dtype: str
     """The spec's dtype after the choice ("auto" only when the engine is left to choose)."""
+
+    source: str
+    """Where it came from: "spec", "model config", "machine" or "engine"."""
 
     reason: str
     """One line for stats notes and the bench header."""
@@ -33,18 +58,59 @@ def cpu_has_native_bf16(isa: tuple[str, ...] | None = None) -> bool:
     return bool(flags & NATIVE_BF16_FLAGS)
 
 
-def choose_cpu_dtype(spec_dtype: str, *, isa: tuple[str, ...] | None = None) -> DtypeChoice:
-    """What ``spec_dtype`` becomes on a CPU with ``isa`` (default: this one)."""
+def checkpoint_dtype(model_dir: Path | None) -> str | None:
+    """The dtype ``model_dir``'s config.json declares (CompileSpec's spelling), or None."""
+    if model_dir is None:
+        return None
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, Mapping):
+        return None
+    for part in (config, config.get("text_config")):
+        if isinstance(part, Mapping):
+            declared: Any = part.get("torch_dtype") or part.get("dtype")
+            if isinstance(declared, str) and declared in _CONFIG_DTYPES:
+                return _CONFIG_DTYPES[declared]
+    return None
+
+
+def resolve_dtype(
+    spec_dtype: str,
+    model_dir: Path | None,
+    *,
+    gpu: bool = False,
+    isa: tuple[str, ...] | None = None,
+) -> DtypeChoice:
+    """What ``spec_dtype`` becomes for ``model_dir`` on this machine (or a CPU with ``isa``)."""
     if spec_dtype != "auto":
-        return DtypeChoice(dtype=spec_dtype, reason=f"dtype {spec_dtype} (set in the spec)")
-    if cpu_has_native_bf16(isa):
         return DtypeChoice(
-            dtype="auto",
-            reason="dtype auto: the CPU has native bfloat16, the engine chooses from the model",
+            dtype=spec_dtype, source="spec", reason=f"dtype {spec_dtype} (set in the spec)"
+        )
+    if gpu:
+        return DtypeChoice(
+            dtype="auto", source="engine", reason="dtype auto: the engine chooses on a GPU"
+        )
+    if not cpu_has_native_bf16(isa):
+        return DtypeChoice(
+            dtype="float32",
+            source="machine",
+            reason="dtype auto -> float32: this CPU has no native bfloat16 (no avx512_bf16, "
+            "amx_bf16 or bf16 flag), where emulated bfloat16 is slower than float32; set "
+            "dtype in the spec to override",
+        )
+    declared = checkpoint_dtype(model_dir)
+    if declared is None:
+        return DtypeChoice(
+            dtype="float32",
+            source="model config",
+            reason="dtype auto -> float32: the model's config.json names no dtype (float32, "
+            "as transformers loads it); set dtype in the spec to override",
         )
     return DtypeChoice(
-        dtype="float32",
-        reason="dtype auto -> float32: this CPU has no native bfloat16 (no avx512_bf16, "
-        "amx_bf16 or bf16 flag), where emulated bfloat16 is slower than float32; set dtype "
-        "in the spec to override",
+        dtype=declared,
+        source="model config",
+        reason=f"dtype auto -> {declared}: the checkpoint's own dtype (config.json), kept "
+        "on this CPU with native bfloat16; set dtype in the spec to override",
     )

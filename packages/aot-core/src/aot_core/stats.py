@@ -141,6 +141,11 @@ class OptimizationStats:
     resolved_config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     """Settings the engine actually resolved (mode, cudagraph mode, capture sizes, ...)."""
 
+    start_config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    """What the start ran with before the engine resolved anything: dtype, max_model_len,
+    batch limits, KV cache, cache entry; each {"value", "source"}, the source saying where
+    it came from ("spec", "model config", "machine", a sizing rule, the engine's default)."""
+
     notes: tuple[str, ...] = ()
     """Warnings and fallbacks that happened on the way, in order."""
 
@@ -157,6 +162,7 @@ class OptimizationStats:
         object.__setattr__(self, "notes", tuple(self.notes))
         object.__setattr__(self, "startup_phases", MappingProxyType(dict(self.startup_phases)))
         object.__setattr__(self, "resolved_config", MappingProxyType(dict(self.resolved_config)))
+        object.__setattr__(self, "start_config", MappingProxyType(dict(self.start_config)))
         if isinstance(self.cache, Mapping):
             object.__setattr__(self, "cache", CacheOutcome(**self.cache))
 

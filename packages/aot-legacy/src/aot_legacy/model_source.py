@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from aot_core.dtype_choice import choose_cpu_dtype
+from aot_core.dtype_choice import resolve_dtype
 from aot_core.errors import SpecError
 
 from aot_legacy.checkpoint import eos_token_ids, load_state, read_config, stored_dtype, weight_files
@@ -100,10 +100,10 @@ def load_model(
             )
         dtype_note = ""
         if want is None and device.type == "cpu":
-            # aot-core reads the ISA: without native bfloat16, "auto" is float32 (a bfloat16
-            # checkpoint would otherwise run emulated, ~3x slower on AVX2 machines). A model
-            # object passed in keeps its own dtype.
-            choice = choose_cpu_dtype("auto")
+            # aot-core's one rule for "auto" (every backend and command uses it): float32
+            # without native bfloat16, else the checkpoint's own dtype. A model object
+            # passed in keeps its own dtype.
+            choice = resolve_dtype("auto", directory)
             want = _torch_dtype(choice.dtype) if choice.dtype != "auto" else None
             dtype_note = choice.reason if want is not None else ""
         loaded = _from_directory(directory, want=want, device=device, phases=phases)

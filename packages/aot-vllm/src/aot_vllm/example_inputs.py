@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,11 +10,10 @@ from typing import Any
 from aot_core.compiler import GenerationParams, Prompt, check_prompts
 from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
+from aot_core.start_config import declared_model_len, examples_model_len, examples_need
 
 from aot_vllm.model_source import ModelSource
 from aot_vllm.shapes import next_pow2, pow2_ladder
-
-_MIN_MODEL_LEN = 128
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,8 +33,7 @@ class ExampleInputs:
 
     def longest(self) -> int:
         """The longest prompt in tokens (characters + a margin for text prompts)."""
-        lengths = [len(p) if not isinstance(p, str) else len(p.encode()) + 2 for p in self.prompts]
-        return max(lengths)
+        return examples_need(self.prompts, 0)
 
 
 def parse_example_inputs(value: Any) -> ExampleInputs:
@@ -80,17 +77,6 @@ def parse_example_inputs(value: Any) -> ExampleInputs:
     return ExampleInputs(prompts=tuple(value), params=params)
 
 
-def _model_max_len(source: ModelSource) -> int | None:
-    if source.local_dir is None:
-        return None
-    try:
-        data = json.loads((source.local_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    value = data.get("max_position_embeddings")
-    return value if isinstance(value, int) and value > 0 else None
-
-
 def inform_spec(
     spec: CompileSpec, examples: ExampleInputs, source: ModelSource
 ) -> tuple[CompileSpec, list[str]]:
@@ -105,20 +91,17 @@ def inform_spec(
     """
     notes: list[str] = []
     changes: dict[str, Any] = {}
-    need = examples.longest() + examples.params.max_new_tokens
-    limit = _model_max_len(source)
+    need = examples_need(examples.prompts, examples.params.max_new_tokens)
+    limit = declared_model_len(source.local_dir)
     if spec.max_model_len is None:
-        value = max(_MIN_MODEL_LEN, next_pow2(need))
-        if limit is not None:
-            if need > limit:
-                raise SpecError(
-                    f"example_inputs: the longest prompt plus max_new_tokens needs {need} "
-                    f"tokens, more than the model's max_position_embeddings {limit}",
-                    field="example_inputs",
-                )
-            value = min(value, limit)
-        if spec.max_num_batched_tokens is not None and not spec.chunked_prefill:
-            value = min(value, spec.max_num_batched_tokens)
+        if limit is not None and need > limit:
+            raise SpecError(
+                f"example_inputs: the longest prompt plus max_new_tokens needs {need} "
+                f"tokens, more than the model's max_position_embeddings {limit}",
+                field="example_inputs",
+            )
+        # aot-core's rule, so a command that resolves its start first gets the same value.
+        value = examples_model_len(spec, need, limit)
         changes["max_model_len"] = value
         notes.append(f"max_model_len={value} from the examples (longest needs {need} tokens)")
     elif need > spec.max_model_len:

@@ -187,6 +187,7 @@ def start_stats(setup: EngineSetup, reading: StartReading) -> OptimizationStats:
             ),
             **_parallel_config(setup),
         },
+        start_config=setup.start_config,
         notes=_notes(setup, reading),
         ranks=tuple(r.stats for r in reading.ranks),
     )

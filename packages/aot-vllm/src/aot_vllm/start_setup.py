@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aot_core.errors import BackendUnavailableError, SpecError
@@ -115,6 +116,10 @@ class EngineSetup:
     notes: tuple[str, ...]
     """Notes of this step (KV-cache size, translation warnings, tokenizer)."""
 
+    start_config: dict[str, dict[str, Any]]
+    """The dtype, context, batch limits, KV cache and cache entry this start runs with, each
+    as {"value", "source"} (the stats' ``start_config``)."""
+
     @property
     def has_tokenizer(self) -> bool:
         """The engine starts with a tokenizer (text prompts work)."""
@@ -170,11 +175,10 @@ def set_up_engine(request: StartRequest) -> EngineSetup:
     check_architecture(request.source)
     is_cpu = platform_is_cpu()
     spec = request.engine_spec
-    if is_cpu:
-        spec, dtype_note = _cpu_dtype(spec)
-        notes.extend([dtype_note] if dtype_note else [])
-        spec, note = kv_sizing.size_cpu_kv_cache(spec, request.source.local_dir)
-        notes.extend([note] if note else [])
+    spec, start_config, resolve_notes = resolve_engine_spec(
+        spec, request.source.local_dir, is_cpu=is_cpu
+    )
+    notes.extend(resolve_notes)
     translation = translate(spec, best_effort=request.runtime.best_effort, cpu=is_cpu)
     notes.extend(translation.warnings)
     world = World.of(spec)
@@ -190,6 +194,10 @@ def set_up_engine(request: StartRequest) -> EngineSetup:
         llm_kwargs=kwargs,
         is_cpu=is_cpu,
         inline=engine_env.runs_inline(request.runtime, spec),
+        start_config={
+            **start_config,
+            "cache_dir": {"value": str(request.entry.path), "source": _cache_source(request)},
+        },
         vocab_size=vocab,
         eos_token_ids=eos,
         t_imported=t_imported,
@@ -249,15 +257,41 @@ def _engine_kwargs(
     return kwargs, notes
 
 
-def _cpu_dtype(spec: CompileSpec) -> tuple[CompileSpec, str]:
-    """dtype auto on a CPU without native bfloat16 is float32 (vLLM would take bfloat16
-    from the config and emulate it, about 3x slower here); an explicit dtype wins."""
-    from aot_core.dtype_choice import choose_cpu_dtype
+def resolve_engine_spec(
+    spec: CompileSpec, model_dir: Path | None, *, is_cpu: bool
+) -> tuple[CompileSpec, dict[str, dict[str, Any]], list[str]]:
+    """The dtype and, on CPU, the KV cache a start runs with: one step for eager and compiled
+    starts alike (nothing here looks at the compile fields). Returns the spec, each value
+    with where it came from (for the stats), and notes."""
+    from aot_core.dtype_choice import resolve_dtype
 
-    if spec.dtype != "auto":
-        return spec, ""
-    choice = choose_cpu_dtype(spec.dtype)
-    return spec.replace(dtype=choice.dtype), choice.reason
+    choice = resolve_dtype(spec.dtype, model_dir, gpu=not is_cpu)
+    notes = [choice.reason] if choice.source != "spec" else []
+    spec = spec.replace(dtype=choice.dtype)
+    kv: dict[str, Any] = {"value": None, "source": "vLLM's default"}
+    if is_cpu:
+        user_set = kv_sizing.user_sized(spec)
+        spec, note = kv_sizing.size_cpu_kv_cache(spec, model_dir)
+        notes.extend([note] if note else [])
+        chosen = spec.backend_options.get("kv_cache_memory_bytes")
+        if user_set:
+            kv = {"value": chosen, "source": "spec"}
+        elif chosen is not None:
+            kv = {"value": chosen, "source": "aot-vllm sizing (max_num_seqs x max_model_len)"}
+        else:
+            kv = {"value": None, "source": f"vLLM's CPU default: {note}"}
+    resolved = {
+        "dtype": {"value": choice.dtype, "source": choice.source},
+        "kv_cache_memory_bytes": kv,
+        **{
+            name: {
+                "value": getattr(spec, name),
+                "source": "spec" if getattr(spec, name) is not None else "vLLM's default",
+            }
+            for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens")
+        },
+    }
+    return spec, resolved, notes
 
 
 def check_architecture(source: ModelSource) -> None:
@@ -283,3 +317,8 @@ def check_architecture(source: ModelSource) -> None:
             "(LlamaForCausalLM, Qwen2ForCausalLM, ...) or another backend",
             field="model",
         )
+
+
+def _cache_source(request: StartRequest) -> str:
+    """Where the start's cache entry lies: under the spec's cache_dir, or aot's cache root."""
+    return "spec (cache_dir)" if request.spec.cache_dir is not None else "aot cache root"

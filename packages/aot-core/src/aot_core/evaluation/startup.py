@@ -9,8 +9,9 @@ refused one is compiled and published while the job runs on the freshly compiled
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +19,8 @@ from aot_core import artifacts
 from aot_core.compiler import CompiledModel
 from aot_core.errors import ArtifactError
 from aot_core.evaluation.model_args import EvalModelConfig
+from aot_core.spec import CompileSpec
+from aot_core.start_config import StartConfig
 
 T = TypeVar("T")
 
@@ -38,9 +41,18 @@ class StartRecord:
     note: str = ""
     """Why a cached artifact was not used, when it was not."""
 
+    start: dict[str, Any] = field(default_factory=dict)
+    """The job's start configuration (``StartConfig.to_dict``): each value and its source."""
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible fields."""
-        return {"path": self.path, "artifact": self.artifact, "key": self.key, "note": self.note}
+        return {
+            "path": self.path,
+            "artifact": self.artifact,
+            "key": self.key,
+            "note": self.note,
+            "resolved": self.start,
+        }
 
 
 def run_with_model(
@@ -59,12 +71,12 @@ def run_with_model(
     from aot_core.registry import get_backend
 
     cls = get_backend(config.backend)
-    spec = config.spec
+    spec, start = job_spec(config, cache_dir)
     if not spec.compiles:
         progress(f"starting {config.model} eagerly with {cls.name}")
         compiled = cls(spec).compile_model(str(config.model), spec)
         try:
-            return body(compiled), StartRecord(path="eager")
+            return body(compiled), StartRecord(path="eager", start=start.to_dict())
         finally:
             compiled.close()
     key = artifacts.entry_key(
@@ -72,7 +84,11 @@ def run_with_model(
     )
     dest = artifacts.ArtifactStore(cache_dir).path(key)
     note = ""
-    entry = _Entry(cls=cls, config=config, dest=dest, key=key)
+    run = dataclasses.replace(config, spec=spec)
+    files = {"value": str(dest / artifacts.FILES_DIR), "source": "aot artifact of the job's key"}
+    entry = _Entry(
+        cls=cls, config=run, dest=dest, key=key, start={**start.to_dict(), "cache_dir": files}
+    )
     if (dest / artifacts.MANIFEST_NAME).exists():
         try:
             return _warm(entry, body, progress)
@@ -80,6 +96,26 @@ def run_with_model(
             note = f"cached artifact refused, compiled afresh: {exc}"
             progress(note)
     return _cold(entry, body, progress, force=bool(note), note=note)
+
+
+def job_spec(
+    config: EvalModelConfig, cache_dir: str | None = None
+) -> tuple[CompileSpec, StartConfig]:
+    """The spec the job's backend gets, and its start configuration, decided once for eager
+    and compiled runs alike: the fields the spec leaves open resolved as ``aot compile``
+    resolves them (the same example prompts), so ``--eager``, the compiled job and
+    ``aot compile``'s entry run one engine configuration. A compiled job's ``cache_dir``
+    becomes its artifact's files when it starts."""
+    from aot_core.prompts import default_prompts
+    from aot_core.start_config import resolve_start
+
+    start = resolve_start(
+        config.spec,
+        config.model,
+        examples=default_prompts(),
+        cache_root=artifacts.ArtifactStore(cache_dir).root,
+    )
+    return start.apply(config.spec), start
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +133,9 @@ class _Entry:
 
     key: str
     """The entry's key."""
+
+    start: dict[str, Any]
+    """The job's start configuration, for its record."""
 
 
 class _Outcome:
@@ -137,7 +176,8 @@ def _warm(
             outcome.run(body, compiled)
         finally:
             compiled.close()
-    return outcome.result(), StartRecord(path="warm", artifact=str(dest), key=key)
+    record = StartRecord(path="warm", artifact=str(dest), key=key, start=entry.start)
+    return outcome.result(), record
 
 
 def _cold(
@@ -170,4 +210,5 @@ def _cold(
         # Another job published the entry while this one waited for its lock.
         return _warm(entry, body, progress)
     path = "cold" if compiled_now else "warm"
-    return outcome.result(), StartRecord(path=path, artifact=str(dest), key=key, note=note)
+    record = StartRecord(path=path, artifact=str(dest), key=key, note=note, start=entry.start)
+    return outcome.result(), record

@@ -1,0 +1,179 @@
+"""One resolved start configuration per command: decided once, before eager and compiled part.
+
+A command that runs a model eagerly and compiled (``aot eval --eager`` and ``aot eval``, the
+two runs of ``aot eval --parity``, ``aot compile`` and a later ``aot eval`` of its entry)
+calls ``resolve_start`` once with the user's spec and gives both runs ``StartConfig.apply``'s
+spec, so both engines get the same context length, batch limits and cache root, and so the
+same KV cache (the backends size it from those). Each value says where it came from; the
+record goes into the results (``StartConfig.to_dict``).
+
+The dtype is recorded here but left in the spec as the user wrote it: every backend resolves
+"auto" at its start with ``dtype_choice.resolve_dtype`` (the same function, so the same
+answer), and its stats then say why in the backend's own words, while artifact keys keep
+the user's dtype.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aot_core.compiler import GenerationParams, Prompt
+from aot_core.dtype_choice import resolve_dtype
+from aot_core.spec import CompileSpec
+
+MIN_EXAMPLES_MODEL_LEN = 128
+"""The smallest ``max_model_len`` example prompts resolve to."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Setting:
+    """One resolved value and where it came from."""
+
+    value: Any
+    """The value (None: the backend's engine decides, as ``source`` says)."""
+
+    source: str
+    """Where it came from: "spec", "model config", "machine", "examples", "command default",
+    "aot cache root" or "backend default"."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form."""
+        return {"value": self.value, "source": self.source}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StartConfig:
+    """What one command's starts run with, decided once for its eager and compiled runs."""
+
+    dtype: Setting
+    """Weight and activation dtype (``resolve_dtype``'s answer for this machine)."""
+
+    max_model_len: Setting
+    """Longest prompt plus output."""
+
+    max_num_seqs: Setting
+    """Most sequences decoded at once."""
+
+    max_num_batched_tokens: Setting
+    """Token budget per engine step."""
+
+    cache_dir: Setting
+    """Where the backend keeps its compile caches (an artifact's files, or a store root)."""
+
+    def apply(self, spec: CompileSpec) -> CompileSpec:
+        """``spec`` with every resolved value but the dtype (see the module docstring)."""
+        changes: dict[str, Any] = {}
+        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "cache_dir"):
+            value = getattr(self, name).value
+            if value is not None and getattr(spec, name) is None:
+                changes[name] = value
+        return spec.replace(**changes) if changes else spec
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """JSON-compatible form: each field as {"value", "source"}."""
+        return {
+            name: getattr(self, name).to_dict()
+            for name in ("dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
+        } | {"cache_dir": self.cache_dir.to_dict()}
+
+
+def declared_model_len(model_dir: Path | None) -> int | None:
+    """The model's ``max_position_embeddings`` from its config.json, or None."""
+    if model_dir is None:
+        return None
+    try:
+        data = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = data.get("max_position_embeddings") if isinstance(data, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def examples_need(prompts: Sequence[Prompt], max_new_tokens: int) -> int:
+    """Tokens the longest example needs (a text prompt: its bytes and a margin of 2)."""
+    lengths = [len(p.encode()) + 2 if isinstance(p, str) else len(p) for p in prompts]
+    return max(lengths, default=0) + max_new_tokens
+
+
+def examples_model_len(spec: CompileSpec, need: int, model_limit: int | None) -> int:
+    """The ``max_model_len`` examples needing ``need`` tokens resolve to: the next power of two
+    (at least 128) above it, capped at the model's limit and, with chunked prefill off, at
+    the step budget. A smaller context means less KV cache per sequence, and equal
+    workloads share a cache key."""
+    value = max(MIN_EXAMPLES_MODEL_LEN, 1 << max(0, need - 1).bit_length())
+    if model_limit is not None:
+        value = min(value, model_limit)
+    if spec.max_num_batched_tokens is not None and not spec.chunked_prefill:
+        value = min(value, spec.max_num_batched_tokens)
+    return value
+
+
+def resolve_start(
+    spec: CompileSpec,
+    model_dir: Path | None,
+    *,
+    examples: Sequence[Prompt] | None = None,
+    max_new_tokens: int = GenerationParams().max_new_tokens,
+    defaults: Mapping[str, Any] | None = None,
+    cache_root: Path | None = None,
+    gpu: bool | None = None,
+) -> StartConfig:
+    """Decide ``spec``'s open fields once for a command's starts.
+
+    Precedence: the spec, then the command's ``defaults`` (``aot bench``'s small engine),
+    then, for ``max_model_len``, the ``examples`` a compiled run precompiles with (the
+    rule ``compile_model_aot`` applies), else the backend's default. ``cache_dir``: the
+    spec's, else ``cache_root``. ``gpu``: None reads it from nvidia-smi.
+    """
+    if gpu is None:
+        from aot_core.artifacts import cuda_capabilities
+
+        gpu = bool(cuda_capabilities())
+    defaults = defaults or {}
+    dtype = resolve_dtype(spec.dtype, model_dir, gpu=gpu)
+    return StartConfig(
+        dtype=Setting(value=dtype.dtype, source=dtype.source),
+        max_model_len=_model_len(spec, model_dir, examples, max_new_tokens, defaults),
+        max_num_seqs=_limit(spec, "max_num_seqs", defaults),
+        max_num_batched_tokens=_limit(spec, "max_num_batched_tokens", defaults),
+        cache_dir=(
+            Setting(value=spec.cache_dir, source="spec")
+            if spec.cache_dir is not None
+            else Setting(
+                value=str(cache_root) if cache_root is not None else None,
+                source="aot cache root" if cache_root is not None else "backend default",
+            )
+        ),
+    )
+
+
+def _limit(spec: CompileSpec, name: str, defaults: Mapping[str, Any]) -> Setting:
+    if getattr(spec, name) is not None:
+        return Setting(value=getattr(spec, name), source="spec")
+    if defaults.get(name) is not None:
+        return Setting(value=defaults[name], source="command default")
+    return Setting(value=None, source="backend default")
+
+
+def _model_len(
+    spec: CompileSpec,
+    model_dir: Path | None,
+    examples: Sequence[Prompt] | None,
+    max_new_tokens: int,
+    defaults: Mapping[str, Any],
+) -> Setting:
+    if spec.max_model_len is not None or defaults.get("max_model_len") is not None:
+        return _limit(spec, "max_model_len", defaults)
+    if examples:
+        need = examples_need(examples, max_new_tokens)
+        limit = declared_model_len(model_dir)
+        if limit is None or need <= limit:  # too long: the backend refuses it, naming both
+            return Setting(
+                value=examples_model_len(spec, need, limit),
+                source=f"examples (longest needs {need} tokens)",
+            )
+    return Setting(value=None, source="backend default (the model's own limit)")

@@ -1,0 +1,113 @@
+"""One resolved start per command: dtype "auto", context, batch limits and cache paths are
+decided once, by one rule, whichever kind of CPU runs the test (both kinds are faked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from aot_core import artifacts, cli, dtype_choice
+from aot_core.evaluation.model_args import parse_model_args
+from aot_core.evaluation.startup import job_spec
+from aot_core.prompts import default_prompts
+from aot_core.spec import CompileSpec
+from aot_core.start_config import resolve_start
+from aot_core.tiny import write_tiny_llama
+
+AVX2 = ("avx2", "fma")
+AVX512_BF16 = ("avx2", "avx512f", "avx512_bf16")
+
+
+@pytest.fixture
+def on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here, whatever the host has (nvidia-smi is not asked)."""
+    monkeypatch.setattr(artifacts, "cuda_capabilities", lambda: ())
+
+
+def _model(tmp_path: Path, torch_dtype: str | None) -> Path:
+    directory = tmp_path / f"model-{torch_dtype}"
+    directory.mkdir()
+    config = {"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 2048}
+    if torch_dtype is not None:
+        config["torch_dtype"] = torch_dtype
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("isa", "checkpoint", "expected", "source"),
+    [
+        (AVX2, "bfloat16", "float32", "machine"),
+        (AVX2, "float32", "float32", "machine"),
+        (AVX512_BF16, "float32", "float32", "model config"),
+        (AVX512_BF16, "bfloat16", "bfloat16", "model config"),
+        (AVX512_BF16, None, "float32", "model config"),
+        (("amx_bf16",), "float16", "float16", "model config"),
+        (("asimd", "bf16"), "bfloat16", "bfloat16", "model config"),
+    ],
+)
+def test_auto_is_the_checkpoints_dtype_where_bf16_is_native_else_float32(
+    tmp_path: Path, isa: tuple[str, ...], checkpoint: str | None, expected: str, source: str
+) -> None:
+    model = _model(tmp_path, checkpoint)
+    choice = dtype_choice.resolve_dtype("auto", model, isa=isa)
+    assert (choice.dtype, choice.source) == (expected, source), choice.reason
+
+
+def test_an_explicit_dtype_wins_and_a_gpu_leaves_auto_to_its_engine(tmp_path: Path) -> None:
+    model = _model(tmp_path, "float32")
+    assert dtype_choice.resolve_dtype("bfloat16", model, isa=AVX2).dtype == "bfloat16"
+    assert dtype_choice.resolve_dtype("auto", model, gpu=True).dtype == "auto"
+
+
+@pytest.mark.parametrize("isa", [AVX2, AVX512_BF16], ids=["avx2", "avx512_bf16"])
+@pytest.mark.parametrize("checkpoint", ["float32", "bfloat16"])
+def test_bench_and_eval_resolve_auto_alike(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    on_cpu: None,
+    isa: tuple[str, ...],
+    checkpoint: str,
+) -> None:
+    # Before: bench said float32 for the tiny Llama and the machine's rule otherwise, while
+    # eval left "auto" to vLLM, which takes bfloat16 on a CPU with native bf16.
+    monkeypatch.setattr(dtype_choice, "cpu_isa", lambda: isa)
+    model = _model(tmp_path, checkpoint)
+    bench_spec, _ = cli._dtype_for_machine(CompileSpec(), model)
+    _, eval_start = job_spec(parse_model_args({"pretrained": str(model)}), str(tmp_path))
+    assert bench_spec.dtype == eval_start.dtype.value != "auto"
+
+
+def test_eager_and_compiled_eval_jobs_and_aot_compile_resolve_one_start(
+    tmp_path: Path, on_cpu: None
+) -> None:
+    # Before: the eager job ran max_model_len None (the model's 512 here, 8192 on a larger
+    # model, and vLLM's own KV sizing), the compiled one 128 from the example prompts.
+    model = write_tiny_llama(tmp_path / "tiny")
+    store = tmp_path / "store"
+    eager, eager_start = job_spec(
+        parse_model_args({"pretrained": str(model), "eager": True}), str(store)
+    )
+    compiled, compiled_start = job_spec(parse_model_args({"pretrained": str(model)}), str(store))
+    assert eager.compile_mode == "none" and compiled.compile_mode == "default"
+    assert eager.replace(compile_mode="default") == compiled
+    assert eager_start == compiled_start
+    assert compiled.max_model_len == 128 and compiled.cache_dir == str(store)
+    assert compiled_start.max_model_len.source.startswith("examples")
+    assert compiled_start.max_num_seqs.source == "backend default"
+    # `aot compile` of the same model and spec keys the entry the compiled job looks up.
+    built = cli._compile_spec(CompileSpec(), model, shape=None)
+    assert built.fingerprint() == compiled.fingerprint()
+
+
+def test_the_spec_and_the_commands_defaults_come_before_the_examples(tmp_path: Path) -> None:
+    model = _model(tmp_path, "float32")
+    spec = CompileSpec(max_model_len=1024)
+    start = resolve_start(spec, model, examples=default_prompts(), gpu=False)
+    assert (start.max_model_len.value, start.max_model_len.source) == (1024, "spec")
+    start = resolve_start(
+        CompileSpec(), model, defaults={"max_model_len": 256, "max_num_seqs": 4}, gpu=False
+    )
+    assert start.apply(CompileSpec()).max_num_seqs == 4
+    assert start.to_dict()["max_model_len"] == {"value": 256, "source": "command default"}
