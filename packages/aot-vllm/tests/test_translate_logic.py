@@ -28,7 +28,7 @@ ALL_MINORS = [
     "0.10.2", "0.11.0", "0.11.1", "0.11.2", "0.12.0", "0.13.0", "0.14.1", "0.15.1",
     "0.16.0", "0.17.1", "0.18.1", "0.19.1", "0.20.2", "0.21.0", "0.22.1", "0.23.0",
     "0.24.0", "0.25.1", "0.26.0", "0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0",
-    "0.32.0", "0.33.0",
+    "0.32.0", "0.33.0", "0.34.0",
 ]  # fmt: skip
 
 
@@ -174,7 +174,7 @@ def test_nothing_installed_and_no_version_is_unavailable() -> None:
 
 def test_newer_than_known_release_is_flagged() -> None:
     result = t("0.40.0")
-    assert any("newer than 0.33.0" in w for w in result.warnings)
+    assert any("newer than 0.34.0" in w for w in result.warnings)
 
 
 # --------------------------------------------------------------------------- compilation

@@ -1,19 +1,25 @@
 """Translation checked against the installed vLLM release's real classes.
 
-The ``vllm_translation`` nox session runs this file once per vLLM release (0.10.2 ..
-0.33), each in an import-only environment (``--no-deps`` vLLM beside a few light
+The ``vllm_translations`` nox session runs this file once per vLLM release (0.10.2 ..
+0.34), each in an import-only environment (``--no-deps`` vLLM beside a few light
 packages). It needs ``from vllm.config import CompilationConfig`` and
-``from vllm.engine.arg_utils import EngineArgs`` to import, and nothing else.
+``from vllm.engine.arg_utils import EngineArgs`` to import, and nothing else. The session
+names the release it installed in ``AOT_EXPECT_VLLM``: the module skips as a whole only
+where that is "none" (or unset, by hand), and fails where vLLM is installed but does not
+import or is another release (release_check.py judges the counts).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib
+import importlib.util
 import inspect
 import json
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -24,8 +30,41 @@ from aot_vllm.readback import read_resolved_config, resolution_notes
 from aot_vllm.releases import parse_version, release_facts
 from aot_vllm.translate import Translation, translate
 
-vllm_config = pytest.importorskip("vllm.config", reason="needs an installed vLLM release")
-arg_utils = pytest.importorskip("vllm.engine.arg_utils")
+EXPECTED = os.environ.get("AOT_EXPECT_VLLM")
+"""The release the session installed ("none": no vLLM); unset when run by hand."""
+
+
+def _import_release(expected: str | None) -> tuple[ModuleType, ModuleType]:
+    """vLLM's config modules, or a module-level skip only where no vLLM is expected.
+
+    An ImportError is never a skip: a release whose config modules do not import (a
+    dependency missing beside a --no-deps install) would otherwise pass as "nothing to
+    check", which is how the no-vLLM baseline looks.
+    """
+    if importlib.util.find_spec("vllm") is None:
+        if expected in (None, "none"):
+            pytest.skip("no vLLM installed", allow_module_level=True)
+        pytest.fail(f"AOT_EXPECT_VLLM={expected}, but no vllm package is installed", pytrace=False)
+    if expected == "none":
+        pytest.fail("AOT_EXPECT_VLLM=none, but a vllm package is importable", pytrace=False)
+    try:
+        import vllm
+
+        config = importlib.import_module("vllm.config")
+        args = importlib.import_module("vllm.engine.arg_utils")
+    except ImportError as exc:
+        failure = f"vLLM is installed but does not import: {type(exc).__name__}: {exc}"
+    else:
+        failure = ""
+    if failure:  # outside the except block, so the report is this line, not a chain
+        pytest.fail(failure, pytrace=False)
+    found = str(getattr(vllm, "__version__", "unknown"))
+    if expected is not None and parse_version(found) != parse_version(expected):
+        pytest.fail(f"AOT_EXPECT_VLLM={expected}, but vLLM {found} is installed", pytrace=False)
+    return config, args
+
+
+vllm_config, arg_utils = _import_release(EXPECTED)
 CompilationConfig = vllm_config.CompilationConfig
 EngineArgs = arg_utils.EngineArgs
 

