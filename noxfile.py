@@ -8,7 +8,9 @@ it tests, so a missing dependency shows up here rather than on a user's machine.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
 import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -105,6 +107,8 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    # The README's measured tables are rendered from archived run data; this fails on drift.
+    session.run("python", "benchmarks/readme_tables.py", "--check")
 
 
 @nox.session(python=PYTHON)
@@ -128,7 +132,7 @@ def typecheck(session: nox.Session) -> None:
 def core(session: nox.Session) -> None:
     """aot-core with only the test-only toy backend: no torch, no vLLM."""
     session.install("pytest", "-e", CORE, "-e", TOY)
-    _pytest(session, "packages/aot-core/tests")
+    _pytest(session, "packages/aot-core/tests", "benchmarks/tests")
 
 
 @nox.session(python=PYTHON)
@@ -522,6 +526,82 @@ def eval_slow(session: nox.Session) -> None:
     `python benchmarks/eval_jobs.py` is the job-level benchmark."""
     _install_every_backend(session, "pytest", LM_EVAL, "transformers")
     _pytest(session, "packages/aot-core/tests/evaluation", default_args=("-m", "slow"))
+
+
+# What `release_check` runs, in order: every session kept out of the default list.
+RELEASE_CHECK_SESSIONS = [
+    "e2e",
+    "vllm_optin",
+    "eval_slow",
+    *(f"vllm_extra(release='{r}')" for r in VLLM_EXTRA_RELEASES),
+    *(f"vllm_parallel(release='{r}')" for r in VLLM_RUNTIME_RELEASES),
+]
+
+
+@nox.session(python=False, name="release_check")
+def release_check_session(session: nox.Session) -> None:
+    """Opt-in, before a release: every opt-in session, each in its own `nox` process, with
+    a dated summary and each session's whole log under `archive/release_checks/<UTC date>/`.
+
+    Hours on a 2-core machine. `nox -s release_check -- e2e eval_slow` runs only those.
+    A failed session does not stop the others; the check fails if any failed.
+    """
+    import time
+    from datetime import UTC, datetime
+
+    chosen = session.posargs or RELEASE_CHECK_SESSIONS
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%MZ")
+    out = ROOT / "archive" / "release_checks" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    flags = _cpu_flags()
+    lines = [
+        f"# Release check {stamp}",
+        "",
+        f"Commit: {_git_commit()}; CPU flags: {', '.join(flags) or 'none named'}; "
+        f"cores: {os.cpu_count()}; Python {sys.version.split()[0]}.",
+        "",
+        "| session | result | minutes | last line |",
+        "|---|---|---|---|",
+    ]
+    failed = []
+    for name in chosen:
+        log = out / (re.sub(r"[^\w.-]+", "_", name).strip("_") + ".log")
+        started = time.monotonic()
+        with log.open("w", encoding="utf-8") as fh:
+            rc = subprocess.run(
+                [sys.executable, "-m", "nox", "-s", name],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                check=False,
+            ).returncode
+        minutes = (time.monotonic() - started) / 60
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
+        result = "passed" if rc == 0 else f"FAILED (exit {rc})"
+        failed += [] if rc == 0 else [name]
+        lines.append(f"| `{name}` | {result} | {minutes:.1f} | `{tail[0][:120]}` |")
+        (out / "SUMMARY.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        session.log(f"{name}: {result} in {minutes:.1f} min (log: {log})")
+    if failed:
+        session.error(f"release check failed: {', '.join(failed)} (see {out})")
+
+
+def _cpu_flags() -> list[str]:
+    """The CPU flags every published figure names (the fleet has AVX2-only and AVX-512 CPUs)."""
+    try:
+        words = set(Path("/proc/cpuinfo").read_text(errors="replace").split())
+    except OSError:
+        return []
+    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in words]
+
+
+def _git_commit() -> str:
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":
