@@ -506,8 +506,9 @@ def main_job(session: nox.Session) -> None:
     )
 
 
-# [hf]: lm-eval's own transformers model, the reference the scores are checked against.
-LM_EVAL = "lm-eval[hf]==0.4.13"
+# [hf]: lm-eval's own transformers model, the reference the scores are checked against;
+# [api]: its local-completions model, run against `aot serve`.
+LM_EVAL = "lm-eval[hf,api]==0.4.13"
 
 
 @nox.session(python=PYTHON, name="eval")
