@@ -10,7 +10,11 @@ say what was wrong, and leave the cache as it was.
 
 from __future__ import annotations
 
+import json
 import os
+import struct
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -329,3 +333,97 @@ def test_archive_member_reading_survives_a_linked_manifest(tmp_path: Path) -> No
     assert artifacts.ArtifactStore(tmp_path / "dst").entry_keys() == []
     with tarfile.open(bad) as tar:  # the archive really holds a link there
         assert tar.getmember(artifacts.MANIFEST_NAME).issym()
+
+
+# ------------------------------------------------------------------ issue 23
+
+
+def _aot(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The installed command's code path in a fresh process, with exactly ``env``'s paths."""
+    base = {k: v for k, v in os.environ.items() if k not in artifacts.PATH_ENV_VARS}
+    return subprocess.run(
+        [sys.executable, "-m", "aot_core.cli", *argv],
+        capture_output=True, text=True, env={**base, **env}, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("variable", ["AOT_CACHE_DIR", "XDG_CACHE_HOME", "HOME"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_path_variable_is_refused_like_an_empty_cache_dir(
+    variable: str, value: str, tmp_path: Path
+) -> None:
+    """Issue 23 item 2: `AOT_CACHE_DIR=$UNSET aot cache clear` cleared the real cache."""
+    home = tmp_path / "home"
+    real = artifacts.ArtifactStore(home / ".cache" / "aot")
+    make_artifact(real.path("precious"), model=make_model(tmp_path / "m"))
+    env = {"HOME": str(home), variable: value}
+    for argv in (["cache", "clear"], ["cache", "ls"], ["cache", "verify"]):
+        proc = _aot(argv, env)
+        assert proc.returncode == ExitCode.USAGE, (argv, proc.stdout, proc.stderr)
+        assert f"${variable} is set but empty" in proc.stderr and "Traceback" not in proc.stderr
+    assert real.entry_keys() == ["precious"] and artifacts.verify(real.path("precious")).ok
+    # the same refusal as the option's
+    proc = _aot(["--cache-dir", "", "cache", "ls"], {"HOME": str(home)})
+    assert proc.returncode == ExitCode.USAGE
+
+
+@pytest.mark.parametrize("action", ["verify", "clear", "export"])
+def test_an_invalid_key_is_a_bad_command_line(
+    action: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23 item 5: an invalid KEY exited 8 (artifact corrupt)."""
+    store = artifacts.ArtifactStore(tmp_path / "cache")
+    make_artifact(store.path("kept"), model=make_model(tmp_path / "m"))
+    extra = [str(tmp_path / "x.tar")] if action == "export" else []
+    for key in ("bad key!", "x" * 201, "-dash-first"):
+        code = main(["--cache-dir", str(store.root), "cache", action, "--", key, *extra])
+        err = capsys.readouterr().err
+        assert code == ExitCode.USAGE, (key, err)
+        assert "is not a valid entry name" in err
+    assert store.entry_keys() == ["kept"]
+
+
+def _safetensors(path: Path, *, cut: int = 0, header: bytes | None = None) -> Path:
+    body = json.dumps({"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}).encode()
+    data = struct.pack("<Q", len(header if header is not None else body))
+    data += (header if header is not None else body) + bytes(64)
+    path.write_bytes(data[: len(data) - cut])
+    return path
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated", "garbage", "empty", "header-beyond-file", "padded"],
+)
+@pytest.mark.parametrize("backend", ["legacy", "vllm", "writer"])
+def test_a_corrupt_safetensors_file_is_one_exit_code_for_every_backend(
+    damage: str, backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23 item 5: legacy exited 5 and vLLM 7 on the same damaged weights; the check
+    now runs before any backend is looked up, so the backend named does not matter."""
+    model = make_model(tmp_path / "m")
+    weights = model / "model.safetensors"
+    if damage == "truncated":
+        _safetensors(weights, cut=20)
+    elif damage == "garbage":
+        weights.write_bytes(b"\x00\x01not a safetensors file" * 10)
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "header-beyond-file":
+        weights.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
+    else:
+        weights.write_bytes(_safetensors(weights).read_bytes() + b"junk")
+    argv = ["--cache-dir", str(tmp_path / "c"), "compile", str(model), "--backend", backend]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == ExitCode.NOT_A_CAUSAL_LM, err
+    assert "model.safetensors" in err and "cannot be loaded" in err and "Traceback" not in err
+
+
+def test_intact_safetensors_headers_pass_the_weights_check(tmp_path: Path) -> None:
+    from aot_core.weights_check import weights_problem
+
+    model = make_model(tmp_path / "m")
+    assert weights_problem(model) is None  # no weights: allowed (placeholder weights)
+    _safetensors(model / "model.safetensors")
+    assert weights_problem(model) is None

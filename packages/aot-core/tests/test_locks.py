@@ -102,3 +102,88 @@ def test_deleting_lock_files_never_lets_two_processes_hold_one_lock(tmp_path: Pa
     assert all(p.returncode == 0 for p in procs), outs
     assert [o.split()[-1] for o in outs] == ["0", "0", "0", "0"], outs
     assert not (dest.parent / ".contended.lock").exists()  # the entry is gone, so is its lock
+
+
+# ------------------------------------------------------------------ issue 23
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from aot_core import artifacts
+
+    entry, how = Path(sys.argv[1]), sys.argv[2]
+    held = (
+        artifacts.using_artifact(entry)
+        if how == "using"
+        else artifacts.entry_lock(entry, intent=how)
+    )
+    with held:
+        print("held", flush=True)
+        sys.stdin.readline()  # until the test lets go
+    """
+)
+
+
+def _hold(entry: Path, how: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(entry), how],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    return proc
+
+
+def _release(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.wait(timeout=60) == 0
+
+
+def test_cache_clear_of_a_locked_entry_is_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23 item 3: clear waited for a compile's lock, then deleted what it published."""
+    store = artifacts.ArtifactStore(tmp_path / "cache")
+    make_artifact(store.path("busy"), model=make_model(tmp_path / "m1"))
+    make_artifact(store.path("idle"), model=make_model(tmp_path / "m2"))
+    holder = _hold(store.path("busy"), "writing")
+    try:
+        # in a process of its own, so that a clear queued behind the lock fails the test
+        # (TimeoutExpired) instead of hanging it
+        proc = subprocess.run(
+            [sys.executable, "-m", "aot_core.cli", "--cache-dir", str(store.root), "cache",
+             "clear"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+        assert code == ExitCode.CACHE_NOT_WRITABLE, err
+        assert f"process {holder.pid}, which is writing busy" in err
+        assert "removed 1 entry" in out and store.entry_keys() == ["busy"]
+        assert main(["--cache-dir", str(store.root), "cache", "clear", "busy"]) == 10
+        assert artifacts.verify(store.path("busy")).ok
+    finally:
+        _release(holder)
+    assert main(["--cache-dir", str(store.root), "cache", "clear", "busy"]) == ExitCode.OK
+    assert store.entry_keys() == []
+
+
+def test_a_waiter_says_whether_the_holder_writes_or_only_uses_the_entry(
+    tmp_path: Path,
+) -> None:
+    """Issue 23 item 5: a job only reading an entry was reported as writing it."""
+    store = artifacts.ArtifactStore(tmp_path / "cache")
+    make_artifact(store.path("e"), model=make_model(tmp_path / "m"))
+    for how in ("using", "writing"):
+        holder = _hold(store.path("e"), how)
+        said: list[str] = []
+        try:
+            with (
+                pytest.raises(artifacts.LockTimeoutError, match=f"which is {how} e"),
+                artifacts.entry_lock(store.path("e"), timeout_s=0.2, on_wait=said.append),
+            ):
+                pass
+        finally:
+            _release(holder)
+        assert said == [f"waiting for process {holder.pid}, which is {how} e"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 from aot_core import artifacts
 from aot_core.cli import ExitCode, main
-from aot_core.errors import NotOwnedError
+from aot_core.errors import ArtifactCorruptError, NotOwnedError
 from test_artifacts import SPEC, key_for, make_artifact, make_model
 
 WRITER_BACKEND = textwrap.dedent(
@@ -350,3 +351,101 @@ def test_compile_out_onto_a_mount_point_gets_a_documented_code(tmp_path: Path) -
         pytest.skip(f"needs `unshare -m` and tmpfs mounts: {proc.stderr[-300:]}")
     assert f"rc={int(ExitCode.CACHE_NOT_WRITABLE)}" in proc.stdout, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and "Device or resource busy" in proc.stderr
+
+
+# ------------------------------------------------------------------ issue 23: a copied manifest
+
+
+def _project_with_copied_manifest(t: Path, *, with_files: bool = False) -> Path:
+    """The issue's project: its own sources beside a copy of a real entry's manifest.json
+    (``with_files``: the entry's files/ copied too, so every listed file verifies)."""
+    real = t / "real-entry"
+    make_artifact(real, model=make_model(t / "m"))
+    project = t / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('mine')\n")
+    (project / "NOTES.md").write_text("# notes nobody else has\n")
+    (project / "manifest.json").write_bytes((real / "manifest.json").read_bytes())
+    if with_files:
+        for rel, data in ((r.path, (real / r.path).read_bytes()) for r in _listed(real)):
+            (project / rel).parent.mkdir(parents=True, exist_ok=True)
+            (project / rel).write_bytes(data)
+    return project
+
+
+def _listed(art: Path) -> tuple[artifacts.FileRecord, ...]:
+    return artifacts.read_manifest(art).files
+
+
+@pytest.mark.parametrize("with_files", [False, True], ids=["manifest-only", "whole-entry"])
+def test_a_copied_manifest_does_not_make_a_project_aots(
+    with_files: bool, *, writer: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23 item 1: `aot compile --out PROJECT` deleted src/main.py and NOTES.md."""
+    project = _project_with_copied_manifest(tmp_path, with_files=with_files)
+    before = snapshot(project)
+    model = make_model(tmp_path / "m")
+    argv = ["--cache-dir", str(tmp_path / "c"), "compile", str(model), "--backend", "writer"]
+    for force in ([], ["--force"]):
+        code = main([*argv, "--out", str(project), *force])
+        err = capsys.readouterr().err
+        assert code == ExitCode.CACHE_NOT_WRITABLE, err
+        assert "NOTES.md (not listed in the manifest)" in err
+        assert "src/main.py (not listed in the manifest)" in err
+        assert "nothing was changed" in err and "Traceback" not in err
+        assert snapshot(project) == before
+    assert artifacts.ownership_problem(project) is not None
+
+
+def test_files_whose_bytes_differ_or_links_are_not_aots(tmp_path: Path) -> None:
+    art = tmp_path / "art"
+    make_artifact(art, model=make_model(tmp_path / "m"))
+    assert artifacts.ownership_problem(art) is None
+    kernel = art / "files/inductor/kernels/k1.so"
+    original = kernel.read_bytes()
+    kernel.write_bytes(original[:10])  # truncated: a user's file of the same name, maybe
+    assert "k1.so (10 bytes, the manifest says 2004)" in (artifacts.ownership_problem(art) or "")
+    kernel.write_bytes(bytes(len(original)))  # same size, other bytes
+    assert "k1.so (its sha256 differs" in (artifacts.ownership_problem(art) or "")
+    kernel.write_bytes(original)
+    (art / "files/link").symlink_to(tmp_path)
+    assert "files/link (a symbolic link)" in (artifacts.ownership_problem(art) or "")
+    (art / "files/link").unlink()
+    kernel.unlink()  # a listed file that is absent: removing the rest loses nothing
+    assert artifacts.ownership_problem(art) is None
+    # many foreign files: the first few are named, then how many more
+    for i in range(8):
+        (art / f"mine-{i}.txt").write_text("x")
+    problem = artifacts.ownership_problem(art) or ""
+    assert "mine-4.txt" in problem and "mine-5.txt" not in problem and "and 3 more" in problem
+
+
+def test_cache_clear_refuses_a_store_directory_with_a_copied_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = artifacts.ArtifactStore(tmp_path / "cache")
+    store.entries_dir.mkdir(parents=True)
+    project = _project_with_copied_manifest(tmp_path, with_files=True)
+    project.rename(store.path("copied"))
+    before = snapshot(store.path("copied"))
+    for extra in ([], ["copied"], ["--invalid"]):
+        code = main(["--cache-dir", str(store.root), "cache", "clear", *extra])
+        err = capsys.readouterr().err
+        assert code == ExitCode.CACHE_NOT_WRITABLE and "NOTES.md" in err, (extra, err)
+        assert snapshot(store.path("copied")) == before
+
+
+def test_discard_extra_never_deletes_beside_the_manifest(tmp_path: Path) -> None:
+    """verify_for_load(discard_extra=True), which aot-vllm calls, deletes unlisted files
+    only below files/: a whole entry copied into a project must not cost its sources."""
+    project = _project_with_copied_manifest(tmp_path, with_files=True)
+    (project / "files" / "engine-wrote.bin").write_bytes(b"unlisted")
+    before = snapshot(project)
+    with pytest.raises(ArtifactCorruptError, match=r"NOTES\.md"):
+        artifacts.verify_for_load(project, discard_extra=True)
+    assert snapshot(project) == before
+    # an entry with unlisted files only below files/ (a crashed engine start): discarded
+    (project / "NOTES.md").unlink()
+    shutil.rmtree(project / "src")
+    artifacts.verify_for_load(project, discard_extra=True)
+    assert not (project / "files" / "engine-wrote.bin").exists()

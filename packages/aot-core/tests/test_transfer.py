@@ -5,7 +5,9 @@ Real artifacts, real tar files, the real command in-process.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -146,3 +148,67 @@ def test_directory_members_under_files_are_accepted(
             tout.addfile(member, tin.extractfile(member))
     dest, _, placed = artifacts.import_artifact(with_dirs, artifacts.ArtifactStore(tmp_path / "d"))
     assert placed and artifacts.verify(dest).ok
+
+
+# ------------------------------------------------------------------ issue 23: member cap
+
+
+def _many_files_archive(t: Path, count: int) -> Path:
+    """An export of an artifact of ``count`` tiny files, its manifest consistent."""
+    art = t / f"art-{count}"
+    files = {f"many/{i:05d}.bin": b"" for i in range(count)}
+    make_artifact(art, model=make_model(t / "m"), files=files)
+    archive = t / f"many-{count}.tar"
+    artifacts.export_artifact(art, archive)
+    return archive
+
+
+def test_an_archive_of_50000_files_is_refused_by_the_member_cap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23 item 5: 50,000 files with a consistent manifest were accepted, no cap."""
+    archive = tmp_path / "many.tar"
+    data = json.loads(_manifest_json(tmp_path, 50_000))
+    with tarfile.open(archive, "w") as tar:
+        raw = json.dumps(data).encode()
+        info = tarfile.TarInfo(artifacts.MANIFEST_NAME)
+        info.size = len(raw)
+        tar.addfile(info, io.BytesIO(raw))
+        for record in data["files"]:
+            tar.addfile(tarfile.TarInfo(record["path"]), io.BytesIO(b""))
+    cache = tmp_path / "cache"
+    code, _, err = run(["--cache-dir", str(cache), "cache", "import", str(archive)], capsys)
+    assert code == ExitCode.ARTIFACT_CORRUPT, err
+    assert f"more than {artifacts.DEFAULT_MAX_MEMBERS} members" in err
+    assert "--max-files" in err and "Traceback" not in err
+    assert not (cache / "entries").exists() or list((cache / "entries").iterdir()) == []
+
+
+def _manifest_json(t: Path, count: int) -> str:
+    """A real manifest of an artifact, its files replaced by ``count`` empty ones."""
+    art = t / "one"
+    make_artifact(art, model=make_model(t / "m"), files={"x.bin": b""})
+    data = json.loads((art / artifacts.MANIFEST_NAME).read_text())
+    empty = hashlib.sha256(b"").hexdigest()
+    data["files"] = [
+        {"path": f"files/many/{i:05d}.bin", "sha256": empty, "size": 0} for i in range(count)
+    ]
+    return json.dumps(data)
+
+
+def test_the_member_cap_is_configurable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = _many_files_archive(tmp_path, 30)  # 31 members: the manifest and 30 files
+    cache = ["--cache-dir", str(tmp_path / "cache"), "cache", "import", str(archive)]
+    code, _, err = run([*cache, "--max-files", "30"], capsys)
+    assert code == ExitCode.ARTIFACT_CORRUPT and "more than 30 members" in err
+    monkeypatch.setenv(artifacts.MAX_MEMBERS_ENV_VAR, "30")
+    code, _, err = run(cache, capsys)
+    assert code == ExitCode.ARTIFACT_CORRUPT and "more than 30 members" in err
+    code, _, err = run([*cache, "--max-files", "31"], capsys)  # the option wins
+    assert code == ExitCode.OK, err
+    for bad in ("", "0", "-5", "many"):
+        monkeypatch.setenv(artifacts.MAX_MEMBERS_ENV_VAR, bad)
+        code, _, err = run([*cache, "--force"], capsys)
+        assert code == ExitCode.USAGE and artifacts.MAX_MEMBERS_ENV_VAR in err, (bad, err)

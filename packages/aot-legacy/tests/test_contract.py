@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from aot_core import artifacts, registry
-from aot_core.errors import SpecError
+from aot_core.errors import EmptyPathVariableError, ModelFilesError, SpecError
 from aot_core.spec import CompileSpec
 from aot_legacy import IntegratedAOTCompiler
 from aot_legacy.options import LegacyOptions
@@ -26,3 +28,31 @@ def test_options_class_validates_and_knows_old_keys() -> None:
         options.validate(CompileSpec(backend_options={"gpu_memory_utilization": 0.5}))
     assert options.migrate("device") == ("device",)
     assert options.migrate("seed") is None  # a vLLM setting: not this backend's
+
+
+@pytest.mark.parametrize("variable", ["AOT_CACHE_DIR", "XDG_CACHE_HOME", "HOME"])
+def test_an_empty_path_variable_is_refused_for_the_backends_cache(
+    variable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23 item 2: aot-legacy read $AOT_CACHE_DIR itself; empty meant ~/.cache/aot."""
+    from aot_legacy.options import default_cache_root
+
+    for name in ("AOT_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_cache_root(CompileSpec()) == tmp_path / ".cache" / "aot" / "legacy"
+    monkeypatch.setenv(variable, "")
+    with pytest.raises(EmptyPathVariableError, match=variable):
+        default_cache_root(CompileSpec())
+    # a spec's own cache_dir needs no variable
+    assert default_cache_root(CompileSpec(cache_dir=str(tmp_path))) == tmp_path
+
+
+def test_unreadable_weights_are_a_model_files_error(tmp_path: Path) -> None:
+    """Issue 23 item 5: the same damage exited 5 here and 7 on vLLM; now 4 on both."""
+    from aot_legacy.checkpoint import load_state
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    with pytest.raises(ModelFilesError, match=r"model\.safetensors"):
+        load_state([weights])

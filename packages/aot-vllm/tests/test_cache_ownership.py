@@ -109,17 +109,39 @@ def test_discarding_proves_ownership_itself(tmp_path: Path) -> None:
     assert (entry.path / "files" / "keep").read_text() == "x"
 
 
-def test_a_damaged_entry_of_aots_is_still_replaced(tmp_path: Path) -> None:
+def test_an_entry_of_aots_missing_a_file_is_still_replaced(tmp_path: Path) -> None:
+    entry = _entry(tmp_path / "store")
+    with entry.locked():
+        entry.open()
+        (entry.inductor_dir / "kernel.so").write_bytes(b"\x7fELF")
+        (entry.inductor_dir / "other.so").write_bytes(b"\x7fELF other")
+        entry.seal(device="cpu", extra={})
+    (entry.inductor_dir / "kernel.so").unlink()  # nothing is lost by replacing it
+    with entry.locked(), pytest.warns(CacheWarning, match="moved aside"):
+        assert entry.open().state == "refused"
+    assert not (entry.inductor_dir / "other.so").exists()
+    assert artifacts.read_manifest(entry.path).extra[IN_PROGRESS] is True
+
+
+def test_an_entry_whose_bytes_differ_is_refused_and_left_alone(tmp_path: Path) -> None:
+    """Issue 23: bytes that differ from the manifest are not provably aot's (a copied
+    manifest must not make files deletable), so the entry is refused, not rebuilt; until
+    2026-12 it was moved aside and rebuilt. Files a crashed start left unlisted under
+    files/ are still discarded (verify_for_load's discard_extra)."""
     entry = _entry(tmp_path / "store")
     with entry.locked():
         entry.open()
         (entry.inductor_dir / "kernel.so").write_bytes(b"\x7fELF")
         entry.seal(device="cpu", extra={})
+    (entry.inductor_dir / "crashed-start.so").write_bytes(b"unlisted")
+    with entry.locked():
+        assert entry.open().state == "intact"
+    assert not (entry.inductor_dir / "crashed-start.so").exists()
     (entry.inductor_dir / "kernel.so").write_bytes(b"\x7fELF tampered")
-    with entry.locked(), pytest.warns(CacheWarning, match="moved aside"):
-        assert entry.open().state == "refused"
-    assert not (entry.inductor_dir / "kernel.so").exists()
-    assert artifacts.read_manifest(entry.path).extra[IN_PROGRESS] is True
+    before = _tree(entry.path)
+    with entry.locked(), pytest.raises(NotOwnedError, match=r"kernel\.so \(13 bytes"):
+        entry.open()
+    assert _tree(entry.path) == before
 
 
 # ------------------------------------------------------------------ read-only stores

@@ -287,14 +287,12 @@ def test_cache_entry_round_trip(tmp_path: Path) -> None:
     assert opened.extra["cache_path"] == "inductor"
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "missing"])
-def test_damaged_cache_entry_is_refused_with_a_warning(tmp_path: Path, damage: str) -> None:
+def test_damaged_cache_entry_is_refused_with_a_warning(tmp_path: Path) -> None:
+    # A missing file: replacing the entry loses nothing. (A file whose bytes differ is not
+    # provably aot's and is refused with NotOwnedError: test_cache_ownership.py.)
     entry = _sealed_entry(tmp_path)
     kernel = entry.inductor_dir / "ab" / "kernel.so"
-    if damage == "corrupt":
-        kernel.write_bytes(b"\x7fELF tampered code")
-    else:
-        kernel.unlink()
+    kernel.unlink()
     with entry.locked(), pytest.warns(CacheWarning, match="compiled again"):
         opened = entry.open()
     assert opened.state == "refused" and opened.problem

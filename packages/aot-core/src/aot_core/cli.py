@@ -34,7 +34,8 @@ from aot_core.errors import (
     ArtifactIncompatibleError,
     BackendUnavailableError,
     CompilationError,
-    EmptyPathVariableError,
+    EnvironmentVariableError,
+    ModelFilesError,
     NotOwnedError,
     SpecError,
 )
@@ -616,7 +617,7 @@ def cmd_cache_import(args: argparse.Namespace) -> int:
         code = _os_error_code(exc) or ExitCode.CACHE_NOT_WRITABLE
         raise CLIError(code, f"cannot write to the cache {store.entries_dir}: {exc}") from exc
     dest, manifest, placed = artifacts.import_artifact(
-        src, store, replace=args.force, expected_sha256=args.sha256
+        src, store, replace=args.force, expected_sha256=args.sha256, max_members=args.max_files
     )
     print(dest)
     if not placed:
@@ -861,6 +862,13 @@ def _add_cache_commands(sub: Any) -> None:
     c.add_argument("archive", type=_path, help="file written by `aot cache export`")
     c.add_argument("--sha256", type=_sha256, help="refuse the file unless its sha256 is this")
     c.add_argument("--force", action="store_true", help="replace an entry with other contents")
+    c.add_argument(
+        "--max-files",
+        type=_positive_int,
+        metavar="N",
+        help="refuse an archive of more than N members (default: "
+        f"${artifacts.MAX_MEMBERS_ENV_VAR}, else {artifacts.DEFAULT_MAX_MEMBERS})",
+    )
     c.set_defaults(func=cmd_cache_import)
     c = csub.add_parser("clear", help="remove entries (default: all)")
     c.add_argument("entries", nargs="*", type=_path, help="entry keys to remove (default: all)")
@@ -916,8 +924,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         return int(func(args))
     except CLIError as exc:
         return _fail(exc.code, str(exc))
-    except EmptyPathVariableError as exc:
+    except EnvironmentVariableError as exc:
         return _fail(ExitCode.USAGE, str(exc))
+    except ModelFilesError as exc:
+        return _fail(ExitCode.NOT_A_CAUSAL_LM, str(exc))
     except SpecError as exc:
         where = []
         if exc.field:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
+from aot_core.weights_check import weights_problem
 
 
 class ExitCode(IntEnum):
@@ -53,7 +54,9 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.FAILURE: "unexpected internal error (please report it with the message)",
     ExitCode.USAGE: "bad command line",
     ExitCode.MODEL_NOT_FOUND: "model path missing, or no config.json in it",
-    ExitCode.NOT_A_CAUSAL_LM: "config.json unreadable or not a causal language model",
+    ExitCode.NOT_A_CAUSAL_LM: (
+        "config.json or a weights file unreadable, or not a causal language model"
+    ),
     ExitCode.SPEC_ERROR: "invalid spec file or value (field and line named)",
     ExitCode.BACKEND_UNAVAILABLE: "backend not installed or cannot run here",
     ExitCode.COMPILATION_FAILED: "the backend failed to compile the model",
@@ -138,6 +141,13 @@ def check_model(model: str) -> Path:
             ExitCode.NOT_A_CAUSAL_LM,
             f"{path} is a {', '.join(map(str, archs))}, not a causal language model; aot "
             "compiles text generators (architectures ending in ForCausalLM or LMHeadModel)",
+        )
+    weights = weights_problem(path)
+    if weights is not None:
+        raise CLIError(
+            ExitCode.NOT_A_CAUSAL_LM,
+            f"the model's weights cannot be loaded: {weights}. Copy the model again, or "
+            "pass a directory whose weights are complete",
         )
     return path
 

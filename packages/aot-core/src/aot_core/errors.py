@@ -25,6 +25,14 @@ class SpecError(AOTError, ValueError):
         self.line = line
 
 
+class ModelFilesError(SpecError):
+    """A model directory's files (its weights) cannot be read.
+
+    A ``SpecError`` (field ``model``) for callers that catch that; the ``aot`` command
+    exits 4, as for an unreadable config.json, whichever backend found it.
+    """
+
+
 class BackendUnavailableError(AOTError, ImportError):
     """A backend was asked for but cannot run here (not installed, or unusable).
 
@@ -48,21 +56,31 @@ class CompilationError(AOTError, RuntimeError):
     """Compiling a model failed in a way that no fallback could recover from."""
 
 
-class EmptyPathVariableError(AOTError, ValueError):
+class EnvironmentVariableError(AOTError, ValueError):
+    """An environment variable aot reads holds a value it refuses; ``variable`` names it.
+
+    The ``aot`` command exits 2 (bad command line), as for the same value given as an option.
+    """
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+
+class EmptyPathVariableError(EnvironmentVariableError):
     """An environment variable aot reads a path from is set but empty (or blank).
 
     Refused rather than skipped: ``AOT_CACHE_DIR=$UNSET aot cache clear`` must not fall
-    back to the real cache. ``variable`` names it. The ``aot`` command exits 2, as for an
-    empty ``--cache-dir``.
+    back to the real cache.
     """
 
     def __init__(self, variable: str) -> None:
         super().__init__(
+            variable,
             f"${variable} is set but empty; an empty path would silently mean another "
             f"directory (the default cache). Set it to a directory, or unset it "
-            f"(`unset {variable}`) to use the default"
+            f"(`unset {variable}`) to use the default",
         )
-        self.variable = variable
 
 
 class ArtifactError(AOTError):

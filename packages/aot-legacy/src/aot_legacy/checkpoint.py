@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from aot_core.errors import SpecError
+from aot_core.errors import ModelFilesError, SpecError
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -105,7 +105,7 @@ def load_state(files: list[Path]) -> dict[str, torch.Tensor]:
             else:
                 state.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
         except Exception as exc:  # a truncated or foreign file: say which one
-            raise SpecError(
+            raise ModelFilesError(
                 f"model: cannot read the weights in {path} ({type(exc).__name__}: {exc})",
                 field="model",
             ) from exc

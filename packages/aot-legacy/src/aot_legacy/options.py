@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,11 +239,11 @@ def _powers_of_two(limit: int) -> list[int]:
 
 
 def default_cache_root(spec: CompileSpec) -> Path:
-    """Where keyed cache directories live: spec.cache_dir, $AOT_CACHE_DIR, or ~/.cache/aot."""
+    """Where keyed cache directories live: spec.cache_dir, else ``legacy`` under aot's cache
+    root ($AOT_CACHE_DIR, $XDG_CACHE_HOME/aot or ~/.cache/aot; one set but empty is refused
+    with ``EmptyPathVariableError``, as aot-core's ``default_cache_root`` refuses it)."""
+    from aot_core.artifacts import default_cache_root as aot_cache_root
+
     if spec.cache_dir:
         return Path(spec.cache_dir).expanduser()
-    env = os.environ.get("AOT_CACHE_DIR")
-    if env:
-        return Path(env).expanduser() / "legacy"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "aot" / "legacy"
+    return aot_cache_root() / "legacy"

@@ -11,17 +11,22 @@ the torch, vLLM and aot-vllm versions and the host, so anything that invalidates
 code gets a new entry instead of a stale load.
 
 Compiled files hold code that runs when loaded, so an entry is verified against its
-manifest before vLLM sees it. A damaged entry (a file changed, truncated or missing) is
-moved aside and rebuilt, with a warning that says what was wrong. The manifest is
-rewritten after every successful start, because vLLM legitimately adds to its cache (new
-shapes, a recompile after a failed load).
+manifest before vLLM sees it. An entry that cannot be used (a listed file missing, built
+for another environment) is moved aside and rebuilt, with a warning that says what was
+wrong; one holding bytes its manifest does not vouch for (a file changed or truncated) is
+not provably aot's and raises ``NotOwnedError`` instead (``ownership_problem``). The
+manifest is rewritten after every successful start, because vLLM legitimately adds to its
+cache (new shapes, a recompile after a failed load).
 
 An entry is only ever deleted or replaced when aot can prove it wrote it: an intact aot
-manifest (``check_owned``). So that this holds from the first byte, a new entry is made in
-a staging directory with an in-progress manifest (``IN_PROGRESS``, no files) and
-published with one rename before vLLM writes anything; a start that dies before sealing
-leaves an entry that is still provably aot's. A directory at an entry's path without one
-(another tool's, or its manifest deleted) raises ``NotOwnedError`` and is left untouched.
+manifest listing every file with its checksum (``check_owned``). So that this holds from
+the first byte, a new entry is made in a staging directory with an in-progress manifest
+(``IN_PROGRESS``, no files) and published with one rename before vLLM writes anything.
+What a start that dies before sealing wrote stays unlisted below ``files/``; the next start
+discards it before vLLM reads anything (``verify_for_load``'s ``discard_extra``, the one
+place aot deletes files its manifest does not list), while ``aot cache clear`` refuses
+such an entry. A directory at an entry's path without a manifest (another tool's, or its
+manifest deleted) raises ``NotOwnedError`` and is left untouched.
 
 A store aot cannot write (read-only media such as an NFS export, another user's store) is
 still served from, and nothing is written to it (no lock file, no leftovers removed,
@@ -58,7 +63,7 @@ from aot_core.artifacts import (
     entry_key,
     entry_lock,
     is_read_only_error,
-    ownership_problem,
+    manifest_problem,
     publish,
     remove_leftovers,
     staging_dir,
@@ -180,7 +185,9 @@ class CacheEntry:
                 if not is_read_only_error(exc):
                     raise
             if self.store.entries_dir.is_dir():  # else there is nothing to lock or read
-                exclusive = stack.enter_context(entry_lock(self.path, read_only_ok=True))
+                exclusive = stack.enter_context(
+                    entry_lock(self.path, read_only_ok=True, intent="using")
+                )
             self.read_only = not exclusive
             try:
                 yield
@@ -447,12 +454,14 @@ _SCRATCH_RE = re.compile(r".+-(?P<pid>\d+)-[0-9a-f]{8}")
 
 def _remove_dead_scratch(directory: Path) -> None:
     """Delete scratch copies whose process is gone (killed before its exit handler ran);
-    only names aot gives them, holding an aot manifest (the copy's)."""
+    only names aot gives them, holding an aot manifest (the copy's). The manifest alone
+    suffices here, unlike for entries (``ownership_problem``): aot chose the name, in its
+    own scratch directory, and the engine that ran from the copy wrote unlisted files."""
     if not directory.is_dir():
         return
     for child in directory.iterdir():
         match = _SCRATCH_RE.fullmatch(child.name)
-        if match is None or _alive(int(match["pid"])) or ownership_problem(child) is not None:
+        if match is None or _alive(int(match["pid"])) or manifest_problem(child) is not None:
             continue
         shutil.rmtree(child, ignore_errors=True)
 

@@ -86,7 +86,14 @@ from aot_core.artifacts.store import (
     format_bytes,
     path_from_env,
 )
-from aot_core.artifacts.transfer import export_artifact, export_target_problem, import_artifact
+from aot_core.artifacts.transfer import (
+    DEFAULT_MAX_MEMBERS,
+    MAX_MEMBERS_ENV_VAR,
+    export_artifact,
+    export_target_problem,
+    import_artifact,
+    max_members_from_env,
+)
 from aot_core.artifacts.verification import (
     VerifyReport,
     check_compatible,
@@ -98,11 +105,13 @@ from aot_core.artifacts.verification import (
 
 __all__ = [
     "CACHE_ENV_VAR",
+    "DEFAULT_MAX_MEMBERS",
     "FILES_DIR",
     "FORMAT_MARKER",
     "FORMAT_VERSION",
     "INTENTS",
     "MANIFEST_NAME",
+    "MAX_MEMBERS_ENV_VAR",
     "PATH_ENV_VARS",
     "ArtifactStore",
     "EntryInfo",
@@ -135,6 +144,7 @@ __all__ = [
     "is_read_only_error",
     "manifest_inconsistencies",
     "manifest_problem",
+    "max_members_from_env",
     "model_config_hash",
     "ownership_problem",
     "package_version",

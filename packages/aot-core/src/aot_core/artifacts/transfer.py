@@ -29,8 +29,37 @@ from aot_core.artifacts.verification import _safe_relpath, check_compatible, ver
 from aot_core.errors import (
     ArtifactCorruptError,
     ArtifactIncompatibleError,
+    EnvironmentVariableError,
     NotOwnedError,
 )
+
+MAX_MEMBERS_ENV_VAR = "AOT_IMPORT_MAX_FILES"
+"""Environment variable that sets ``import_artifact``'s cap on archive members."""
+
+DEFAULT_MAX_MEMBERS = 10_000
+"""Archive members (files and directories) an import accepts by default. Real artifacts
+hold hundreds to a few thousand files; the cap stops an archive whose consistent manifest
+lists, say, 50,000 tiny files from filling a store's inodes and stalling every later
+``verify``. Raise it with ``aot cache import --max-files N`` or ``$AOT_IMPORT_MAX_FILES``."""
+
+
+def max_members_from_env() -> int:
+    """``$AOT_IMPORT_MAX_FILES`` as a positive integer, else ``DEFAULT_MAX_MEMBERS``;
+    ``EnvironmentVariableError`` when it is set to anything else."""
+    raw = os.environ.get(MAX_MEMBERS_ENV_VAR)
+    if raw is None:
+        return DEFAULT_MAX_MEMBERS
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise EnvironmentVariableError(
+            MAX_MEMBERS_ENV_VAR,
+            f"${MAX_MEMBERS_ENV_VAR} must be a positive integer (a number of archive members), "
+            f"got {raw!r}; unset it for the default, {DEFAULT_MAX_MEMBERS}",
+        )
+    return value
 
 
 def export_target_problem(
@@ -123,10 +152,13 @@ def import_artifact(
     *,
     replace: bool = False,
     expected_sha256: str | None = None,
+    max_members: int | None = None,
 ) -> tuple[Path, Manifest, bool]:
     """Check and place an exported artifact in ``store``.
 
-    Before anything is written: the archive's digest (when pinned), the manifest, every
+    Before anything is written: the archive's digest (when pinned), that it holds at most
+    ``max_members`` members (None: ``max_members_from_env()``; counted before any member
+    is read, so the archive is never listed whole), the manifest, every
     member's name and type (plain files under files/ only), that the members are exactly
     the manifest's files, compatibility with this environment and free disk space. Then it
     unpacks into a staging directory, verifies every checksum and publishes atomically.
@@ -146,11 +178,13 @@ def import_artifact(
         tar = tarfile.open(src, "r:*")  # noqa: SIM115 - closed by the `with` below
     except (tarfile.TarError, EOFError) as exc:
         raise ArtifactCorruptError(f"{src}: not a readable artifact archive: {exc}") from exc
+    cap = max_members_from_env() if max_members is None else max_members
     with tar:
         try:
+            _count_members(tar, src, cap)
             manifest = _read_archive_manifest(tar, src)
             members = tar.getmembers()
-        except (tarfile.TarError, EOFError, OSError) as exc:
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             raise ArtifactCorruptError(f"{src}: the archive is damaged: {exc}") from exc
         if not _KEY_RE.match(manifest.key):
             raise ArtifactCorruptError(f"{src}: the manifest's key {manifest.key!r} is invalid")
@@ -186,6 +220,17 @@ def import_artifact(
                     return dest, manifest, False
                 publish(staging, dest, replace=True)
         return dest, manifest, True
+
+
+def _count_members(tar: tarfile.TarFile, src: Path, cap: int) -> None:
+    """Refuse an archive of more than ``cap`` members, reading no header past the cap."""
+    for count, _member in enumerate(tar, start=1):
+        if count > cap:
+            raise ArtifactCorruptError(
+                f"{src}: the archive holds more than {cap} members (files and directories); "
+                f"refusing to import it. If you expect an artifact this large, raise the cap: "
+                f"aot cache import --max-files N (or ${MAX_MEMBERS_ENV_VAR})"
+            )
 
 
 def _extract_files(
