@@ -132,6 +132,7 @@ def typecheck(session: nox.Session) -> None:
 def core(session: nox.Session) -> None:
     """aot-core with only the test-only toy backend: no torch, no vLLM."""
     session.install("pytest", "-e", CORE, "-e", TOY)
+    session.env["AOT_REQUIRE_BACKENDS"] = "toy"  # its tests fail, not skip, without it
     _pytest(session, "packages/aot-core/tests", "benchmarks/tests")
 
 
@@ -428,6 +429,9 @@ COMPAT_COMBOS = {
     "vllm": ["vllm"],
     "both": ["vllm", "legacy"],
 }
+# The backend the old API must choose in each combination ("none": it must raise); the
+# tests assert it (AOT_COMPAT_EXPECT_CHOICE) rather than deriving it from what they find.
+COMPAT_CHOICE = {"alone": "none", "legacy": "legacy", "vllm": "vllm", "both": "vllm"}
 
 
 @nox.session(python=PYTHON)
@@ -452,6 +456,9 @@ def compat(session: nox.Session, combo: str) -> None:
         _remove_broken_vllm_extras(session)
     if extras:
         _compile_bytecode(session)
+    session.env.update(
+        AOT_REQUIRE_BACKENDS=",".join(extras), AOT_COMPAT_EXPECT_CHOICE=COMPAT_CHOICE[combo]
+    )
     _pytest(session, "packages/aot-compat/tests")
 
 
@@ -473,6 +480,8 @@ def _install_every_backend(session: nox.Session, *extra: str) -> None:
     )
     _remove_broken_vllm_extras(session)
     _compile_bytecode(session)
+    # Installed here, so a test that finds either unusable fails rather than skips.
+    session.env["AOT_REQUIRE_BACKENDS"] = "vllm,legacy"
 
 
 @nox.session(python=PYTHON)
@@ -506,9 +515,8 @@ def main_job(session: nox.Session) -> None:
     )
 
 
-# [hf]: lm-eval's own transformers model, the reference the scores are checked against;
-# [api]: its local-completions model, run against `aot serve`.
-LM_EVAL = "lm-eval[hf,api]==0.4.13"
+# [hf]: lm-eval's own transformers model, the reference the scores are checked against.
+LM_EVAL = "lm-eval[hf]==0.4.13"
 
 
 @nox.session(python=PYTHON, name="eval")

@@ -1,8 +1,10 @@
 """Fixtures for the compat tests: which backends this environment has, the tiny model.
 
 The same tests run in every install combination (compat alone, +legacy, +vllm, +both);
-each test asks these fixtures what is installed and asserts the behaviour that
-combination must show, or skips saying why it does not apply.
+each test asks these fixtures what the combination holds and asserts the behaviour it
+must show, or skips saying why it does not apply. Under nox the combination says what it
+installed and which backend the old API must choose (session_expectations.py): a backend
+it installed that cannot run fails every test that asks, never skips them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 from aot_compat import selection
 from aot_core.registry import list_backends
+from session_expectations import CHOICE_ENV, REQUIRE_ENV, expected_choice, required_backends
 
 BACKENDS = (selection.VLLM, selection.LEGACY)
 
@@ -40,7 +43,11 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
 @pytest.fixture(scope="session")
 def installed() -> set[str]:
     """Names of the backends whose packages are installed here."""
-    return {info.name for info in list_backends()}
+    found = {info.name for info in list_backends()}
+    missing = required_backends() - found
+    if missing:
+        pytest.fail(f"{REQUIRE_ENV} names {sorted(missing)}, not installed", pytrace=False)
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -50,16 +57,25 @@ def unusable(installed: set[str]) -> dict[str, str | None]:
     This imports vLLM when aot-vllm is installed (about 13 s), as the old API's choice does
     (the registry's deep check, the one ``aot backends`` shows).
     """
-    return {name: selection.why_unusable(name) for name in BACKENDS}
+    found = {name: selection.why_unusable(name) for name in BACKENDS}
+    broken = {n: why for n, why in found.items() if why is not None and n in required_backends()}
+    if broken:
+        pytest.fail(f"{REQUIRE_ENV} names backends that cannot run: {broken}", pytrace=False)
+    return found
 
 
 @pytest.fixture(scope="session")
 def expected_default(unusable: dict[str, str | None]) -> str | None:
-    """The backend create_enhanced_compiler() must choose here (None: it must fail)."""
-    for name in BACKENDS:
-        if unusable[name] is None:
-            return name
-    return None
+    """The backend create_enhanced_compiler() must choose here (None: it must fail): the
+    combination's stated choice, which must agree with what can run here."""
+    found = next((name for name in BACKENDS if unusable[name] is None), None)
+    stated = expected_choice()
+    if stated is None:
+        return found
+    expected = None if stated == "none" else stated
+    if found != expected:
+        pytest.fail(f"{CHOICE_ENV}={stated}, but what can run here gives {found}", pytrace=False)
+    return expected
 
 
 @pytest.fixture(scope="session")

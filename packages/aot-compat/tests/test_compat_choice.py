@@ -18,6 +18,18 @@ from aot_compat import BackendFallbackWarning, selection
 from engines.shared import create_enhanced_compiler, create_vllm_native_compiler
 
 
+def test_old_api_chooses_the_combinations_backend(expected_default: str | None) -> None:
+    """The choice the nox combination states (AOT_COMPAT_EXPECT_CHOICE) is the one made."""
+    if expected_default is None:
+        with pytest.raises(ImportError, match="pip install"):
+            create_enhanced_compiler()
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BackendFallbackWarning)  # its own tests check it
+        compiler = create_enhanced_compiler()
+    assert compiler.backend_id == expected_default
+
+
 def test_nothing_usable_raises_import_error_with_pip_hints(
     expected_default: str | None, installed: set[str]
 ) -> None:

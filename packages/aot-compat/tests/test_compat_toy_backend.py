@@ -6,6 +6,7 @@ Nothing in aot-compat names it; it is chosen through aot-core's registry like an
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 from aot_compat import BackendFallbackWarning
 from engines.shared import create_enhanced_compiler
+from session_expectations import skip_or_fail
 
-pytest.importorskip("aot_toybackend", reason="the test-only toy backend is not installed")
+if importlib.util.find_spec("aot_toybackend") is None:
+    skip_or_fail("toy", "the test-only toy backend is not installed")
 
 
 def test_named_by_aot_backend_it_runs_the_old_calls(
