@@ -20,6 +20,7 @@ from aot_core.stats import CacheOutcome, OptimizationStats
 
 from aot_toybackend.bigram import Bigram, read_bigram
 from aot_toybackend.compiled import ToyCompiledModel
+from aot_toybackend.options import ToyOptions
 from aot_toybackend.table import PIN_NAME, TABLE_FORMAT, read_table, table_path, write_table
 
 
@@ -30,6 +31,7 @@ class ToyCompiler(Compiler):
     description: ClassVar[str] = "bigram lookup table (test-only)"
     priority: ClassVar[int] = 1
     distribution: ClassVar[str] = "aot-toybackend"
+    options_class: ClassVar[type[ToyOptions]] = ToyOptions
 
     @classmethod
     def availability(cls) -> Availability:
@@ -83,7 +85,9 @@ class ToyCompiler(Compiler):
 
     def _build(self, model: Any, spec: CompileSpec, *, persist: bool) -> ToyCompiledModel:
         t_start = time.perf_counter()
-        self.options_class.validate(spec)
+        options = self.options_class.validate(spec)
+        if options.fail == "compile" and spec.compiles:
+            raise RuntimeError("toy backend: compile failure asked for (backend_options.fail)")
         if not isinstance(model, (str, Path)):
             raise SpecError("model: the toy backend takes a model directory", field="model")
         bigram = read_bigram(model)
@@ -95,7 +99,8 @@ class ToyCompiler(Compiler):
                     rows[token] = bigram.next_token(token)
                 return rows[token]
 
-            return self._model(bigram, lookup, t_start, CacheOutcome(status="disabled"), None)
+            disabled = CacheOutcome(status="disabled")
+            return self._model(bigram, lookup, t_start, disabled, None, options=options)
         t0 = time.perf_counter()
         table, outcome = self._table(bigram, spec, persist=persist)
         outcome = CacheOutcome(
@@ -104,7 +109,8 @@ class ToyCompiler(Compiler):
             load_time_s=time.perf_counter() - t0 if outcome.status == "hit" else None,
             path=outcome.path,
         )
-        return self._model(bigram, table.__getitem__, t_start, outcome, time.perf_counter() - t0)
+        compile_s = time.perf_counter() - t0
+        return self._model(bigram, table.__getitem__, t_start, outcome, compile_s, options=options)
 
     def _table(
         self, bigram: Bigram, spec: CompileSpec, *, persist: bool
@@ -131,6 +137,8 @@ class ToyCompiler(Compiler):
         t_start: float,
         cache: CacheOutcome,
         compile_s: float | None,
+        *,
+        options: ToyOptions,
     ) -> ToyCompiledModel:
         stats = OptimizationStats(
             backend=self.name,
@@ -143,5 +151,9 @@ class ToyCompiler(Compiler):
             resolved_config={"vocab_size": len(bigram.embed), "table": cache.path},
         )
         return ToyCompiledModel(
-            next_token=lookup, vocab_size=len(bigram.embed), eos_ids=bigram.eos_ids, stats=stats
+            next_token=lookup,
+            vocab_size=len(bigram.embed),
+            eos_ids=bigram.eos_ids,
+            stats=stats,
+            fail_on_close=options.fail == "close",
         )

@@ -20,7 +20,9 @@ class ToyCompiledModel(CompiledModel):
         vocab_size: int,
         eos_ids: frozenset[int],
         stats: OptimizationStats,
+        fail_on_close: bool = False,
     ) -> None:
+        self._fail_on_close = fail_on_close  # backend_options.fail = "close" (ToyOptions)
         self._next = next_token
         self._vocab = vocab_size
         self._eos = eos_ids
@@ -72,3 +74,5 @@ class ToyCompiledModel(CompiledModel):
     def close(self) -> None:
         """Nothing to release but the table; calling it twice is harmless."""
         self._closed = True
+        if self._fail_on_close:
+            raise RuntimeError("toy backend: close failure asked for (backend_options.fail)")
