@@ -682,6 +682,7 @@ def _epilog() -> str:
         "  aot bench --json bench.json --plot bench.png\n"
         "  aot compile ./my-llama --backend vllm --spec spec.toml\n"
         "  aot eval ./my-llama --tasks hellaswag --limit 100\n"
+        "  aot serve ./my-llama --spec spec.toml --port 8000\n"
         "  aot cache ls\n\n"
         f"cache: --cache-dir, else ${artifacts.CACHE_ENV_VAR}, else ~/.cache/aot\n\n"
         f"exit codes:\n{codes}"
@@ -749,6 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
     from aot_core.evaluation.command import add_parser as add_eval_parser
 
     add_eval_parser(sub, fmt, _epilog())
+    from aot_core.serve_command import add_parser as add_serve_parser
+
+    add_serve_parser(sub, fmt, _epilog())
     _add_cache_commands(sub)
     return parser
 

@@ -6,13 +6,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from aot_core.errors import SpecError
 from aot_core.options import BackendOptions
 from aot_core.scoring import Score, ScoreRequest, rolling_requests, sum_scores
 from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
+
+if TYPE_CHECKING:
+    from aot_core.serving import ServeRequest
 
 Prompt = Sequence[int] | str
 """A prompt: token ids, or text where the model has a tokenizer."""
@@ -259,6 +262,17 @@ class Compiler(ABC):
     ) -> CompiledModel:
         """Precompile ``model`` for ``example_inputs`` and persist the result, so that a
         later process starts warm; returns the compiled model."""
+
+    serves: ClassVar[bool] = False
+    """Whether ``serve`` is implemented (``aot serve`` refuses other backends up front)."""
+
+    def serve(self, request: ServeRequest) -> None:
+        """Serve ``request.model`` over an OpenAI-compatible HTTP API on ``request.sock``
+        until SIGTERM/SIGINT, then drain in-flight requests and stop every engine process.
+        Optional: a backend that sets ``serves`` implements it."""
+        from aot_core.errors import BackendUnavailableError
+
+        raise BackendUnavailableError(f"backend {self.name!r} has no HTTP server")
 
     def get_optimization_stats(self) -> OptimizationStats | None:
         """Stats of the most recently compiled model (None before the first compile)."""

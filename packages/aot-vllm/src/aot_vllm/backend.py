@@ -11,6 +11,7 @@ import importlib.util
 from typing import Any
 
 from aot_core.compiler import Availability, Compiler
+from aot_core.serving import ServeRequest
 from aot_core.spec import CompileSpec
 
 from aot_vllm.backend_options import VLLMOptions
@@ -32,6 +33,7 @@ class VLLMNativeAOTCompiler(Compiler):
     priority = 100
     distribution = "aot-vllm"
     options_class = VLLMOptions
+    serves = True
 
     @classmethod
     def availability(cls) -> Availability:
@@ -86,6 +88,13 @@ class VLLMNativeAOTCompiler(Compiler):
 
         found = installed_vllm()
         return {"torch": torch_version(), "vllm": found[1] if found else None}
+
+    def serve(self, request: ServeRequest) -> None:
+        """vLLM's own OpenAI-compatible server, started as ``compile_model`` starts an engine
+        (``aot_vllm.serve``; vLLM is imported there)."""
+        from aot_vllm.serve import serve
+
+        serve(request)
 
     def compile_model(self, model: Any, spec: CompileSpec | None = None) -> VLLMCompiledModel:
         """Start ``model`` in vLLM as ``spec`` says; reuses this spec's compile cache if present."""

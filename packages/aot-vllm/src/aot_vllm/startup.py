@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aot_core.errors import CompilationError
@@ -25,10 +26,12 @@ from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
 
 from aot_vllm import engine, engine_env, evidence, process_tree, ranks
+from aot_vllm.cache import OpenedEntry
 from aot_vllm.compiled_model import VLLMCompiledModel
 from aot_vllm.example_inputs import ExampleInputs
 from aot_vllm.start_report import (
     Launch,
+    StartReading,
     device_name,
     manifest_extra,
     manifest_ranks,
@@ -37,7 +40,7 @@ from aot_vllm.start_report import (
 )
 from aot_vllm.start_setup import EngineSetup, request_start, set_up_engine
 
-__all__ = ["AOTVLLMWarning", "build"]
+__all__ = ["AOTVLLMWarning", "Prepared", "build", "prepare_launch", "seal_entry"]
 
 
 class AOTVLLMWarning(UserWarning):
@@ -87,10 +90,23 @@ def build(
         raise
 
 
-def _launch(
-    setup: EngineSetup, env: engine_env.EnvPatch, memory: process_tree.PeakMemory
-) -> Launch:
-    """Verify the entry, choose the compile cache, set the environment, start the engine."""
+@dataclass(frozen=True, kw_only=True)
+class Prepared:
+    """The cache entry opened and the engine's environment set, nothing started yet."""
+
+    opened: OpenedEntry
+    """The cache entry as found (absent, intact or refused) and its earlier record."""
+
+    compile_cache: engine_env.CompileCacheChoice
+    """The compile cache the engine is pointed at."""
+
+    engine_env: dict[str, str]
+    """Every variable set for the engine (besides the log capture's)."""
+
+
+def prepare_launch(setup: EngineSetup, env: engine_env.EnvPatch) -> Prepared:
+    """Verify the entry, choose the compile cache, set the environment (call with the entry
+    locked): every step before an engine starts, for ``build`` and ``aot serve`` alike."""
     entry = setup.request.entry
     opened = entry.open()
     entry.seed_modelinfos()
@@ -111,7 +127,15 @@ def _launch(
         threads_bind=setup.threads_bind,
     )
     env.apply(variables)
-    before = entry.snapshot()
+    return Prepared(opened=opened, compile_cache=choice, engine_env=variables)
+
+
+def _launch(
+    setup: EngineSetup, env: engine_env.EnvPatch, memory: process_tree.PeakMemory
+) -> Launch:
+    """Verify the entry, choose the compile cache, set the environment, start the engine."""
+    prepared = prepare_launch(setup, env)
+    before = setup.request.entry.snapshot()
     counters_before = evidence.read_counters() if setup.inline else None
     memory.start()
     t_engine = time.time()
@@ -123,9 +147,9 @@ def _launch(
     memory.stop()
     return Launch(
         running=running,
-        opened=opened,
-        compile_cache=choice,
-        engine_env=variables,
+        opened=prepared.opened,
+        compile_cache=prepared.compile_cache,
+        engine_env=prepared.engine_env,
         before=before,
         counters_before=counters_before,
         t_engine=t_engine,
@@ -201,18 +225,27 @@ def _finish(
     if warmup is not None:
         compiled.generate(warmup.prompts, warmup.params)
         compiled._set_stats(stats.replace(peak_host_memory_bytes=memory.peak))
-    request.entry.share_modelinfos()
+    problem = seal_entry(setup, reading)
+    if problem:
+        _warn(problem, below_build=1)
+        sealed = compiled.stats
+        compiled._set_stats(sealed.replace(notes=(*sealed.notes, problem)))
+
+
+def seal_entry(setup: EngineSetup, reading: StartReading) -> str:
+    """Record the start in the cache entry's manifest (call with the entry locked); returns
+    why it could not be sealed, or "" when it was."""
+    entry = setup.request.entry
+    entry.share_modelinfos()
     try:
-        request.entry.seal(
+        entry.seal(
             device=device_name(setup.is_cpu),
             extra=manifest_extra(setup, reading),
             ranks=manifest_ranks(setup, reading),
         )
     except Exception as exc:
-        message = (
-            f"the compile cache entry {request.entry.path} could not be sealed ({exc}); "
+        return (
+            f"the compile cache entry {entry.path} could not be sealed ({exc}); "
             "the next start compiles again"
         )
-        _warn(message, below_build=1)
-        sealed = compiled.stats
-        compiled._set_stats(sealed.replace(notes=(*sealed.notes, message)))
+    return ""

@@ -1,0 +1,89 @@
+"""``aot serve``'s checks that need no engine: the model, the backend, the address.
+
+The server itself (vLLM's) is tested in aot-vllm's ``test_serve.py``.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from aot_core.cli import main
+from aot_core.command import CLIError, ExitCode
+from aot_core.serve_command import _bound
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_serve_is_listed_with_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--spec", "--host", "--port", "--api-key", "--eager", "--drain-timeout"):
+        assert option in out
+    assert "127.0.0.1" in out
+
+
+def test_a_missing_model_or_one_that_is_not_a_model_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _run(["serve", str(tmp_path / "nope")], capsys)
+    assert code == ExitCode.MODEL_NOT_FOUND, err
+    (tmp_path / "config.json").write_text('{"architectures": ["BertModel"]}')
+    code, err = _run(["serve", str(tmp_path)], capsys)
+    assert code == ExitCode.NOT_A_CAUSAL_LM, err
+
+
+def test_a_backend_without_a_server_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aot_core.tiny import write_tiny_llama
+
+    model = write_tiny_llama(tmp_path / "tiny")
+    code, err = _run(["serve", str(model), "--backend", "toy"], capsys)
+    assert code == ExitCode.BACKEND_UNAVAILABLE, err
+    assert "no HTTP server" in err
+
+
+@pytest.mark.parametrize("argv", [["--port", "70000"], ["--port", "x"], ["--drain-timeout", "-1"]])
+def test_bad_options_are_usage_errors(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = _run(["serve", str(tmp_path), *argv], capsys)
+    assert code == ExitCode.USAGE
+
+
+def test_a_port_in_use_is_refused() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(CLIError) as info, _bound("127.0.0.1", port):
+            pass
+    assert info.value.code == ExitCode.PORT_IN_USE
+    assert f"port {port}" in str(info.value) and "in use" in str(info.value)
+
+
+def test_an_address_not_of_this_host_is_refused() -> None:
+    # 192.0.2.0/24 is reserved for documentation: never an address of this machine.
+    with pytest.raises(CLIError) as info, _bound("192.0.2.1", 0):
+        pass
+    assert info.value.code == ExitCode.PORT_IN_USE
+    assert "not an address of this machine" in str(info.value)
+
+
+def test_the_bound_socket_listens_on_loopback() -> None:
+    with _bound("127.0.0.1", 0) as sock:
+        host, port = sock.getsockname()[:2]
+        assert host == "127.0.0.1" and port > 0
+        with socket.create_connection((host, port), timeout=5):
+            pass
