@@ -53,9 +53,11 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.OK: "success",
     ExitCode.FAILURE: "unexpected internal error (please report it with the message)",
     ExitCode.USAGE: "bad command line",
-    ExitCode.MODEL_NOT_FOUND: "model path missing, or no config.json in it",
+    ExitCode.MODEL_NOT_FOUND: (
+        "model path missing, no config.json in it, or a .gguf path that is a directory"
+    ),
     ExitCode.NOT_A_CAUSAL_LM: (
-        "config.json or a weights file unreadable, or not a causal language model"
+        "config.json, a weights file or a GGUF file unreadable, or not a causal language model"
     ),
     ExitCode.SPEC_ERROR: "invalid spec file or value (field and line named)",
     ExitCode.BACKEND_UNAVAILABLE: "backend not installed or cannot run here",
@@ -66,7 +68,10 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
         "cache or output path cannot be written, or holds data aot did not write (left untouched)"
     ),
     ExitCode.DISK_FULL: "no space left on the device (nothing in the cache was changed)",
-    ExitCode.MISSING_DEPENDENCY: "an optional dependency is missing (e.g. matplotlib for --plot)",
+    ExitCode.MISSING_DEPENDENCY: (
+        "an optional dependency is missing (matplotlib for --plot, aot-core[gguf] for a GGUF "
+        "file, the package shipping a named real model)"
+    ),
     ExitCode.BENCH_FAILED: "some benchmark runs failed (results of the others are reported)",
     ExitCode.NOT_ENOUGH_MEMORY: (
         "the model is estimated not to fit in the memory available here (estimate shown)"
@@ -103,9 +108,13 @@ def progress(message: str) -> None:
     print(f"aot: {message}", file=sys.stderr, flush=True)
 
 
-def check_model(model: str) -> Path:
-    """A local Hugging Face causal-LM directory, or a ``CLIError`` saying what is wrong."""
-    path = Path(model).expanduser()
+def check_model(model: str, *, cache_root: str | os.PathLike[str] | None = None) -> Path:
+    """A local Hugging Face causal-LM directory, or a ``CLIError`` saying what is wrong.
+
+    A GGUF file or a real model's name (``aot_core.gguf_model``) becomes its converted
+    directory in the model cache under ``cache_root`` (default: aot's cache root).
+    """
+    path = _gguf_model_dir(model, cache_root) or Path(model).expanduser()
     if not path.exists():
         raise CLIError(
             ExitCode.MODEL_NOT_FOUND,
@@ -150,6 +159,26 @@ def check_model(model: str) -> Path:
             "pass a directory whose weights are complete",
         )
     return path
+
+
+def _gguf_model_dir(model: str, cache_root: str | os.PathLike[str] | None) -> Path | None:
+    """The converted directory when ``model`` is a GGUF input, else None; its failures as
+    ``CLIError``s with their exit codes."""
+    from aot_core.errors import GGUFError, OptionalDependencyError
+    from aot_core.gguf_model import resolve_gguf
+
+    try:
+        converted = resolve_gguf(model, root=cache_root, on_convert=progress)
+    except OptionalDependencyError as exc:
+        raise CLIError(ExitCode.MISSING_DEPENDENCY, str(exc)) from exc
+    except GGUFError as exc:
+        raise CLIError(ExitCode.NOT_A_CAUSAL_LM, str(exc)) from exc
+    except SpecError as exc:  # a .gguf path that is missing or a directory
+        raise CLIError(ExitCode.MODEL_NOT_FOUND, str(exc)) from exc
+    if converted is None:
+        return None
+    progress(converted.note())
+    return converted.path
 
 
 def load_spec(path: str | None) -> CompileSpec:

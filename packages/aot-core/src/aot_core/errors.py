@@ -102,3 +102,17 @@ class NotOwnedError(ArtifactError):
     else (another tool's ``manifest.json``, a malformed one, a plain directory, a file) is
     left exactly as it was.
     """
+
+
+class GGUFError(ModelFilesError):
+    """A GGUF file cannot become a model directory: it is truncated or not GGUF, or its
+    architecture is one transformers cannot dequantize (named in the message).
+
+    A ``ModelFilesError``, so the ``aot`` command exits 4 as for any unreadable weights;
+    nothing is left in the model cache.
+    """
+
+
+class OptionalDependencyError(AOTError, ImportError):
+    """An optional package aot needs for what was asked is not installed; the message
+    gives the ``pip install`` command. The ``aot`` command exits 12."""

@@ -24,7 +24,8 @@ class ChosenModel:
     """The model directory (for a shape: its config-only directory)."""
 
     label: str
-    """For reports: "built-in tiny Llama", "shape smollm2-135m (...)" or the path."""
+    """For reports: "built-in tiny Llama", "shape smollm2-135m (...)", the path, or what
+    was asked for and the directory it was converted to."""
 
     shape: str | None = None
     """The ``--shape`` preset's name, when one was chosen."""
@@ -59,8 +60,10 @@ def choose_model(
         from aot_core.tiny import ensure_tiny_llama
 
         return ChosenModel(path=ensure_tiny_llama(cache_root), label="built-in tiny Llama")
-    path = check_model(model)
-    return ChosenModel(path=path, label=str(path))
+    path = check_model(model, cache_root=cache_root)
+    # a GGUF file or a real model's name became a directory in the model cache
+    label = str(path) if path == Path(model).expanduser() else f"{model} (converted: {path})"
+    return ChosenModel(path=path, label=label)
 
 
 def check_fits(

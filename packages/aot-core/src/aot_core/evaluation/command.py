@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     go_offline()
     require_lm_eval()
-    model = check_model(args.model)
+    model = check_model(args.model, cache_root=args.cache_dir)
     passthrough = list(args.lm_eval_args or [])
     if args.parity:
         from aot_core.evaluation.parity import run_parity
