@@ -35,6 +35,9 @@ def read_resolved_config(llm: Any) -> dict[str, Any]:
     mc = getattr(config, "model_config", None)
     out["max_model_len"] = getattr(mc, "max_model_len", None) if mc is not None else None
     out["enforce_eager"] = getattr(mc, "enforce_eager", None) if mc is not None else None
+    # The dtype the weights run in (vLLM may downcast "auto"), as the spec spells it.
+    dtype = getattr(mc, "dtype", None) if mc is not None else None
+    out["dtype"] = None if dtype is None else str(dtype).removeprefix("torch.")
     return out
 
 
