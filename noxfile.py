@@ -133,7 +133,8 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def core(session: nox.Session) -> None:
     """aot-core with only the test-only toy backend: no torch, no vLLM."""
-    session.install("pytest", "-e", CORE, "-e", TOY)
+    # hypothesis: test_adversarial.py generates its archive and manifest mutations
+    session.install("pytest", "hypothesis", "-e", CORE, "-e", TOY)
     session.env["AOT_REQUIRE_BACKENDS"] = "toy"  # its tests fail, not skip, without it
     _pytest(session, "packages/aot-core/tests", "benchmarks/tests")
 
@@ -506,7 +507,7 @@ def e2e(session: nox.Session) -> None:
     real backends: the slow CLI tests the backend-free `core` session skips. Not in the
     default list (it adds about ten minutes of real compiles); `main_job` is the part CI
     runs. Run it before a release."""
-    _install_every_backend(session, "pytest")
+    _install_every_backend(session, "pytest", "hypothesis")  # collects test_adversarial.py
     _pytest(session, "packages/aot-core/tests", default_args=("-m", "slow"))
 
 
