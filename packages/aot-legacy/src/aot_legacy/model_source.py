@@ -1,5 +1,7 @@
-"""What the user passed (a model directory, a transformers model, a StaticKVDecoder),
-turned into the step the backend compiles, with timed start-up phases.
+"""What the user passed (a model directory, a GGUF file or a real model's name, a
+transformers model, a StaticKVDecoder), turned into the step the backend compiles, with
+timed start-up phases. A GGUF input is converted once into aot's model cache
+(``aot_core.gguf_model``) and loaded from there like any directory.
 
 A directory is read without transformers when aot's own decoder can build its config
 (``llama.py``): ``read_config``, ``build_model`` (on the meta device: nothing allocated),
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 from aot_core.dtype_choice import resolve_dtype
 from aot_core.errors import SpecError
+from aot_core.gguf_model import resolve_gguf, source_note
 
 from aot_legacy.checkpoint import eos_token_ids, load_state, read_config, stored_dtype, weight_files
 from aot_legacy.decoder import StaticKVDecoder
@@ -91,11 +94,13 @@ def load_model(
         return loaded
     want = None if dtype == "auto" else _torch_dtype(dtype)
     if isinstance(model, (str, Path)):
-        directory = Path(model).expanduser()
+        converted = resolve_gguf(model)  # a .gguf file or a real model's name, else None
+        directory = converted.path if converted is not None else Path(model).expanduser()
         if not directory.is_dir():
             raise SpecError(
                 f"model: {directory} is not a directory; pass a local Hugging Face model "
-                "directory (no hub downloads), a transformers model or a StaticKVDecoder",
+                "directory or .gguf file (no hub downloads), a transformers model or a "
+                "StaticKVDecoder",
                 field="model",
             )
         dtype_note = ""
@@ -107,7 +112,8 @@ def load_model(
             want = _torch_dtype(choice.dtype) if choice.dtype != "auto" else None
             dtype_note = choice.reason if want is not None else ""
         loaded = _from_directory(directory, want=want, device=device, phases=phases)
-        loaded.notes += [dtype_note] if dtype_note else []
+        source = converted.note() if converted is not None else source_note(directory)
+        loaded.notes += [n for n in (source, dtype_note) if n]
         return loaded
     t0 = time.perf_counter()
     if isinstance(model, StaticKVDecoder):

@@ -1,4 +1,6 @@
-"""Which model to start: a local directory, a hub name, or a Hugging Face model object.
+"""Which model to start: a local directory, a GGUF file or a real model's name (converted
+once into aot's model cache, ``aot_core.gguf_model``), a hub name, or a Hugging Face model
+object.
 
 vLLM loads models from a directory. A model object loaded from one (its ``name_or_path``)
 starts from there; one built or changed in memory, with no ``name_or_path``, is saved in
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aot_core.errors import SpecError
+from aot_core.gguf_model import resolve_gguf, source_note
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -56,7 +59,8 @@ def resolve_model(model: Any) -> ModelSource:
     if _in_memory(model):
         return _saved(model)
     text = _name_or_path(model)
-    path = Path(text).expanduser()
+    converted = resolve_gguf(text)  # a .gguf file or a real model's name, else None
+    path = converted.path if converted is not None else Path(text).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise SpecError(
@@ -70,6 +74,7 @@ def resolve_model(model: Any) -> ModelSource:
             local_dir=path.resolve(),
             has_tokenizer=any(n in names for n in _TOKENIZER_FILES),
             has_weights=any(n.endswith(_WEIGHT_SUFFIXES) for n in names),
+            note=converted.note() if converted is not None else source_note(path) or "",
         )
     if text.startswith(("/", "./", "../", "~")) or os.sep in text.strip("/").replace("/", "", 1):
         raise SpecError(
