@@ -732,7 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
         "model",
         nargs="?",
         type=_path,
-        help="local Hugging Face model directory (holding config.json; weights optional)",
+        help="local Hugging Face model directory (holding config.json; weights optional), "
+        "a .gguf file, or a real model's name (smollm2-135m-instruct), converted once",
     )
     _add_shape_option(p)
     p.add_argument("--backend", required=True, type=_name, help="backend name (see `aot backends`)")
@@ -769,7 +770,11 @@ def _add_bench_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         formatter_class=fmt,
     )
     p.add_argument(
-        "model", nargs="?", type=_path, help="model directory (default: built-in tiny Llama)"
+        "model",
+        nargs="?",
+        type=_path,
+        help="model directory, .gguf file or real model's name such as smollm2-135m-instruct "
+        "(default: built-in tiny Llama)",
     )
     _add_shape_option(p)
     p.add_argument(

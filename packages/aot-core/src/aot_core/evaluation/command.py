@@ -43,7 +43,11 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
         epilog=f"{EXAMPLES}\n\n{epilog}",
         formatter_class=fmt,
     )
-    p.add_argument("model", help="local Hugging Face model directory (with its tokenizer)")
+    p.add_argument(
+        "model",
+        help="local Hugging Face model directory (with its tokenizer), a .gguf file, or a real "
+        "model's name (smollm2-135m-instruct)",
+    )
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     p.add_argument("--include-path", help="directory of your own task YAML files")
     p.add_argument("--backend", help="aot backend (default: $AOT_BACKEND, else the best usable)")
