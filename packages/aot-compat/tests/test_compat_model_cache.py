@@ -50,6 +50,7 @@ def test_other_weights_get_another_entry(in_memory_model: Any, tmp_path: Path) -
 
 
 def test_damaged_save_is_never_reused(in_memory_model: Any, tmp_path: Path) -> None:
+    from aot_core.errors import NotOwnedError
     from aot_core.model_cache import save_model
 
     model = in_memory_model()
@@ -58,9 +59,15 @@ def test_damaged_save_is_never_reused(in_memory_model: Any, tmp_path: Path) -> N
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
+    # Bytes that differ from the manifest are not provably aot's (issue 23): never handed
+    # out, and no longer rebuilt over either (until 2026-12 they were); left as they are.
+    with pytest.raises(NotOwnedError, match=r"safetensors \(its sha256 differs"):
+        save_model(model, root=tmp_path)
+    assert weights.read_bytes() == bytes(data)
+    # a save missing a file loses nothing by being written again
+    weights.unlink()
     again = save_model(model, root=tmp_path)
-    assert again.written and again.path == first.path
-    assert weights.read_bytes() != bytes(data)  # rebuilt, not handed out damaged
+    assert again.written and again.path == first.path and weights.is_file()
 
 
 def test_half_written_save_is_invisible(in_memory_model: Any, tmp_path: Path) -> None:

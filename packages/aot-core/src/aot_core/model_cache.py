@@ -141,8 +141,12 @@ def save_model(
     """Save an in-memory transformers ``model`` (and ``tokenizer``) in aot's model cache, or
     reuse an intact earlier save of the same content; returns where it is.
 
-    ``root`` is aot's cache root (default: ``$AOT_CACHE_DIR``, else ``~/.cache/aot``).
-    Raises ``SpecError`` for an object that is not a transformers model.
+    ``root`` is aot's cache root (default: ``default_cache_root()``: ``$AOT_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/aot``, else ``~/.cache/aot``; one set but empty raises
+    ``EmptyPathVariableError``). Raises ``SpecError`` for an object that is not a
+    transformers model, and ``NotOwnedError`` when an earlier save's files no longer match
+    its manifest (aot cannot prove those bytes are its own, so it leaves them: move the
+    entry away). A save missing a file is written again.
     """
     import tempfile
 
