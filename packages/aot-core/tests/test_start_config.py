@@ -55,10 +55,17 @@ def test_auto_is_the_checkpoints_dtype_where_bf16_is_native_else_float32(
     assert (choice.dtype, choice.source) == (expected, source), choice.reason
 
 
-def test_an_explicit_dtype_wins_and_a_gpu_leaves_auto_to_its_engine(tmp_path: Path) -> None:
+def test_an_explicit_dtype_wins_a_gpu_keeps_the_checkpoints_and_a_hub_name_is_left(
+    tmp_path: Path,
+) -> None:
     model = _model(tmp_path, "float32")
     assert dtype_choice.resolve_dtype("bfloat16", model, isa=AVX2).dtype == "bfloat16"
-    assert dtype_choice.resolve_dtype("auto", model, gpu=True).dtype == "auto"
+    assert dtype_choice.resolve_dtype("auto", model, gpu=True, isa=AVX2).dtype == "float32"
+    bf16 = _model(tmp_path, "bfloat16")
+    assert dtype_choice.resolve_dtype("auto", bf16, gpu=True, isa=AVX2).dtype == "bfloat16"
+    # No config.json to read (a hub name): the engine chooses, except where bf16 is emulated.
+    assert dtype_choice.resolve_dtype("auto", None, gpu=True).source == "engine"
+    assert dtype_choice.resolve_dtype("auto", None, isa=AVX2).dtype == "float32"
 
 
 @pytest.mark.parametrize("isa", [AVX2, AVX512_BF16], ids=["avx2", "avx512_bf16"])

@@ -424,8 +424,8 @@ def test_cpu_dtype_auto_is_decided_by_aot_cores_one_rule_on_both_kinds_of_cpu(
     spec, resolved, _ = resolve_engine_spec(CompileSpec(), tiny_model, is_cpu=True)
     assert resolved["dtype"] == {"value": "float32", "source": "model config"}
     assert cli._dtype_for_machine(CompileSpec(), tiny_model)[0].dtype == spec.dtype
-    # On a GPU the engine chooses.
-    assert resolve_engine_spec(CompileSpec(), tiny_model, is_cpu=False)[0].dtype == "auto"
+    # On a GPU too: the checkpoint's own dtype, not vLLM's downcast.
+    assert resolve_engine_spec(CompileSpec(), tiny_model, is_cpu=False)[0].dtype == "float32"
 
 
 def test_config_only_directory_of_an_unknown_architecture_is_refused_naming_it(

@@ -1,18 +1,18 @@
 """What dtype "auto" means for one start: the one rule every backend and command uses.
 
-The rule, for a start on CPU:
-
-- an explicit dtype in the spec always wins;
-- a CPU without native bfloat16 (AVX2/FMA machines) runs float32: vLLM's ``dtype="auto"``
+- An explicit dtype in the spec always wins.
+- On a CPU without native bfloat16 (AVX2/FMA machines): float32. vLLM's ``dtype="auto"``
   would take a checkpoint's bfloat16 (and downcast a float32 one) and emulate it there,
-  which measured 3x slower than float32;
-- a CPU with native bfloat16 runs the checkpoint's own dtype (config.json's ``torch_dtype``
-  or ``dtype``; float32 when it names none). A float32 checkpoint stays float32, as
-  transformers and lm-eval's ``hf`` model load it, instead of vLLM's downcast to bfloat16:
-  the dtype then depends on the model, never on which kind of CPU ran it, so eager and
-  compiled runs, ``aot bench`` and ``aot eval`` compare the same arithmetic on every host.
+  which measured 3x slower than float32.
+- Everywhere else (a CPU with native bfloat16, a GPU): the checkpoint's own dtype
+  (config.json's ``torch_dtype`` or ``dtype``; float32 when it names none). A float32
+  checkpoint stays float32, as transformers and lm-eval's ``hf`` model load it, instead of
+  vLLM's downcast to bfloat16 or float16, so the dtype depends on the model and not on which
+  kind of machine runs it, and eager and compiled runs, ``aot bench`` and ``aot eval``
+  compare the same arithmetic on every host. Published bfloat16 checkpoints keep bfloat16,
+  what vLLM would pick for them too.
 
-A start on a GPU keeps "auto" and lets its engine choose. ``resolve_dtype`` is that rule.
+``resolve_dtype`` is that rule.
 """
 
 from __future__ import annotations
@@ -43,10 +43,12 @@ class DtypeChoice:
     """The dtype a start will use, and why."""
 
     dtype: str
-    """The spec's dtype after the choice ("auto" only when the engine is left to choose)."""
+    """The dtype the start runs: float32, bfloat16 or float16 ("auto" only for a model
+    whose config.json aot cannot read, left to the engine)."""
 
     source: str
-    """Where it came from: "spec", "model config", "machine" or "engine"."""
+    """Where it came from: "spec", "model config", "machine", or "engine" (no config.json
+    to read: a hub name is left to the engine)."""
 
     reason: str
     """One line for stats notes and the bench header."""
@@ -58,16 +60,18 @@ def cpu_has_native_bf16(isa: tuple[str, ...] | None = None) -> bool:
     return bool(flags & NATIVE_BF16_FLAGS)
 
 
-def checkpoint_dtype(model_dir: Path | None) -> str | None:
-    """The dtype ``model_dir``'s config.json declares (CompileSpec's spelling), or None."""
+def _config(model_dir: Path | None) -> Mapping[str, Any] | None:
     if model_dir is None:
         return None
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(config, Mapping):
-        return None
+    return config if isinstance(config, Mapping) else None
+
+
+def checkpoint_dtype(config: Mapping[str, Any]) -> str | None:
+    """The dtype a model's config.json declares (CompileSpec's spelling), or None."""
     for part in (config, config.get("text_config")):
         if isinstance(part, Mapping):
             declared: Any = part.get("torch_dtype") or part.get("dtype")
@@ -88,11 +92,7 @@ def resolve_dtype(
         return DtypeChoice(
             dtype=spec_dtype, source="spec", reason=f"dtype {spec_dtype} (set in the spec)"
         )
-    if gpu:
-        return DtypeChoice(
-            dtype="auto", source="engine", reason="dtype auto: the engine chooses on a GPU"
-        )
-    if not cpu_has_native_bf16(isa):
+    if not gpu and not cpu_has_native_bf16(isa):
         return DtypeChoice(
             dtype="float32",
             source="machine",
@@ -100,7 +100,15 @@ def resolve_dtype(
             "amx_bf16 or bf16 flag), where emulated bfloat16 is slower than float32; set "
             "dtype in the spec to override",
         )
-    declared = checkpoint_dtype(model_dir)
+    config = _config(model_dir)
+    if config is None:
+        return DtypeChoice(
+            dtype="auto",
+            source="engine",
+            reason="dtype auto: the model is not a local directory with a readable config.json, "
+            "so the engine chooses; set dtype in the spec to fix it",
+        )
+    declared = checkpoint_dtype(config)
     if declared is None:
         return DtypeChoice(
             dtype="float32",
@@ -111,6 +119,7 @@ def resolve_dtype(
     return DtypeChoice(
         dtype=declared,
         source="model config",
-        reason=f"dtype auto -> {declared}: the checkpoint's own dtype (config.json), kept "
-        "on this CPU with native bfloat16; set dtype in the spec to override",
+        reason=f"dtype auto -> {declared}: the checkpoint's own dtype (config.json)"
+        + ("" if gpu else ", kept on this CPU with native bfloat16")
+        + "; set dtype in the spec to override",
     )
