@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,24 +28,41 @@ INSTALL_HINT = "pip install 'aot-core[gguf]'"
 
 
 def require_extra() -> None:
-    """Import the extra's packages, or raise ``OptionalDependencyError`` naming the missing."""
-    missing = []
-    for name in EXTRA_PACKAGES:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
+    """Raise ``OptionalDependencyError`` naming the extra's packages that are not installed.
+
+    Looked up, not imported (importing torch and transformers takes seconds); a package
+    that is installed but fails to import is reported by ``convert`` the same way.
+    """
+    missing = [name for name in EXTRA_PACKAGES if not _installed(name)]
     if missing:
-        raise OptionalDependencyError(
-            f"converting a GGUF file needs {', '.join(EXTRA_PACKAGES)}; missing here: "
-            f"{', '.join(missing)}. Install them with: {INSTALL_HINT}"
-        )
+        raise _missing(missing)
+
+
+def _installed(name: str) -> bool:
+    if name in sys.modules:
+        return sys.modules[name] is not None  # None: imports of it are blocked
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _missing(names: list[str], detail: str = "") -> OptionalDependencyError:
+    return OptionalDependencyError(
+        f"converting a GGUF file needs {', '.join(EXTRA_PACKAGES)}; missing here: "
+        f"{', '.join(names)}{detail}. Install them with: {INSTALL_HINT}"
+    )
 
 
 def convert(gguf_file: Path, target: Path) -> dict[str, str]:
     """Write ``gguf_file`` as a float32 model directory ``target``; returns what converted
     it (package versions), for the cache entry's manifest."""
     require_extra()
+    try:
+        for name in EXTRA_PACKAGES:
+            importlib.import_module(name)
+    except ImportError as exc:
+        raise _missing([exc.name or str(exc)], f" ({exc})") from exc
     import torch
     import transformers
 
