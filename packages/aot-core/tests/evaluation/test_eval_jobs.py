@@ -73,6 +73,17 @@ def test_results_carry_aot_stats(backend: str, tiny: Path, parity_dir: Path) -> 
         assert aot["versions"]["lm-eval"] == "0.4.13"
     assert compiled["aot"]["stats"]["compile_time_s"] > 0
     assert compiled["aot"]["start"]["artifact"]
+    # One start configuration for both runs of the command, recorded with its sources.
+    fields = ("dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
+    eager_start, compiled_start = (r["aot"]["start"]["resolved"] for r in (eager, compiled))
+    assert {k: eager_start[k] for k in fields} == {k: compiled_start[k] for k in fields}
+    assert compiled_start["dtype"] == {"value": "float32", "source": "spec"}
+    if backend == "vllm":  # and the engines got the same dtype, context and KV cache
+        keys = ("dtype", "max_model_len", "max_num_seqs", "kv_cache_memory_bytes")
+        eager_config, compiled_config = (
+            r["aot"]["stats"]["start_config"] for r in (eager, compiled)
+        )
+        assert {k: eager_config[k] for k in keys} == {k: compiled_config[k] for k in keys}
 
 
 def test_second_compiled_job_starts_warm_from_the_verified_cache(
