@@ -449,3 +449,29 @@ def test_discard_extra_never_deletes_beside_the_manifest(tmp_path: Path) -> None
     shutil.rmtree(project / "src")
     artifacts.verify_for_load(project, discard_extra=True)
     assert not (project / "files" / "engine-wrote.bin").exists()
+
+
+def test_ls_and_verify_suggest_only_a_command_that_works(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23 item 5: ls/verify said `aot cache clear KEY` for directories clear refuses."""
+    store = artifacts.ArtifactStore(tmp_path / "cache")
+    make_artifact(store.path("mine"), model=make_model(tmp_path / "m"))
+    (store.path("mine") / "files" / "empty.txt").unlink()  # damaged, but provably aot's
+    broken = _malformed(store.entries_dir)
+    copied = _project_with_copied_manifest(tmp_path / "p", with_files=True)
+    copied.rename(store.path("copied"))
+    argv = ["--cache-dir", str(store.root), "cache"]
+    for action in (["ls"], ["ls", "--verify"], ["verify"]):
+        main([*argv, *action])
+        out = capsys.readouterr().out
+        for foreign in (broken.name, "copied", "KEY"):
+            assert f"aot cache clear {foreign}" not in out, (action, out)
+        if action == ["ls"]:  # reads no checksums: only the malformed manifest shows
+            assert out.count("move it away yourself") == 1, out
+            continue
+        assert "`aot cache clear mine` removes it" in out, (action, out)
+        assert out.count("move it away yourself") == 2, (action, out)
+    # and what they suggest works: clear removes exactly the one it named
+    assert main([*argv, "clear", "mine"]) == ExitCode.OK
+    assert store.entry_keys() == sorted(["copied", broken.name])
