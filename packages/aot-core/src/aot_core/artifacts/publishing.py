@@ -157,7 +157,7 @@ def lock_holder(lock_fd: int) -> str:
     pid = text[0] if text else "?"
     intent = text[1] if len(text) > 1 and text[1] in INTENTS else ""
     # A lock file written before intents were recorded holds only the pid.
-    return f"process {pid}, which is {intent or 'holding'}"
+    return f"process {pid}, which " + (f"is {intent}" if intent else "holds")
 
 
 # Errors that mean "this directory cannot be written by us", as opposed to a real failure.
