@@ -159,7 +159,11 @@ def test_packaged_step_checks_shapes_and_strides() -> None:
     with pytest.raises(ValueError, match="batch 1"):
         decode(z(1, 1, dtype=torch.long), z(1, 1, dtype=torch.long), z(1, dtype=torch.long))
     with pytest.raises(ValueError, match="prompt length 17"):
-        prefill(z(2, 17, dtype=torch.long), z(2, 17, dtype=torch.long), z(2, dtype=torch.long))
+        prefill(z(2, 17, dtype=torch.long), z(2, 17, dtype=torch.long), z(2, 2, dtype=torch.long))
+    # Prefill reads logits at [batch, K] positions, K in the exported range [2, max_seq].
+    for picks in ((2,), (2, 1), (2, 17)):
+        with pytest.raises(ValueError, match=r"last_index must be \[batch, K\]"):
+            prefill(z(2, 8, dtype=torch.long), z(2, 8, dtype=torch.long), z(*picks).long())
     strided = z(2, 8, dtype=torch.long)[:, :1]  # the stride layout that crashed packaged code
     assert not strided.is_contiguous()
     decode(strided, strided, z(2, dtype=torch.long))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,23 @@ def test_stops_at_eos(tiny_dir: Path, eager_tokens: list) -> None:
         assert first.finish_reason == "stop"
         again, *_ = m.generate(PROMPTS, GenerationParams(max_new_tokens=8, stop_on_eos=False))
         assert again.token_ids == eager_tokens[0] and again.finish_reason == "length"
+
+
+def test_stops_at_a_stop_string(eager: LegacyCompiledModel) -> None:
+    prompts = ["The cat", "Hello, world"]
+    params = GenerationParams(max_new_tokens=24, stop_on_eos=False)
+    full = eager.generate(prompts, params)
+    tokens = full[0].token_ids
+    # A stop string of two printable tokens (bytes) from the middle of the first text.
+    at = next(i for i in range(2, 20) if all(32 <= t < 127 for t in tokens[i : i + 2]))
+    stop = bytes(tokens[at : at + 2]).decode()
+    assert full[0].text is not None and stop in full[0].text
+    assert full[1].text is not None and stop not in full[1].text
+    cut = eager.generate(prompts, replace(params, stop=("never in this text", stop)))
+    assert cut[0].token_ids == tokens[: at + 2]  # ends with the token completing the stop
+    assert cut[0].finish_reason == "stop"
+    assert cut[0].text == full[0].text[: full[0].text.index(stop)]
+    assert cut[1] == full[1]  # a row without the stop string runs on in the same batch
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(

@@ -8,18 +8,22 @@ from pathlib import Path
 import pytest
 from aot_core import GenerationParams, SpecError
 from aot_core.evaluation.reference import reference_scores
-from aot_legacy import IntegratedAOTCompiler
+from aot_legacy import IntegratedAOTCompiler, generation
 from aot_legacy.compiled_model import LegacyCompiledModel
 from conftest import MAX_LEN, spec
 
 # Different context and continuation lengths, a one-token context, more requests than
-# KV rows (4), so batching, padding and chunking are all exercised.
+# KV rows (4), and contexts shared by continuations of other lengths (one KV row runs them
+# in turn), so batching, padding, chunking and sharing are all exercised.
 REQUESTS: list[tuple[list[int], list[int]]] = [
     (list(b"The cat"), list(b" sat down")),
     ([65], [66, 67, 68]),
     (list(b"Hello, world"), [33]),
     (list(range(40, 70)), list(range(70, 75))),
     (list(b"ab"), list(b"cdefghijkl")),
+    (list(b"The cat"), list(b" ran")),
+    (list(b"The cat"), [33]),
+    ([65], [70]),
 ]
 
 
@@ -35,10 +39,27 @@ def test_eager_scores_match_transformers(eager: LegacyCompiledModel, tiny_dir: P
     _close(eager.score(REQUESTS), reference_scores(tiny_dir, REQUESTS), 1e-4)
 
 
+def test_many_continuations_of_one_context(eager: LegacyCompiledModel, tiny_dir: Path) -> None:
+    # More continuations than one KV row takes (MAX_SHARED), of lengths 1 to 12.
+    context = list(b"Once upon a time")
+    requests = [(context, [(7 * i + j) % 250 for j in range(1 + i % 12)]) for i in range(19)]
+    assert len(requests) > generation.MAX_SHARED
+    _close(eager.score(requests), reference_scores(tiny_dir, requests), 1e-4)
+
+
 def test_batching_does_not_change_scores(eager: LegacyCompiledModel) -> None:
     together = eager.score(REQUESTS)
     alone = [eager.score([r])[0] for r in REQUESTS]
     _close(together, alone, 1e-5)
+
+
+def test_rows_per_forward_do_not_change_scores(
+    eager: LegacyCompiledModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    together = eager.score(REQUESTS)
+    # A logits budget of one row per forward: the memory cap splits batches, nothing else.
+    monkeypatch.setattr(generation, "SCORE_LOGITS_BYTES", 1)
+    _close(eager.score(REQUESTS), together, 1e-5)
 
 
 def test_greedy_continuation_is_reported_greedy(eager: LegacyCompiledModel) -> None:

@@ -16,7 +16,13 @@ from aot_core.stats import OptimizationStats
 
 from aot_legacy.cuda_graphs import CUDAGraphOptimizer
 from aot_legacy.enhanced import EnhancedAOTCompiler
-from aot_legacy.generation import GenerateTimings, StaticKVGenerator, score_requests
+from aot_legacy.generation import GenerateTimings, StaticKVGenerator, StopFn, score_requests
+
+
+def _cut(text: str, stops: Sequence[str]) -> str:
+    """``text`` up to the first stop string in it, as vLLM returns a stopped text."""
+    ends = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[: min(ends)] if ends else text
 
 
 def peak_host_memory_bytes() -> int:
@@ -87,13 +93,13 @@ class LegacyCompiledModel(CompiledModel):
         check_prompts(prompts)
         params = params if params is not None else GenerationParams()
         token_prompts = self.encode(prompts)
-        results, timings = self._generator.generate(token_prompts, params)
+        results, timings = self._generator.generate(token_prompts, params, self._stop_fn(params))
         self.last_timings = timings
         generations = []
         for prompt, (tokens, reason) in zip(token_prompts, results, strict=True):
             text = None
             if self.tokenizer is not None:
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                text = _cut(self.tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
             generations.append(
                 Generation(
                     prompt_token_ids=tuple(prompt),
@@ -105,6 +111,21 @@ class LegacyCompiledModel(CompiledModel):
         self._update_stats(timings)
         return generations
 
+    def _stop_fn(self, params: GenerationParams) -> StopFn | None:
+        """Ends a row once its text holds a stop string; None without stop strings or a
+        tokenizer (the caller cuts then, as GenerationParams.stop says)."""
+        if not params.stop or self.tokenizer is None:
+            return None
+        decode, stops = self.tokenizer.decode, params.stop
+
+        def reached(tokens: Sequence[int]) -> bool:
+            # Special tokens kept: ``aot eval`` cuts the text decoded this way, so a row
+            # ends exactly where its cut text can no longer change.
+            text = decode(tokens, skip_special_tokens=False)
+            return any(s in text for s in stops)
+
+        return reached
+
     @property
     def max_model_len(self) -> int | None:
         """Positions in the static KV cache: the longest context plus continuation to score."""
@@ -112,7 +133,7 @@ class LegacyCompiledModel(CompiledModel):
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[Score]:
         """Log-likelihood of each continuation given its context, from this model's own
-        prefill and decode steps (teacher-forced), batched by length."""
+        prefill step: one forward per batch of full sequences, longest first."""
         if self._generator is None:
             raise AOTError("this compiled model is closed; compile the model again to score")
         check_score_requests(requests, self.max_model_len)

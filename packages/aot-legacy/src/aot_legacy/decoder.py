@@ -46,11 +46,14 @@ class StaticKVDecoder(nn.Module):  # type: ignore[misc]
 
     - ``input_ids``, ``positions``: int64 ``[B, T]``; row ``b`` writes its keys/values at
       cache slots ``positions[b]`` and each query attends to slots ``<=`` its position;
-    - ``last_index``: int64 ``[B]``, which of the T positions to return logits for;
+    - ``last_index``: int64 ``[B]``, which of the T positions to return logits for, or
+      ``[B, K]``: K positions per row (scoring reads every continuation position from
+      one forward; the prefill graphs are built for this form);
     - ``kv``: ``2 * num_layers`` tensors ``[max_batch, max_seq, num_kv_heads, head_dim]``
       (key, value per layer), mutated in place; only rows ``[:B]`` are touched.
 
-    Returns logits ``[B, vocab]`` (float32) at ``last_index``.
+    Returns logits (float32) at ``last_index``: ``[B, vocab]``, or ``[B, K, vocab]``.
+    Implementations gather with ``gather_last``, which handles both forms.
     """
 
     layout: KVLayout
@@ -139,7 +142,11 @@ def decoder_layer(
 
 
 def gather_last(hidden: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
-    """``hidden[b, last_index[b]]`` for each row: ``[B, T, H] -> [B, H]``."""
+    """``hidden[b, last_index[b]]`` for each row: ``[B, T, H] -> [B, H]``; with a
+    ``[B, K]`` index, the K positions of each row: ``[B, T, H] -> [B, K, H]``."""
+    if last_index.dim() == 2:
+        idx = last_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        return hidden.gather(1, idx)
     idx = last_index.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
     return hidden.gather(1, idx).squeeze(1)
 

@@ -49,7 +49,8 @@ class StepRunners:
     """The prefill and decode callables of one model, and how they were obtained."""
 
     prefill: StepFn
-    """Runs a prompt batch ``[B, T]``; returns logits at each row's last index."""
+    """Runs a prompt batch ``[B, T]``; returns logits ``[B, K, vocab]`` at the K positions
+    ``last_index`` ``[B, K]`` names per row."""
 
     decode: StepFn
     """Runs one token per row ``[B, 1]``; returns next-token logits."""
@@ -382,11 +383,14 @@ class EnhancedAOTCompiler:
         device = kv[0].device
         with _inductor_cache(inductor_dir), torch.no_grad():
             # One prefill and one decode shape each compile a graph dynamic in batch (and
-            # prompt length), so later batches and prompts in range do not recompile.
-            for seq in (min(8, plan.max_seq), 1):
+            # prompt length, and positions read), so later calls in range do not recompile.
+            for seq, picks in (
+                (min(8, plan.max_seq), (MIN_BUCKET, MIN_BUCKET)),
+                (1, (MIN_BUCKET,)),
+            ):
                 ids = torch.zeros((MIN_BUCKET, seq), dtype=torch.long, device=device)
                 pos = torch.arange(seq, device=device).expand(MIN_BUCKET, seq).contiguous()
-                last = torch.full((MIN_BUCKET,), seq - 1, dtype=torch.long, device=device)
+                last = torch.full(picks, seq - 1, dtype=torch.long, device=device)
                 run(ids, pos, last)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -443,6 +447,8 @@ class EnhancedAOTCompiler:
             if ids.shape[1] > 1:
                 torch._dynamo.maybe_mark_dynamic(ids, 1)
                 torch._dynamo.maybe_mark_dynamic(pos, 1)
+            if last.dim() == 2:
+                torch._dynamo.maybe_mark_dynamic(last, 1)
             return compiled(ids, pos, last, *bound)  # type: ignore[no-any-return]
 
         return run

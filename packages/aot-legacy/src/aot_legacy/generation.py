@@ -1,9 +1,14 @@
-"""The generate loop over a static KV cache: prefill each batch, then decode token by token.
+"""The generate loop over a static KV cache: prefill each batch, then decode token by token;
+and scoring, one full-sequence prefill per batch.
 
 Prompts of different lengths share a batch: each row starts at position 0 of its own KV
 row, prompts are right-padded, and the step returns logits at each row's own last prompt
 token. Padded prompt positions write cache slots that a row overwrites before it ever
 attends to them, so padding never changes the result.
+
+``prefill`` is always called with a ``[B, K]`` ``last_index`` (K >= 2; generation repeats
+the last position): the compiled and packaged prefill graphs are built for that form, so
+generation and scoring share one graph.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ from aot_core.errors import SpecError
 from aot_legacy.options import MIN_BUCKET
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+StopFn = Callable[[Sequence[int]], bool]
+"""Whether a row's generated tokens so far end the row (they reached a stop string)."""
+
+SCORE_LOGITS_BYTES = 256 << 20
+"""Most bytes of float32 logits one scoring forward may return; longer continuations
+(rolling windows) run in fewer rows per forward, so memory stays bounded."""
 
 
 @dataclass
@@ -114,9 +125,16 @@ class StaticKVGenerator:
                     )
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], params: GenerationParams
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: GenerationParams,
+        stop: StopFn | None = None,
     ) -> tuple[list[tuple[list[int], str]], GenerateTimings]:
-        """Generate for every prompt; returns (tokens, finish_reason) per prompt and timings."""
+        """Generate for every prompt; returns (tokens, finish_reason) per prompt and timings.
+
+        ``stop`` is asked after each token of a row whether the row is done (finish reason
+        "stop"); its tokens then end with the token that completed the stop text.
+        """
         self.check(prompts)
         timings = GenerateTimings()
         generator = None
@@ -131,7 +149,11 @@ class StaticKVGenerator:
         with torch.no_grad():
             for lo in range(0, len(prompts), self.max_batch):
                 chunk = prompts[lo : lo + self.max_batch]
-                results.extend(self._run_chunk(chunk, params, generator, timings, t_start))
+                results.extend(
+                    self._run_chunk(
+                        chunk, params, generator, timings=timings, t_start=t_start, stop=stop
+                    )
+                )
         timings.total_s = time.perf_counter() - t_start
         return results, timings
 
@@ -140,8 +162,10 @@ class StaticKVGenerator:
         prompts: Sequence[Sequence[int]],
         params: GenerationParams,
         generator: torch.Generator | None,
+        *,
         timings: GenerateTimings,
         t_start: float,
+        stop: StopFn | None,
     ) -> list[tuple[list[int], str]]:
         n = len(prompts)
         size = self.buckets[bisect.bisect_left(self.buckets, n)]
@@ -152,10 +176,10 @@ class StaticKVGenerator:
             [r + [self.pad_token_id] * (seq - len(r)) for r in rows], dtype=torch.long
         ).to(self.device)
         pos = torch.arange(seq, device=self.device).expand(size, seq).contiguous()
-        last = torch.tensor([ln - 1 for ln in lens], dtype=torch.long).to(self.device)
+        last = torch.tensor([[ln - 1] * MIN_BUCKET for ln in lens], dtype=torch.long)
 
         t0 = time.perf_counter()
-        logits = self.prefill(ids, pos, last)
+        logits = self.prefill(ids, pos, last.to(self.device))[:, 0]
         token = sample(logits[:n], params, generator)
         token_list = token.tolist()  # syncs the device, so the timing is real
         t1 = time.perf_counter()
@@ -173,7 +197,8 @@ class StaticKVGenerator:
                     continue
                 tok = token_list[r]
                 out[r].append(tok)
-                if params.stop_on_eos and tok in self.eos_token_ids:
+                eos = params.stop_on_eos and tok in self.eos_token_ids
+                if eos or (stop is not None and stop(out[r])):
                     reasons[r] = "stop"
                 # max_model_len bounds prompt plus output, as in vLLM.
                 elif len(out[r]) >= params.max_new_tokens or cur_pos[r] + 1 >= self.max_seq:
@@ -209,76 +234,143 @@ def score_requests(
 ) -> list[TokenScores]:
     """Teacher-forced log-probabilities of each continuation given its context.
 
-    Runs the generator's own steps, so compiled, packaged and eager tiers are all scored
-    by what they run: the context goes through ``prefill`` (whose logits predict the
-    first continuation token), then each continuation token but the last through
-    ``decode`` at its position. Requests are batched by length; the caller checks that
-    every request fits ``max_seq`` positions.
+    Runs the generator's own ``prefill`` step, so compiled, packaged and eager tiers are
+    each scored by what they run. Requests that share a context (the choices of a
+    multiple-choice question) share one KV row: the context is prefilled once, its last
+    logits score every continuation's first token, then each continuation runs in turn at
+    the positions after the context, overwriting the one before (a token attends only to
+    cache slots up to its own position, so it never sees another continuation). Rows run
+    longest context first, as many per forward as the KV cache has (``max_batch``) and
+    ``SCORE_LOGITS_BYTES`` allows. The caller checks that every request fits ``max_seq``.
     """
-    order = sorted(range(len(requests)), key=lambda i: (len(requests[i][1]), len(requests[i][0])))
+    units = _share_units(requests)
     out: list[TokenScores | None] = [None] * len(requests)
+    widths = [max(len(requests[i][1]) for i in unit) for unit in units]
     with torch.no_grad():
-        for lo in range(0, len(order), generator.max_batch):
-            idx = order[lo : lo + generator.max_batch]
-            scored = _score_chunk(generator, [requests[i] for i in idx])
-            for i, result in zip(idx, scored, strict=True):
-                out[i] = result
+        for idx in _row_groups(generator, widths):
+            rows = [units[i] for i in idx]
+            contexts = [requests[unit[0]][0] for unit in rows]
+            continuations = [[requests[i][1] for i in unit] for unit in rows]
+            scored = _score_rows(generator, contexts, continuations)
+            for unit, results in zip(rows, scored, strict=True):
+                for i, result in zip(unit, results, strict=True):
+                    out[i] = result
     return [r for r in out if r is not None]
 
 
-def _score_chunk(
-    g: StaticKVGenerator, requests: Sequence[tuple[Sequence[int], Sequence[int]]]
-) -> list[TokenScores]:
-    n = len(requests)
-    size = g.buckets[bisect.bisect_left(g.buckets, n)]
-    contexts = [list(c) for c, _ in requests] + [[g.pad_token_id]] * (size - n)
-    targets = [list(x) for _, x in requests]
-    lens = [len(c) for c in contexts]
-    seq = max(*lens, MIN_BUCKET)
+MAX_SHARED = 8
+"""Most continuations that share one KV row: more would leave the other rows of a forward
+idle for many rounds (a rolling score's windows can all share a one-token context)."""
+
+
+def _share_units(requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[int]]:
+    """Request indices grouped by identical context, at most ``MAX_SHARED`` a group, longest
+    context first (then most continuations), so the rows of one forward pad little."""
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for i, (context, _) in enumerate(requests):
+        by_context.setdefault(tuple(context), []).append(i)
+    units = [
+        same[lo : lo + MAX_SHARED]
+        for same in by_context.values()
+        for lo in range(0, len(same), MAX_SHARED)
+    ]
+    units.sort(key=lambda u: (-len(requests[u[0]][0]), -len(u)))
+    return units
+
+
+def _row_groups(g: StaticKVGenerator, widths: Sequence[int]) -> list[list[int]]:
+    """Consecutive indices into ``widths`` (logit positions per row), grouped into forwards
+    of at most ``max_batch`` rows whose logits fit ``SCORE_LOGITS_BYTES``."""
+    row_bytes = g.vocab_size * 4
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    widest = MIN_BUCKET
+    for i, w in enumerate(widths):
+        wider = max(widest, w)
+        full = len(cur) >= g.max_batch or (len(cur) + 1) * wider * row_bytes > SCORE_LOGITS_BYTES
+        if cur and full:
+            groups.append(cur)
+            cur, wider = [], max(MIN_BUCKET, w)
+        cur.append(i)
+        widest = wider
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _forward(
+    g: StaticKVGenerator,
+    rows: Sequence[Sequence[int]],
+    picks: Sequence[Sequence[int]],
+    starts: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """One ``prefill`` call: row ``r`` (right-padded; the batch padded up to ``MIN_BUCKET``
+    rows) at positions from ``starts[r]`` (0 by default), logits at its indices
+    ``picks[r]``: ``[len(rows), K, vocab]`` float32, K the most picks of a row (rows with
+    fewer repeat their last pick). Padding positions past the cache's end are clamped to
+    its last slot, which no real token of the row reads."""
+    n = len(rows)
+    size = max(n, MIN_BUCKET)
+    seq = max(*(len(r) for r in rows), MIN_BUCKET)
+    k = max(*(len(p) for p in picks), MIN_BUCKET)
+    pad = g.pad_token_id
     ids = torch.tensor(
-        [c + [g.pad_token_id] * (seq - len(c)) for c in contexts], dtype=torch.long
+        [list(r) + [pad] * (seq - len(r)) for r in rows] + [[pad] * seq] * (size - n),
+        dtype=torch.long,
     ).to(g.device)
-    pos = torch.arange(seq, device=g.device).expand(size, seq).contiguous()
-    last = torch.tensor([ln - 1 for ln in lens], dtype=torch.long).to(g.device)
-    logits = g.prefill(ids, pos, last)
-    results: list[TokenScores] = [([], []) for _ in range(n)]
-    _record(logits[:n], targets, 0, results)
-    zeros = torch.zeros(size, dtype=torch.long, device=g.device)
-    for t in range(1, max(len(x) for x in targets)):
-        # Rows whose continuation has ended keep stepping (the batch shape is fixed) on a
-        # pad token at a position inside their own KV row; their logits are ignored.
-        feed = [x[t - 1] if t < len(x) else g.pad_token_id for x in targets]
-        feed += [g.pad_token_id] * (size - n)
-        step_pos = [min(lens[r] + t - 1, g.max_seq - 1) for r in range(n)] + [0] * (size - n)
-        ids1 = torch.tensor(feed, dtype=torch.long).view(size, 1).to(g.device)
-        pos1 = torch.tensor(step_pos, dtype=torch.long).view(size, 1).to(g.device)
-        logits = g.decode(ids1, pos1, zeros)
-        _record(logits[:n], targets, t, results)
+    offsets = torch.tensor([*(starts or [0] * n), *[0] * (size - n)], dtype=torch.long)
+    pos = (offsets.view(-1, 1) + torch.arange(seq)).clamp(max=g.max_seq - 1).to(g.device)
+    last = torch.tensor(
+        [list(p) + [p[-1]] * (k - len(p)) for p in picks] + [[0] * k] * (size - n),
+        dtype=torch.long,
+    ).to(g.device)
+    return g.prefill(ids, pos, last)[:n].float()
+
+
+def _score_rows(
+    g: StaticKVGenerator,
+    contexts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[Sequence[int]]],
+) -> list[list[TokenScores]]:
+    """Scores of ``continuations[r]`` after ``contexts[r]``, row ``r`` in KV row ``r``."""
+    results: list[list[TokenScores]] = [[([], []) for _ in conts] for conts in continuations]
+    first = _forward(g, contexts, [[len(c) - 1] for c in contexts])[:, :1]
+    for r, conts in enumerate(continuations):
+        for j, x in enumerate(conts):
+            _record(first[r], [x[0]], results[r][j])
+    for j in range(max(len(conts) for conts in continuations)):
+        rest = [conts[j][1:] if j < len(conts) else [] for conts in continuations]
+        if not any(rest):
+            continue
+        # Each row feeds its continuation but the last token, after its own context; a row
+        # with nothing this round feeds a pad there, which a later round overwrites.
+        fed = [
+            [*conts[j][:-1]] if x else [g.pad_token_id]
+            for conts, x in zip(continuations, rest, strict=True)
+        ]
+        logits = _forward(g, fed, [range(max(len(x), 1)) for x in rest], [len(c) for c in contexts])
+        for r, x in enumerate(rest):
+            if x:
+                _record(logits[r, : len(x)], x, results[r][j])
     return results
 
 
-def _record(
-    logits: torch.Tensor, targets: Sequence[Sequence[int]], t: int, results: list[TokenScores]
-) -> None:
-    """Append the log-probability of token ``t`` of each target that has one."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    wanted = torch.tensor(
-        [x[t] if t < len(x) else 0 for x in targets], dtype=torch.long, device=logits.device
-    )
-    chosen = logprobs.gather(1, wanted.view(-1, 1)).squeeze(1)
+def _record(logits: torch.Tensor, targets: Sequence[int], into: TokenScores) -> None:
+    """Append the log-probability of each target under the logits ``[len(targets), vocab]``
+    that predict it, and whether it was the most likely token."""
+    logprobs = torch.log_softmax(logits, dim=-1)
+    wanted = torch.tensor(list(targets), dtype=torch.long, device=logits.device).view(-1, 1)
+    chosen = logprobs.gather(1, wanted).squeeze(1)
     # Greedy when nothing beats the token (a tie counts as greedy, as in vLLM's check).
     greedy = (chosen >= logprobs.max(dim=-1).values).tolist()
-    values = chosen.tolist()
-    for r, target in enumerate(targets):
-        if t < len(target):
-            results[r][0].append(float(values[r]))
-            results[r][1].append(bool(greedy[r]))
+    into[0].extend(float(v) for v in chosen.tolist())
+    into[1].extend(bool(b) for b in greedy)
 
 
 def full_logits(generator: StaticKVGenerator, rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
     """Logits at every position of each row (``[len(row), vocab]``, float32), from the
-    generator's own steps: the first token through ``prefill``, each later one through
-    ``decode`` at its position (teacher-forced), rows batched up to the largest bucket.
+    generator's own ``prefill`` step: one forward per batch of rows, as many rows as the KV
+    cache has and ``SCORE_LOGITS_BYTES`` allows.
 
     This is what calling the model as a module returns, computed by the compiled steps that
     also generate and score. Raises ``SpecError`` for an empty row, a row longer than the
@@ -302,30 +394,8 @@ def full_logits(generator: StaticKVGenerator, rows: Sequence[Sequence[int]]) -> 
                 )
     out: list[torch.Tensor] = []
     with torch.no_grad():
-        for lo in range(0, len(rows), generator.max_batch):
-            out.extend(_logits_chunk(generator, rows[lo : lo + generator.max_batch]))
+        for idx in _row_groups(generator, [len(r) for r in rows]):
+            chunk = [rows[i] for i in idx]
+            logits = _forward(generator, chunk, [range(len(r)) for r in chunk])
+            out.extend(logits[r, : len(row)] for r, row in enumerate(chunk))
     return out
-
-
-def _logits_chunk(g: StaticKVGenerator, rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-    n = len(rows)
-    size = g.buckets[bisect.bisect_left(g.buckets, n)]
-    firsts = [row[0] for row in rows] + [g.pad_token_id] * (size - n)
-    ids = torch.tensor(
-        [[t] + [g.pad_token_id] * (MIN_BUCKET - 1) for t in firsts], dtype=torch.long
-    ).to(g.device)
-    pos = torch.arange(MIN_BUCKET, device=g.device).expand(size, MIN_BUCKET).contiguous()
-    zeros = torch.zeros(size, dtype=torch.long, device=g.device)
-    steps = [g.prefill(ids, pos, zeros)[:n].float()]
-    for t in range(1, max(len(r) for r in rows)):
-        # Rows that have ended keep stepping (the batch shape is fixed) on a pad token at a
-        # position inside their own KV row; their logits are dropped below.
-        feed = [r[t] if t < len(r) else g.pad_token_id for r in rows] + [g.pad_token_id] * (
-            size - n
-        )
-        step_pos = [min(t, g.max_seq - 1)] * n + [0] * (size - n)
-        ids1 = torch.tensor(feed, dtype=torch.long).view(size, 1).to(g.device)
-        pos1 = torch.tensor(step_pos, dtype=torch.long).view(size, 1).to(g.device)
-        steps.append(g.decode(ids1, pos1, zeros)[:n].float())
-    stacked = torch.stack(steps, dim=1)  # [n, longest, vocab]
-    return [stacked[r, : len(rows[r])] for r in range(n)]

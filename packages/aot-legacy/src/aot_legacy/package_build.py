@@ -118,13 +118,16 @@ def _disk_full(directory: Path, failure: dict[str, Any] | None, stderr: str) -> 
 def _examples(
     max_batch: int, seq: int, device: Any
 ) -> tuple[Any, Any, Any]:  # pragma: no cover - runs in the child
+    """Inputs of a prefill (``seq`` > 1: logits at MIN_BUCKET positions per row) or a
+    decode step (``seq`` == 1: one position per row)."""
     import torch
 
     from aot_legacy.options import MIN_BUCKET
 
     ids = torch.zeros((MIN_BUCKET, seq), dtype=torch.long, device=device)
     pos = torch.arange(seq, device=device).expand(MIN_BUCKET, seq).contiguous()
-    last = torch.full((MIN_BUCKET,), seq - 1, dtype=torch.long, device=device)
+    picks = (MIN_BUCKET, MIN_BUCKET) if seq > 1 else (MIN_BUCKET,)
+    last = torch.full(picks, seq - 1, dtype=torch.long, device=device)
     return ids, pos, last
 
 
@@ -154,9 +157,14 @@ def package_steps(request: dict[str, Any]) -> None:  # pragma: no cover - runs i
     max_batch, max_seq = request["max_batch"], request["max_seq"]
     batch = Dim("batch", min=MIN_BUCKET, max=max_batch) if max_batch > MIN_BUCKET else None
     seq = Dim("seq", min=MIN_BUCKET, max=max_seq) if max_seq > MIN_BUCKET else None
+    picks = Dim("picks", min=MIN_BUCKET, max=max_seq) if max_seq > MIN_BUCKET else None
     rest = tuple(None for _ in (*kv, *weights))
     steps = (
-        ("prefill", min(8, max_seq), ({0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch})),
+        (
+            "prefill",
+            min(8, max_seq),
+            ({0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: picks}),
+        ),
         ("decode", 1, ({0: batch}, {0: batch}, {0: batch})),
     )
     out = Path(request["out"])

@@ -37,8 +37,9 @@ from aot_legacy.options import MIN_BUCKET, StepPlan
 from aot_legacy.package_build import FILES, PackagingError, build_in_child
 from aot_legacy.weights import skeleton_bytes, step_tensors
 
-PACKAGE_FORMAT = 2
-"""Bumped when the package layout or the step signature changes (2: weights are inputs)."""
+PACKAGE_FORMAT = 3
+"""Bumped when the package layout or the step signature changes (2: weights are inputs;
+3: prefill takes ``last_index`` ``[B, K]`` and returns logits at K positions per row)."""
 
 MANIFEST = "manifest.json"
 
@@ -111,7 +112,15 @@ class PackagedStep:
                 f"[{MIN_BUCKET}, {self.plan.max_seq}]; pad short prompts, or rebuild with a "
                 "larger max_model_len"
             )
-        if positions.shape != input_ids.shape or last_index.shape != (bsz,):
+        picks: tuple[int, ...] = tuple(last_index.shape[1:]) if self.kind == "prefill" else ()
+        if self.kind == "prefill" and not (
+            len(picks) == 1 and MIN_BUCKET <= picks[0] <= self.plan.max_seq
+        ):
+            raise ValueError(
+                f"prefill package: last_index must be [batch, K] with K in the exported range "
+                f"[{MIN_BUCKET}, {self.plan.max_seq}], got {list(last_index.shape)}"
+            )
+        if positions.shape != input_ids.shape or last_index.shape != (bsz, *picks):
             raise ValueError("packaged step: positions/last_index do not match input_ids")
         # Strides are baked into the generated kernels: a non-contiguous input reads the
         # wrong elements (measured: an out-of-bounds index error), so copy to contiguous.
@@ -247,7 +256,8 @@ def verify_package(
     if manifest.get("format") != PACKAGE_FORMAT:
         raise ArtifactIncompatibleError(
             f"{directory}: package format {manifest.get('format')!r}, this aot-legacy reads "
-            f"format {PACKAGE_FORMAT} (weight-free packages); rebuild it with compile_model_aot"
+            f"format {PACKAGE_FORMAT} (weight-free, multi-position prefill); rebuild it with "
+            "compile_model_aot"
         )
     diffs = mismatches(manifest.get("environment", {}), environment)
     diffs += mismatches(manifest.get("key", {}), key_data)
