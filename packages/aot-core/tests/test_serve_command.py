@@ -87,3 +87,28 @@ def test_the_bound_socket_listens_on_loopback() -> None:
         assert host == "127.0.0.1" and port > 0
         with socket.create_connection((host, port), timeout=5):
             pass
+
+
+@pytest.mark.parametrize(
+    ("path", "compile_s", "phrase"),
+    [
+        ("cold", 12.5, "compiled and published"),
+        ("warm", None, "warm from"),
+        ("eager", None, "eager"),
+    ],
+)
+def test_the_ready_line_says_how_the_model_started(
+    path: str, compile_s: float | None, phrase: str
+) -> None:
+    from aot_core.serve_command import _ready_line
+    from aot_core.stats import OptimizationStats
+
+    record = {
+        "url": "http://127.0.0.1:8000",
+        "served_model_name": "m",
+        "ready_s": 1.0,
+        "start": {"path": path, "artifact": "/x", "compile_s": compile_s, "key": "k"},
+    }
+    line = _ready_line(record, OptimizationStats(backend="vllm", startup_s=1.0))
+    assert line.startswith("ready: serving 'm' at http://127.0.0.1:8000/v1") and phrase in line
+    assert "/aot/stats" in line

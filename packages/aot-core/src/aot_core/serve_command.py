@@ -233,12 +233,15 @@ class _Serve:
 
 def _ready_line(record: Mapping[str, Any], stats: OptimizationStats) -> str:
     start = record["start"]
-    how = {
-        "eager": "eager (no compilation)",
-        "warm": f"warm from verified artifact {start['artifact']}",
-        "cold": f"compiled and published {start['artifact']} in {start['compile_s']:.1f} s, "
-        "then started warm from it",
-    }[start["path"]]
+    if start["path"] == "cold":
+        how = (
+            f"compiled and published {start['artifact']} in {start['compile_s']:.1f} s, "
+            "then started warm from it"
+        )
+    elif start["path"] == "warm":
+        how = f"warm from verified artifact {start['artifact']}"
+    else:
+        how = "eager (no compilation)"
     context = stats.resolved_config.get("max_model_len")
     return (
         f"ready: serving {record['served_model_name']!r} at {record['url']}/v1 "
