@@ -27,7 +27,8 @@ def test_eval_is_listed_and_its_exit_codes_documented(capsys: pytest.CaptureFixt
         cli.run(["--help"])
     out = capsys.readouterr().out
     assert "eval" in out
-    for code in ("TASK_NOT_FOUND", "DATASET_NOT_LOCAL", "NO_TOKENIZER", "PARITY_EXCEEDED"):
+    codes = ("TASK_NOT_FOUND", "DATASET_NOT_LOCAL", "NO_TOKENIZER", "PARITY_EXCEEDED")
+    for code in (*codes, "TASK_INVALID", "TASK_DATA_INVALID"):
         assert f"{int(cli.ExitCode[code]):>3}  {cli.EXIT_CODE_HELP[cli.ExitCode[code]]}" in out
 
 
@@ -38,3 +39,29 @@ def test_parsing_the_command_line_imports_no_lm_eval() -> None:
         "assert not any(m.split('.')[0] in heavy for m in sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "0.0", "1.5", "nan", "inf", "ten", ""])
+def test_a_bad_limit_is_refused_before_the_job_starts(
+    limit: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aot_core.evaluation import command
+
+    def started(*args: object) -> int:
+        raise AssertionError("the job started with a bad --limit")
+
+    monkeypatch.setattr(command, "_run", started)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(["eval", "model", "--tasks", "t", f"--limit={limit}"])
+    assert exit_info.value.code == cli.ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "--limit" in err and "fraction in (0, 1)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("limit", "value"), [("8", 8), ("1.0", 1), ("0.25", 0.25), ("1e2", 100)])
+def test_a_limit_is_a_whole_count_or_a_fraction(limit: str, value: float) -> None:
+    from aot_core.evaluation.command import lm_eval_argv
+
+    args = cli.build_parser().parse_args(["eval", "model", "--tasks", "t", "--limit", limit])
+    assert args.limit == value and type(args.limit) is type(value)
+    assert lm_eval_argv(args, [])[-2:] == ["--limit", str(value)]

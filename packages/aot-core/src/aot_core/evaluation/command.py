@@ -19,8 +19,11 @@ from aot_core.evaluation.errors import (
     LMEvalOptionsError,
     NoTokenizerError,
     ParityExceededError,
+    TaskDataError,
+    TaskInvalidError,
     TaskNotFoundError,
 )
+from aot_core.evaluation.limit import limit_argument
 
 EXAMPLES = """examples:
   aot eval ./my-llama --tasks hellaswag --limit 100 --output out/
@@ -58,7 +61,11 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
         help="k=v,k=v: spec fields (dtype=float32, max_model_len=1024, ...) and "
         "max_gen_toks, add_bos_token, prefix_token_id, tokenizer",
     )
-    p.add_argument("--limit", type=float, help="documents per task (a count, or a fraction < 1)")
+    p.add_argument(
+        "--limit",
+        type=limit_argument,
+        help="documents per task: a whole count >= 1, or a fraction in (0, 1)",
+    )
     p.add_argument("--output", help="write results.json (with aot's stats) and samples here")
     p.add_argument("--log-samples", action="store_true", help="also write every sample")
     p.add_argument("--eager", action="store_true", help="run without compilation")
@@ -99,6 +106,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         TaskNotFoundError: ExitCode.TASK_NOT_FOUND,
         DatasetNotLocalError: ExitCode.DATASET_NOT_LOCAL,
         NoTokenizerError: ExitCode.NO_TOKENIZER,
+        TaskInvalidError: ExitCode.TASK_INVALID,
+        TaskDataError: ExitCode.TASK_DATA_INVALID,
         ParityExceededError: ExitCode.PARITY_EXCEEDED,
         LMEvalOptionsError: ExitCode.USAGE,
         EvalUsageError: ExitCode.USAGE,
@@ -148,7 +157,7 @@ def lm_eval_argv(args: argparse.Namespace, passthrough: list[str]) -> list[str]:
     if args.include_path:
         argv += ["--include_path", str(Path(args.include_path).expanduser())]
     if args.limit is not None:
-        argv += ["--limit", str(int(args.limit) if args.limit >= 1 else args.limit)]
+        argv += ["--limit", str(args.limit)]
     if args.log_samples:
         argv += ["--log_samples"]
     if args.output:
@@ -164,22 +173,23 @@ def _single(
     progress: Callable[[str], None],
 ) -> int:
     from aot_core.command import stdout_to_stderr
-    from aot_core.evaluation.job import JobRequest, run_job, summary, write_outputs
+    from aot_core.evaluation.job import JobRequest, prepare_tasks, run_job, summary, write_outputs
     from aot_core.evaluation.plugin import register
     from aot_core.evaluation.tokenizer import load_tokenizer
 
     config = model_config(args, model)
+    with stdout_to_stderr():
+        prepared = prepare_tasks(lm_eval_argv(args, passthrough), progress)
     tokenizer = load_tokenizer(config)  # a text task without a tokenizer fails here, early
     register()
     request = JobRequest(
         config=config,
-        lm_eval_argv=lm_eval_argv(args, passthrough),
         output=Path(args.output).expanduser() if args.output else None,
         cache_dir=args.cache_dir,
         started_at=started,
     )
     with stdout_to_stderr():
-        results = run_job(request, tokenizer, progress)
+        results = run_job(request, prepared, tokenizer, progress)
     if request.output is not None:
         for path in write_outputs(results, request.output):
             progress(f"wrote {path}")

@@ -35,3 +35,11 @@ class EvalUsageError(EvalError):
 
 class LMEvalOptionsError(EvalUsageError):
     """lm-eval refused its options (e.g. --log_samples without an output directory)."""
+
+
+class TaskInvalidError(EvalError):
+    """A task YAML that does not parse, includes what is not there, or that lm-eval refuses."""
+
+
+class TaskDataError(EvalError):
+    """A task's data file is unreadable as its declared format, or a split it uses is empty."""

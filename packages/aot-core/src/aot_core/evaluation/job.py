@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aot_core.compiler import CompiledModel
-from aot_core.evaluation.errors import LMEvalOptionsError
+from aot_core.evaluation.errors import EvalUsageError, LMEvalOptionsError
 from aot_core.evaluation.model_args import EvalModelConfig
 from aot_core.evaluation.startup import StartRecord, run_with_model
 
@@ -29,9 +29,6 @@ class JobRequest:
 
     config: EvalModelConfig
     """The model, backend and spec."""
-
-    lm_eval_argv: Sequence[str]
-    """lm-eval ``run`` options (``--tasks``, ``--limit``, ``--num_fewshot``, ...)."""
 
     output: Path | None = None
     """Directory for ``results.json`` and the samples files; None writes nothing."""
@@ -57,15 +54,58 @@ def lm_eval_config(argv: Sequence[str]) -> Any:
         raise LMEvalOptionsError(f"lm-eval refused the options: {exc}") from exc
 
 
-def run_job(request: JobRequest, tokenizer: Any, progress: Callable[[str], None]) -> dict[str, Any]:
-    """Run the job and return lm-eval's results with an ``aot`` section added."""
+@dataclass(frozen=True, kw_only=True)
+class PreparedTasks:
+    """A job's tasks, checked and built (their data read) before any engine starts."""
+
+    config: Any
+    """lm-eval's ``EvaluatorConfig``, its task names resolved."""
+
+    manager: Any
+    """lm-eval's ``TaskManager`` that resolved them."""
+
+    tasks: list[Any]
+    """The top-level tasks and groups, ready for ``simple_evaluate``."""
+
+
+def prepare_tasks(argv: Sequence[str], progress: Callable[[str], None]) -> PreparedTasks:
+    """lm-eval's options and the tasks they name, each checked: the limit, every task YAML,
+    every local data file, and at least one document per task. Starts no engine."""
+    from aot_core.evaluation.limit import check_limit
+    from aot_core.evaluation.task_files import check_task_data, check_task_yamls, task_sources
     from aot_core.evaluation.tasks import load_tasks, resolve_tasks
 
-    cfg = lm_eval_config(request.lm_eval_argv)
-    task_manager = resolve_tasks(cfg)
-    tasks = load_tasks(task_manager, cfg.tasks)  # datasets are read before any engine starts
+    cfg = lm_eval_config(argv)
+    if cfg.limit is not None:
+        try:
+            check_limit(cfg.limit)
+        except ValueError as exc:
+            raise EvalUsageError(f"--limit: {exc}") from None
+    raw = [cfg.tasks] if isinstance(cfg.tasks, str) else list(cfg.tasks or [])
+    specs = [name for item in raw for name in str(item).split(",")]  # as lm-eval splits them
+    yamls = check_task_yamls(cfg.include_path, specs)
+    for source in yamls.requested:
+        check_task_data(source)
+    manager = resolve_tasks(cfg)
+    sources = task_sources(manager, cfg.tasks, yamls)
+    checked = {s.name for s in yamls.requested}
+    for source in sources:
+        if source.name not in checked:  # those of groups and tags, and built-in tasks
+            check_task_data(source)
+    tasks = load_tasks(manager, cfg.tasks, sources)
     names = [getattr(t, "task_name", None) or str(t) for t in tasks]
     progress(f"tasks ready: {', '.join(names)}")
+    return PreparedTasks(config=cfg, manager=manager, tasks=tasks)
+
+
+def run_job(
+    request: JobRequest,
+    prepared: PreparedTasks,
+    tokenizer: Any,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Run the job on ``prepared`` tasks and return lm-eval's results with an ``aot`` section."""
+    cfg, tasks, task_manager = prepared.config, prepared.tasks, prepared.manager
     marks: dict[str, float] = {}
 
     def body(model: CompiledModel) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

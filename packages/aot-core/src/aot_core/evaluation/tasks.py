@@ -8,9 +8,30 @@ is not on this machine fails at once with a message instead of waiting on the ne
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
-from aot_core.evaluation.errors import DatasetNotLocalError, TaskNotFoundError
+from aot_core.evaluation.errors import (
+    DatasetNotLocalError,
+    EvalError,
+    TaskDataError,
+    TaskInvalidError,
+    TaskNotFoundError,
+)
+from aot_core.evaluation.task_files import TaskSource, key_line
+
+# Raised by the datasets builders (and what they use) on a file they cannot parse.
+_UNREADABLE = frozenset(
+    {
+        "DatasetGenerationError",
+        "ArrowInvalid",
+        "ArrowTypeError",
+        "ParserError",
+        "EmptyDataError",
+        "UnicodeDecodeError",
+        "JSONDecodeError",
+    }
+)
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -39,26 +60,101 @@ def resolve_tasks(cfg: Any) -> Any:
     except ValueError as exc:
         if "not found" not in str(exc):
             raise
-        where = f" or under {cfg.include_path}" if cfg.include_path else ""
+        where = f" (built in, or under {cfg.include_path})" if cfg.include_path else ""
         raise TaskNotFoundError(
             f"{exc}: no lm-eval task{where} has that name. `lm-eval ls tasks` lists the built-in "
             "ones; for your own YAML tasks pass their directory with --include-path DIR"
         ) from exc
 
 
-def load_tasks(task_manager: Any, tasks: list[Any]) -> list[Any]:
-    """Build every task (reading its dataset) and return the top-level tasks and groups."""
+def load_tasks(task_manager: Any, tasks: list[Any], sources: list[TaskSource]) -> list[Any]:
+    """Build every task (reading its dataset) and return the top-level tasks and groups.
+
+    ``sources`` (the tasks as their YAML files declare them) name the files in messages.
+    """
     try:
         loaded = task_manager.load(tasks)
     except Exception as exc:
-        reason = _dataset_problem(exc)
-        if reason is None:
+        problem = _load_problem(exc, sources)
+        if problem is None:
             raise
-        raise DatasetNotLocalError(f"{reason}. {_LOCAL_DATA_HINT}") from exc
+        raise problem from None
+    for name, task in loaded["tasks"].items():
+        _check_documents(name, task, sources)
     children = {name for names in loaded["group_map"].values() for name in names}
     top = [g for name, g in loaded["groups"].items() if name not in children]
     top += [t for name, t in loaded["tasks"].items() if name not in children]
     return top
+
+
+def _load_problem(exc: Exception, sources: list[TaskSource]) -> EvalError | None:
+    """What a failure of lm-eval's task loading means for the user, if it is known."""
+    reason = _dataset_problem(exc)
+    if reason is not None:
+        return DatasetNotLocalError(f"{reason}. {_LOCAL_DATA_HINT}")
+    names = ", ".join(s.name for s in sources) or "the tasks"
+    files = sorted({str(s.yaml_path) for s in sources if s.yaml_path is not None})
+    declared = f" ({', '.join(files)})" if files else ""
+    unreadable = _unreadable_data(exc)
+    if unreadable is not None:
+        # Their messages can quote the data; the types alone say what kind of failure it was.
+        return TaskDataError(
+            f"lm-eval could not read the data of {names}{declared}: {unreadable}. The files "
+            "parse, so their rows may disagree on a column's type or on the columns themselves"
+        )
+    if any("out of bounds for size 0" in str(e) for e in _chain(exc)):
+        emptied = [s.where("process_docs") for s in sources if "process_docs" in s.config]
+        return TaskDataError(
+            f"{names}{' (' + ', '.join(emptied) + ')' if emptied else declared}: a split lm-eval "
+            "reads has no documents once process_docs has run. Check the filter, or the data"
+        )
+    if isinstance(exc, TypeError | ValueError | KeyError) or "from YAML in" in str(exc):
+        where = _key_where(exc, sources, declared)
+        return TaskInvalidError(f"lm-eval refused {names}{where}: {exc}")
+    return None
+
+
+def _key_where(exc: Exception, sources: list[TaskSource], declared: str) -> str:
+    """`` (file:line)`` of the first config key lm-eval's message names, else the files."""
+    text = str(exc)
+    for source in sources:
+        for key in source.config:
+            named = re.search(rf"\b{re.escape(str(key))}\b", text)
+            if named and source.yaml_path is not None and key_line(source.yaml_path, str(key)):
+                return f" ({source.where(str(key))})"
+    return declared
+
+
+def _unreadable_data(exc: BaseException) -> str | None:
+    """The exception types of a chain that says a data file could not be parsed."""
+    kinds = []
+    for current in _chain(exc):
+        kinds.append(type(current).__name__)
+    if _UNREADABLE & set(kinds):
+        return " from ".join(kinds)
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in out):
+        out.append(current)
+        current = current.__cause__ or current.__context__
+    return out
+
+
+def _check_documents(name: str, task: Any, sources: list[TaskSource]) -> None:
+    try:
+        docs = task.eval_docs
+    except ValueError as exc:  # lm-eval: a task with neither a test nor a validation split
+        raise TaskInvalidError(f"task {name}: {exc}; set test_split or validation_split") from None
+    if docs is not None and len(docs) == 0:
+        where = next((s.where("process_docs") for s in sources if s.name == name), name)
+        raise TaskDataError(
+            f"task {name} ({where}) has no documents to evaluate: its split is empty after "
+            "process_docs. Check the filter, or the data it reads"
+        )
 
 
 def _dataset_problem(exc: BaseException) -> str | None:
