@@ -95,6 +95,15 @@ def test_compile_reuse_and_tamper_recovery(
     bad = aot(["cache", "verify"], env)
     assert bad.returncode == ExitCode.ARTIFACT_CORRUPT and victim.path in bad.stdout
 
+    # Bytes that differ from the manifest are not provably aot's (issue 23: a copied
+    # manifest must not make a directory deletable), so the entry is neither loaded nor
+    # rebuilt over (until 2026-12 it was rebuilt); verify says to move it away, not clear it.
+    refused = aot(args, env)
+    assert refused.returncode == ExitCode.CACHE_NOT_WRITABLE, refused.stderr[-3000:]
+    assert victim.path in refused.stderr and path.read_bytes() == bytes(data)
+    assert "move it away yourself" in bad.stdout
+    assert aot(["cache", "clear", entry.name], env).returncode == ExitCode.CACHE_NOT_WRITABLE
+    path.unlink()  # the user's decision; an entry missing a file is aot's again
     recovered = aot(args, env)
     assert recovered.returncode == 0, recovered.stderr[-3000:]
     assert "existing artifact not used, compiling afresh" in recovered.stderr
