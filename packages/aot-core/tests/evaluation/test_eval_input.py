@@ -253,6 +253,17 @@ def test_a_task_yaml_lm_eval_refuses(aot_eval: Callable[..., Run], tmp_path: Pat
     assert f"{tmp_path / 't.yaml'}:12" in run.stderr and "target_delimitr" in run.stderr
 
 
+@pytest.mark.parametrize("given_as", ["name", "path"])
+def test_a_function_the_yaml_names_is_missing(
+    aot_eval: Callable[..., Run], tmp_path: Path, given_as: str
+) -> None:
+    extra = "process_docs: !function nomodule.nothing\n"
+    yaml_path = write_task(tmp_path, "d.jsonl", b'{"text": "a"}\n', extra=extra)
+    run = aot_eval(tasks="t" if given_as == "name" else str(yaml_path))
+    assert run.rc == ExitCode.TASK_INVALID, run.stderr
+    assert "nomodule" in run.stderr and str(tmp_path) in run.stderr
+
+
 def test_a_limit_passed_straight_to_lm_eval_is_checked(
     aot_eval: Callable[..., Run], tmp_path: Path
 ) -> None:

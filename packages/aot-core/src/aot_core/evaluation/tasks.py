@@ -57,6 +57,11 @@ def resolve_tasks(cfg: Any) -> Any:
     """lm-eval's own task resolution (names, globs, YAML paths); returns its TaskManager."""
     try:
         return cfg.process_tasks(cfg.metadata)
+    except (ImportError, AttributeError) as exc:
+        # A task given as a YAML path has its `!function`s imported here.
+        if "from YAML in" not in str(exc):
+            raise
+        raise TaskInvalidError(f"lm-eval refused a task YAML: {exc}") from None
     except ValueError as exc:
         if "not found" not in str(exc):
             raise
