@@ -152,7 +152,7 @@ for a start, re-sealing what the engine added), deleting (``aot cache clear``)."
 
 
 def lock_holder(lock_fd: int) -> str:
-    """ "process N, which is <intent> it", read from a lock file another process holds."""
+    """Who holds a lock file another process has locked: "process N, which is <intent>"."""
     text = os.pread(lock_fd, 64, 0).decode(errors="replace").split()
     pid = text[0] if text else "?"
     intent = text[1] if len(text) > 1 and text[1] in INTENTS else ""
@@ -488,8 +488,7 @@ def build_and_publish(
                 raise
             return existing, False
         remove_leftovers(target)
-        # Under the lock, where no aot writer is halfway through replacing it.
-        check_replaceable(target)
+        refused: ArtifactError | None = None
         if target.exists() and not force:
             try:
                 existing = verify_for_load(target, backend=backend)
@@ -499,8 +498,13 @@ def build_and_publish(
                     )
                 return existing, False
             except ArtifactError as exc:
-                if on_refused is not None:
-                    on_refused(exc)
+                refused = exc
+        # Under the lock, where no aot writer is halfway through replacing it; after the
+        # reuse check, which an entry passes only when every byte is as its manifest lists
+        # (so a reused entry is read once, not twice), and before "compiling afresh" is said.
+        check_replaceable(target)
+        if refused is not None and on_refused is not None:
+            on_refused(refused)
         with staging_dir(target) as staging:
             files = staging / FILES_DIR
             files.mkdir()
