@@ -475,3 +475,20 @@ def test_ls_and_verify_suggest_only_a_command_that_works(
     # and what they suggest works: clear removes exactly the one it named
     assert main([*argv, "clear", "mine"]) == ExitCode.OK
     assert store.entry_keys() == sorted(["copied", broken.name])
+
+
+def test_a_store_directory_whose_name_is_no_key_is_listed_and_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = artifacts.ArtifactStore(tmp_path / "cache")
+    make_artifact(store.path("mine"), model=make_model(tmp_path / "m"))
+    odd = store.entries_dir / "my stuff"
+    odd.mkdir()
+    (odd / "thesis.tex").write_text("years of work")
+    argv = ["--cache-dir", str(store.root), "cache"]
+    assert main([*argv, "ls"]) == ExitCode.OK
+    assert "my stuff" in capsys.readouterr().out
+    assert main([*argv, "clear"]) == ExitCode.CACHE_NOT_WRITABLE
+    out, err = capsys.readouterr()
+    assert "removed 1 entry" in out and "my stuff" in err and "Traceback" not in err
+    assert (odd / "thesis.tex").read_text() == "years of work"

@@ -154,7 +154,7 @@ class ArtifactStore:
     def _listed_path(self, key: str) -> Path:
         """``path(key)``, or for a directory ``entry_keys`` lists whatever its name (another
         tool's, say), the directory itself: it is still shown, and still refused."""
-        if key in self.entry_keys():
+        if not _KEY_RE.match(key) and key in self.entry_keys():
             return self.entries_dir / key
         return self.path(key)
 
