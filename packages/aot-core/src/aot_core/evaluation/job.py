@@ -9,12 +9,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aot_core.compiler import CompiledModel
 from aot_core.evaluation.errors import EvalUsageError, LMEvalOptionsError
 from aot_core.evaluation.model_args import EvalModelConfig
 from aot_core.evaluation.startup import StartRecord, run_with_model
+
+if TYPE_CHECKING:
+    from aot_core.evaluation.task_files import TaskYamls
 
 RESULTS_NAME = "results.json"
 NOISE_NOTE = (
@@ -68,12 +71,12 @@ class PreparedTasks:
     """The top-level tasks and groups, ready for ``simple_evaluate``."""
 
 
-def prepare_tasks(argv: Sequence[str], progress: Callable[[str], None]) -> PreparedTasks:
-    """lm-eval's options and the tasks they name, each checked: the limit, every task YAML,
-    every local data file, and at least one document per task. Starts no engine."""
+def check_inputs(argv: Sequence[str]) -> tuple[Any, TaskYamls]:
+    """The checks that need no task index (milliseconds for local tasks): lm-eval's options,
+    the limit, every task YAML, and the data of the tasks named directly. Returns lm-eval's
+    ``EvaluatorConfig`` and the parsed YAMLs."""
     from aot_core.evaluation.limit import check_limit
-    from aot_core.evaluation.task_files import check_task_data, check_task_yamls, task_sources
-    from aot_core.evaluation.tasks import load_tasks, resolve_tasks
+    from aot_core.evaluation.task_files import check_task_data, check_task_yamls
 
     cfg = lm_eval_config(argv)
     if cfg.limit is not None:
@@ -86,7 +89,18 @@ def prepare_tasks(argv: Sequence[str], progress: Callable[[str], None]) -> Prepa
     yamls = check_task_yamls(cfg.include_path, specs)
     for source in yamls.requested:
         check_task_data(source)
-    manager = resolve_tasks(cfg)
+    return cfg, yamls
+
+
+def prepare_tasks(argv: Sequence[str], progress: Callable[[str], None]) -> PreparedTasks:
+    """lm-eval's options and the tasks they name, each checked (``check_inputs``, then the
+    data of tasks reached through groups and tags, then at least one document per task) and
+    built, their data read. Starts no engine."""
+    from aot_core.evaluation.task_files import check_task_data, task_sources
+    from aot_core.evaluation.tasks import load_tasks, resolve_tasks
+
+    cfg, yamls = check_inputs(argv)
+    manager = resolve_tasks(cfg)  # lm-eval indexes every task it has: seconds
     sources = task_sources(manager, cfg.tasks, yamls)
     checked = {s.name for s in yamls.requested}
     for source in sources:

@@ -186,14 +186,14 @@ def run_parity(
     args: argparse.Namespace, model: Path, passthrough: list[str], progress: Callable[[str], None]
 ) -> int:
     """Run both jobs, print the report, write ``parity.json``; raise when out of tolerance."""
-    from aot_core.command import stdout_to_stderr
     from aot_core.evaluation.command import lm_eval_argv
-    from aot_core.evaluation.job import prepare_tasks
+    from aot_core.evaluation.job import check_inputs
 
     if args.eager:
         raise EvalUsageError("--parity runs both eager and compiled; drop --eager")
-    with stdout_to_stderr():  # bad tasks are refused here, once, before either run starts
-        prepare_tasks(lm_eval_argv(args, passthrough), progress)
+    # Bad input is refused here, before either run. What only lm-eval's task index reveals
+    # (seconds to build) the eager run refuses before its engine starts, with the same code.
+    check_inputs(lm_eval_argv(args, passthrough))
     with tempfile.TemporaryDirectory(prefix="aot-parity-") as tmp:
         root = Path(args.output).expanduser() if args.output else Path(tmp)
         header = []
