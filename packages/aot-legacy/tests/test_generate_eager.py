@@ -97,8 +97,12 @@ def test_stops_at_eos(tiny_dir: Path, eager_tokens: list) -> None:
         assert again.token_ids == eager_tokens[0] and again.finish_reason == "length"
 
 
-def test_stops_at_a_stop_string(eager: LegacyCompiledModel) -> None:
-    prompts = ["The cat", "Hello, world"]
+def test_stops_at_a_stop_string(
+    eager: LegacyCompiledModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Three rows that stop early, and a shorter prompt (the last KV row: prompts run
+    # longest first) that runs on alone, moved to a smaller batch.
+    prompts = ["The cat"] * 3 + ["Hi"]
     params = GenerationParams(max_new_tokens=24, stop_on_eos=False)
     full = eager.generate(prompts, params)
     tokens = full[0].token_ids
@@ -106,12 +110,20 @@ def test_stops_at_a_stop_string(eager: LegacyCompiledModel) -> None:
     at = next(i for i in range(2, 20) if all(32 <= t < 127 for t in tokens[i : i + 2]))
     stop = bytes(tokens[at : at + 2]).decode()
     assert full[0].text is not None and stop in full[0].text
-    assert full[1].text is not None and stop not in full[1].text
+    assert full[3].text is not None and stop not in full[3].text
+    generator = eager._generator
+    assert generator is not None
+    step, batches = generator.decode, []
+    monkeypatch.setattr(generator, "decode", lambda *a: batches.append(len(a[0])) or step(*a))
     cut = eager.generate(prompts, replace(params, stop=("never in this text", stop)))
-    assert cut[0].token_ids == tokens[: at + 2]  # ends with the token completing the stop
-    assert cut[0].finish_reason == "stop"
-    assert cut[0].text == full[0].text[: full[0].text.index(stop)]
-    assert cut[1] == full[1]  # a row without the stop string runs on in the same batch
+    assert batches[0] == 4 and batches[-1] == 2  # the finished rows left the batch
+    for g in cut[:3]:
+        assert g.token_ids == tokens[: at + 2]  # ends with the token completing the stop
+        assert g.finish_reason == "stop"
+        assert g.text == full[0].text[: full[0].text.index(stop)]
+    assert cut[3] == full[3]  # a row without the stop string runs on to the end
+    assert eager.last_timings is not None
+    assert eager.last_timings.output_tokens == 3 * (at + 2) + 24
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(

@@ -95,6 +95,7 @@ class StaticKVGenerator:
         pad_token_id: int,
         eos_token_ids: Sequence[int],
         device: torch.device,
+        kv: Sequence[torch.Tensor] = (),
     ) -> None:
         self.prefill = prefill
         self.decode = decode
@@ -105,6 +106,9 @@ class StaticKVGenerator:
         self.pad_token_id = pad_token_id
         self.eos_token_ids = frozenset(eos_token_ids)
         self.device = device
+        self.kv = tuple(kv)
+        """The KV cache the steps are bound to, so finished rows can be compacted away;
+        empty when unknown (then the batch keeps its size to the end)."""
 
     def check(self, prompts: Sequence[Sequence[int]]) -> None:
         """Reject prompts that cannot run, before any work starts."""
@@ -144,16 +148,19 @@ class StaticKVGenerator:
                 generator.manual_seed(params.seed)
             else:
                 generator.seed()
-        results: list[tuple[list[int], str]] = []
+        # Longest prompts first, as lm-eval's models order them: a batch pads little.
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        results: list[tuple[list[int], str]] = [([], "")] * len(prompts)
         t_start = time.perf_counter()
         with torch.no_grad():
-            for lo in range(0, len(prompts), self.max_batch):
-                chunk = prompts[lo : lo + self.max_batch]
-                results.extend(
-                    self._run_chunk(
-                        chunk, params, generator, timings=timings, t_start=t_start, stop=stop
-                    )
+            for lo in range(0, len(order), self.max_batch):
+                idx = order[lo : lo + self.max_batch]
+                chunk = [prompts[i] for i in idx]
+                done = self._run_chunk(
+                    chunk, params, generator, timings=timings, t_start=t_start, stop=stop
                 )
+                for i, result in zip(idx, done, strict=True):
+                    results[i] = result
         timings.total_s = time.perf_counter() - t_start
         return results, timings
 
@@ -169,60 +176,91 @@ class StaticKVGenerator:
     ) -> list[tuple[list[int], str]]:
         n = len(prompts)
         size = self.buckets[bisect.bisect_left(self.buckets, n)]
-        lens = [len(p) for p in prompts] + [1] * (size - n)
-        seq = max(*lens, MIN_BUCKET)
-        rows = [list(p) for p in prompts] + [[self.pad_token_id]] * (size - n)
-        ids = torch.tensor(
-            [r + [self.pad_token_id] * (seq - len(r)) for r in rows], dtype=torch.long
-        ).to(self.device)
-        pos = torch.arange(seq, device=self.device).expand(size, seq).contiguous()
-        last = torch.tensor([[ln - 1] * MIN_BUCKET for ln in lens], dtype=torch.long)
-
+        lens = [len(p) for p in prompts]
         t0 = time.perf_counter()
-        logits = self.prefill(ids, pos, last.to(self.device))[:, 0]
-        token = sample(logits[:n], params, generator)
-        token_list = token.tolist()  # syncs the device, so the timing is real
+        first = self._prefill_rows(prompts, size)
+        latest = dict(enumerate(sample(first, params, generator).tolist()))  # syncs the device
         t1 = time.perf_counter()
         timings.prefill_s += t1 - t0
         timings.first_token_s.append(t1 - t_start)
-        timings.prompt_tokens += sum(lens[:n])
+        timings.prompt_tokens += sum(lens)
 
         out: list[list[int]] = [[] for _ in range(n)]
         reasons = [""] * n
-        cur_pos = list(lens[:n])
-        decode_tokens = 0
+        slots = list(range(n))  # the KV row each prompt's row lives in
         for step_i in range(params.max_new_tokens):
-            for r in range(n):
-                if reasons[r]:
-                    continue
-                tok = token_list[r]
+            for r, tok in latest.items():
                 out[r].append(tok)
-                eos = params.stop_on_eos and tok in self.eos_token_ids
-                if eos or (stop is not None and stop(out[r])):
-                    reasons[r] = "stop"
-                # max_model_len bounds prompt plus output, as in vLLM.
-                elif len(out[r]) >= params.max_new_tokens or cur_pos[r] + 1 >= self.max_seq:
-                    reasons[r] = "length"
-            if all(reasons) or step_i == params.max_new_tokens - 1:
+                reasons[r] = self._finished(out[r], lens[r], params, stop)
+            active = [r for r in range(n) if not reasons[r]]
+            if not active or step_i == params.max_new_tokens - 1:
                 break
-            feed = [token_list[r] if not reasons[r] else self.pad_token_id for r in range(n)]
-            feed += [self.pad_token_id] * (size - n)
-            # Finished rows keep running (the batch shape is fixed) at a position inside
-            # their own KV row; their output is ignored.
-            step_pos = [min(p, self.max_seq - 1) for p in cur_pos] + [0] * (size - n)
-            ids1 = torch.tensor(feed, dtype=torch.long).view(size, 1).to(self.device)
-            pos1 = torch.tensor(step_pos, dtype=torch.long).view(size, 1).to(self.device)
-            zeros = torch.zeros(size, dtype=torch.long, device=self.device)
             ts = time.perf_counter()
-            logits = self.decode(ids1, pos1, zeros)
-            token = sample(logits[:n], params, generator)
-            token_list = token.tolist()
+            # The next token of row r goes at position lens[r] + len(out[r]) - 1.
+            where = {r: lens[r] + len(out[r]) - 1 for r in active}
+            size = self._compact(slots, active, size, written=max(where.values()))
+            logits = self._decode_rows(slots, where, latest, size)
+            latest = dict(zip(active, sample(logits, params, generator).tolist(), strict=True))
             timings.decode_s += time.perf_counter() - ts
-            decode_tokens += sum(1 for r in range(n) if not reasons[r])
-            cur_pos = [p + 1 for p in cur_pos]
-        timings.decode_steps_tokens += decode_tokens
+            timings.decode_steps_tokens += len(active)
         timings.output_tokens += sum(len(o) for o in out)
         return [(out[r], reasons[r] or "length") for r in range(n)]
+
+    def _prefill_rows(self, prompts: Sequence[Sequence[int]], size: int) -> torch.Tensor:
+        """Prefill right-padded prompts in KV rows ``[:size]``; logits ``[n, vocab]`` at each
+        prompt's last token (padding rows are one pad token)."""
+        pad = self.pad_token_id
+        rows = [list(p) for p in prompts] + [[pad]] * (size - len(prompts))
+        seq = max(*(len(r) for r in rows), MIN_BUCKET)
+        ids = torch.tensor([r + [pad] * (seq - len(r)) for r in rows], dtype=torch.long)
+        pos = torch.arange(seq).expand(size, seq).contiguous()
+        last = torch.tensor([[len(r) - 1] * MIN_BUCKET for r in rows], dtype=torch.long)
+        logits = self.prefill(ids.to(self.device), pos.to(self.device), last.to(self.device))
+        return logits[: len(prompts), 0]
+
+    def _finished(
+        self, tokens: Sequence[int], prompt_len: int, params: GenerationParams, stop: StopFn | None
+    ) -> str:
+        """Why a row with these generated tokens is done ("stop", "length"), or ""."""
+        if (params.stop_on_eos and tokens[-1] in self.eos_token_ids) or (
+            stop is not None and stop(tokens)
+        ):
+            return "stop"
+        # max_model_len bounds prompt plus output, as in vLLM.
+        if len(tokens) >= params.max_new_tokens or prompt_len + len(tokens) >= self.max_seq:
+            return "length"
+        return ""
+
+    def _compact(self, slots: list[int], active: Sequence[int], size: int, written: int) -> int:
+        """Move the active rows' KV (positions ``[:written]``) into the first KV rows when a
+        smaller batch bucket holds them, so finished rows stop costing decode work; returns
+        the batch size to decode at."""
+        want = self.buckets[bisect.bisect_left(self.buckets, len(active))]
+        if want >= size or not self.kv:
+            return size
+        src = torch.tensor([slots[r] for r in active], dtype=torch.long, device=self.device)
+        for t in self.kv:
+            t[: len(active), :written] = t[src, :written]  # gathers a copy first: no overlap
+        for i, r in enumerate(active):
+            slots[r] = i
+        return want
+
+    def _decode_rows(
+        self, slots: Sequence[int], where: dict[int, int], latest: dict[int, int], size: int
+    ) -> torch.Tensor:
+        """One decode step of ``size`` KV rows: each active row ``r`` (the keys of ``where``)
+        feeds ``latest[r]`` at position ``where[r]``; other rows feed a pad at position 0 of
+        a KV row no active row reads. Returns the active rows' logits, in ``where``'s order."""
+        feed = [self.pad_token_id] * size
+        pos = [0] * size
+        for r, p in where.items():
+            feed[slots[r]] = latest[r]
+            pos[slots[r]] = p
+        ids1 = torch.tensor(feed, dtype=torch.long).view(size, 1).to(self.device)
+        pos1 = torch.tensor(pos, dtype=torch.long).view(size, 1).to(self.device)
+        zeros = torch.zeros(size, dtype=torch.long, device=self.device)
+        logits = self.decode(ids1, pos1, zeros)
+        return logits[torch.tensor([slots[r] for r in where], device=self.device)]
 
 
 TokenScores = tuple[list[float], list[bool]]

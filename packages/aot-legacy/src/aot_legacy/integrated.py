@@ -214,6 +214,7 @@ class IntegratedAOTCompiler(Compiler):
             pad_token_id=step.pad_token_id,
             eos_token_ids=step.eos_token_ids,
             device=device,
+            kv=kv,
         )
         if example_prompts:
             # Run the examples once: proves the compiled steps on real inputs before the
