@@ -132,9 +132,7 @@ def _key_where(exc: Exception, sources: list[TaskSource], declared: str) -> str:
 
 def _unreadable_data(exc: BaseException) -> str | None:
     """The exception types of a chain that says a data file could not be parsed."""
-    kinds = []
-    for current in _chain(exc):
-        kinds.append(type(current).__name__)
+    kinds = [type(current).__name__ for current in _chain(exc)]
     if _UNREADABLE & set(kinds):
         return " from ".join(kinds)
     return None
