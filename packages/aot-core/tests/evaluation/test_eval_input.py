@@ -334,3 +334,13 @@ def test_the_command_refuses_bad_data_before_any_engine_line(tiny: Path, tmp_pat
     engine_lines = ("aot: starting", "aot: compiling", "tasks ready")
     assert not [line for line in proc.stderr.splitlines() if line.startswith(engine_lines)]
     assert proc.stdout == ""
+
+
+def test_an_include_path_that_is_not_a_directory(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], engine_starts: list[object]
+) -> None:
+    missing = tmp_path / "no-such-tasks"
+    rc = cli.run(["eval", str(tiny), "--tasks", "t", "--include-path", str(missing)])
+    err = capsys.readouterr().err
+    assert rc == ExitCode.USAGE, err
+    assert f"--include-path {missing}: no such directory" in err and engine_starts == []
