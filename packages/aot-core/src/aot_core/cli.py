@@ -460,19 +460,6 @@ def _resolve_entry(store: artifacts.ArtifactStore, ref: str) -> Path:
     return path
 
 
-def _removal_hint(store: artifacts.ArtifactStore, path: Path) -> str:
-    """How to get rid of an unusable entry: only a command that will work for it."""
-    problem = artifacts.ownership_problem(path)
-    if problem is None and path.parent == store.entries_dir:
-        return f"`aot cache clear {path.name}` removes it"
-    if problem is None:
-        return "it is aot's: delete it, or compile with --out onto it to rebuild it"
-    return (
-        f"aot cannot prove it wrote it, so aot will not delete it ({problem}); look at what "
-        "it holds, then move it away yourself"
-    )
-
-
 def _ls_status(info: artifacts.EntryInfo, report: artifacts.VerifyReport | None) -> str:
     if info.problem:
         return f"NOT LOADABLE: {info.problem}"
@@ -517,7 +504,7 @@ def cmd_cache_ls(args: argparse.Namespace) -> int:
         for i in infos:
             report = reports[i.key]
             if i.problem or (report is not None and not report.ok):
-                print(f"{i.key}: {_removal_hint(store, i.path)}")
+                print(f"{i.key}: {store.removal_hint(i.path)}")
     leftovers = store.leftovers()
     if leftovers:
         print(
@@ -558,7 +545,7 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
             print(f"{path}: CORRUPT")
             for problem in report.problems():
                 print(f"  {problem}")
-            print(f"  {_removal_hint(store, path)}")
+            print(f"  {store.removal_hint(path)}")
             worst = ExitCode.ARTIFACT_CORRUPT
             continue
         assert report.manifest is not None
@@ -567,7 +554,7 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
             print(f"{path}: intact, but INCOMPATIBLE with this environment")
             for problem in problems:
                 print(f"  {problem}")
-            print(f"  {_removal_hint(store, path)}")
+            print(f"  {store.removal_hint(path)}")
             if worst == ExitCode.OK:
                 worst = ExitCode.ARTIFACT_INCOMPATIBLE
             continue

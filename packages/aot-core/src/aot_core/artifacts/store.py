@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aot_core.artifacts.manifest import Manifest, _walk_files, read_manifest
+from aot_core.artifacts.manifest import Manifest, _walk_files, ownership_problem, read_manifest
 from aot_core.artifacts.publishing import (
     LockTimeoutError,
     _leftover_re,
@@ -170,6 +170,20 @@ class ArtifactStore:
         problems += check_compatible(manifest)
         return EntryInfo(
             key=key, path=path, manifest=manifest, problem="; ".join(problems), size_bytes=size
+        )
+
+    def removal_hint(self, path: Path) -> str:
+        """How a person gets rid of the unusable entry at ``path``, naming only a command
+        that will work for it: ``aot cache clear KEY`` for an entry of this store aot can
+        prove it wrote (``ownership_problem``), else moving it away by hand, with why."""
+        problem = ownership_problem(path)
+        if problem is None and path.parent == self.entries_dir:
+            return f"`aot cache clear {path.name}` removes it"
+        if problem is None:
+            return "it is aot's: delete it, or compile with --out onto it to rebuild it"
+        return (
+            f"aot cannot prove it wrote it, so aot will not delete it ({problem}); look at "
+            "what it holds, then move it away yourself"
         )
 
     def remove(self, key: str) -> bool:
