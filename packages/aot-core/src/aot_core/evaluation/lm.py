@@ -27,6 +27,7 @@ from lm_eval.models.utils import (
 
 from aot_core.compiler import CompiledModel, GenerationParams
 from aot_core.errors import SpecError
+from aot_core.evaluation.errors import EvalUsageError
 from aot_core.evaluation.model_args import EvalModelConfig, parse_model_args
 from aot_core.evaluation.tokenizer import load_tokenizer
 
@@ -132,6 +133,30 @@ class AotLM(TemplateLM):  # type: ignore[misc]
     @property
     def tokenizer_name(self) -> str:
         return str(self.tokenizer.name_or_path).replace("/", "__")
+
+    def apply_chat_template(
+        self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
+        """The chat as the tokenizer's template renders it, exactly as lm-eval's ``hf`` model
+        renders it (``--apply_chat_template``), so both score the same prompt text."""
+        import jinja2
+
+        kwargs: dict[str, Any] = {
+            "tokenize": False,
+            "add_generation_prompt": add_generation_prompt,
+            "continue_final_message": not add_generation_prompt,
+        }
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise EvalUsageError(
+                f"--apply_chat_template: the tokenizer of {self.config.model} has no chat "
+                "template; drop the option, or evaluate a model whose tokenizer has one"
+            )
+        try:
+            return str(self.tokenizer.apply_chat_template(chat_history, **kwargs))
+        except jinja2.exceptions.TemplateError:
+            # as lm-eval's hf model: a template that refuses a system turn gets none
+            history = [m for m in chat_history if m.get("role") != "system"]
+            return str(self.tokenizer.apply_chat_template(history, **kwargs))
 
     def get_model_info(self) -> dict[str, Any]:
         """What lm-eval records about the model in its results' config."""
