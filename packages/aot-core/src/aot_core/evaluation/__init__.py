@@ -8,7 +8,14 @@ it, torch or transformers at import time; ``aot_core.evaluation.lm`` needs lm-ev
 
 from __future__ import annotations
 
+from pathlib import Path
+
 MODEL_NAME = "aot"
 """The name ``AotLM`` is registered under in lm-eval (``--model aot``)."""
 
-__all__ = ["MODEL_NAME"]
+REAL_TASKS_DIR = Path(__file__).parent / "real_tasks"
+"""Shipped task YAMLs and their local data for a small real instruct model (``aot eval
+smollm2-135m-instruct``): run ``aot eval`` from this directory with ``--include-path .``,
+since lm-eval resolves data files from the working directory."""
+
+__all__ = ["MODEL_NAME", "REAL_TASKS_DIR"]
