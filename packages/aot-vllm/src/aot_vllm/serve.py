@@ -124,8 +124,12 @@ async def _start_engine(
     memory.start()
     t_engine = time.time()
     try:
+        # vllm.LLM's usage context: vLLM resolves open batch limits by it (on CPU the
+        # server's default is half the batch), and they key the compiled code.
         client = await stack.enter_async_context(
-            api.build_async_engine_client_from_engine_args(engine_args)
+            api.build_async_engine_client_from_engine_args(
+                engine_args, usage_context=api.UsageContext.LLM_CLASS
+            )
         )
     except Exception as exc:
         raise CompilationError(
@@ -255,6 +259,7 @@ _API: dict[str, tuple[str, str | None]] = {
     # name: (module, attribute; None: the module itself)
     "AsyncEngineArgs": ("vllm.engine.arg_utils", "AsyncEngineArgs"),
     "LLM": ("vllm", "LLM"),
+    "UsageContext": ("vllm.usage.usage_lib", "UsageContext"),
     "envs": ("vllm.envs", None),
     "FlexibleArgumentParser": ("vllm.utils.argparse_utils", "FlexibleArgumentParser"),
     "make_arg_parser": ("vllm.entrypoints.launchers.cli_args", "make_arg_parser"),
