@@ -81,7 +81,9 @@ def _pytest(session: nox.Session, *paths: str, default_args: tuple[str, ...] = (
 
 
 def _remove_broken_vllm_extras(session: nox.Session) -> None:
-    session.run("uv", "pip", "uninstall", *VLLM_BROKEN_EXTRAS, silent=True)
+    # run_install: part of installing, so `nox --install-only` environments get it too
+    # (with session.run they kept torchvision, and transformers' Llama failed to import).
+    session.run_install("uv", "pip", "uninstall", *VLLM_BROKEN_EXTRAS, silent=True)
 
 
 def _compile_bytecode(session: nox.Session) -> None:
