@@ -52,6 +52,16 @@ def test_model_without_a_tokenizer(
     assert "tokenizer" in run.stderr and "tokenizer=DIR" in run.stderr
 
 
+def test_chat_template_asked_of_a_tokenizer_without_one(
+    aot_eval: Callable[..., Run], tiny: Path
+) -> None:
+    # the tiny Llama's byte tokenizer has no chat template (the real model's has one)
+    args = ("--tasks", "aot_gen", "--include-path", str(TASKS), "--limit", "2", "--eager")
+    run = aot_eval(str(tiny), *args, "--backend", "legacy", "--lm-eval", "--apply_chat_template")
+    assert run.rc == ExitCode.USAGE, run.stderr[-2000:]
+    assert "has no chat template" in run.stderr and "Traceback" not in run.stderr
+
+
 def test_invalid_spec_in_model_args(aot_eval: Callable[..., Run], tiny: Path) -> None:
     args = ("--tasks", "aot_mc", "--include-path", str(TASKS))
     run = aot_eval(str(tiny), *args, "--model-args", "dtype=float64")
