@@ -99,3 +99,26 @@ def test_empty_and_package_dirs_may_be_replaced(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     check_replaceable(tmp_path / "empty")
     check_replaceable(_package(tmp_path / "empty"))
+
+
+def test_a_copied_package_manifest_does_not_make_a_directory_replaceable(
+    tmp_path: Path,
+) -> None:
+    """Issue 23 item 1 through backend_options.package_dir: a copy of a real package
+    manifest beside someone's files (or package files whose bytes changed) proves nothing."""
+    (tmp_path / "real").mkdir()
+    real = _package(tmp_path / "real")
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('mine')\n")
+    (project / "NOTES.md").write_text("mine")
+    (project / "manifest.json").write_bytes((real / "manifest.json").read_bytes())
+    before = sorted((p.relative_to(project), p.read_bytes()) for p in project.rglob("*.*"))
+    with pytest.raises(NotOwnedError, match=r"NOTES\.md, src/main\.py"):
+        check_replaceable(project)
+    assert sorted((p.relative_to(project), p.read_bytes()) for p in project.rglob("*.*")) == before
+    (real / "decode.pt2").write_bytes(b"changed")
+    with pytest.raises(NotOwnedError, match=r"decode\.pt2"):
+        check_replaceable(real)
+    (real / "decode.pt2").unlink()  # absent: replacing the rest loses nothing
+    check_replaceable(real)

@@ -208,7 +208,10 @@ def check_replaceable(dest: Path) -> None:
     """Refuse to replace ``dest`` unless it is absent, empty or a package directory.
 
     Proof that this backend wrote it is a package manifest (a JSON object with an integer
-    format, an environment and per-file checksums); anything else is the user's.
+    format, an environment and per-file checksums) that lists every other file there with
+    the sha256 it has (aot-core's rule, ``ownership_problem``: a manifest copied beside
+    someone's files, or package files whose bytes changed, prove nothing); anything else is
+    the user's.
     """
     if not (dest.exists() or dest.is_symlink()) or is_empty_dir(dest):
         return
@@ -228,6 +231,30 @@ def check_replaceable(dest: Path) -> None:
             "directory aot-legacy wrote (no package manifest), so it may hold your files; "
             "nothing was changed. Point backend_options.package_dir at a new or empty directory"
         )
+    foreign = _unvouched(dest, data["files"])
+    if foreign:
+        raise NotOwnedError(
+            f"refusing to replace {dest} with AOTInductor packages: its package manifest does "
+            f"not vouch for {', '.join(foreign[:5])}, so it may hold your files; nothing was "
+            "changed. Move it away yourself, or point backend_options.package_dir at a new or "
+            "empty directory"
+        )
+
+
+def _unvouched(dest: Path, files: dict[str, Any]) -> list[str]:
+    """Every path below ``dest`` but the manifest that ``files`` does not list with its
+    sha256 (a listed file that is absent loses nothing and is not named)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(dest):
+        base = Path(dirpath)
+        for name in [*filenames, *(d for d in dirnames if (base / d).is_symlink())]:
+            path = base / name
+            rel = path.relative_to(dest).as_posix()
+            if rel == MANIFEST:
+                continue
+            if path.is_symlink() or not path.is_file() or files.get(rel) != _sha256(path):
+                out.append(rel)
+    return sorted(out)
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
