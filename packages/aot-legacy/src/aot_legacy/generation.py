@@ -372,7 +372,7 @@ def _score_rows(
 ) -> list[list[TokenScores]]:
     """Scores of ``continuations[r]`` after ``contexts[r]``, row ``r`` in KV row ``r``."""
     results: list[list[TokenScores]] = [[([], []) for _ in conts] for conts in continuations]
-    first = _forward(g, contexts, [[len(c) - 1] for c in contexts])[:, :1]
+    first = torch.log_softmax(_forward(g, contexts, [[len(c) - 1] for c in contexts])[:, :1], -1)
     for r, conts in enumerate(continuations):
         for j, x in enumerate(conts):
             _record(first[r], [x[0]], results[r][j])
@@ -387,17 +387,17 @@ def _score_rows(
             for conts, x in zip(continuations, rest, strict=True)
         ]
         logits = _forward(g, fed, [range(max(len(x), 1)) for x in rest], [len(c) for c in contexts])
+        logprobs = torch.log_softmax(logits, dim=-1)
         for r, x in enumerate(rest):
             if x:
-                _record(logits[r, : len(x)], x, results[r][j])
+                _record(logprobs[r, : len(x)], x, results[r][j])
     return results
 
 
-def _record(logits: torch.Tensor, targets: Sequence[int], into: TokenScores) -> None:
-    """Append the log-probability of each target under the logits ``[len(targets), vocab]``
-    that predict it, and whether it was the most likely token."""
-    logprobs = torch.log_softmax(logits, dim=-1)
-    wanted = torch.tensor(list(targets), dtype=torch.long, device=logits.device).view(-1, 1)
+def _record(logprobs: torch.Tensor, targets: Sequence[int], into: TokenScores) -> None:
+    """Append the log-probability of each target under the log-probabilities
+    ``[len(targets), vocab]`` that predict it, and whether it was the most likely token."""
+    wanted = torch.tensor(list(targets), dtype=torch.long, device=logprobs.device).view(-1, 1)
     chosen = logprobs.gather(1, wanted).squeeze(1)
     # Greedy when nothing beats the token (a tie counts as greedy, as in vLLM's check).
     greedy = (chosen >= logprobs.max(dim=-1).values).tolist()
