@@ -60,7 +60,7 @@ def test_a_bad_limit_is_refused_before_the_job_starts(
 
 @pytest.mark.parametrize(("limit", "value"), [("8", 8), ("1.0", 1), ("0.25", 0.25), ("1e2", 100)])
 def test_a_limit_is_a_whole_count_or_a_fraction(limit: str, value: float) -> None:
-    from aot_core.evaluation.command import lm_eval_argv
+    from aot_core.evaluation.lm_eval_args import lm_eval_argv
 
     args = cli.build_parser().parse_args(["eval", "model", "--tasks", "t", "--limit", limit])
     assert args.limit == value and type(args.limit) is type(value)

@@ -151,20 +151,6 @@ def model_config(args: argparse.Namespace, model: Path) -> Any:
     return parse_model_args(extra, base_spec=load_spec(args.spec))
 
 
-def lm_eval_argv(args: argparse.Namespace, passthrough: list[str]) -> list[str]:
-    """The lm-eval ``run`` options this job passes on."""
-    argv = ["--tasks", args.tasks]
-    if args.include_path:
-        argv += ["--include_path", str(Path(args.include_path).expanduser())]
-    if args.limit is not None:
-        argv += ["--limit", str(args.limit)]
-    if args.log_samples:
-        argv += ["--log_samples"]
-    if args.output:
-        argv += ["--output_path", str(args.output)]
-    return argv + passthrough
-
-
 def _single(
     args: argparse.Namespace,
     model: Path,
@@ -174,6 +160,7 @@ def _single(
 ) -> int:
     from aot_core.command import stdout_to_stderr
     from aot_core.evaluation.job import JobRequest, prepare_tasks, run_job, summary, write_outputs
+    from aot_core.evaluation.lm_eval_args import lm_eval_argv
     from aot_core.evaluation.plugin import register
     from aot_core.evaluation.tokenizer import load_tokenizer
 

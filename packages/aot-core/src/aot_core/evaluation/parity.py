@@ -186,8 +186,8 @@ def run_parity(
     args: argparse.Namespace, model: Path, passthrough: list[str], progress: Callable[[str], None]
 ) -> int:
     """Run both jobs, print the report, write ``parity.json``; raise when out of tolerance."""
-    from aot_core.evaluation.command import lm_eval_argv
     from aot_core.evaluation.job import check_inputs
+    from aot_core.evaluation.lm_eval_args import lm_eval_argv
 
     if args.eager:
         raise EvalUsageError("--parity runs both eager and compiled; drop --eager")
