@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from aot_core import artifacts
 from aot_core.cli import ExitCode
+from aot_core.prompts import default_prompts
 from aot_core.spec import CompileSpec
+from aot_core.start_config import resolve_start
 from test_artifacts import make_model
 from test_cli import FAKE_BACKENDS
 
@@ -56,14 +58,14 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _build(dest: Path, *, key: str, model: Path) -> None:
+def _build(dest: Path, *, key: str, model: Path, spec: CompileSpec) -> None:
     def build(files: Path) -> dict[str, str]:
         (files / "kernel.bin").write_bytes(b"compiled elsewhere" * 100)
         return {"device": "cpu"}
 
     artifacts.build_and_publish(
         dest, key=key, build=build, backend="ready", backend_version="0.0.7",
-        spec=CompileSpec(), model=model,
+        spec=spec, model=model,
     )  # fmt: skip
 
 
@@ -119,12 +121,13 @@ def test_a_read_only_store_is_used_without_write_access(
     model = make_model(tmp_path / "m")
     other = make_model(tmp_path / "other", arch="MistralForCausalLM")
     cache = artifacts.ArtifactStore(tmp_path / "media" / "cache")
-    key = artifacts.entry_key(
-        backend="ready", backend_version="0.0.7", model=model, spec=CompileSpec()
-    )
-    _build(cache.path(key), key=key, model=model)  # its lock file stays: a shared lock is taken
+    # The spec `aot compile` keys its entry with: the open fields resolved once per command.
+    spec = resolve_start(CompileSpec(), model, examples=default_prompts()).apply(CompileSpec())
+    key = artifacts.entry_key(backend="ready", backend_version="0.0.7", model=model, spec=spec)
+    # Its lock file stays: a shared lock is taken.
+    _build(cache.path(key), key=key, model=model, spec=spec)
     outdir = tmp_path / "media" / "art"
-    _build(outdir, key=key, model=model)
+    _build(outdir, key=key, model=model, spec=spec)
     (outdir.parent / ".art.lock").unlink()  # none at all here: read without one
     out = tmp_path / "out"
     out.mkdir()
