@@ -153,7 +153,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(proc=proc, port=port, cache=work / "cache", model=model, spec=spec, log=log)
     try:
         _wait_ready(srv)
-        srv.engine_pids = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+        srv.engine_pids = _engine_pids(proc.pid)
         yield srv
     finally:
         if proc.poll() is None:
@@ -161,6 +161,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             proc.wait(timeout=60)
         for pid in srv.engine_pids:
             _kill(pid)
+
+
+def _engine_pids(pid: int) -> set[int]:
+    """The server's engine processes: its descendants but multiprocessing's resource tracker
+    (which exits after the server does, when its pipe closes)."""
+    out = set()
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "multiprocessing.resource_tracker" not in " ".join(child.cmdline()):
+                out.add(child.pid)
+    return out
 
 
 def _kill(pid: int) -> None:
@@ -270,6 +281,36 @@ def test_a_client_leaving_mid_stream_does_not_stop_the_server(server: Server) ->
         conn.sock.shutdown(socket.SHUT_RDWR)
     conn.close()
     assert _completion(server, PROMPT)[0] == 200
+
+
+def test_a_bounded_concurrent_load_has_no_errors(server: Server) -> None:
+    load = _load_module()
+    result = load.run_load(
+        f"http://{HOST}:{server.port}",
+        str(server.model),
+        api_key=KEY,
+        clients=4,
+        requests=24,
+        max_tokens=8,
+        time_limit_s=300,
+    )
+    print(result.summary())  # the measured numbers, in the log (-rA)
+    assert not result.errors and not result.cut_short, result.summary()
+    assert result.completed == 24
+    assert result.latency_p50_s is not None and result.latency_p95_s is not None
+    assert result.latency_p50_s <= result.latency_p95_s
+
+
+def _load_module() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "serve_load.py"
+    spec = importlib.util.spec_from_file_location("serve_load", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["serve_load"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 # --------------------------------------------------------------------------- refusals
