@@ -2,12 +2,12 @@
 transformers' plain batched forward (what lm-eval's ``hf`` model runs).
 
     python benchmarks/legacy_scoring.py [--model smollm2-135m|tiny|DIR] [--requests 520]
-        [--modes eager,compiled,hf] [--max-model-len 512] [--max-num-seqs 8]
+        [--modes eager,compiled,hf] [--choices 4] [--max-model-len 512] [--max-num-seqs 8]
 
 The requests look like a few-shot multiple-choice task: contexts of 40 to 400 tokens,
-four continuations of 1 to 8 tokens per context, random token ids (fixed seed), so the
-numbers depend only on the model's shape (a ``--shape`` preset's placeholder weights cost
-what its real weights cost). Each mode prints requests/s and scored tokens/s for one
+four continuations of 1 to 8 tokens per context (``--choices``; 1 gives every request its
+own context), random token ids (fixed seed), so the numbers depend only on the model's
+shape (a ``--shape`` preset's placeholder weights cost what its real weights cost). Each mode prints requests/s and scored tokens/s for one
 ``score`` call over all requests, after a warm-up call on a few of them; ``hf`` runs
 ``LlamaForCausalLM`` on the same config in batches of 16 sorted by length, as lm-eval's
 ``hf`` model does. ``--generate`` adds a generation run on the built-in tiny model (its
@@ -34,14 +34,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def requests_for(
-    n: int, vocab: int, max_len: int, seed: int = 0
+    n: int, vocab: int, max_len: int, choices: int, seed: int = 0
 ) -> list[tuple[list[int], list[int]]]:
-    """``n`` (context, continuation) pairs, four continuations per context."""
+    """``n`` (context, continuation) pairs, ``choices`` continuations per context."""
     rng = random.Random(seed)
     out: list[tuple[list[int], list[int]]] = []
     while len(out) < n:
         ctx = [rng.randrange(vocab) for _ in range(rng.randint(40, min(400, max_len - 16)))]
-        for _ in range(4):
+        for _ in range(choices):
             cont = [rng.randrange(vocab) for _ in range(rng.randint(1, 8))]
             out.append((ctx, cont))
     return out[:n]
@@ -152,6 +152,7 @@ def main() -> int:
     parser.add_argument("--modes", default="eager,compiled,hf")
     parser.add_argument("--max-model-len", type=int, default=512)
     parser.add_argument("--max-num-seqs", type=int, default=8)
+    parser.add_argument("--choices", type=int, default=4, help="continuations per context")
     parser.add_argument("--generate", action="store_true")
     args = parser.parse_args()
     import torch
@@ -161,10 +162,11 @@ def main() -> int:
         tmp = Path(t)
         args.cache = tmp / "cache"
         path = model_dir(args.model, tmp)
-        reqs = requests_for(args.requests, vocab_of(path), args.max_model_len)
+        reqs = requests_for(args.requests, vocab_of(path), args.max_model_len, args.choices)
         tokens = sum(len(c) + len(x) for c, x in reqs)
         print(
-            f"model {args.model}: {len(reqs)} requests, {tokens} tokens, "
+            f"model {args.model}: {len(reqs)} requests ({args.choices} per context), "
+            f"{tokens} tokens, "
             f"max_model_len {args.max_model_len}, max_num_seqs {args.max_num_seqs}, "
             f"torch {torch.__version__}, 1 thread",
             flush=True,
