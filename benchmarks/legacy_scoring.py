@@ -7,10 +7,11 @@ transformers' plain batched forward (what lm-eval's ``hf`` model runs).
 The requests look like a few-shot multiple-choice task: contexts of 40 to 400 tokens,
 four continuations of 1 to 8 tokens per context (``--choices``; 1 gives every request its
 own context), random token ids (fixed seed), so the numbers depend only on the model's
-shape (a ``--shape`` preset's placeholder weights cost what its real weights cost). Each mode prints requests/s and scored tokens/s for one
-``score`` call over all requests, after a warm-up call on a few of them; ``hf`` runs
-``LlamaForCausalLM`` on the same config in batches of 16 sorted by length, as lm-eval's
-``hf`` model does. ``--generate`` adds a generation run on the built-in tiny model (its
+shape (a ``--shape`` preset's placeholder weights cost what its real weights cost). Each
+mode prints requests/s and scored tokens/s for one ``score`` call over all requests, after
+a warm-up call on a few of them; ``hf`` runs ``LlamaForCausalLM`` on the same config in
+batches of 16 sorted by length, log-softmax over every position, as lm-eval's ``hf`` model
+does. ``--generate`` adds a generation run on the built-in tiny model (its
 byte tokenizer) with and without stop strings: tokens generated and seconds.
 
 One torch thread (the shared 2-core machine); numbers are indicative, not asserted anywhere.
