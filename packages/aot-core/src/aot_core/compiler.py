@@ -106,7 +106,7 @@ class Generation:
     """Generated text, where the model has a tokenizer."""
 
     finish_reason: str = ""
-    """Why generation stopped: "length" or "stop" (EOS)."""
+    """Why generation stopped: "length", or "stop" (EOS or one of the stop strings)."""
 
 
 def check_prompts(prompts: Sequence[Prompt]) -> None:
