@@ -1,4 +1,4 @@
-"""Cold then warm start in fresh processes, and recovery from a damaged cache entry."""
+"""Cold then warm start in fresh processes, and a damaged cache entry refused, not replaced."""
 
 from __future__ import annotations
 
@@ -72,16 +72,33 @@ def test_a_read_only_cache_serves_a_warm_start(cold_warm: dict[str, Any], tiny_m
     assert scratch.is_dir() and not any(scratch.iterdir())
 
 
-def test_damaged_cache_entry_falls_back_to_compiling(
-    cold_warm: dict[str, Any], tiny_model: Path
+def test_a_damaged_cache_entry_is_refused_and_rebuilt_once_moved_away(
+    cold_warm: dict[str, Any], tiny_model: Path, tmp_path: Path
 ) -> None:
+    # aot deletes or replaces only bytes its manifest vouches for: a compiled file whose
+    # bytes changed might be anyone's, so the start refuses the entry and changes nothing
+    # (before, it moved the entry aside and compiled again).
     entry = Path(cold_warm["warm"]["stats"]["cache"]["path"])
     compiled = sorted(p for p in (entry / "files" / "inductor").rglob("*") if p.is_file())
     assert compiled, "the cold start should have written compiled files"
     victim = next((p for p in compiled if p.suffix == ".so"), compiled[0])
     victim.write_bytes(b"\x00" * 64)  # corrupt one compiled file
+    before = sorted((p, p.read_bytes()) for p in entry.rglob("*") if p.is_file())
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tiny_model), str(cold_warm["cache"])],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "NotOwnedError" in proc.stderr and victim.name in proc.stderr, proc.stderr[-3000:]
+    assert "move it away yourself" in proc.stderr
+    assert sorted((p, p.read_bytes()) for p in entry.rglob("*") if p.is_file()) == before
+    # The user looks, moves it away; the next start compiles a fresh entry in its place.
+    entry.rename(tmp_path / "damaged-entry")
     again = _start(tiny_model, cold_warm["cache"])
-    assert any("cannot be used" in w and "compiled again" in w for w in again["warnings"])
-    assert again["stats"]["cache"]["status"] == "miss"
-    assert "refused" in again["stats"]["cache"]["reason"]
+    assert again["stats"]["cache"]["status"] == "miss", again["stats"]["cache"]
+    assert again["stats"]["cache"]["path"] == str(entry)
     assert again["tokens"] == cold_warm["cold"]["tokens"]
