@@ -9,47 +9,27 @@ fails if a code of ``ExitCode`` is produced by none of them.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from aot_core import artifacts, registry
+from aot_core import artifacts
 from aot_core.command import EXIT_CODE_HELP, ExitCode
 from aot_core.tiny import write_tiny_llama
-from backend_requirements import skip_or_fail
+from toy_command import aot, toy_env
 
 PACKAGES = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    if importlib.util.find_spec("aot_toybackend") is None:
-        skip_or_fail("toy", "the test-only toy backend is not installed")
-    monkeypatch.setenv("AOT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("AOT_BACKEND", raising=False)
-    registry.refresh()
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return toy_env(tmp_path, monkeypatch)
 
 
 def _failing_spec(tmp_path: Path, where: str) -> Path:
     spec = tmp_path / f"fail-{where}.toml"
     spec.write_text(f'[backend_options]\nfail = "{where}"\n')
     return spec
-
-
-def aot(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aot_core.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
 
 
 def test_a_backend_crash_while_compiling_is_compilation_failed(

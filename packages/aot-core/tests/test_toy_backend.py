@@ -10,9 +10,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ from aot_core.spec import CompileSpec
 from aot_core.tiny import write_tiny_llama
 from backend_requirements import skip_or_fail
 from test_artifacts import rewrite_manifest
+from toy_command import aot, toy_env
 
 if importlib.util.find_spec("aot_toybackend") is None:  # `core` installs it: a failure there
     skip_or_fail("toy", "the test-only toy backend is not installed")
@@ -31,26 +29,12 @@ toy = importlib.import_module("aot_toybackend")
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    monkeypatch.setenv("AOT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("AOT_BACKEND", raising=False)
-    registry.refresh()
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return toy_env(tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
     return write_tiny_llama(tmp_path / "tiny-llama")
-
-
-def aot(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aot_core.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
 
 
 def test_listed_by_aot_backends_and_chosen_by_get_backend(
