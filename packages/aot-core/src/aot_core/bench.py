@@ -35,6 +35,7 @@ from aot_core.bench_results import (
     median_stats,
     summarise_backend,
 )
+from aot_core.bench_text import format_generations
 from aot_core.fresh_process import one_thread_env, run_fresh
 from aot_core.prompts import default_prompts
 from aot_core.spec import CompileSpec
@@ -238,12 +239,14 @@ def run_bench(
     prompts: Sequence[Sequence[int]] | None = None,
     workload: str = "",
     decode_limit: float | None = None,
+    model_ready: Mapping[str, Any] | None = None,
 ) -> BenchResult:
     """Run every measurement and return the result (see ``format_report``).
 
     ``cache_root`` (``aot --cache-dir``) holds everything the runs write outside
     ``work_dir``, which itself defaults to a temporary directory under it; the workers get
     it as ``$AOT_CACHE_DIR``. None keeps the default root and the system's temp directory.
+    ``model_ready`` (a GGUF input's ``ModelReady.to_dict()``) goes into the settings.
     """
     from aot_core.registry import installed_backends
 
@@ -298,6 +301,7 @@ def run_bench(
             "notes": list(notes),
             "workload": workload or "short",
             "decode_limit_tokens_per_s": decode_limit,
+            "model_ready": dict(model_ready) if model_ready is not None else None,
         },
         backends=summaries,
         skipped=skipped,
@@ -477,6 +481,7 @@ def format_report(result: BenchResult) -> str:
             f"== backends side by side (AOT warm start): {names[0]} vs {names[1]}",
             compare(first, second, before_label=names[0], after_label=names[1]).format(),
         ]
+    out += format_generations(result.generations)
     if result.failures:
         out += ["", f"{len(result.failures)} run(s) FAILED:"]
         out += [f"  {f.backend} {f.phase} repeat {f.repeat}: {f.error}" for f in result.failures]

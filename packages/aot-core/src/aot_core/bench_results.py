@@ -168,6 +168,30 @@ class BackendSummary:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ShownGeneration:
+    """One prompt's greedy output on one backend as text, eager beside compiled."""
+
+    backend: str
+    """Registry name of the backend."""
+
+    prompt: str
+    """What the prompt says (the question, or the prompt's bytes)."""
+
+    eager: str
+    """The eager start's output, decoded and cut at the end-of-sequence token."""
+
+    compiled: str
+    """The first compiled start's output (the warm start's, else the cold compile's)."""
+
+    identical: bool
+    """Whether the two outputs' token ids are equal."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The generation as it appears in the JSON result."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
 class BenchResult:
     """One ``aot bench`` invocation: where, on what, with which settings, and the results."""
 
@@ -201,6 +225,9 @@ class BenchResult:
     total_wall_s: float
     """Seconds the whole benchmark took."""
 
+    generations: tuple[ShownGeneration, ...] = ()
+    """The outputs ``--show-generations`` shows as text (empty unless asked for)."""
+
     format: int = RESULT_FORMAT
     """Version of the JSON shape."""
 
@@ -218,6 +245,7 @@ class BenchResult:
             "skipped": dict(self.skipped),
             "failures": [f.to_dict() for f in self.failures],
             "total_wall_s": self.total_wall_s,
+            "generations": [g.to_dict() for g in self.generations],
         }
 
 

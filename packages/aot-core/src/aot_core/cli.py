@@ -237,7 +237,6 @@ def _print_artifact(dest: Path, manifest: artifacts.Manifest) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure eager vs compiled, cold vs warm, each start in a fresh process."""
     from aot_core import bench
-    from aot_core.usage_records import record_bench
 
     if args.plot is not None:
         try:
@@ -261,7 +260,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # else $AOT_CACHE_DIR, else the default), and that is the directory checked.
     cache_root = _store(args).root
     _writable(cache_root, "cache directory")
-    chosen = _chosen_model(args, cache_root, default_tiny=True)
+    chosen = _chosen_model(args, cache_root, default_tiny=True, time_reuse=True)
     spec, dtype_note = _dtype_for_machine(load_spec(args.spec), chosen.path)
     if args.prompts and spec.max_num_seqs is None and args.prompts > 4:
         spec = spec.replace(max_num_seqs=args.prompts)  # the whole batch decodes together
@@ -277,10 +276,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         max_model_len=sized.max_model_len or 0,
         max_num_seqs=sized.max_num_seqs or 1,
     )
-    notes = [dtype_note] if dtype_note else []
+    notes = [chosen.ready.note()] if chosen.ready else []
+    notes += [dtype_note] if dtype_note else []
     if estimate is not None:
         notes.append(f"memory estimate per start: {estimate.describe()}")
-    prompts, workload = _workload(args, sized)
+    prompts, workload = _workload(args, sized, chosen.path)
     limit = _decode_limit(estimate, min(len(prompts), sized.max_num_seqs or len(prompts)))
     if limit is not None:
         notes.append(limit.describe())
@@ -301,8 +301,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cache_root=cache_root,
         notes=notes,
         decode_limit=limit.tokens_per_s if limit is not None else None,
+        model_ready=chosen.ready.to_dict() if chosen.ready else None,
     )
-    record_bench(result, model=args.model, cache_root=cache_root, warn=_progress)
+    if args.show_generations:
+        from aot_core.bench_text import with_generations
+
+        result = with_generations(result, chosen.path, prompts, count=args.show_generations)
     print(bench.format_report(result))
     if args.json is not None:
         _write_result(Path(args.json), json.dumps(result.to_dict(), indent=2) + "\n")
@@ -319,10 +323,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 MIXED_STEP_TOKENS = 64
 
 
-def _workload(args: argparse.Namespace, spec: CompileSpec) -> tuple[list[list[int]], str]:
+def _workload(
+    args: argparse.Namespace, spec: CompileSpec, model: Path
+) -> tuple[list[list[int]], str]:
     """The bench's prompts from --prompts / --prompt-mix, and how to describe them."""
     from aot_core.prompts import TEXTS, workload_prompts
 
+    if args.prompt_mix == "chat":
+        from aot_core.bench_text import chat_workload
+
+        return chat_workload(model, args.prompts)
     count = args.prompts or len(TEXTS)
     room = (spec.max_model_len or 256) - args.max_new_tokens
     long_tokens = max(room, 0)
@@ -340,7 +350,7 @@ def _workload(args: argparse.Namespace, spec: CompileSpec) -> tuple[list[list[in
 
 
 def _chosen_model(
-    args: argparse.Namespace, cache_root: Path, *, default_tiny: bool
+    args: argparse.Namespace, cache_root: Path, *, default_tiny: bool, time_reuse: bool = False
 ) -> model_choice.ChosenModel:
     if args.shape is not None:
         from aot_core.shape_presets import get_shape
@@ -351,7 +361,11 @@ def _chosen_model(
             raise CLIError(ExitCode.USAGE, f"--shape: {exc}") from None
         _writable(cache_root, "cache directory")  # the shape's config-only directory goes there
     return model_choice.choose_model(
-        args.model, args.shape, cache_root=cache_root, default_tiny=default_tiny
+        args.model,
+        args.shape,
+        cache_root=cache_root,
+        default_tiny=default_tiny,
+        time_reuse=time_reuse,
     )
 
 
@@ -743,9 +757,6 @@ def build_parser() -> argparse.ArgumentParser:
     from aot_core.serve_command import add_parser as add_serve_parser
 
     add_serve_parser(sub, fmt, _epilog())
-    from aot_core.usage_command import add_parser as add_usage_parser
-
-    add_usage_parser(sub, fmt, _epilog())
     _add_cache_commands(sub)
     return parser
 
@@ -803,7 +814,17 @@ def _add_bench_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         choices=WORKLOAD_MIXES,
         default="short",
         help="short: the fixed sentences; mixed: every second prompt long (fills the context "
-        "beside the new tokens), so chunked prefill splits it while short ones decode",
+        "beside the new tokens), so chunked prefill splits it while short ones decode; chat: "
+        "short questions in the model's chat template (its bytes on a model without a "
+        "tokenizer), one each unless --prompts says",
+    )
+    p.add_argument(
+        "--show-generations",
+        type=_positive_int,
+        default=0,
+        metavar="N",
+        help="print the first N prompts' greedy outputs as text, eager beside compiled, per "
+        "backend (decoded by the model's tokenizer, or as bytes without one)",
     )
     p.add_argument(
         "--timeout",

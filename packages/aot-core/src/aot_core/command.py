@@ -11,13 +11,17 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import IntEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
 from aot_core.weights_check import weights_problem
+
+if TYPE_CHECKING:
+    from aot_core.gguf_model import ConvertedModel
 
 
 class ExitCode(IntEnum):
@@ -108,13 +112,19 @@ def progress(message: str) -> None:
     print(f"aot: {message}", file=sys.stderr, flush=True)
 
 
-def check_model(model: str, *, cache_root: str | os.PathLike[str] | None = None) -> Path:
+def check_model(
+    model: str,
+    *,
+    cache_root: str | os.PathLike[str] | None = None,
+    on_gguf: Callable[[ConvertedModel], None] | None = None,
+) -> Path:
     """A local Hugging Face causal-LM directory, or a ``CLIError`` saying what is wrong.
 
     A GGUF file or a real model's name (``aot_core.gguf_model``) becomes its converted
-    directory in the model cache under ``cache_root`` (default: aot's cache root).
+    directory in the model cache under ``cache_root`` (default: aot's cache root);
+    ``on_gguf`` is then told which entry, and whether this call converted it.
     """
-    path = _gguf_model_dir(model, cache_root) or Path(model).expanduser()
+    path = _gguf_model_dir(model, cache_root, on_gguf) or Path(model).expanduser()
     if not path.exists():
         raise CLIError(
             ExitCode.MODEL_NOT_FOUND,
@@ -161,7 +171,11 @@ def check_model(model: str, *, cache_root: str | os.PathLike[str] | None = None)
     return path
 
 
-def _gguf_model_dir(model: str, cache_root: str | os.PathLike[str] | None) -> Path | None:
+def _gguf_model_dir(
+    model: str,
+    cache_root: str | os.PathLike[str] | None,
+    on_gguf: Callable[[ConvertedModel], None] | None = None,
+) -> Path | None:
     """The converted directory when ``model`` is a GGUF input, else None; its failures as
     ``CLIError``s with their exit codes."""
     from aot_core.errors import GGUFError, OptionalDependencyError
@@ -178,6 +192,8 @@ def _gguf_model_dir(model: str, cache_root: str | os.PathLike[str] | None) -> Pa
     if converted is None:
         return None
     progress(converted.note())
+    if on_gguf is not None:
+        on_gguf(converted)
     return converted.path
 
 

@@ -3,7 +3,9 @@ the built-in tiny Llama, checked to fit this machine's memory before any engine 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +15,39 @@ from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
 
 if TYPE_CHECKING:
+    from aot_core.gguf_model import ConvertedModel
     from aot_core.memory_estimate import MemoryEstimate
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelReady:
+    """How long a GGUF input took to become a verified model directory in aot's cache."""
+
+    source: str
+    """The GGUF file's name."""
+
+    converted: bool
+    """True when this command converted it; False when an earlier conversion was reused."""
+
+    first_s: float
+    """Seconds this command took to have the checked model directory (conversion included
+    when it converted)."""
+
+    reused_s: float | None = None
+    """Seconds a second resolution took right after: the remembered digest and the cache
+    entry verified file by file, what every later start pays (None: not measured)."""
+
+    def note(self) -> str:
+        """One line for the report and the JSON result's notes."""
+        how = "converted into a verified cache entry" if self.converted else "cache entry reused"
+        line = f"model ready from GGUF {self.source}: {how} in {self.first_s:.2f} s"
+        if self.reused_s is not None:
+            line += f"; reused right after in {self.reused_s:.2f} s (what each later start pays)"
+        return line
+
+    def to_dict(self) -> dict[str, Any]:
+        """The measurement as the JSON result holds it."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,11 +64,21 @@ class ChosenModel:
     shape: str | None = None
     """The ``--shape`` preset's name, when one was chosen."""
 
+    ready: ModelReady | None = None
+    """For a GGUF input, how long it took to be ready (None for any other model)."""
+
 
 def choose_model(
-    model: str | None, shape: str | None, *, cache_root: Path, default_tiny: bool
+    model: str | None,
+    shape: str | None,
+    *,
+    cache_root: Path,
+    default_tiny: bool,
+    time_reuse: bool = False,
 ) -> ChosenModel:
-    """Resolve MODEL / ``--shape`` (exactly one, unless the tiny model is the default)."""
+    """Resolve MODEL / ``--shape`` (exactly one, unless the tiny model is the default).
+
+    ``time_reuse``: for a GGUF input, also time a second resolution (``ModelReady``)."""
     if model is not None and shape is not None:
         raise CLIError(ExitCode.USAGE, "pass either a model directory or --shape, not both")
     if shape is not None:
@@ -60,10 +104,28 @@ def choose_model(
         from aot_core.tiny import ensure_tiny_llama
 
         return ChosenModel(path=ensure_tiny_llama(cache_root), label="built-in tiny Llama")
-    path = check_model(model, cache_root=cache_root)
+    seen: list[ConvertedModel] = []
+    t = time.perf_counter()
+    path = check_model(model, cache_root=cache_root, on_gguf=seen.append)
+    ready = None
+    if seen:
+        ready = ModelReady(
+            source=seen[0].gguf.name, converted=seen[0].written, first_s=time.perf_counter() - t
+        )
+        if time_reuse:
+            ready = dataclasses.replace(ready, reused_s=_resolve_again(model, cache_root))
     # a GGUF file or a real model's name became a directory in the model cache
     label = str(path) if path == Path(model).expanduser() else f"{model} (converted: {path})"
-    return ChosenModel(path=path, label=label)
+    return ChosenModel(path=path, label=label, ready=ready)
+
+
+def _resolve_again(model: str, cache_root: Path) -> float:
+    """Seconds a GGUF input's second resolution takes (its entry is reused, verified)."""
+    from aot_core.gguf_model import resolve_gguf
+
+    t = time.perf_counter()
+    resolve_gguf(model, root=cache_root)
+    return time.perf_counter() - t
 
 
 def check_fits(

@@ -16,8 +16,9 @@ def default_prompts() -> list[list[int]]:
     return [list(t.encode()) for t in TEXTS]
 
 
-WORKLOAD_MIXES: tuple[str, ...] = ("short", "mixed")
-"""``aot bench --prompt-mix``: the fixed short prompts, or short and long ones alternating."""
+WORKLOAD_MIXES: tuple[str, ...] = ("short", "mixed", "chat")
+"""``aot bench --prompt-mix``: the fixed short prompts, short and long ones alternating, or
+short questions in the model's chat template (``aot_core.bench_text``)."""
 
 
 def workload_prompts(count: int, mix: str = "short", *, long_tokens: int = 0) -> list[list[int]]:
