@@ -237,6 +237,7 @@ def _print_artifact(dest: Path, manifest: artifacts.Manifest) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure eager vs compiled, cold vs warm, each start in a fresh process."""
     from aot_core import bench
+    from aot_core.usage_records import record_bench
 
     if args.plot is not None:
         try:
@@ -307,6 +308,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from aot_core.bench_text import with_generations
 
         result = with_generations(result, chosen.path, prompts, count=args.show_generations)
+    record_bench(result, model=args.model, cache_root=cache_root, warn=_progress)
     print(bench.format_report(result))
     if args.json is not None:
         _write_result(Path(args.json), json.dumps(result.to_dict(), indent=2) + "\n")
@@ -757,6 +759,9 @@ def build_parser() -> argparse.ArgumentParser:
     from aot_core.serve_command import add_parser as add_serve_parser
 
     add_serve_parser(sub, fmt, _epilog())
+    from aot_core.usage_command import add_parser as add_usage_parser
+
+    add_usage_parser(sub, fmt, _epilog())
     _add_cache_commands(sub)
     return parser
 

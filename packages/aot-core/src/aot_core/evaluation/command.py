@@ -163,6 +163,7 @@ def _single(
     from aot_core.evaluation.lm_eval_args import lm_eval_argv
     from aot_core.evaluation.plugin import register
     from aot_core.evaluation.tokenizer import load_tokenizer
+    from aot_core.usage_records import record_eval
 
     config = model_config(args, model)
     with stdout_to_stderr():
@@ -177,6 +178,7 @@ def _single(
     )
     with stdout_to_stderr():
         results = run_job(request, prepared, tokenizer, progress)
+    record_eval(results["aot"], args, passthrough, progress)
     if request.output is not None:
         for path in write_outputs(results, request.output):
             progress(f"wrote {path}")
