@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aot_core import artifacts
@@ -148,7 +149,12 @@ def test_bench_end_to_end(backend: str, env: dict[str, str], tmp_path: Path) -> 
     assert "[3/3]" in proc.stderr  # progress was shown
     result = json.loads(out.read_text())
     assert result["failures"] == [] and result["skipped"] == {}
-    b = result["backends"][backend]
+    _assert_warm_hit_and_same_tokens(result["backends"][backend])
+
+
+def _assert_warm_hit_and_same_tokens(b: dict[str, Any]) -> None:
+    """One backend's summary: every start ran, every warm start was a verified hit, and
+    compiled starts generated eager's tokens."""
     for phase in ("eager", "cold", "warm"):
         assert b["median"][phase] is not None, phase
         assert b["median"][phase]["output_tokens_per_s"] > 0
@@ -166,6 +172,36 @@ def test_bench_end_to_end(backend: str, env: dict[str, str], tmp_path: Path) -> 
 
 
 PHASES = ("eager", "cold", "warm")
+
+
+def test_bench_end_to_end_on_the_real_model(
+    backend: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """`aot bench smollm2-135m-instruct`: the GGUF converted into a fresh cache, one chat
+    question in float32, a verified warm hit, compiled == eager tokens, and the answer,
+    shown as text eager beside compiled, names Paris. A legacy cold compile of the real
+    model takes minutes on 2 cores, hence the timeouts."""
+    out = tmp_path / "bench.json"
+    proc = aot(
+        ["bench", "smollm2-135m-instruct", "--backend", backend, "--repeats", "1",
+         "--prompt-mix", "chat", "--prompts", "1", "--new-tokens", "12",
+         "--show-generations", "1", "--timeout", "1500", "--json", str(out)],
+        env,
+        timeout=3600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["failures"] == [] and result["skipped"] == {}
+    assert result["settings"]["spec"]["dtype"] == "float32"
+    ready = result["settings"]["model_ready"]
+    assert ready["converted"] is True and ready["reused_s"] is not None  # a fresh cache
+    assert "model ready from GGUF SmolLM2-135M-Instruct.Q4_1.gguf" in proc.stdout
+    _assert_warm_hit_and_same_tokens(result["backends"][backend])
+    (shown,) = result["generations"]
+    assert shown["prompt"] == "What is the capital of France?"
+    assert "Paris" in shown["eager"], shown
+    assert shown["compiled"] == shown["eager"] and shown["identical"] is True
+    assert f"  compiled: {shown['compiled']}  [identical tokens]" in proc.stdout
 
 
 def test_bench_writes_only_under_the_cache_dir(tmp_path: Path) -> None:
