@@ -182,7 +182,7 @@ def probe(request: dict[str, Any]) -> None:  # pragma: no cover - runs in the ch
     """Load each package and run it once on the example shapes (a crash kills the child)."""
     import torch
 
-    from aot_legacy.packages import load_runner
+    from aot_legacy.package_loader import load_runner
 
     device = torch.device(request["device"])
     index = device.index if device.type == "cuda" and device.index is not None else -1

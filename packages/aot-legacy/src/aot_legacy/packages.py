@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from aot_legacy.decoder import StaticKVDecoder
 from aot_legacy.environment import mismatches
 from aot_legacy.options import MIN_BUCKET, StepPlan
 from aot_legacy.package_build import FILES, PackagingError, build_in_child
+from aot_legacy.package_loader import Runner, load_runner
 from aot_legacy.weights import skeleton_bytes, step_tensors
 
 PACKAGE_FORMAT = 3
@@ -42,35 +43,6 @@ PACKAGE_FORMAT = 3
 3: prefill takes ``last_index`` ``[B, K]`` and returns logits at K positions per row)."""
 
 MANIFEST = "manifest.json"
-
-Runner = Callable[[list[torch.Tensor]], list[torch.Tensor]]
-"""A loaded package: flat inputs in, flat outputs out."""
-
-
-def load_runner(path: Path, single_threaded: bool, device_index: int) -> Runner:
-    """Load one ``.pt2`` with AOTInductor's C++ loader.
-
-    ``torch._inductor.aoti_load_package`` imports Inductor's Python side (3-4 s measured
-    here) and probes the compiler for the CPU ISA (seconds more without a warm cache);
-    the manifest already pins torch, CPU ISA and CPU model, so the C++ loader it wraps is
-    used directly where this torch has it (2.6+), and the public function otherwise.
-    """
-    aoti = getattr(torch._C, "_aoti", None)
-    loader_cls = getattr(aoti, "AOTIModelPackageLoader", None)
-    if loader_cls is not None:
-        try:
-            loader = loader_cls(str(path), "model", single_threaded, 1, device_index)
-        except TypeError:  # another constructor signature: use the public function
-            loader = None
-        if loader is not None:
-            return loader.boxed_run  # type: ignore[no-any-return]
-    from torch._inductor import aoti_load_package
-
-    model = aoti_load_package(
-        str(path), run_single_threaded=single_threaded, device_index=device_index
-    )
-    return lambda flat: [model(*flat)]
-
 
 class PackagedStep:
     """A loaded ``.pt2`` step that checks shapes itself, since AOTInductor does not.
