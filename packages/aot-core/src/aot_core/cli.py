@@ -238,7 +238,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Measure eager vs compiled, cold vs warm, each start in a fresh process."""
     from aot_core import bench
     from aot_core.usage_records import record_bench
-    from aot_core.usage_records import record_bench
 
     if args.plot is not None:
         try:
@@ -305,7 +304,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         decode_limit=limit.tokens_per_s if limit is not None else None,
         model_ready=chosen.ready.to_dict() if chosen.ready else None,
     )
-    record_bench(result, model=args.model, cache_root=cache_root, warn=_progress)
     if args.show_generations:
         from aot_core.bench_text import with_generations
 
@@ -761,9 +759,6 @@ def build_parser() -> argparse.ArgumentParser:
     from aot_core.serve_command import add_parser as add_serve_parser
 
     add_serve_parser(sub, fmt, _epilog())
-    from aot_core.usage_command import add_parser as add_usage_parser
-
-    add_usage_parser(sub, fmt, _epilog())
     from aot_core.usage_command import add_parser as add_usage_parser
 
     add_usage_parser(sub, fmt, _epilog())

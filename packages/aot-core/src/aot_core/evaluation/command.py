@@ -164,7 +164,6 @@ def _single(
     from aot_core.evaluation.plugin import register
     from aot_core.evaluation.tokenizer import load_tokenizer
     from aot_core.usage_records import record_eval
-    from aot_core.usage_records import record_eval
 
     config = model_config(args, model)
     with stdout_to_stderr():
@@ -179,7 +178,6 @@ def _single(
     )
     with stdout_to_stderr():
         results = run_job(request, prepared, tokenizer, progress)
-    record_eval(results["aot"], args, passthrough, progress)
     record_eval(results["aot"], args, passthrough, progress)
     if request.output is not None:
         for path in write_outputs(results, request.output):
