@@ -196,7 +196,8 @@ class Compiler(ABC):
     - identity: ``name`` (the registry key, equal to the entry-point name),
       ``distribution`` (what to ``pip install``), ``description`` (one line for people);
     - choice: ``priority`` (higher is preferred when no backend is named);
-    - settings: ``options_class`` (validates ``spec.backend_options``, knows old keys).
+    - settings: ``options_class`` (validates ``spec.backend_options``, knows old keys),
+      ``tunable`` (the spec fields ``aot tune`` sweeps for it).
     """
 
     name: ClassVar[str]
@@ -213,6 +214,10 @@ class Compiler(ABC):
 
     options_class: ClassVar[type[BackendOptions]] = BackendOptions
     """Validates ``spec.backend_options`` and says where old configuration keys go."""
+
+    tunable: ClassVar[tuple[str, ...]] = ("dtype", "max_num_seqs")
+    """Spec fields besides ``compile_mode`` whose value changes how fast this backend runs a
+    workload: what ``aot tune`` may sweep for it (a field a backend ignores is not swept)."""
 
     def __init__(self, spec: CompileSpec | None = None) -> None:
         self.spec = spec if spec is not None else CompileSpec()

@@ -34,6 +34,8 @@ class VLLMNativeAOTCompiler(Compiler):
     distribution = "aot-vllm"
     options_class = VLLMOptions
     serves = True
+    # The step's token budget is chunked prefill's knob: vLLM acts on it, legacy does not.
+    tunable = ("dtype", "max_num_seqs", "max_num_batched_tokens")
 
     @classmethod
     def availability(cls) -> Availability:
