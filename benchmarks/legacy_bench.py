@@ -37,7 +37,7 @@ def child(mode: str, model_dir: str, cache_root: str, max_new: int, repeats: int
 
     torch.set_num_threads(1)
     from aot_core import CompileSpec, GenerationParams
-    from aot_legacy import IntegratedAOTCompiler
+    from aot_legacy import LegacyBackend
 
     options: dict[str, Any] = {"aoti": mode in ("package_build", "package_load")}
     spec = CompileSpec(
@@ -47,7 +47,7 @@ def child(mode: str, model_dir: str, cache_root: str, max_new: int, repeats: int
         cache_dir=cache_root,
         backend_options=options,
     )
-    compiler = IntegratedAOTCompiler(spec)
+    compiler = LegacyBackend(spec)
     if mode == "package_build":
         model = compiler.compile_model_aot(model_dir, PROMPTS)
     else:

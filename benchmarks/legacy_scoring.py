@@ -66,7 +66,7 @@ def vocab_of(path: Path) -> int:
 
 def bench_legacy(mode: str, path: Path, reqs: list[Any], args: argparse.Namespace) -> float:
     from aot_core import CompileSpec
-    from aot_legacy import IntegratedAOTCompiler
+    from aot_legacy import LegacyBackend
 
     spec = CompileSpec(
         max_model_len=args.max_model_len,
@@ -75,7 +75,7 @@ def bench_legacy(mode: str, path: Path, reqs: list[Any], args: argparse.Namespac
         cache_dir=str(args.cache),
         backend_options={"aoti": mode == "package"},
     )
-    compiler = IntegratedAOTCompiler(spec)
+    compiler = LegacyBackend(spec)
     t0 = time.perf_counter()
     if mode == "package":
         model = compiler.compile_model_aot(path, [[1, 2, 3]])
@@ -125,14 +125,14 @@ def bench_generate(tmp: Path, args: argparse.Namespace) -> None:
     from collections import Counter
 
     from aot_core import CompileSpec, GenerationParams
-    from aot_legacy import IntegratedAOTCompiler
+    from aot_legacy import LegacyBackend
 
     path = model_dir("tiny", tmp)
     spec = CompileSpec(
         max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, compile_mode="none"
     )
     prompts = [f"Question {i}: what is {i} plus {i}?\nAnswer:" for i in range(16)]
-    with IntegratedAOTCompiler(spec).compile_model(path) as model:
+    with LegacyBackend(spec).compile_model(path) as model:
         params = GenerationParams(max_new_tokens=128, stop_on_eos=False)
         model.generate(prompts[:2], params)  # warm-up
         stop: tuple[str, ...] = ()

@@ -36,7 +36,7 @@ def _child(model: str, cache: str, tp: int) -> None:
     """One start in this (fresh) process; prints its figures as one JSON line."""
     from aot_core.compiler import GenerationParams
     from aot_core.spec import CompileSpec
-    from aot_vllm.backend import VLLMNativeAOTCompiler
+    from aot_vllm.backend import VllmBackend
 
     spec = CompileSpec(
         dtype="float32",
@@ -46,7 +46,7 @@ def _child(model: str, cache: str, tp: int) -> None:
         tensor_parallel_size=tp,
         backend_options={"kv_cache_memory_bytes": 64 << 20},
     )
-    with VLLMNativeAOTCompiler().compile_model(model, spec) as compiled:
+    with VllmBackend().compile_model(model, spec) as compiled:
         compiled.generate(PROMPTS, GenerationParams(max_new_tokens=32, stop_on_eos=False))
         stats = compiled.stats
     out = {

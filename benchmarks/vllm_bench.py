@@ -90,12 +90,12 @@ def _timed_pair(a: Any, b: Any) -> tuple[float, float]:
 def child(mode: str, model: str, cache: str, compare_raw: bool) -> dict[str, Any]:
     """One start in this (fresh) process; returns what was measured."""
     from aot_core.compiler import GenerationParams
-    from aot_vllm.backend import VLLMNativeAOTCompiler
+    from aot_vllm.backend import VllmBackend
 
     prompts = _prompts()
     params = GenerationParams(max_new_tokens=NEW_TOKENS, stop_on_eos=False)
     t0 = time.perf_counter()
-    compiled = VLLMNativeAOTCompiler().compile_model(model, _spec(mode, cache))
+    compiled = VllmBackend().compile_model(model, _spec(mode, cache))
     process_ready_s = time.perf_counter() - t0
     try:
         out_tokens = BATCH * NEW_TOKENS

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from aot_core import CompileSpec, GenerationParams  # noqa: E402
-from aot_legacy import IntegratedAOTCompiler  # noqa: E402
+from aot_legacy import LegacyBackend  # noqa: E402
 
 PROMPTS = [[5, 17, 42, 99, 3, 7], [65], list(b"Hello, world")]
 
@@ -26,7 +26,7 @@ PROMPTS = [[5, 17, 42, 99, 3, 7], [65], list(b"Hello, world")]
 def main() -> None:
     model_dir, cache_root, spec_json = sys.argv[1:4]
     spec = CompileSpec.from_dict({**json.loads(spec_json), "cache_dir": cache_root})
-    with IntegratedAOTCompiler().compile_model(model_dir, spec) as m:
+    with LegacyBackend().compile_model(model_dir, spec) as m:
         transformers_imported = "transformers" in sys.modules
         out = m.generate(PROMPTS, GenerationParams(max_new_tokens=8, stop_on_eos=False))
         from torch._dynamo.utils import counters

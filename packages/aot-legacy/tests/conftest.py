@@ -24,7 +24,7 @@ import pytest
 import torch
 from aot_core import CompileSpec, GenerationParams
 from aot_core.tiny import TinyLlamaShape, write_tiny_llama
-from aot_legacy import IntegratedAOTCompiler
+from aot_legacy import LegacyBackend
 from aot_legacy.compiled_model import LegacyCompiledModel
 
 torch.set_num_threads(1)
@@ -88,7 +88,7 @@ def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def eager(tiny_dir: Path) -> Iterator[LegacyCompiledModel]:
     """The tiny model run eagerly (the reference for every compiled variant)."""
-    m = IntegratedAOTCompiler().compile_model(tiny_dir, spec(compile_mode="none"))
+    m = LegacyBackend().compile_model(tiny_dir, spec(compile_mode="none"))
     assert isinstance(m, LegacyCompiledModel)
     yield m
     m.close()
@@ -103,7 +103,7 @@ def eager_tokens(eager: LegacyCompiledModel) -> list[tuple[int, ...]]:
 @pytest.fixture(scope="session")
 def alt_eager_tokens(alt_dir: Path) -> list[tuple[int, ...]]:
     """Greedy tokens of PROMPTS from the other-weights model, run eagerly."""
-    with IntegratedAOTCompiler().compile_model(alt_dir, spec(compile_mode="none")) as m:
+    with LegacyBackend().compile_model(alt_dir, spec(compile_mode="none")) as m:
         return [g.token_ids for g in m.generate(PROMPTS, GREEDY)]
 
 
@@ -115,7 +115,7 @@ def compiled(alt_dir: Path, cache_root: Path) -> Iterator[LegacyCompiledModel]:
     cache is a hit that must produce tiny's own tokens (the cache holds no weights).
     """
     s = spec(cache_dir=str(cache_root), backend_options={"aoti": False})
-    m = IntegratedAOTCompiler().compile_model(alt_dir, s)
+    m = LegacyBackend().compile_model(alt_dir, s)
     assert isinstance(m, LegacyCompiledModel)
     yield m
     m.close()
@@ -127,7 +127,7 @@ def packaged(config_only_dir: Path, cache_root: Path) -> Iterator[LegacyCompiled
     config-only directory: placeholder weights, the real graph. Every package test then
     starts real weights (``tiny_dir``, ``alt_dir``) from these packages."""
     with pytest.warns(UserWarning, match="placeholder"):
-        m = IntegratedAOTCompiler().compile_model_aot(
+        m = LegacyBackend().compile_model_aot(
             config_only_dir, PROMPTS, spec(cache_dir=str(cache_root))
         )
     assert isinstance(m, LegacyCompiledModel)
@@ -140,7 +140,7 @@ def from_packages(
     packaged: LegacyCompiledModel, tiny_dir: Path, cache_root: Path
 ) -> Iterator[LegacyCompiledModel]:
     """``tiny_dir`` (real weights) started from the packages the config-only compile built."""
-    m = IntegratedAOTCompiler().compile_model(tiny_dir, spec(cache_dir=str(cache_root)))
+    m = LegacyBackend().compile_model(tiny_dir, spec(cache_dir=str(cache_root)))
     assert isinstance(m, LegacyCompiledModel)
     yield m
     m.close()

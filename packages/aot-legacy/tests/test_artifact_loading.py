@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from aot_core import ArtifactCorruptError, ArtifactIncompatibleError
 from aot_core.artifacts import FILES_DIR, build_and_publish, entry_key, verify
-from aot_legacy import IntegratedAOTCompiler
+from aot_legacy import LegacyBackend
 from aot_legacy.compiled_model import LegacyCompiledModel
 from conftest import GREEDY, MAX_LEN, MAX_SEQS, PROMPTS, run_child, spec
 
@@ -35,7 +35,7 @@ def published(
     """An artifact holding both tiers' compiled files, published as ``aot compile`` does."""
     key = entry_key(
         backend="legacy",
-        backend_version=IntegratedAOTCompiler.version(),
+        backend_version=LegacyBackend.version(),
         model=tiny_dir,
         spec=spec(),
     )
@@ -50,7 +50,7 @@ def published(
         key=key,
         build=build,
         backend="legacy",
-        backend_version=IntegratedAOTCompiler.version(),
+        backend_version=LegacyBackend.version(),
         spec=spec(),
         model=str(tiny_dir),
     )
@@ -67,7 +67,7 @@ def test_package_tier_serves_other_weights_and_writes_nothing(
 ) -> None:
     s = spec(cache_dir=_files(published))
     for build in (False, True):  # compile_model, and compile_model_aot as `aot bench` warm does
-        compiler = IntegratedAOTCompiler(s)
+        compiler = LegacyBackend(s)
         m = (
             compiler.compile_model_aot(alt_dir, PROMPTS, s)
             if build
@@ -147,9 +147,9 @@ def test_tampered_artifact_is_refused_before_loading(
         spec(cache_dir=str(tmp_path / "plain"), backend_options={"package_dir": package_dir}),
     ):
         with pytest.raises(ArtifactCorruptError, match="refusing to load a damaged artifact"):
-            IntegratedAOTCompiler(s).compile_model(tiny_dir, s)
+            LegacyBackend(s).compile_model(tiny_dir, s)
         with pytest.raises(ArtifactCorruptError, match="refusing to load a damaged artifact"):
-            IntegratedAOTCompiler(s).compile_model_aot(tiny_dir, PROMPTS, s)
+            LegacyBackend(s).compile_model_aot(tiny_dir, PROMPTS, s)
 
 
 NO_CPU_HAS = "aot_test_isa_no_cpu_has"
@@ -166,10 +166,10 @@ def test_edited_or_foreign_manifest_is_refused(
     # An edited pin contradicts the recorded torch_version and the key: corrupt.
     path.write_text(json.dumps({**original, "pins": {**original["pins"], "torch": "2.5.0"}}))
     with pytest.raises(ArtifactCorruptError, match="inconsistent"):
-        IntegratedAOTCompiler(s).compile_model(tiny_dir, s)
+        LegacyBackend(s).compile_model(tiny_dir, s)
     # Built on a CPU with an extension this one lacks: incompatible, never loaded. The name
     # is one no CPU reports, so the check holds on every host (avx512f, used before, is
     # present on this project's AVX-512 machines).
     path.write_text(json.dumps({**original, "cpu_isa": [*original["cpu_isa"], NO_CPU_HAS]}))
     with pytest.raises(ArtifactIncompatibleError, match=NO_CPU_HAS):
-        IntegratedAOTCompiler(s).compile_model(tiny_dir, s)
+        LegacyBackend(s).compile_model(tiny_dir, s)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from aot_core import GenerationParams, SpecError
-from aot_legacy import IntegratedAOTCompiler
+from aot_legacy import LegacyBackend
 from aot_legacy.compiled_model import LegacyCompiledModel
 from aot_legacy.packages import PackagedStep
 from conftest import GREEDY, MAX_LEN, MAX_SEQS, PROMPTS, run_child, spec
@@ -107,7 +107,7 @@ def test_real_weights_start_from_config_only_packages(
 def test_other_weights_get_their_own_tokens_from_the_same_packages(
     from_packages: LegacyCompiledModel, alt_dir: Path, cache_root: Path, alt_eager_tokens: list
 ) -> None:
-    with IntegratedAOTCompiler().compile_model(alt_dir, spec(cache_dir=str(cache_root))) as m:
+    with LegacyBackend().compile_model(alt_dir, spec(cache_dir=str(cache_root))) as m:
         assert m.stats.cache.status == "hit" and m.stats.resolved_config["tier"] == "package"
         assert _tokens(m) == alt_eager_tokens
 
@@ -188,7 +188,7 @@ def test_incompatible_package_falls_back_to_compile(  # noqa: PLR0917
     manifest["environment"]["torch"] = "2.5.0"
     (pkg / "manifest.json").write_text(json.dumps(manifest))
     s = spec(cache_dir=str(cache_root), backend_options={"package_dir": str(pkg)})
-    with IntegratedAOTCompiler().compile_model(tiny_dir, s) as m:
+    with LegacyBackend().compile_model(tiny_dir, s) as m:
         assert m.stats.resolved_config["tier"] == "compile"
         assert "torch: built for '2.5.0'" in m.stats.cache.reason
         assert any("AOTInductor package refused" in n for n in m.stats.notes)
@@ -207,7 +207,7 @@ def test_corrupt_package_falls_back_to_compile(  # noqa: PLR0917
     data = (pkg / "decode.pt2").read_bytes()
     (pkg / "decode.pt2").write_bytes(data[: len(data) // 2])
     s = spec(cache_dir=str(cache_root), backend_options={"package_dir": str(pkg)})
-    with IntegratedAOTCompiler().compile_model(tiny_dir, s) as m:
+    with LegacyBackend().compile_model(tiny_dir, s) as m:
         assert m.stats.resolved_config["tier"] == "compile"
         assert "does not match its checksum" in m.stats.cache.reason
         assert _tokens(m) == eager_tokens

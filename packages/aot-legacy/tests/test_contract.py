@@ -8,12 +8,12 @@ import pytest
 from aot_core import artifacts, registry
 from aot_core.errors import EmptyPathVariableError, ModelFilesError, SpecError
 from aot_core.spec import CompileSpec
-from aot_legacy import IntegratedAOTCompiler
+from aot_legacy import LegacyBackend
 from aot_legacy.options import LegacyOptions
 
 
 def test_describes_itself() -> None:
-    cls = IntegratedAOTCompiler
+    cls = LegacyBackend
     assert cls.description and registry.installed_backends()["legacy"] is cls
     assert cls.pins() == {"torch": artifacts.torch_version()}
     assert cls.check_engine().usable  # torch imports here
@@ -21,7 +21,7 @@ def test_describes_itself() -> None:
 
 
 def test_options_class_validates_and_knows_old_keys() -> None:
-    options = IntegratedAOTCompiler.options_class
+    options = LegacyBackend.options_class
     assert options is LegacyOptions
     assert options.validate(CompileSpec(backend_options={"threads": 1})).threads == 1
     with pytest.raises(SpecError, match="does not understand gpu_memory_utilization"):

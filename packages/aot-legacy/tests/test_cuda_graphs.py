@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from aot_legacy import CUDAGraphOptimizer, IntegratedAOTCompiler, TinyDecoder
+from aot_legacy import CUDAGraphOptimizer, LegacyBackend, TinyDecoder
 from aot_legacy.compiled_model import LegacyCompiledModel
 from aot_legacy.decoder import allocate_kv
 from conftest import GREEDY, PROMPTS, spec
@@ -68,7 +68,7 @@ def test_replay_matches_uncaptured_for_padded_batches() -> None:
 @pytest.fixture(scope="module")
 def cuda_eager_tokens(tiny_dir: Path) -> list[tuple[int, ...]]:
     s = spec(compile_mode="none", cuda_graphs=False, backend_options={"device": "cuda"})
-    with IntegratedAOTCompiler().compile_model(tiny_dir, s) as m:
+    with LegacyBackend().compile_model(tiny_dir, s) as m:
         return [g.token_ids for g in m.generate(PROMPTS, GREEDY)]
 
 
@@ -81,7 +81,7 @@ def test_graphs_do_not_change_tokens(cuda_eager_tokens: list, eager_tokens: list
 @pytest.mark.cuda
 def test_integrated_eager_with_graphs(tiny_dir: Path, cuda_eager_tokens: list) -> None:
     s = spec(compile_mode="none", backend_options={"device": "cuda"})
-    with IntegratedAOTCompiler().compile_model(tiny_dir, s) as m:
+    with LegacyBackend().compile_model(tiny_dir, s) as m:
         assert isinstance(m, LegacyCompiledModel)
         assert m.stats.cuda_graph_sizes == (2, 4)
         assert m.stats.cuda_graph_capture_time_s and m.stats.cuda_graphs_note == ""
@@ -96,7 +96,7 @@ def test_integrated_eager_with_graphs(tiny_dir: Path, cuda_eager_tokens: list) -
 @pytest.mark.slow
 def test_compiled_with_graphs(tiny_dir: Path, tmp_path: Path, cuda_eager_tokens: list) -> None:
     s = spec(cache_dir=str(tmp_path), backend_options={"device": "cuda", "aoti": False})
-    with IntegratedAOTCompiler().compile_model(tiny_dir, s) as m:
+    with LegacyBackend().compile_model(tiny_dir, s) as m:
         assert m.stats.resolved_config["tier"] == "compile", m.stats.notes
         assert m.stats.cuda_graph_sizes == (2, 4)
         assert [g.token_ids for g in m.generate(PROMPTS, GREEDY)] == cuda_eager_tokens
@@ -106,7 +106,7 @@ def test_compiled_with_graphs(tiny_dir: Path, tmp_path: Path, cuda_eager_tokens:
 @pytest.mark.slow
 def test_packaged_with_graphs(tiny_dir: Path, tmp_path: Path, cuda_eager_tokens: list) -> None:
     s = spec(cache_dir=str(tmp_path), backend_options={"device": "cuda"})
-    with IntegratedAOTCompiler().compile_model_aot(tiny_dir, PROMPTS, s) as m:
+    with LegacyBackend().compile_model_aot(tiny_dir, PROMPTS, s) as m:
         assert m.stats.cuda_graph_sizes == (2, 4)
         assert [g.token_ids for g in m.generate(PROMPTS, GREEDY)] == cuda_eager_tokens
         if m.stats.resolved_config["tier"] != "package":
@@ -115,6 +115,6 @@ def test_packaged_with_graphs(tiny_dir: Path, tmp_path: Path, cuda_eager_tokens:
             assert any("probe process failed" in n for n in m.stats.notes), m.stats.notes
             assert m.stats.resolved_config["tier"] == "compile"
             pytest.xfail(f"this torch cannot load CUDA AOTInductor packages: {m.stats.notes}")
-    with IntegratedAOTCompiler().compile_model(tiny_dir, s) as m:
+    with LegacyBackend().compile_model(tiny_dir, s) as m:
         assert m.stats.cache.status == "hit" and m.stats.resolved_config["tier"] == "package"
         assert [g.token_ids for g in m.generate(PROMPTS, GREEDY)] == cuda_eager_tokens

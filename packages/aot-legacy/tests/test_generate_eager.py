@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from aot_core import AOTError, GenerationParams, OptimizationStats, SpecError, get_backend
-from aot_legacy import IntegratedAOTCompiler, TinyDecoder
+from aot_legacy import LegacyBackend, TinyDecoder
 from aot_legacy.compiled_model import LegacyCompiledModel
 from conftest import GREEDY, MAX_LEN, PROMPTS, spec
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 def test_import_does_not_load_torch() -> None:
     code = (
-        "import sys, aot_legacy, aot_legacy.integrated;"
+        "import sys, aot_legacy, aot_legacy.backend;"
         "from aot_core import list_backends; list_backends();"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
@@ -30,9 +30,9 @@ def test_start_from_a_directory_does_not_import_transformers(tiny_dir: Path) -> 
     # loads on first use of text, so a start that sees token ids never pays for it.
     code = (
         "import sys; from aot_core import CompileSpec;"
-        "from aot_legacy import IntegratedAOTCompiler;"
+        "from aot_legacy import LegacyBackend;"
         "s = CompileSpec(compile_mode='none', max_model_len=32);"
-        f"m = IntegratedAOTCompiler(s).compile_model({str(tiny_dir)!r}, s);"
+        f"m = LegacyBackend(s).compile_model({str(tiny_dir)!r}, s);"
         "assert 'transformers' not in sys.modules, 'transformers imported';"
         "assert m.generate(['Hi'])[0].text is not None; assert 'transformers' in sys.modules"
     )
@@ -42,9 +42,9 @@ def test_start_from_a_directory_does_not_import_transformers(tiny_dir: Path) -> 
 def test_registered_as_legacy_backend() -> None:
     info = get_backend("legacy")
     cls = info.compiler if hasattr(info, "compiler") else info
-    assert cls is IntegratedAOTCompiler
-    assert IntegratedAOTCompiler.availability().usable
-    assert IntegratedAOTCompiler.priority == 50
+    assert cls is LegacyBackend
+    assert LegacyBackend.availability().usable
+    assert LegacyBackend.priority == 50
 
 
 def test_eager_matches_transformers_generate(tiny_dir: Path, eager_tokens: list) -> None:
@@ -88,7 +88,7 @@ def test_stops_at_eos(tiny_dir: Path, eager_tokens: list) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, local_files_only=True)
     stop = eager_tokens[0][2]
     model.generation_config.eos_token_id = stop  # a token greedy decoding is known to emit
-    with IntegratedAOTCompiler().compile_model(model, spec(compile_mode="none")) as m:
+    with LegacyBackend().compile_model(model, spec(compile_mode="none")) as m:
         first, *_ = m.generate(PROMPTS, GenerationParams(max_new_tokens=8))
         cut = eager_tokens[0].index(stop) + 1
         assert first.token_ids == eager_tokens[0][:cut]
@@ -178,12 +178,12 @@ def test_stats_are_filled_and_round_trip(eager: LegacyCompiledModel) -> None:
     phases = {"import", "read_config", "build_model", "load_weights", "kv_cache"}
     assert phases <= set(s.startup_phases)
     assert OptimizationStats.from_json(s.to_json()) == s
-    assert IntegratedAOTCompiler().get_optimization_stats() is None
+    assert LegacyBackend().get_optimization_stats() is None
 
 
 def test_plain_torch_decoder(tmp_path: Path) -> None:
     decoder = TinyDecoder(seed=1)
-    compiler = IntegratedAOTCompiler(spec(compile_mode="none", cache_dir=str(tmp_path)))
+    compiler = LegacyBackend(spec(compile_mode="none", cache_dir=str(tmp_path)))
     with compiler.compile_model(decoder) as m:
         batch = m.generate(PROMPTS, GREEDY)
         alone = [m.generate([p], GREEDY)[0] for p in PROMPTS]
@@ -195,7 +195,7 @@ def test_plain_torch_decoder(tmp_path: Path) -> None:
 
 
 def test_close_and_context_manager(tiny_dir: Path) -> None:
-    with IntegratedAOTCompiler().compile_model(tiny_dir, spec(compile_mode="none")) as m:
+    with LegacyBackend().compile_model(tiny_dir, spec(compile_mode="none")) as m:
         m.generate([[1, 2]], GREEDY)
     assert isinstance(m, LegacyCompiledModel) and m.closed
     m.close()  # twice is harmless
@@ -215,17 +215,17 @@ def test_close_and_context_manager(tiny_dir: Path) -> None:
 )
 def test_bad_specs_fail_before_compiling(tiny_dir: Path, kw: dict, match: str) -> None:
     with pytest.raises(SpecError, match=match):
-        IntegratedAOTCompiler().compile_model(tiny_dir, spec(compile_mode="none", **kw))
+        LegacyBackend().compile_model(tiny_dir, spec(compile_mode="none", **kw))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cuda_asked_without_cuda(tiny_dir: Path) -> None:
     with pytest.raises(SpecError, match="no CUDA device"):
-        IntegratedAOTCompiler().compile_model(tiny_dir, spec(backend_options={"device": "cuda"}))
+        LegacyBackend().compile_model(tiny_dir, spec(backend_options={"device": "cuda"}))
 
 
 def test_bad_models_get_clear_errors(tmp_path: Path) -> None:
-    c = IntegratedAOTCompiler(spec(compile_mode="none"))
+    c = LegacyBackend(spec(compile_mode="none"))
     with pytest.raises(SpecError, match="not a directory"):
         c.compile_model(tmp_path / "missing")
     with pytest.raises(SpecError, match=r"no config\.json"):
@@ -247,7 +247,7 @@ def test_runs_the_core_tiny_model(tmp_path: Path) -> None:
         eos_token_id=None,
         pad_token_id=256,
     )[0, 3:].tolist()
-    with IntegratedAOTCompiler().compile_model(model_dir, spec(compile_mode="none")) as m:
+    with LegacyBackend().compile_model(model_dir, spec(compile_mode="none")) as m:
         out = m.generate([prompt, "Hello"], GenerationParams(max_new_tokens=6, stop_on_eos=False))
         assert list(out[0].token_ids) == ref
         assert list(out[1].prompt_token_ids) == list(b"Hello") and out[1].text is not None
@@ -255,6 +255,6 @@ def test_runs_the_core_tiny_model(tmp_path: Path) -> None:
 
 def test_unused_spec_fields_are_noted(tiny_dir: Path) -> None:
     s = spec(compile_mode="none", max_num_batched_tokens=512)
-    with IntegratedAOTCompiler().compile_model(tiny_dir, s) as m:
+    with LegacyBackend().compile_model(tiny_dir, s) as m:
         assert any("max_num_batched_tokens is not used" in n for n in m.stats.notes)
         assert any("chunked prefill" in n for n in m.stats.notes)

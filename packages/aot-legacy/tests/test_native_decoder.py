@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 from aot_core import SpecError
-from aot_legacy import IntegratedAOTCompiler
+from aot_legacy import LegacyBackend
 from aot_legacy.decoder import allocate_kv
 from aot_legacy.llama import LlamaFamilyDecoder, inverse_frequencies, native_config
 from aot_legacy.model_source import PlaceholderWeightsWarning, load_model
@@ -107,11 +107,11 @@ def test_other_rope_types_fall_back_to_transformers(tmp_path: Path) -> None:
     ours, ref, loader = _logits_both_ways(directory)
     assert loader == "transformers"
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
-    with IntegratedAOTCompiler().compile_model(directory, spec(compile_mode="none")) as m:
+    with LegacyBackend().compile_model(directory, spec(compile_mode="none")) as m:
         assert any("cannot build this config (RoPE type 'yarn')" in n for n in m.stats.notes)
     (directory / "model.safetensors").unlink()  # config-only, through transformers too
     with pytest.warns(PlaceholderWeightsWarning):
-        m = IntegratedAOTCompiler().compile_model(directory, spec(compile_mode="none"))
+        m = LegacyBackend().compile_model(directory, spec(compile_mode="none"))
     with m:
         assert (
             m.stats.resolved_config["model_loader"] == "transformers (random placeholder weights)"
@@ -158,7 +158,7 @@ def test_unsupported_architecture_is_named(
         json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_layer": 2})
     )
     with pytest.raises(SpecError, match=r"not GPT2LMHeadModel \(model_type 'gpt2'\)"):
-        IntegratedAOTCompiler().compile_model(model, spec(compile_mode="none"))
+        LegacyBackend().compile_model(model, spec(compile_mode="none"))
     # A config-only directory through `aot compile`: a documented exit, not a traceback.
     code = main(
         ["--cache-dir", str(tmp_path / "cache"), "compile", str(model), "--backend", "legacy"]
@@ -175,7 +175,7 @@ def test_checkpoint_that_does_not_fit_its_config(tmp_path: Path) -> None:
     state.pop("model.norm.weight")
     save_file(state, str(directory / "model.safetensors"))
     with pytest.raises(SpecError, match=r"does not fit config\.json: missing \['model\.norm"):
-        IntegratedAOTCompiler().compile_model(directory, spec(compile_mode="none"))
+        LegacyBackend().compile_model(directory, spec(compile_mode="none"))
 
 
 def test_sharded_checkpoint_loads(tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ def test_config_only_directory_runs_with_placeholder_weights(
     runs = []
     for _ in range(2):
         with pytest.warns(PlaceholderWeightsWarning, match="placeholder weights"):
-            m = IntegratedAOTCompiler().compile_model(config_only_dir, spec(compile_mode="none"))
+            m = LegacyBackend().compile_model(config_only_dir, spec(compile_mode="none"))
         with m:
             assert m.stats.resolved_config["placeholder_weights"] is True
             assert "placeholder" in str(m.stats.resolved_config["model_loader"])

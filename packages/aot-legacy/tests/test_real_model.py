@@ -24,7 +24,7 @@ from aot_core.gguf_model import (
     real_model_file,
     resolve_gguf,
 )
-from aot_legacy import IntegratedAOTCompiler
+from aot_legacy import LegacyBackend
 from transformers import AutoTokenizer
 
 NAME = "smollm2-135m-instruct"
@@ -95,7 +95,7 @@ def test_the_real_model_answers_on_aot_legacy_eager(
     with the model's name (so the backend resolves it and says where it came from)."""
     monkeypatch.setenv("AOT_CACHE_DIR", str(_cache_root(real_model)))
     spec = CompileSpec(compile_mode="none", dtype="float32", max_model_len=128, max_num_seqs=1)
-    model = IntegratedAOTCompiler(spec).compile_model(NAME, spec)
+    model = LegacyBackend(spec).compile_model(NAME, spec)
     try:
         assert any("from GGUF SmolLM2-135M-Instruct.Q4_1.gguf" in n for n in model.stats.notes)
         ids = AutoTokenizer.from_pretrained(real_model.path).apply_chat_template(

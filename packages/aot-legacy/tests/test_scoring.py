@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from aot_core import GenerationParams, SpecError
 from aot_core.evaluation.reference import reference_scores
-from aot_legacy import IntegratedAOTCompiler, generation
+from aot_legacy import LegacyBackend, generation
 from aot_legacy.compiled_model import LegacyCompiledModel
 from conftest import MAX_LEN, spec
 
@@ -100,6 +100,6 @@ def test_compiled_scores_match_eager(
 ) -> None:
     # ``compiled`` was built from alt_dir's weights; ``from_packages`` runs tiny_dir's
     # weights through packages compiled config-only. Each is held to eager on its own weights.
-    with IntegratedAOTCompiler().compile_model(alt_dir, spec(compile_mode="none")) as alt:
+    with LegacyBackend().compile_model(alt_dir, spec(compile_mode="none")) as alt:
         _close(compiled.score(REQUESTS), alt.score(REQUESTS), 1e-4)
     _close(from_packages.score(REQUESTS), eager.score(REQUESTS), 1e-4)

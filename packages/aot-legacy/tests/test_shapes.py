@@ -14,14 +14,14 @@ import pytest
 from aot_core import GenerationParams
 from aot_core.dtype_choice import cpu_has_native_bf16
 from aot_core.shape_presets import ensure_shape_dir, get_shape
-from aot_legacy import IntegratedAOTCompiler
+from aot_legacy import LegacyBackend
 from conftest import spec
 
 
 def test_smollm2_shape_runs_eager_with_placeholder_weights(tmp_path: Path) -> None:
     model = ensure_shape_dir(get_shape("smollm2-135m"), tmp_path)
     with pytest.warns(UserWarning, match="placeholder weights"):
-        compiled = IntegratedAOTCompiler().compile_model(model, spec(compile_mode="none"))
+        compiled = LegacyBackend().compile_model(model, spec(compile_mode="none"))
     with compiled as m:
         s = m.stats
         assert s.resolved_config["placeholder_weights"] is True

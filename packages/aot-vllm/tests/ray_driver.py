@@ -26,12 +26,12 @@ def warm_engine_on_node_b(model: str, archive: str, store: str) -> dict[str, Any
     import psutil
     from aot_core.artifacts import ArtifactStore, import_artifact
     from aot_core.compiler import GenerationParams
-    from aot_vllm.backend import VLLMNativeAOTCompiler
+    from aot_vllm.backend import VllmBackend
     from start_parallel import spec_for
 
     entry, _manifest, placed = import_artifact(archive, ArtifactStore(store))
     spec = spec_for(store, tp=2)
-    with VLLMNativeAOTCompiler().compile_model(model, spec) as compiled:
+    with VllmBackend().compile_model(model, spec) as compiled:
         pids = compiled.engine_pids
         gens = compiled.generate(PROMPTS, GenerationParams(max_new_tokens=12, stop_on_eos=False))
         stats = compiled.stats

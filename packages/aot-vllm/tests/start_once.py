@@ -19,7 +19,7 @@ PROMPTS = [[72, 101, 108, 108, 111], list(range(40, 90))]
 def main() -> None:
     from aot_core.compiler import GenerationParams
     from aot_core.spec import CompileSpec
-    from aot_vllm.backend import VLLMNativeAOTCompiler
+    from aot_vllm.backend import VllmBackend
 
     model, cache = sys.argv[1], sys.argv[2]
     options: dict[str, object] = {"kv_cache_memory_bytes": 64 << 20}
@@ -36,7 +36,7 @@ def main() -> None:
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with VLLMNativeAOTCompiler().compile_model(model, spec) as compiled:
+        with VllmBackend().compile_model(model, spec) as compiled:
             gens = compiled.generate(
                 PROMPTS, GenerationParams(max_new_tokens=12, stop_on_eos=False)
             )

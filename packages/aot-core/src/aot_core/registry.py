@@ -5,7 +5,7 @@ A backend package declares itself in its ``pyproject.toml``, under the same name
 class's ``Compiler.name``::
 
     [project.entry-points."aot.backends"]
-    vllm = "aot_vllm.backend:VLLMNativeAOTCompiler"
+    vllm = "aot_vllm.backend:VllmBackend"
 
 Discovery runs once per process and is cached (``refresh()`` forgets it, and every
 availability verdict with it). "Usable" has one meaning everywhere: the backend's cheap

@@ -9,32 +9,32 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aot_legacy.integrated import IntegratedAOTCompiler
+from aot_legacy.backend import LegacyBackend
 
 if TYPE_CHECKING:
     from aot_legacy.compiled_model import LegacyCompiledModel
     from aot_legacy.cuda_graphs import CUDAGraphOptimizer
     from aot_legacy.decoder import KVLayout, StaticKVDecoder, TinyDecoder
-    from aot_legacy.enhanced import EnhancedAOTCompiler
+    from aot_legacy.step_compiler import StepCompiler
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "CUDAGraphOptimizer": "aot_legacy.cuda_graphs",
-    "EnhancedAOTCompiler": "aot_legacy.enhanced",
     "KVLayout": "aot_legacy.decoder",
     "LegacyCompiledModel": "aot_legacy.compiled_model",
     "StaticKVDecoder": "aot_legacy.decoder",
+    "StepCompiler": "aot_legacy.step_compiler",
     "TinyDecoder": "aot_legacy.decoder",
 }
 
 __all__ = [
     "CUDAGraphOptimizer",
-    "EnhancedAOTCompiler",
-    "IntegratedAOTCompiler",
     "KVLayout",
+    "LegacyBackend",
     "LegacyCompiledModel",
     "StaticKVDecoder",
+    "StepCompiler",
     "TinyDecoder",
 ]
 

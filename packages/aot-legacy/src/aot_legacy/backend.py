@@ -1,5 +1,5 @@
-"""``IntegratedAOTCompiler``: the legacy backend. Loads a model, builds its static KV cache,
-compiles its steps (``EnhancedAOTCompiler``), captures decode graphs
+"""``LegacyBackend``: the legacy backend. Loads a model, builds its static KV cache,
+compiles its steps (``StepCompiler``), captures decode graphs
 (``CUDAGraphOptimizer``) and returns a ``LegacyCompiledModel``.
 
 This module imports torch only inside methods, so the registry can list the backend
@@ -37,7 +37,7 @@ def _parse_version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-class IntegratedAOTCompiler(Compiler):
+class LegacyBackend(Compiler):
     """Plain-PyTorch backend: torch.compile / AOTInductor / CUDA graphs over a static KV cache.
 
     ``compile_model`` loads a compatible AOTInductor package when one exists for this
@@ -136,9 +136,9 @@ class IntegratedAOTCompiler(Compiler):
         )
         notes[:0] = loaded.notes
         step = loaded.step(plan.max_seq)
-        from aot_legacy.enhanced import EnhancedAOTCompiler
+        from aot_legacy.step_compiler import StepCompiler
 
-        compiler = EnhancedAOTCompiler(
+        compiler = StepCompiler(
             cache_root=cache_root,
             persistent_cache=options.persistent_cache,
             use_packages=options.aoti,

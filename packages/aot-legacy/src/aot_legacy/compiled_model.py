@@ -15,8 +15,8 @@ from aot_core.scoring import Score, ScoreRequest, check_score_requests
 from aot_core.stats import OptimizationStats
 
 from aot_legacy.cuda_graphs import CUDAGraphOptimizer
-from aot_legacy.enhanced import EnhancedAOTCompiler
 from aot_legacy.generation import GenerateTimings, StaticKVGenerator, StopFn, score_requests
+from aot_legacy.step_compiler import StepCompiler
 
 
 def _cut(text: str, stops: Sequence[str]) -> str:
@@ -42,7 +42,7 @@ class LegacyCompiledModel(CompiledModel):
         tokenizer: Any | None,
         owned: list[Any],
         graphs: CUDAGraphOptimizer | None,
-        compiler: EnhancedAOTCompiler | None,
+        compiler: StepCompiler | None,
         module_name: str | None = None,
     ) -> None:
         self._generator: StaticKVGenerator | None = generator

@@ -44,6 +44,7 @@ PACKAGE_FORMAT = 3
 
 MANIFEST = "manifest.json"
 
+
 class PackagedStep:
     """A loaded ``.pt2`` step that checks shapes itself, since AOTInductor does not.
 

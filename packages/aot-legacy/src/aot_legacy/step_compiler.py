@@ -1,4 +1,4 @@
-"""``EnhancedAOTCompiler``: turn a static-KV step into fast prefill/decode callables.
+"""``StepCompiler``: turn a static-KV step into fast prefill/decode callables.
 
 Tiers, best first: a verified AOTInductor package (no compiling at all), torch.compile with
 a persistent cache keyed on everything that invalidates it, then eager. Each fall-back
@@ -127,7 +127,7 @@ def _counters() -> dict[str, int]:
     }
 
 
-class EnhancedAOTCompiler:
+class StepCompiler:
     """torch.compile with persistent keyed caches, AOTInductor packages, and fall-backs."""
 
     def __init__(

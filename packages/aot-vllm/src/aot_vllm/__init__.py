@@ -1,6 +1,6 @@
 """aot-vllm: compile LLM inference ahead of time with vLLM's native machinery.
 
-``VLLMNativeAOTCompiler`` (registered as the ``vllm`` aot backend) starts a real
+``VllmBackend`` (registered as the ``vllm`` aot backend) starts a real
 ``vllm.LLM`` from a ``CompileSpec``: torch.compile, CUDA graphs where there is a GPU, a
 verified per-spec compile cache so later processes start warm, chunked prefill, and
 measured ``OptimizationStats``. Importing this package does not import vLLM or torch.
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "VLLMNativeAOTCompiler": "aot_vllm.backend",
+    "VllmBackend": "aot_vllm.backend",
     "AOTVLLMWarning": "aot_vllm.backend",
     "VLLMCompiledModel": "aot_vllm.compiled_model",
     "CacheWarning": "aot_vllm.cache",
@@ -25,7 +25,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from aot_vllm.backend import AOTVLLMWarning, VLLMNativeAOTCompiler
+    from aot_vllm.backend import AOTVLLMWarning, VllmBackend
     from aot_vllm.cache import CacheWarning
     from aot_vllm.chunked_prefill import (
         ChunkedPrefillSettings,
@@ -52,7 +52,7 @@ __all__ = [
     "ChunkedPrefillSettings",
     "PrefillPlan",
     "VLLMCompiledModel",
-    "VLLMNativeAOTCompiler",
+    "VllmBackend",
     "Workload",
     "chunked_prefill_settings",
     "plan_chunked_prefill",

@@ -1,4 +1,4 @@
-"""``VLLMNativeAOTCompiler``: the aot backend that compiles with vLLM's own machinery.
+"""``VllmBackend``: the aot backend that compiles with vLLM's own machinery.
 
 Importing this module is cheap: vLLM and torch are imported when a model is compiled
 (``startup.build``).
@@ -22,10 +22,10 @@ from aot_vllm.releases import installed_vllm, unsupported_reason
 from aot_vllm.start_setup import INSTALL_HINT
 from aot_vllm.startup import AOTVLLMWarning, build
 
-__all__ = ["AOTVLLMWarning", "VLLMNativeAOTCompiler", "build", "installed_vllm"]
+__all__ = ["AOTVLLMWarning", "VllmBackend", "build", "installed_vllm"]
 
 
-class VLLMNativeAOTCompiler(Compiler):
+class VllmBackend(Compiler):
     """Compiles models with vLLM (torch.compile, CUDA graphs, compile cache, chunked prefill)."""
 
     name = "vllm"

@@ -345,7 +345,7 @@ def _measure(
     workload: Workload, model: Any, base: CompileSpec, budget: int, seqs: int
 ) -> SweepPoint:
     """Serve ``workload`` once on a fresh engine with this budget (after a short warm-up)."""
-    from aot_vllm.backend import VLLMNativeAOTCompiler
+    from aot_vllm.backend import VllmBackend
     from aot_vllm.compiled_model import model_token_facts
     from aot_vllm.model_source import resolve_model
 
@@ -358,7 +358,7 @@ def _measure(
         max_num_seqs=seqs,
         max_model_len=base.max_model_len or max(need, 16),
     )
-    with VLLMNativeAOTCompiler().compile_model(model, trial) as compiled:
+    with VllmBackend().compile_model(model, trial) as compiled:
         compiled.generate(prompts[:1], GenerationParams(max_new_tokens=2))  # warm-up
         t0 = time.perf_counter()
         gens = compiled.generate(prompts, params)
