@@ -182,6 +182,7 @@ def test_estimated_without_eager_and_workloads_kept_apart() -> None:
     )
     eager_only, compiled = groups
     assert eager_only.basis == "eager only" and eager_only.saved_s is None
+    assert eager_only.eager_baseline_s == 100.0
     assert compiled.basis == "estimated"
     assert compiled.saved_s == pytest.approx(-45.0)  # compile/load time counted as lost
     assert compiled.eager_baseline_s == pytest.approx((110.0 + 65.0) / 2)

@@ -61,7 +61,7 @@ class GroupUsage:
 
     eager_baseline_s: float | None
     """Median eager job time (measured), or of compiled jobs less their compile/load time
-    (estimated); None when nothing was compiled."""
+    (estimated)."""
 
     saved_s: float | None
     """Seconds compiling saved over the compiled jobs (negative: lost); None when none."""
@@ -130,13 +130,12 @@ def summarise(records: Sequence[UsageRecord]) -> GroupUsage:
     last = records[-1]
     eager = [r.job_s for r in records if r.start == "eager"]
     compiled = [r for r in records if r.start != "eager"]
-    baseline: float | None = None
+    baseline = statistics.median(eager) if eager else None
     saved: float | None = None
     if not compiled:
         basis = "eager only"
-    elif eager:
+    elif baseline is not None:
         basis = "measured"
-        baseline = statistics.median(eager)
         saved = sum(baseline - r.job_s for r in compiled)
     else:
         basis = "estimated"
