@@ -219,9 +219,27 @@ class Compiler(ABC):
     """Spec fields besides ``compile_mode`` whose value changes how fast this backend runs a
     workload: what ``aot tune`` may sweep for it (a field a backend ignores is not swept)."""
 
-    def __init__(self, spec: CompileSpec | None = None) -> None:
+    def __init__(
+        self, spec: CompileSpec | None = None, *, options: BackendOptions | None = None
+    ) -> None:
         self.spec = spec if spec is not None else CompileSpec()
+        self._options = options
+        """``self.spec``'s backend options, validated (given by a caller that validated them
+        already, as aot-core's workflow does before staging; else on first use)."""
         self._last: CompiledModel | None = None
+
+    def options_for(self, spec: CompileSpec) -> BackendOptions:
+        """``spec.backend_options`` validated into ``options_class``: what the backend reads.
+
+        For the spec this compiler was made with, validated once (or taken as the
+        constructor got it), so one start checks its options once; another spec is
+        validated afresh. Raises ``SpecError`` naming the offending key.
+        """
+        if spec != self.spec:
+            return self.options_class.validate(spec)
+        if self._options is None:
+            self._options = self.options_class.validate(spec)
+        return self._options
 
     @classmethod
     @abstractmethod

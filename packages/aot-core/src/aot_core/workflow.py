@@ -45,13 +45,14 @@ def compile_into(
     from aot_core.registry import get_backend
 
     cls = get_backend(backend)
-    cls.options_class.validate(spec)
+    # Validated once, here, and handed to the backend: where its files go (cache_dir)
+    # changes nothing its options are checked against.
+    options = cls.options_class.validate(spec)
 
     def build(files: Path) -> dict[str, Any]:
-        run_spec = spec.replace(cache_dir=str(files))
-        compiler = cls(run_spec)
+        compiler = cls(spec.replace(cache_dir=str(files)), options=options)
         try:
-            compiled = compiler.compile_model_aot(str(model), example_inputs, run_spec)
+            compiled = compiler.compile_model_aot(str(model), example_inputs)
         except (CompilationError, SpecError, BackendUnavailableError, OSError):
             raise
         except Exception as exc:  # a backend crash is reported, not a traceback
