@@ -106,8 +106,11 @@ def run_worker(
     log: Path,
     repeat: int = 1,
     cache_root: Path | None = None,
+    measured_calls: int = MEASURED_CALLS,
+    latency: bool = True,
 ) -> Run:
-    """Start one worker process and return its run (ok or not)."""
+    """Start one worker process and return its run (ok or not); ``aot tune`` times whole
+    jobs, so it asks for one measured call and no latency probes."""
     import json
 
     cmd = [
@@ -129,7 +132,8 @@ def run_worker(
         "--max-new-tokens",
         str(max_new_tokens),
         "--measured-calls",
-        str(MEASURED_CALLS),
+        str(measured_calls),
+        *([] if latency else ["--no-latency"]),
     ]
     # What workers and their backends keep outside the run's artifact (aot-vllm's shared
     # model-inspection results, the legacy backend's default cache) goes under cache_root.

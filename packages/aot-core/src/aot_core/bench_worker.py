@@ -44,6 +44,7 @@ class _Start:
     prompts: list[list[int]]
     params: Any
     measured_calls: int
+    latency_probes: bool = True
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
@@ -70,7 +71,8 @@ class _Start:
             if values:
                 stats[name] = statistics.median(values)
         self.outputs["stats"] = stats
-        self.outputs["latency"] = self.latency(compiled)
+        if self.latency_probes:
+            self.outputs["latency"] = self.latency(compiled)
 
     def latency(self, compiled: Any) -> dict[str, float | None]:
         """Time to first token and per-token decode latency, p50 and p95 over the prompts.
@@ -132,6 +134,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompts-json", required=True, help="list of token-id lists")
     parser.add_argument("--max-new-tokens", type=int, required=True)
     parser.add_argument("--measured-calls", type=int, default=3)
+    parser.add_argument(
+        "--no-latency", action="store_true", help="skip the latency probes (aot tune's jobs)"
+    )
     return parser.parse_args(argv)
 
 
@@ -216,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts=json.loads(args.prompts_json),
         params=GenerationParams(max_new_tokens=args.max_new_tokens, stop_on_eos=False),
         measured_calls=args.measured_calls,
+        latency_probes=not args.no_latency,
     )
     t0 = time.perf_counter()
     cls = get_backend(args.backend)
