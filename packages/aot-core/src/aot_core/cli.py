@@ -759,6 +759,9 @@ def build_parser() -> argparse.ArgumentParser:
     from aot_core.serve_command import add_parser as add_serve_parser
 
     add_serve_parser(sub, fmt, _epilog())
+    from aot_core.tune.command import add_parser as add_tune_parser
+
+    add_tune_parser(sub, fmt, _epilog())
     from aot_core.usage_command import add_parser as add_usage_parser
 
     add_usage_parser(sub, fmt, _epilog())
