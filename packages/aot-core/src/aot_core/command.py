@@ -50,6 +50,7 @@ class ExitCode(IntEnum):
     TASK_DATA_INVALID = 25
     PORT_IN_USE = 30
     ENTRY_IN_USE = 31
+    SERVER_UNREACHABLE = 32
     INTERRUPTED = 130
 
 
@@ -90,6 +91,10 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ),
     ExitCode.PORT_IN_USE: "aot serve: the port is in use, or the host is not an address here",
     ExitCode.ENTRY_IN_USE: "aot serve: another process is serving or using this cache entry",
+    ExitCode.SERVER_UNREACHABLE: (
+        "aot eval --server / aot serve --ray-address: nothing answers at the address given "
+        "(or the server lists no model)"
+    ),
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C); nothing half-written was left to load",
 }
 

@@ -19,6 +19,7 @@ from aot_core.evaluation.errors import (
     LMEvalOptionsError,
     NoTokenizerError,
     ParityExceededError,
+    ServerUnreachableError,
     TaskDataError,
     TaskInvalidError,
     TaskNotFoundError,
@@ -31,6 +32,7 @@ EXAMPLES = """examples:
   aot eval ./my-llama --tasks my_task --include-path ./tasks --parity --parity-tolerance 1e-3
   aot eval ./my-llama --tasks gsm8k --model-args dtype=float32,max_model_len=2048 \\
       --lm-eval --num_fewshot 5 --seed 1
+  aot eval ./my-llama --tasks my_task --include-path ./tasks --server http://127.0.0.1:8000
 
 Everything after --lm-eval goes to lm-eval's own `run` options (--num_fewshot, --gen_kwargs,
 --seed, --apply_chat_template, ...). Compiled jobs start from aot's verified cache (the
@@ -87,6 +89,13 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
         help="with --parity: seconds per run (default 3600)",
     )
     p.add_argument(
+        "--server",
+        metavar="URL",
+        help="evaluate the model a running `aot serve` serves at URL (lm-eval's "
+        "local-completions; local-chat-completions with --apply_chat_template); MODEL is "
+        "its tokenizer. Its key, if any, from $OPENAI_API_KEY",
+    )
+    p.add_argument(
         "--lm-eval",
         dest="lm_eval_args",
         nargs=argparse.REMAINDER,
@@ -109,6 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         TaskInvalidError: ExitCode.TASK_INVALID,
         TaskDataError: ExitCode.TASK_DATA_INVALID,
         ParityExceededError: ExitCode.PARITY_EXCEEDED,
+        ServerUnreachableError: ExitCode.SERVER_UNREACHABLE,
         LMEvalOptionsError: ExitCode.USAGE,
         EvalUsageError: ExitCode.USAGE,
     }
@@ -128,6 +138,10 @@ def _run(args: argparse.Namespace) -> int:
     require_lm_eval()
     model = check_model(args.model, cache_root=args.cache_dir)
     passthrough = list(args.lm_eval_args or [])
+    if args.server:
+        from aot_core.evaluation.server_job import run_against_server
+
+        return run_against_server(args, model, passthrough, progress)
     if args.parity:
         from aot_core.evaluation.parity import run_parity
 

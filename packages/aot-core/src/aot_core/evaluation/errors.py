@@ -43,3 +43,7 @@ class TaskInvalidError(EvalError):
 
 class TaskDataError(EvalError):
     """A task's data file is unreadable as its declared format, or a split it uses is empty."""
+
+
+class ServerUnreachableError(EvalError):
+    """``aot eval --server``: nothing answers at the URL, or it is not a server aot can use."""

@@ -1,0 +1,162 @@
+"""``aot eval --server URL``: lm-eval's own OpenAI-API models against a running ``aot serve``.
+
+A server started once answers every job, so no job pays an engine start. The job runs
+lm-eval's ``local-completions`` model (log-likelihood and generation), or
+``local-chat-completions`` when ``--apply_chat_template`` is among lm-eval's options (the
+server renders the chat with the model's template). The served model's name and context
+come from the server's ``/v1/models``; the local MODEL directory is the tokenizer lm-eval
+counts and splits tokens with, so it must be the one the server serves. lm-eval runs in a
+process of its own (``python -m lm_eval run``) after the task checks ``aot eval`` makes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aot_core.evaluation.errors import EvalError, EvalUsageError, ServerUnreachableError
+
+DISCOVERY_TIMEOUT_S = 10.0
+"""Seconds ``/v1/models`` may take to answer before the server counts as unreachable."""
+
+DEFAULT_CONCURRENCY = 4
+"""Requests lm-eval keeps in flight (``num_concurrent``); the server batches them."""
+
+CHAT_OPTION = "--apply_chat_template"
+"""lm-eval's option that switches the job to ``local-chat-completions``."""
+
+_NOT_WITH_SERVER = ("parity", "eager", "backend", "spec")
+"""``aot eval`` options that start an engine, which a job against a server does not."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServedModel:
+    """What a running server says it serves (its ``/v1/models``)."""
+
+    base: str
+    """The server's URL without a trailing ``/v1`` (``http://127.0.0.1:8000``)."""
+
+    name: str
+    """The model name requests must use."""
+
+    max_model_len: int | None
+    """The served context in tokens, when the server says it (vLLM does)."""
+
+
+def base_url(url: str) -> str:
+    """``url`` as the server's base: trailing slashes and one ``/v1`` dropped."""
+    base = url.strip().rstrip("/")
+    if base.endswith("/v1"):
+        base = base[: -len("/v1")]
+    if not base.startswith(("http://", "https://")):
+        raise EvalUsageError(
+            f"--server {url!r} is not an http(s) URL; pass the server's address, e.g. "
+            "--server http://127.0.0.1:8000"
+        )
+    return base
+
+
+def discover(url: str, *, timeout_s: float = DISCOVERY_TIMEOUT_S) -> ServedModel:
+    """The model the server at ``url`` serves, or ServerUnreachableError saying why not."""
+    base = base_url(url)
+    where = f"{base}/v1/models"
+    request = urllib.request.Request(where)
+    key = os.environ.get("OPENAI_API_KEY")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    hint = "start one with `aot serve MODEL --spec S --port P`, or check --server"
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            body = json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        extra = " (set OPENAI_API_KEY to the server's --api-key)" if exc.code == 401 else ""
+        raise ServerUnreachableError(
+            f"aot eval --server: {where} answered HTTP {exc.code}{extra}; it is not an "
+            f"OpenAI-compatible server aot eval can use: {hint}"
+        ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ServerUnreachableError(
+            f"aot eval --server: no server answers at {base} ({reason}); {hint}"
+        ) from None
+    except ValueError as exc:
+        raise ServerUnreachableError(
+            f"aot eval --server: {where} did not answer JSON ({exc}); {hint}"
+        ) from None
+    models = body.get("data") if isinstance(body, dict) else None
+    if not models or not isinstance(models[0], dict) or "id" not in models[0]:
+        raise ServerUnreachableError(f"aot eval --server: {where} lists no model: {body!r:.200}")
+    length = models[0].get("max_model_len")
+    return ServedModel(
+        base=base, name=str(models[0]["id"]), max_model_len=int(length) if length else None
+    )
+
+
+def lm_eval_model_argv(
+    served: ServedModel, tokenizer: Path, *, chat: bool, extra: str = ""
+) -> list[str]:
+    """lm-eval's ``--model`` and ``--model_args`` for a job against ``served``."""
+    endpoint = "chat/completions" if chat else "completions"
+    args = {
+        "model": served.name,
+        "base_url": f"{served.base}/v1/{endpoint}",
+        "num_concurrent": str(DEFAULT_CONCURRENCY),
+        "max_retries": "3",
+    }
+    if not chat:  # log-likelihoods are scored on tokens the local tokenizer makes
+        args |= {"tokenizer_backend": "huggingface", "tokenizer": str(tokenizer)}
+    if served.max_model_len:
+        # As aot's own lm-eval model: the context less one token for the continuation.
+        args["max_length"] = str(served.max_model_len - 1)
+    for item in filter(None, extra.split(",")):  # the user's --model-args win
+        name, _, value = item.partition("=")
+        args[name.strip()] = value
+    model = "local-chat-completions" if chat else "local-completions"
+    return ["--model", model, "--model_args", ",".join(f"{k}={v}" for k, v in args.items())]
+
+
+def check_server_options(args: argparse.Namespace) -> None:
+    """Refuse the options that only mean something when aot starts the engine."""
+    given = [name for name in _NOT_WITH_SERVER if getattr(args, name, None)]
+    if given:
+        options = ", ".join(f"--{name}" for name in given)
+        raise EvalUsageError(
+            f"aot eval --server evaluates the model the server runs, so {options} cannot "
+            "apply; drop them (the server's own `aot serve` options decide its engine)"
+        )
+
+
+def run_against_server(
+    args: argparse.Namespace, model: Path, passthrough: list[str], progress: Callable[[str], None]
+) -> int:
+    """Check the tasks, find the served model, run lm-eval against it; lm-eval's exit code."""
+    from aot_core.command import stdout_to_stderr
+    from aot_core.evaluation.job import prepare_tasks
+    from aot_core.evaluation.lm_eval_args import lm_eval_argv
+
+    check_server_options(args)
+    run_argv = lm_eval_argv(args, passthrough)
+    with stdout_to_stderr():  # bad tasks, data and options fail here, before any request
+        prepare_tasks(run_argv, progress)
+    served = discover(args.server)
+    chat = CHAT_OPTION in passthrough
+    model_argv = lm_eval_model_argv(served, model, chat=chat, extra=args.model_args or "")
+    how = "local-chat-completions" if chat else "local-completions"
+    progress(f"evaluating {served.name!r} served at {served.base} with lm-eval's {how}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "run", *model_argv, *run_argv], check=False
+    )
+    if proc.returncode != 0:
+        raise EvalError(
+            f"lm-eval's {how} job against {served.base} failed (exit {proc.returncode}); "
+            "its messages are above"
+        )
+    return 0
