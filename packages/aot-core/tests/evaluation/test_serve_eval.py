@@ -1,10 +1,14 @@
-"""lm-eval's ``local-completions`` model against a running ``aot serve`` gives what
-``aot eval`` gives on the same weights: the same decisions and generations, log-likelihoods
-within 1e-3 (float32). ``aot eval`` runs first and compiles the cache entry, so the server
-also shows that it starts warm from the entry ``aot eval`` wrote.
+"""lm-eval's ``local-completions`` and ``local-chat-completions`` models against a running
+``aot serve`` give what ``aot eval`` gives on the same weights: the same decisions and
+generations, log-likelihoods within 1e-3 (float32); ``aot eval --server`` runs the same job
+for you. ``aot eval`` runs first and compiles the cache entry, so the server also shows that
+it starts warm from the entry ``aot eval`` wrote.
 
-Slow (one compiled eval job, one server start, one lm-eval job: minutes here), so it runs in
-``nox -s eval_slow``, not in the default ``eval`` session.
+The tiny Llama here is a copy with a chat template in its tokenizer config (the built-in one
+has none), so ``aot eval --apply_chat_template`` and the server render the same chat.
+
+Slow (one compiled eval job, a warm one, one server start, three lm-eval jobs: minutes
+here), so it runs in ``nox -s eval_slow``, not in the default ``eval`` session.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +33,21 @@ pytestmark = pytest.mark.slow
 TASK_LIST = "aot_mc,aot_gen"
 SPEC = 'dtype = "float32"\nmax_model_len = 512\n'  # what F32's model args say
 HOST = "127.0.0.1"
+# A plain chat template (no BOS: the tiny tokenizer adds none, and vLLM's chat adds no special
+# tokens of its own), so both sides tokenize the same prompt.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def _with_chat_template(tiny: Path, dest: Path) -> Path:
+    """A copy of the tiny Llama whose tokenizer has ``CHAT_TEMPLATE``."""
+    shutil.copytree(tiny, dest)
+    config = dest / "tokenizer_config.json"
+    data = json.loads(config.read_text(encoding="utf-8"))
+    config.write_text(json.dumps({**data, "chat_template": CHAT_TEMPLATE}), encoding="utf-8")
+    return dest
 
 
 def _env() -> dict[str, str]:
@@ -53,12 +73,19 @@ def _get(port: int, path: str) -> tuple[int, Any]:
 
 @pytest.fixture(scope="module")
 def served(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """``aot eval`` (compiled: it writes the cache entry), then ``aot serve`` of that entry."""
+    """``aot eval`` (compiled: it writes the cache entry) plain and with the chat template,
+    then ``aot serve`` of that entry (which holds its lock, so the jobs run first)."""
     work = tmp_path_factory.mktemp("serve-eval")
+    tiny = _with_chat_template(tiny, work / "tiny-chat")
+    common = (
+        "--include-path", str(TASKS), "--limit", LIMIT, "--backend", "vllm",
+        "--model-args", F32, "--log-samples",
+    )  # fmt: skip
+    run = aot_eval(str(tiny), "--tasks", TASK_LIST, *common, "--output", str(work / "eval"))
+    assert run.rc == 0, run.stderr[-3000:]
     run = aot_eval(
-        str(tiny), "--tasks", TASK_LIST, "--include-path", str(TASKS), "--limit", LIMIT,
-        "--backend", "vllm", "--model-args", F32, "--output", str(work / "eval"),
-        "--log-samples",
+        str(tiny), "--tasks", "aot_gen", *common, "--output", str(work / "eval-chat"),
+        "--lm-eval", "--apply_chat_template",
     )  # fmt: skip
     assert run.rc == 0, run.stderr[-3000:]
     spec = work / "spec.toml"
@@ -119,7 +146,52 @@ def test_local_completions_against_aot_serve_equals_aot_eval(served: dict[str, A
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-5000:]
     print(f"lm-eval local-completions against aot serve: {wall:.1f} s")
-    mc_eval, mc_served = samples(work / "eval", "aot_mc"), samples(work / "served", "aot_mc")
+    _same_as_aot_eval(work / "eval", work / "served")
+
+
+def test_local_chat_completions_against_aot_serve_equals_aot_eval(
+    served: dict[str, Any],
+) -> None:
+    """The server renders the chat with the model's template, as ``aot eval
+    --apply_chat_template`` does locally: the same greedy generations."""
+    tiny, work, port = served["tiny"], served["work"], served["port"]
+    model_args = f"model={tiny},base_url=http://{HOST}:{port}/v1/chat/completions,num_concurrent=2"
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "run", "--model", "local-chat-completions",
+         "--model_args", model_args, "--tasks", "aot_gen", "--include_path", str(TASKS),
+         "--limit", LIMIT, "--apply_chat_template", "--output_path", str(work / "chat"),
+         "--log_samples"],
+        cwd=TASKS, env=_env(), capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    print(f"lm-eval local-chat-completions against aot serve: {time.perf_counter() - t0:.1f} s")
+    want, got = samples(work / "eval-chat", "aot_gen"), samples(work / "chat", "aot_gen")
+    assert sorted(want) == sorted(got) and len(want) == int(LIMIT)
+    for doc, row in want.items():
+        assert "<|assistant|>" in json.dumps(row["arguments"])  # it was a chat
+        assert row["filtered_resps"] == got[doc]["filtered_resps"], doc
+
+
+def test_aot_eval_server_runs_the_job_against_aot_serve(served: dict[str, Any]) -> None:
+    """``aot eval MODEL --server URL``: the served model's name and context come from the
+    server; the results are ``aot eval``'s own."""
+    tiny, work, port = served["tiny"], served["work"], served["port"]
+    t0 = time.perf_counter()
+    run = aot_eval(
+        str(tiny), "--tasks", TASK_LIST, "--include-path", str(TASKS), "--limit", LIMIT,
+        "--server", f"http://{HOST}:{port}/v1", "--output", str(work / "via-server"),
+        "--log-samples",
+    )  # fmt: skip
+    assert run.rc == 0, run.stderr[-5000:]
+    print(f"aot eval --server: {time.perf_counter() - t0:.1f} s")
+    assert f"served at http://{HOST}:{port} with lm-eval's local-completions" in run.stderr
+    _same_as_aot_eval(work / "eval", work / "via-server")
+
+
+def _same_as_aot_eval(eval_dir: Path, served_dir: Path) -> None:
+    """Decisions and generations equal, log-likelihoods within 1e-3."""
+    mc_eval, mc_served = samples(eval_dir, "aot_mc"), samples(served_dir, "aot_mc")
     assert sorted(mc_eval) == sorted(mc_served) and len(mc_eval) == int(LIMIT)
     for doc, row in mc_eval.items():
         want = [float(r[0]) for r in row["filtered_resps"]]
@@ -127,7 +199,7 @@ def test_local_completions_against_aot_serve_equals_aot_eval(served: dict[str, A
         assert len(got) == len(want)
         assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-3, (doc, got, want)
         assert row["acc"] == mc_served[doc]["acc"], doc
-    gen_eval, gen_served = samples(work / "eval", "aot_gen"), samples(work / "served", "aot_gen")
+    gen_eval, gen_served = samples(eval_dir, "aot_gen"), samples(served_dir, "aot_gen")
     assert sorted(gen_eval) == sorted(gen_served)
     for doc, row in gen_eval.items():
         assert row["filtered_resps"] == gen_served[doc]["filtered_resps"], doc
