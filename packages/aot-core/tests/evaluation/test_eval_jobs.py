@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aot_core import usage_log
 from conftest import F32, LIMIT, TASKS, Run, aot_eval, samples, task_args
 
 BACKENDS = ("legacy", "vllm")
@@ -87,7 +88,7 @@ def test_results_carry_aot_stats(backend: str, tiny: Path, parity_dir: Path) -> 
 
 
 def test_second_compiled_job_starts_warm_from_the_verified_cache(
-    tiny: Path, parity_dir: Path, tmp_path: Path
+    tiny: Path, parity_dir: Path, tmp_path: Path, aot_home: Path
 ) -> None:
     first, first_out = parity("legacy", tiny, parity_dir)
     assert first.rc == 0, first.stderr[-3000:]
@@ -107,6 +108,11 @@ def test_second_compiled_job_starts_warm_from_the_verified_cache(
     for task in ("aot_mc", "aot_ppl"):
         again, before = samples(tmp_path, task), samples(first_out / "compiled", task)
         assert [r["resps"] for r in again.values()] == [r["resps"] for r in before.values()]
+    # Each job, the parity pair's included, is in the usage log `aot usage` reads.
+    jobs = [r for r in usage_log.read(aot_home).records if r["model_path"] == aot["model"]]
+    assert {(r["command"], r["backend"], r["start"]) for r in jobs} >= {
+        ("eval", "legacy", start) for start in ("eager", "cold", "warm")
+    }
 
 
 def _loglikelihoods(rows: dict[int, dict[str, Any]]) -> list[float]:
