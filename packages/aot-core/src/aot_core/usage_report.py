@@ -238,9 +238,12 @@ def plot(groups: Sequence[GroupUsage], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{g.model[:28]}\n{g.backend} {g.config[:8]} {g.dtype}" for g in groups]
+    labels = [
+        f"{_tail(g.model, 32)}\n{g.backend} {g.config[:8]} {g.dtype}\n{_tail(g.workload, 32)}"
+        for g in groups
+    ]
     ys = list(range(len(groups)))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.6 * len(groups)), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 1.4 + 0.8 * len(groups)), sharey=True)
     axes[0].barh(ys, [g.time_spent_s for g in groups], color="tab:blue")
     axes[0].set_title("time spent in jobs (s)", fontsize=10)
     for y, g in zip(ys, groups, strict=True):
@@ -258,3 +261,8 @@ def plot(groups: Sequence[GroupUsage], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _tail(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters from its end (a path's end names it best)."""
+    return text if len(text) <= width else "..." + text[-(width - 3) :]
