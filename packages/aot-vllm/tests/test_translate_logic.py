@@ -19,7 +19,7 @@ from aot_core.errors import BackendUnavailableError, SpecError
 from aot_core.spec import CompileSpec
 from aot_vllm import releases
 from aot_vllm.engine_env import EngineVar
-from aot_vllm.options import KNOWN_BACKEND_OPTIONS
+from aot_vllm.engine_options import ENGINE_OPTIONS
 from aot_vllm.readback import read_resolved_config, resolution_notes
 from aot_vllm.releases import parse_version, release_facts
 from aot_vllm.translate import Translation, translate
@@ -459,7 +459,7 @@ def test_bad_option_values(key: str, value: Any, message: str) -> None:
 
 
 def test_every_known_option_has_help() -> None:
-    assert all(option.help for option in KNOWN_BACKEND_OPTIONS.values())
+    assert all(option.help for option in ENGINE_OPTIONS.values())
 
 
 @pytest.mark.parametrize("key", ["max_num_partial_prefills", "max_long_partial_prefills"])

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import Any
+from typing import Any, cast
 
 from aot_core.compiler import Availability, Compiler
 from aot_core.serving import ServeRequest
 from aot_core.spec import CompileSpec
 
-from aot_vllm.backend_options import VLLMOptions
 from aot_vllm.compiled_model import VLLMCompiledModel
 from aot_vllm.example_inputs import inform_spec, parse_example_inputs
 from aot_vllm.model_source import resolve_model
+from aot_vllm.options import VLLMOptions
 from aot_vllm.releases import installed_vllm, unsupported_reason
 from aot_vllm.start_setup import INSTALL_HINT
 from aot_vllm.startup import AOTVLLMWarning, build
@@ -98,9 +98,18 @@ class VllmBackend(Compiler):
 
         serve(request)
 
+    def _validated_options(self, spec: CompileSpec) -> VLLMOptions | None:
+        """``spec``'s options, validated once (None for a non-spec, which the start refuses
+        with a clear error)."""
+        if not isinstance(spec, CompileSpec):
+            return None
+        # options_class is VLLMOptions, so that is what options_for validates into
+        return cast(VLLMOptions, self.options_for(spec))
+
     def compile_model(self, model: Any, spec: CompileSpec | None = None) -> VLLMCompiledModel:
         """Start ``model`` in vLLM as ``spec`` says; reuses this spec's compile cache if present."""
-        compiled = build(model, spec if spec is not None else self.spec)
+        spec = spec if spec is not None else self.spec
+        compiled = build(model, spec, options=self._validated_options(spec))
         self._remember(compiled)
         return compiled
 
@@ -118,6 +127,8 @@ class VllmBackend(Compiler):
         examples = parse_example_inputs(example_inputs)
         source = resolve_model(model)
         informed, notes = inform_spec(base, examples, source)
-        compiled = build(source, informed, warmup=examples, extra_notes=notes)
+        # The examples fill context and graph sizes, which no option is checked against.
+        options = self._validated_options(base)
+        compiled = build(source, informed, options=options, warmup=examples, extra_notes=notes)
         self._remember(compiled)
         return compiled

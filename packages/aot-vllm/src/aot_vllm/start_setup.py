@@ -29,6 +29,7 @@ from aot_vllm.compiled_model import model_token_facts
 from aot_vllm.context_length import check_max_model_len
 from aot_vllm.engine import platform_is_cpu
 from aot_vllm.model_source import ModelSource, resolve_model
+from aot_vllm.options import VLLMOptions
 from aot_vllm.parallel import (
     World,
     allowed_cores,
@@ -37,7 +38,7 @@ from aot_vllm.parallel import (
     numa_nodes,
 )
 from aot_vllm.releases import installed_vllm
-from aot_vllm.runtime_options import RuntimeOptions, split_options
+from aot_vllm.runtime_options import RuntimeOptions
 from aot_vllm.translate import Translation, translate
 from aot_vllm.vllm_logs import LogCapture
 
@@ -57,11 +58,17 @@ class StartRequest:
     spec: CompileSpec
     """The user's spec: it keys the cache entry and stays on the compiled model."""
 
-    runtime: RuntimeOptions
-    """The runtime's own backend options (placement, compile cache, best effort)."""
+    options: VLLMOptions
+    """``spec.backend_options``, validated once: the runtime's own (placement, compile
+    cache, best effort) and the engine's, checked."""
 
     engine_spec: CompileSpec
-    """The spec without the runtime's options; its ``cache_dir`` is the entry's vLLM root."""
+    """The spec with the engine's options only; its ``cache_dir`` is the entry's vLLM root."""
+
+    @property
+    def runtime(self) -> RuntimeOptions:
+        """The runtime's own backend options (placement, compile cache, best effort)."""
+        return self.options.runtime
 
     entry: CacheEntry
     """The per-spec compile-cache entry this start uses."""
@@ -134,16 +141,26 @@ def aot_vllm_version() -> str:
         return "0.1.0"
 
 
-def request_start(model: Any, spec: CompileSpec, *, notes: Sequence[str] = ()) -> StartRequest:
-    """Check what was asked for and open nothing yet: model, options, vLLM, cache entry."""
+def request_start(
+    model: Any,
+    spec: CompileSpec,
+    *,
+    options: VLLMOptions | None = None,
+    notes: Sequence[str] = (),
+) -> StartRequest:
+    """Check what was asked for and open nothing yet: model, options, vLLM, cache entry.
+
+    ``options``: ``spec.backend_options`` as the backend validated them; None validates
+    them here."""
     t_start = time.time()
     if not isinstance(spec, CompileSpec):
         raise SpecError(f"spec: expected a CompileSpec, got {type(spec).__name__}")
+    if options is None:
+        options = VLLMOptions.validate(spec)
     source = resolve_model(model)
     # Before vLLM is imported: vLLM would refuse it too, but only after a costly import.
     length_note = check_max_model_len(spec, source.local_dir)
     notes = (*notes, *([length_note] if length_note else []))
-    runtime, engine_spec = split_options(spec)
     split_note = check_model_split(spec, source.local_dir)
     if installed_vllm() is None:
         raise BackendUnavailableError(f"vLLM is not installed; {INSTALL_HINT}")
@@ -153,10 +170,10 @@ def request_start(model: Any, spec: CompileSpec, *, notes: Sequence[str] = ()) -
     return StartRequest(
         source=source,
         spec=spec,
-        runtime=runtime,
+        options=options,
         # The translation maps cache_dir to VLLM_CACHE_ROOT; for a start that is the
         # entry's own vLLM directory, so nothing is shared with another spec.
-        engine_spec=engine_spec.replace(cache_dir=str(entry.vllm_root)),
+        engine_spec=spec.replace(backend_options=options.engine, cache_dir=str(entry.vllm_root)),
         entry=entry,
         log=log,
         t_start=t_start,
@@ -179,7 +196,12 @@ def set_up_engine(request: StartRequest) -> EngineSetup:
         spec, request.source.local_dir, is_cpu=is_cpu
     )
     notes.extend(resolve_notes)
-    translation = translate(spec, best_effort=request.runtime.best_effort, cpu=is_cpu)
+    translation = translate(
+        spec,
+        options=_engine_options(request.options, spec),
+        best_effort=request.runtime.best_effort,
+        cpu=is_cpu,
+    )
     notes.extend(translation.warnings)
     world = World.of(spec)
     threads_bind = _place_ranks(world, is_cpu=is_cpu, llm_kwargs=translation.llm_kwargs)
@@ -205,6 +227,14 @@ def set_up_engine(request: StartRequest) -> EngineSetup:
         threads_bind=threads_bind,
         notes=(*notes, *kwargs_notes),
     )
+
+
+def _engine_options(options: VLLMOptions, spec: CompileSpec) -> dict[str, Any]:
+    """The engine options validated once, with the KV-cache size aot-vllm chose on CPU
+    (``resolve_engine_spec`` puts it in the spec: a byte count it computed, never the
+    user's raw value, which ``options`` holds checked)."""
+    engine = {k: v for k, v in spec.to_dict()["backend_options"].items() if k not in options.engine}
+    return {**options.engine, **engine}
 
 
 def _place_ranks(

@@ -29,6 +29,7 @@ from aot_vllm import engine, engine_env, evidence, process_tree, ranks
 from aot_vllm.cache import OpenedEntry
 from aot_vllm.compiled_model import VLLMCompiledModel
 from aot_vllm.example_inputs import ExampleInputs
+from aot_vllm.options import VLLMOptions
 from aot_vllm.start_report import (
     Launch,
     StartReading,
@@ -60,11 +61,13 @@ def build(
     model: Any,
     spec: CompileSpec,
     *,
+    options: VLLMOptions | None = None,
     warmup: ExampleInputs | None = None,
     extra_notes: Sequence[str] = (),
 ) -> VLLMCompiledModel:
-    """Start a ``vllm.LLM`` for ``model`` and ``spec`` and measure how it started."""
-    request = request_start(model, spec, notes=extra_notes)
+    """Start a ``vllm.LLM`` for ``model`` and ``spec`` and measure how it started
+    (``options``: the spec's backend options as the backend validated them)."""
+    request = request_start(model, spec, options=options, notes=extra_notes)
     env = engine_env.EnvPatch()
     memory = process_tree.PeakMemory()
     try:

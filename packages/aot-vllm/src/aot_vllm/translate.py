@@ -24,7 +24,7 @@ Rules it enforces, because vLLM itself does not:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
 
 from aot_vllm import engine_env
-from aot_vllm.options import check_options
+from aot_vllm.engine_options import check_engine_options
 from aot_vllm.releases import (
     NEWEST_KNOWN,
     CompileLevel,
@@ -82,7 +82,7 @@ class _Spelling:
     """The spec being spelled."""
 
     options: dict[str, Any]
-    """Its backend options, checked (``options.check_options``)."""
+    """Its engine options, checked (``VLLMOptions.engine``, or ``check_engine_options``)."""
 
     release: Release
     """The release spelled for, with its facts."""
@@ -131,11 +131,15 @@ class _Spelling:
 def translate(
     spec: CompileSpec,
     *,
+    options: Mapping[str, Any] | None = None,
     vllm_version: str | None = None,
     best_effort: bool = False,
     cpu: bool = False,
 ) -> Translation:
     """Spell ``spec`` for one vLLM release: the installed one unless ``vllm_version`` is given.
+
+    ``options``: the spec's engine options as a start validated them (``VLLMOptions.engine``
+    plus the KV-cache size aot-vllm chose); None checks ``spec.backend_options`` here.
 
     ``cpu``: the engine runs on vLLM's CPU platform, where releases before 0.20 size the
     KV cache only from ``VLLM_CPU_KVCACHE_SPACE``.
@@ -148,7 +152,7 @@ def translate(
     release = resolve_release(vllm_version)
     s = _Spelling(
         spec=spec,
-        options=check_options(spec),
+        options=dict(options) if options is not None else check_engine_options(spec),
         release=release,
         best_effort=best_effort,
         cpu=cpu,
