@@ -61,8 +61,8 @@ def run_sweep(
             finished[key] = record
             progress(f"{_bar(done, total)} {what}: {_summary(record)}")
         else:
-            failures.append(f"{what}: {record['error'].splitlines()[0]}")
-            progress(f"{_bar(done, total)} {what}: FAILED ({record['error'].splitlines()[0]})")
+            failures.append(f"{what}: {_why(record['error'])}")
+            progress(f"{_bar(done, total)} {what}: FAILED ({_why(record['error'])})")
     progress(f"trials done in {time.perf_counter() - started:.0f} s; kept in {plan.results.path}")
     records = [finished[keys[id(t)]] for t in plan.trials if keys[id(t)] in finished]
     return records, failures
@@ -101,3 +101,10 @@ def _summary(record: dict[str, Any]) -> str:
     if record.get("started") not in (None, record["trial"]["phase"]):
         parts.append(f"started {record['started']}")
     return ", ".join(parts)
+
+
+def _why(error: str) -> str:
+    """The worker's own error line when its log has one (aot eval's), else the first line."""
+    lines = error.splitlines()
+    found = [line.strip() for line in lines if line.strip().startswith("aot: error:")]
+    return f"{lines[0]} {found[-1]}" if found else lines[0]
