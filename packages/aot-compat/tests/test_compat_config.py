@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 from aot_compat import LegacyConfigError, LegacyConfigWarning, UnknownConfigKeyWarning, translate
-from aot_compat.legacy_config import STRICT_ENV
+from aot_compat.legacy_config import OLD_BACKEND_SETTINGS, STRICT_ENV
 from aot_core import CompileSpec, SpecError, registry
 
 # Where a backend's own old keys go is that backend's knowledge (its options class's
@@ -184,6 +184,23 @@ def test_backend_only_key_of_a_missing_backend_warns_instead_of_failing() -> Non
     with pytest.warns(LegacyConfigWarning, match=r"'seed'.*not installed"):
         spec = translate({"seed": 0}, backend="legacy").spec
     assert dict(spec.backend_options) == {}
+
+
+def test_old_backend_keys_name_exactly_the_backends_tables() -> None:
+    """OLD_BACKEND_SETTINGS is the union of the backends' own old-key tables (each
+    ``options_class.migrations``), kept here only for backends that are not installed: every
+    installed backend's table is in it, and with both installed it is nothing else."""
+    tables = {
+        name: set(cls.options_class.migrations)
+        for name, cls in registry.installed_backends().items()
+        if name in ("legacy", "vllm")
+    }
+    for name, keys in tables.items():
+        assert keys <= OLD_BACKEND_SETTINGS, (
+            f"{name}'s old keys missing: {keys - OLD_BACKEND_SETTINGS}"
+        )
+    if len(tables) == 2:
+        assert set().union(*tables.values()) == OLD_BACKEND_SETTINGS
 
 
 def test_backend_options_pass_through() -> None:

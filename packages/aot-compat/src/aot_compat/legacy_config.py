@@ -64,7 +64,10 @@ OLD_BACKEND_SETTINGS: frozenset[str] = frozenset(
 
 Where each one goes is its backend's knowledge (``Compiler.options_class.migrate``, one
 table per backend package); this list only keeps such a key from being called unknown
-where its backend is not installed, so old configs warn there instead of failing."""
+where its backend is not installed, so old configs warn there instead of failing. It
+cannot be read from a table that is not installed, so it is a copy, and a test
+(``test_old_backend_keys_name_exactly_the_backends_tables``) holds it equal to the union
+of the backends' tables."""
 
 # Keys whose feature no longer exists anywhere, with the reason given in the warning.
 OBSOLETE_KEYS: dict[str, str] = {
