@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aot_core import artifacts
+from aot_core import artifacts, usage_log
 from aot_core.cli import ExitCode
 from aot_core.tiny import write_tiny_llama
 from backend_requirements import require_usable
@@ -150,6 +150,11 @@ def test_bench_end_to_end(backend: str, env: dict[str, str], tmp_path: Path) -> 
     result = json.loads(out.read_text())
     assert result["failures"] == [] and result["skipped"] == {}
     _assert_warm_hit_and_same_tokens(result["backends"][backend])
+    # Each run is a job in aot's usage log, which `aot usage` reports from.
+    usage = usage_log.read(tmp_path / "cache")
+    assert usage.corrupt_lines == 0
+    assert sorted(r["start"] for r in usage.records) == ["cold", "eager", "warm"]
+    assert {(r["command"], r["backend"]) for r in usage.records} == {("bench", backend)}
 
 
 def _assert_warm_hit_and_same_tokens(b: dict[str, Any]) -> None:
