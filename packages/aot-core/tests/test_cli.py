@@ -22,37 +22,26 @@ from test_artifacts import make_artifact, make_model, rewrite_manifest
 
 FAKE_BACKENDS = textwrap.dedent(
     """
-    from aot_core.compiler import Availability, Compiler
+    from fake_backend import fake_backend
 
-    class _Base(Compiler):
-        distribution = "aot-cli-test-backends"
-        def compile_model(self, model, spec=None):
-            raise NotImplementedError("CLI test double: must never be asked to compile")
-        def compile_model_aot(self, model, example_inputs, spec=None):
-            raise NotImplementedError("CLI test double: must never be asked to compile")
-
-    class Ready(_Base):
-        name = "ready"
-        @classmethod
-        def availability(cls):
-            return Availability(usable=True)
-
-    class NeedsGpu(_Base):
-        name = "needsgpu"
-        priority = 5
-        @classmethod
-        def availability(cls):
-            return Availability(usable=False, reason="needs a CUDA device; none found")
-
-    class BrokenEngine(_Base):
-        name = "brokenengine"
-        description = "installed, but its engine fails on import"
-        @classmethod
-        def availability(cls):
-            return Availability(usable=True)
-        @classmethod
-        def check_engine(cls):
-            return Availability(usable=False, reason="engine failed to import: ABI mismatch")
+    DIST = "aot-cli-test-backends"
+    DOUBLE = "CLI test double: must never be asked to compile"
+    Ready = fake_backend("ready", distribution=DIST, double=DOUBLE)
+    NeedsGpu = fake_backend(
+        "needsgpu",
+        priority=5,
+        usable=False,
+        reason="needs a CUDA device; none found",
+        distribution=DIST,
+        double=DOUBLE,
+    )
+    BrokenEngine = fake_backend(
+        "brokenengine",
+        description="installed, but its engine fails on import",
+        engine_reason="engine failed to import: ABI mismatch",
+        distribution=DIST,
+        double=DOUBLE,
+    )
     """
 )
 

@@ -26,20 +26,13 @@ from test_artifacts import make_artifact, make_model, rewrite_manifest
 PINNED_BACKEND = textwrap.dedent(
     """
     from aot_core.artifacts import torch_version
-    from aot_core.compiler import Availability, Compiler
+    from fake_backend import fake_backend
 
-    class Pinned(Compiler):
-        name = "vllm"
-        def compile_model(self, model, spec=None):
-            raise NotImplementedError("integrity test double: compiles nothing")
-        def compile_model_aot(self, model, example_inputs, spec=None):
-            raise NotImplementedError("integrity test double: compiles nothing")
-        @classmethod
-        def availability(cls):
-            return Availability(usable=True)
-        @classmethod
-        def pins(cls):
-            return {"torch": torch_version(), "vllm": "0.32.0"}
+    Pinned = fake_backend(
+        "vllm",
+        pins={"torch": torch_version(), "vllm": "0.32.0"},
+        double="integrity test double",
+    )
     """
 )
 

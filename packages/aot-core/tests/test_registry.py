@@ -23,50 +23,17 @@ from aot_core import (
 
 BACKENDS_MODULE = textwrap.dedent(
     """
-    from aot_core.compiler import Availability, Compiler
+    from fake_backend import fake_backend
 
-    class _Base(Compiler):
-        distribution = "{dist}"
-        def compile_model(self, model, spec=None):
-            raise NotImplementedError("registry test double: compiles nothing")
-        def compile_model_aot(self, model, example_inputs, spec=None):
-            raise NotImplementedError("registry test double: compiles nothing")
-
-    class Fast(_Base):
-        name = "fast"
-        priority = 100
-        @classmethod
-        def availability(cls):
-            return Availability(usable=False, reason="needs a GPU; none found")
-
-    class Slow(_Base):
-        name = "slow"
-        priority = 10
-        @classmethod
-        def availability(cls):
-            return Availability(usable=True)
-
-    class SlowToo(_Base):
-        name = "slow"
-        priority = 10
-        @classmethod
-        def availability(cls):
-            return Availability(usable=True)
-
-    class Other(_Base):
-        name = "other"
-        priority = 50
-        @classmethod
-        def availability(cls):
-            return Availability(usable=True)
-
-    class Crashing(_Base):
-        name = "crashing"
-        priority = 200
-        @classmethod
-        def availability(cls):
-            raise RuntimeError("probe exploded")
-
+    Fast = fake_backend(
+        "fast", priority=100, usable=False, reason="needs a GPU; none found", distribution="{dist}"
+    )
+    Slow = fake_backend("slow", priority=10, distribution="{dist}")
+    SlowToo = fake_backend("slow", priority=10, distribution="{dist}")
+    Other = fake_backend("other", priority=50, distribution="{dist}")
+    Crashing = fake_backend(
+        "crashing", priority=200, probe_error="probe exploded", distribution="{dist}"
+    )
     NotACompiler = object()
     """
 )
@@ -219,23 +186,12 @@ def test_deep_check_runs_once_and_only_when_asked(install: Installer, site: Path
     module.write_text(
         textwrap.dedent(
             """
-            from aot_core.compiler import Availability, Compiler
+            from fake_backend import fake_backend
 
             CALLS = []
-
-            class Deep(Compiler):
-                name = "deep"
-                def compile_model(self, model, spec=None):
-                    raise NotImplementedError("registry test double: compiles nothing")
-                def compile_model_aot(self, model, example_inputs, spec=None):
-                    raise NotImplementedError("registry test double: compiles nothing")
-                @classmethod
-                def availability(cls):
-                    return Availability(usable=True)
-                @classmethod
-                def check_engine(cls):
-                    CALLS.append(1)
-                    return Availability(usable=False, reason="engine failed to import: boom")
+            Deep = fake_backend(
+                "deep", engine_reason="engine failed to import: boom", engine_calls=CALLS
+            )
             """
         )
     )

@@ -1,0 +1,66 @@
+"""One configurable fake backend for tests of backend discovery and choice.
+
+A fake backend only for registry logic (the developers' guide): it says whether it can run
+and compiles nothing. Test distributions name classes made here in their entry points, so
+discovery still goes through ``importlib.metadata`` as it does for the real backends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aot_core.compiler import Availability, Compiler
+
+
+def fake_backend(
+    name: str,
+    *,
+    priority: int = 0,
+    usable: bool = True,
+    reason: str = "",
+    probe_error: str | None = None,
+    engine_reason: str | None = None,
+    engine_calls: list[int] | None = None,
+    pins: dict[str, str | None] | None = None,
+    distribution: str = "",
+    description: str = "",
+    double: str = "registry test double",
+) -> type[Compiler]:
+    """A ``Compiler`` subclass registered as ``name`` that compiles nothing.
+
+    ``usable``/``reason``: what ``availability`` says; ``probe_error``: ``availability``
+    raises ``RuntimeError`` with it instead; ``engine_reason``: ``check_engine`` fails with
+    it (each call appended to ``engine_calls``); ``pins``: what ``pins`` returns;
+    ``double``: who refuses to compile, in the error a compile would raise.
+    """
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise NotImplementedError(f"{double}: compiles nothing")
+
+    def availability(cls: type[Compiler]) -> Availability:
+        if probe_error is not None:
+            raise RuntimeError(probe_error)
+        return Availability(usable=usable, reason=reason)
+
+    def check_engine(cls: type[Compiler]) -> Availability:
+        if engine_calls is not None:
+            engine_calls.append(1)
+        if engine_reason is None:
+            return Availability(usable=True)
+        return Availability(usable=False, reason=engine_reason)
+
+    def pinned(cls: type[Compiler]) -> dict[str, str | None]:
+        return dict(pins or {})
+
+    namespace = {
+        "name": name,
+        "priority": priority,
+        "distribution": distribution,
+        "description": description,
+        "compile_model": refuse,
+        "compile_model_aot": refuse,
+        "availability": classmethod(availability),
+        "check_engine": classmethod(check_engine),
+        "pins": classmethod(pinned),
+    }
+    return type(f"Fake_{name}", (Compiler,), namespace)
