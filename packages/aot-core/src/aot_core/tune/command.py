@@ -62,7 +62,13 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
         metavar="N",
         help=f"how many such jobs you expect to run (default {DEFAULT_JOBS})",
     )
-    p.add_argument("--knob", action="append", default=[], metavar="NAME=V1,V2", help="sweep")
+    p.add_argument(
+        "--knob",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2",
+        help="a knob and the values to try (repeatable; the knobs are listed below)",
+    )
     p.add_argument("--sweep", help="TOML file of knobs (NAME = [values]); --knob overrides")
     p.add_argument("--spec", help="base compile spec the knobs are applied to")
     p.add_argument("--max-model-len", type=_positive, metavar="N", help="context for each job")
