@@ -7,6 +7,7 @@ discovery still goes through ``importlib.metadata`` as it does for the real back
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from aot_core.compiler import Availability, Compiler
@@ -64,3 +65,31 @@ def fake_backend(
         "pins": classmethod(pinned),
     }
     return type(f"Fake_{name}", (Compiler,), namespace)
+
+
+CLI_TEST_BACKENDS = textwrap.dedent(
+    """
+    from fake_backend import fake_backend
+
+    DIST = "aot-cli-test-backends"
+    DOUBLE = "CLI test double: must never be asked to compile"
+    Ready = fake_backend("ready", distribution=DIST, double=DOUBLE)
+    NeedsGpu = fake_backend(
+        "needsgpu",
+        priority=5,
+        usable=False,
+        reason="needs a CUDA device; none found",
+        distribution=DIST,
+        double=DOUBLE,
+    )
+    BrokenEngine = fake_backend(
+        "brokenengine",
+        description="installed, but its engine fails on import",
+        engine_reason="engine failed to import: ABI mismatch",
+        distribution=DIST,
+        double=DOUBLE,
+    )
+    """
+)
+"""The module the CLI tests install as ``aot_cli_test_backends``: a ready backend, one that
+needs a GPU, and one whose engine fails on import."""

@@ -41,9 +41,9 @@ from typing import Any
 import pytest
 from aot_core import artifacts
 from aot_core.cli import ExitCode, main
+from artifact_support import make_artifact, make_model
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_artifacts import make_artifact, make_model
 
 EXAMPLES = int(os.environ.get("AOT_ADVERSARIAL_EXAMPLES", "0") or 0)
 FAST = settings(

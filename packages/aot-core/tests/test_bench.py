@@ -10,46 +10,12 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aot_core import bench
-from aot_core.bench import BenchResult, Failure, Run
+from aot_core.bench import Failure
 from aot_core.spec import CompileSpec
-from aot_core.stats import CacheOutcome, CacheStatus, OptimizationStats
-
-
-def record(
-    phase: str,
-    *,
-    startup: float,
-    tps: float,
-    mem: int,
-    tokens: Any = None,
-    ok: bool = True,
-    cache: CacheStatus = "hit",
-) -> Run:
-    if not ok:
-        return Run(backend="b", phase=phase, repeat=1, ok=False, wall_s=1.0, error="boom")
-    stats = OptimizationStats(
-        backend="b",
-        startup_s=startup,
-        compile_time_s=None if phase == "eager" else startup / 2,
-        output_tokens_per_s=tps,
-        peak_host_memory_bytes=mem,
-        startup_phases={"import": 1.0, "compile": startup / 2},
-        cache=CacheOutcome(
-            status="disabled" if phase == "eager" else cache, reason="r", load_time_s=0.5
-        ),
-    )
-    return Run(
-        backend="b",
-        phase=phase,
-        repeat=1,
-        ok=True,
-        wall_s=startup + 3.0,
-        result={"stats": stats.to_dict(), "tokens": tokens or [[1, 2, 3]]},
-    )
+from bench_support import bench_result, record
 
 
 def test_median_stats_takes_medians_and_skips_failures() -> None:
@@ -69,34 +35,13 @@ def test_median_stats_takes_medians_and_skips_failures() -> None:
     assert bench.median_stats([record("warm", startup=0, tps=0, mem=0, ok=False)]) is None
 
 
-def _result(runs: list[Run], failures: tuple[Failure, ...] = ()) -> BenchResult:
-    return BenchResult(
-        date_utc="2026-01-01T00:00:00+00:00",
-        command="aot bench",
-        model="tiny",
-        model_path="/m",
-        machine={
-            "machine": "x86_64",
-            "cpu_count": 2,
-            "python": "3.11",
-            "torch": "2.13.0",
-            "vllm": None,
-        },
-        settings={"prompts": 4, "prompt_lengths": [5, 6], "max_new_tokens": 8, "repeats": 2},
-        backends={"b": bench.summarise_backend("0.1.0", runs)},
-        skipped={"other": "needs a GPU"},
-        failures=failures,
-        total_wall_s=42.0,
-    )
-
-
 def test_report_has_before_after_tables_with_directions() -> None:
     runs = [
         record("eager", startup=10.0, tps=100.0, mem=2 << 20),
         record("cold", startup=40.0, tps=180.0, mem=3 << 20),
         record("warm", startup=8.0, tps=200.0, mem=3 << 20),
     ]
-    text = bench.format_report(_result(runs))
+    text = bench.format_report(bench_result(runs))
     assert "eager vs AOT warm start" in text and "AOT cold compile vs warm start" in text
     assert "skipped other: needs a GPU" in text
     assert "greedy tokens, compiled vs eager: identical" in text
@@ -106,7 +51,7 @@ def test_report_has_before_after_tables_with_directions() -> None:
     tps = next(line for line in text.splitlines() if line.startswith("output tokens/s"))
     assert "+100.0% better" in tps
     assert "torch 2.13.0, vllm -, python 3.11" in text  # the versions the backends pin
-    data = json.loads(json.dumps(_result(runs).to_dict()))  # the --json payload is plain JSON
+    data = json.loads(json.dumps(bench_result(runs).to_dict()))  # the --json payload is plain JSON
     b = data["backends"]["b"]
     assert b["tokens_match_eager"] is True and b["warm_cache"] == ["hit (r)"]
     assert b["median"]["warm"]["startup_s"] == 8.0
@@ -122,7 +67,7 @@ def test_report_flags_different_tokens_and_failures() -> None:
         record("warm", startup=0, tps=0, mem=0, ok=False),
     ]
     failure = Failure(backend="b", phase="warm", repeat=1, error="worker exited with status 1")
-    result = _result(runs, (failure,))
+    result = bench_result(runs, (failure,))
     text = bench.format_report(result)
     assert "compiled vs eager: DIFFERENT (0/1 prompts identical; prompt 0 departs at" in text
     assert "generated token 2" in text
@@ -137,7 +82,7 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
         record("warm", startup=8.0, tps=200.0, mem=1),
     ]
     out = tmp_path / "bench.png"
-    bench.plot(_result(runs), out)
+    bench.plot(bench_result(runs), out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -199,7 +144,7 @@ def test_results_record_whether_bytecode_was_precompiled(tmp_path: Path) -> None
         sys.path.remove(str(tmp_path))
     assert found == {"withpyc": True, "nopyc": False, "no_such_package_here": None}
     runs = [record("eager", startup=1.0, tps=1.0, mem=1)]
-    result = _result(runs)
+    result = bench_result(runs)
     text = bench.format_report(
         dataclasses.replace(
             result, machine={**result.machine, "bytecode_precompiled": {"vllm": False}}
@@ -220,7 +165,7 @@ def test_decode_limit_is_bandwidth_over_weight_bytes_times_batch() -> None:
         record("cold", startup=1.0, tps=12.0, mem=1),
         record("warm", startup=1.0, tps=12.0, mem=1),
     ]
-    result = _result(runs)
+    result = bench_result(runs)
     settings = {**result.settings, "decode_limit_tokens_per_s": 16.0}
     text = bench.format_report(dataclasses.replace(result, settings=settings))
     assert (

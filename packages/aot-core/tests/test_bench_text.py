@@ -20,7 +20,7 @@ from aot_core.bench_text import (
     with_generations,
 )
 from aot_core.model_choice import ModelReady
-from test_bench import _result, record
+from bench_support import bench_result, record
 
 
 def test_chat_workload_on_a_byte_level_model_is_the_questions_bytes(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_generations_shown_eager_beside_compiled(tmp_path: Path) -> None:
         record("cold", startup=1.0, tps=1.0, mem=1, tokens=[paris, rome]),
         record("warm", startup=1.0, tps=1.0, mem=1, tokens=[paris, rome]),
     ]
-    base = _result(runs)
+    base = bench_result(runs)
     prompts, workload = chat_workload(tmp_path, 2)
     base = dataclasses.replace(base, settings={**base.settings, "workload": workload})
     result = with_generations(base, tmp_path, prompts, count=2)

@@ -18,37 +18,13 @@ from typing import Any
 import pytest
 from aot_core import artifacts, cli
 from aot_core.cli import ExitCode, main
-from test_artifacts import make_artifact, make_model, rewrite_manifest
-
-FAKE_BACKENDS = textwrap.dedent(
-    """
-    from fake_backend import fake_backend
-
-    DIST = "aot-cli-test-backends"
-    DOUBLE = "CLI test double: must never be asked to compile"
-    Ready = fake_backend("ready", distribution=DIST, double=DOUBLE)
-    NeedsGpu = fake_backend(
-        "needsgpu",
-        priority=5,
-        usable=False,
-        reason="needs a CUDA device; none found",
-        distribution=DIST,
-        double=DOUBLE,
-    )
-    BrokenEngine = fake_backend(
-        "brokenengine",
-        description="installed, but its engine fails on import",
-        engine_reason="engine failed to import: ABI mismatch",
-        distribution=DIST,
-        double=DOUBLE,
-    )
-    """
-)
+from artifact_support import make_artifact, make_model, rewrite_manifest
+from fake_backend import CLI_TEST_BACKENDS
 
 
 @pytest.fixture
 def fake_backends(site: Path) -> Path:
-    (site / "aot_cli_test_backends.py").write_text(FAKE_BACKENDS)
+    (site / "aot_cli_test_backends.py").write_text(CLI_TEST_BACKENDS)
     info = site / "aot_cli_test_backends-0.0.7.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(
@@ -480,7 +456,7 @@ def test_full_disk_on_import_is_reported_and_cache_kept(tmp_path: Path) -> None:
         from aot_core import artifacts
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_artifacts import make_artifact, make_model
+        from artifact_support import make_artifact, make_model
         make_artifact(artifacts.ArtifactStore('{mnt}/cache').path('existing'),
                       model=make_model(Path('{tmp_path}/m3')))
         "

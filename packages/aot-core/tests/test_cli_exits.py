@@ -23,7 +23,7 @@ import pytest
 from aot_core import artifacts
 from aot_core.cli import ExitCode, main
 from aot_core.errors import ArtifactCorruptError
-from test_artifacts import make_artifact, make_model
+from artifact_support import make_artifact, make_model
 
 Case = Callable[[Path, str], list[str]]
 

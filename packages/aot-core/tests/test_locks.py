@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aot_core import artifacts
 from aot_core.cli import ExitCode, main
-from test_artifacts import SPEC, key_for, make_artifact, make_model
+from artifact_support import SPEC, key_for, make_artifact, make_model
 
 
 def _failing_build(files: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pytest
 from aot_core import artifacts, registry
 from aot_core.cli import ExitCode, main
 from aot_core.errors import ArtifactCorruptError
-from test_artifacts import make_artifact, make_model, rewrite_manifest
+from artifact_support import make_artifact, make_model, rewrite_manifest
 
 # A backend that pins torch and vLLM, as aot-vllm does; aot-core learns what a backend
 # requires only from the backend (Compiler.pins), so the test installs one.

@@ -23,7 +23,7 @@ import pytest
 from aot_core import artifacts
 from aot_core.cli import ExitCode, main
 from aot_core.errors import ArtifactCorruptError, NotOwnedError
-from test_artifacts import SPEC, key_for, make_artifact, make_model
+from artifact_support import SPEC, key_for, make_artifact, make_model
 
 WRITER_BACKEND = textwrap.dedent(
     """

@@ -14,14 +14,15 @@ import sys
 import textwrap
 from pathlib import Path
 
+import fake_backend
 import pytest
 from aot_core import artifacts
 from aot_core.cli import ExitCode
 from aot_core.prompts import default_prompts
 from aot_core.spec import CompileSpec
 from aot_core.start_config import resolve_start
-from test_artifacts import make_model
-from test_cli import FAKE_BACKENDS
+from artifact_support import make_model
+from fake_backend import CLI_TEST_BACKENDS
 
 AOT = f"{sys.executable} -m aot_core.cli"
 
@@ -109,7 +110,9 @@ def test_a_read_only_store_is_used_without_write_access(
         usable = False
     if not usable:
         pytest.skip("as root this needs `unshare -m` and bind mounts (chmod does not stop root)")
-    (site / "aot_cli_test_backends.py").write_text(FAKE_BACKENDS)
+    (site / "aot_cli_test_backends.py").write_text(CLI_TEST_BACKENDS)
+    # the aot processes below import the backends from the site dir alone
+    (site / "fake_backend.py").write_text(Path(fake_backend.__file__).read_text())
     info = site / "aot_cli_test_backends-0.0.7.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(

@@ -18,8 +18,8 @@ from aot_core.cli import ExitCode
 from aot_core.errors import ArtifactIncompatibleError
 from aot_core.spec import CompileSpec
 from aot_core.tiny import write_tiny_llama
+from artifact_support import rewrite_manifest
 from backend_requirements import skip_or_fail
-from test_artifacts import rewrite_manifest
 from toy_command import aot, toy_env
 
 if importlib.util.find_spec("aot_toybackend") is None:  # `core` installs it: a failure there
