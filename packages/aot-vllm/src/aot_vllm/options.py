@@ -17,7 +17,7 @@ from aot_core.spec import CompileSpec
 
 from aot_vllm.engine_options import check_engine_options
 from aot_vllm.migration import MIGRATIONS
-from aot_vllm.runtime_options import RuntimeOptions, split_options
+from aot_vllm.runtime_options import RuntimeOptions, check_runtime_options
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +35,7 @@ class VLLMOptions(BackendOptions):
     @classmethod
     def validate(cls, spec: CompileSpec) -> Self:
         """Check every key and value; unknown keys are ``SpecError``s naming the key."""
-        runtime, engine_spec = split_options(spec)
-        checked = check_engine_options(engine_spec)
+        # one pass over the spec's own mapping: no spec is rebuilt to validate it
+        runtime = check_runtime_options(spec)
+        checked = check_engine_options(spec)  # skips the runtime's keys
         return cls(runtime=runtime, engine=MappingProxyType(checked))

@@ -41,6 +41,12 @@ class RuntimeOptions:
 
 def split_options(spec: CompileSpec) -> tuple[RuntimeOptions, CompileSpec]:
     """Take the runtime's own keys out of ``spec.backend_options``; validate them."""
+    rest = {k: v for k, v in spec.backend_options.items() if k not in RUNTIME_OPTIONS}
+    return check_runtime_options(spec), spec.replace(backend_options=rest)
+
+
+def check_runtime_options(spec: CompileSpec) -> RuntimeOptions:
+    """The runtime's own keys of ``spec.backend_options``, validated (the rest left alone)."""
     options: Mapping[str, Any] = spec.backend_options
     process = options.get("engine_process")
     if process is not None and process not in ("inline", "subprocess"):
@@ -75,6 +81,4 @@ def split_options(spec: CompileSpec) -> tuple[RuntimeOptions, CompileSpec]:
             f"pipeline_parallel_size={spec.pipeline_parallel_size}; use 'subprocess'",
             field="backend_options",
         )
-    rest = {k: v for k, v in options.items() if k not in RUNTIME_OPTIONS}
-    runtime = RuntimeOptions(engine_process=process, compile_cache=cache, best_effort=best)
-    return runtime, spec.replace(backend_options=rest)
+    return RuntimeOptions(engine_process=process, compile_cache=cache, best_effort=best)
