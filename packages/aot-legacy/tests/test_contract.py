@@ -35,17 +35,21 @@ def test_an_empty_path_variable_is_refused_for_the_backends_cache(
     variable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 23 item 2: aot-legacy read $AOT_CACHE_DIR itself; empty meant ~/.cache/aot."""
-    from aot_legacy.options import default_cache_root
+    from aot_legacy.options import LegacyOptions
+    from aot_legacy.startup import request_start
+
+    def cache_root(spec: CompileSpec) -> Path:
+        return request_start("model", spec, LegacyOptions(), aot=False).cache_root
 
     for name in ("AOT_CACHE_DIR", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert default_cache_root(CompileSpec()) == tmp_path / ".cache" / "aot" / "legacy"
+    assert cache_root(CompileSpec()) == tmp_path / ".cache" / "aot" / "legacy"
     monkeypatch.setenv(variable, "")
     with pytest.raises(EmptyPathVariableError, match=variable):
-        default_cache_root(CompileSpec())
+        cache_root(CompileSpec())
     # a spec's own cache_dir needs no variable
-    assert default_cache_root(CompileSpec(cache_dir=str(tmp_path))) == tmp_path
+    assert cache_root(CompileSpec(cache_dir=str(tmp_path))) == tmp_path
 
 
 def test_unreadable_weights_are_a_model_files_error(tmp_path: Path) -> None:

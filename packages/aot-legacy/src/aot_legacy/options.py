@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from aot_core.errors import SpecError
@@ -236,14 +235,3 @@ def _powers_of_two(limit: int) -> list[int]:
         out.append(b)
         b *= 2
     return [*out, limit]
-
-
-def default_cache_root(spec: CompileSpec) -> Path:
-    """Where keyed cache directories live: spec.cache_dir, else ``legacy`` under aot's cache
-    root ($AOT_CACHE_DIR, $XDG_CACHE_HOME/aot or ~/.cache/aot; one set but empty is refused
-    with ``EmptyPathVariableError``, as aot-core's ``default_cache_root`` refuses it)."""
-    from aot_core.artifacts import default_cache_root as aot_cache_root
-
-    if spec.cache_dir:
-        return Path(spec.cache_dir).expanduser()
-    return aot_cache_root() / "legacy"

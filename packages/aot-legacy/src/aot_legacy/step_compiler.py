@@ -133,18 +133,12 @@ class StepCompiler:
     def __init__(
         self,
         *,
-        cache_root: Path | None = None,
+        cache_root: Path,
         persistent_cache: bool = True,
         use_packages: bool = True,
         package_dir: Path | None = None,
         read_only: bool = False,
     ) -> None:
-        if cache_root is None:
-            from aot_core.spec import CompileSpec
-
-            from aot_legacy.options import default_cache_root
-
-            cache_root = default_cache_root(CompileSpec())
         self.cache_root = cache_root
         self.persistent_cache = persistent_cache
         self.use_packages = use_packages
