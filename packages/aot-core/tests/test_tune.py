@@ -117,6 +117,14 @@ def test_a_trial_key_changes_with_config_model_workload_and_versions() -> None:
     assert cold.key(context) != warm.key(context)
     assert cold.key(context) != cold.key({**context, "versions": {"torch": "2.14"}})
     assert cold.key(context) != cold.key({**context, "model": "other"})
+    # only the trial's own backend's versions count
+    toy = {"toy": {"version": "1"}}
+    assert cold.key({**context, "backends": toy}) == cold.key(
+        {**context, "backends": {**toy, "vllm": {"version": "0.32"}}}
+    )
+    assert cold.key({**context, "backends": toy}) != cold.key(
+        {**context, "backends": {"toy": {"version": "2"}}}
+    )
 
 
 # ------------------------------------------------------------------ report logic

@@ -175,7 +175,8 @@ def _defaults(
 def _context(
     model: Path, workload: Workload, base: CompileSpec, backends: list[str]
 ) -> dict[str, Any]:
-    """What a results key depends on besides the trial: an upgrade reruns every trial."""
+    """What a results key depends on besides the trial: an upgrade of aot-core or torch
+    reruns every trial, one of a backend (``backends``) that backend's."""
     from aot_core import artifacts
     from aot_core.registry import installed_backends
 
@@ -185,14 +186,15 @@ def _context(
         "torch": artifacts.torch_version(),
         "host": artifacts.host_fingerprint(),
     }
-    for name in backends:
-        cls = installed[name]
-        versions[name] = {"version": cls.version(), **cls.pins()}
     return {
         "model": {"path": str(model), "config": artifacts.model_config_hash(model)},
         "workload": workload.identity(),
         "base_spec": base.fingerprint(),
         "versions": versions,
+        "backends": {
+            name: {"version": installed[name].version(), **installed[name].pins()}
+            for name in backends
+        },
     }
 
 

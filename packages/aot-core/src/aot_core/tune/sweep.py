@@ -101,8 +101,12 @@ class Trial:
         return {**asdict(self.config), "phase": self.phase}
 
     def key(self, context: Mapping[str, Any]) -> str:
-        """The results key: this trial in ``context`` (model, workload, versions)."""
-        text = json.dumps({"trial": self.identity(), **context}, sort_keys=True)
+        """The results key: this trial in ``context`` (model, workload, versions). Of
+        ``context["backends"]`` only this trial's backend counts, so a sweep of other
+        backends (or an upgrade of one) keeps this trial's result."""
+        mine = {k: v for k, v in context.items() if k != "backends"}
+        mine["backend_versions"] = context.get("backends", {}).get(self.config.backend)
+        text = json.dumps({"trial": self.identity(), **mine}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
