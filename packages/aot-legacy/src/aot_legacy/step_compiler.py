@@ -19,12 +19,13 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from aot_core.env_patch import patched_env
 from aot_core.errors import ArtifactError
 from aot_core.stats import CacheOutcome
 
@@ -102,18 +103,10 @@ def _raise_if_disk_full(exc: BaseException, where: Path) -> None:
     raise OSError(errno.ENOSPC, "No space left on device", str(where)) from exc
 
 
-@contextlib.contextmanager
-def _inductor_cache(directory: Path) -> Iterator[None]:
-    """Point Inductor (and Triton, which nests under it) at ``directory`` while compiling."""
-    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+def _inductor_cache(directory: Path) -> contextlib.AbstractContextManager[None]:
+    """Point Inductor (and Triton, which nests under it) at ``directory`` while compiling
+    (aot-core's one environment writer sets it and puts the old value back)."""
+    return patched_env({"TORCHINDUCTOR_CACHE_DIR": str(directory)})
 
 
 def _counters() -> dict[str, int]:

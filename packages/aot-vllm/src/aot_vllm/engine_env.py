@@ -2,9 +2,10 @@
 
 vLLM reads part of its configuration only from the environment (``vllm.envs``). Each
 variable aot-vllm sets is a member of ``EngineVar``, with the reason; the functions below
-decide its value, and nothing else in aot-vllm names or writes one. ``EnvPatch`` is the
-only code that changes ``os.environ``, and it puts every old value back when the engine
-closes. Variables aot-vllm does not name are never touched.
+decide its value, and nothing else in aot-vllm names or writes one. ``EnvPatch``
+(aot-core's one environment writer, shared with aot-legacy) is the only code that
+changes ``os.environ``, and it puts every old value back when the engine closes.
+Variables aot-vllm does not name are never touched.
 
 They are set at two moments of a start:
 
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aot_core.env_patch import EnvPatch
 from aot_core.spec import CompileSpec
 
 from aot_vllm.runtime_options import RuntimeOptions
@@ -348,26 +350,3 @@ def engine_environment(
                 raise RuntimeError(f"aot-vllm decided {name} twice ({out[name]!r}, {value!r})")
             out[name] = value
     return out
-
-
-class EnvPatch:
-    """Sets environment variables and puts the old values back on ``restore``."""
-
-    def __init__(self) -> None:
-        self._saved: dict[str, str | None] = {}
-
-    def apply(self, values: Mapping[str, str]) -> None:
-        """Set ``values``, remembering what was there first."""
-        for key, value in values.items():
-            if key not in self._saved:
-                self._saved[key] = os.environ.get(key)
-            os.environ[key] = str(value)
-
-    def restore(self) -> None:
-        """Undo every ``apply``."""
-        for key, old in self._saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
-        self._saved.clear()
