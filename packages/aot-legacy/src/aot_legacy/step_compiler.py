@@ -34,7 +34,7 @@ from aot_legacy.environment import environment, stable_hash
 from aot_legacy.hf_adapter import config_hash
 from aot_legacy.options import MIN_BUCKET, StepPlan
 from aot_legacy.package_build import DISK_FULL_ERRNOS
-from aot_legacy.packages import build_packages, load_packages, read_manifest
+from aot_legacy.packages import build_packages, load_packages
 from aot_legacy.weights import WeightsAsInputs, step_tensors
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -497,14 +497,6 @@ class StepCompiler:
         for d in self._tmpdirs:
             shutil.rmtree(d, ignore_errors=True)
         self._tmpdirs.clear()
-
-
-def package_info(directory: Path) -> dict[str, Any] | None:
-    """The manifest of a package directory, or None when there is none."""
-    try:
-        return read_manifest(directory)
-    except ArtifactError:
-        return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,11 +9,6 @@ from collections.abc import Iterable
 import psutil
 
 
-def tree_rss(proc: psutil.Process | None = None) -> int:
-    """Resident bytes of a process plus all its descendants (vLLM's engine processes)."""
-    return sum(tree_rss_by_pid(proc).values())
-
-
 def tree_rss_by_pid(proc: psutil.Process | None = None) -> dict[int, int]:
     """Resident bytes of a process and of each of its live descendants, by pid."""
     proc = proc or psutil.Process()
