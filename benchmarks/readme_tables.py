@@ -148,6 +148,55 @@ def _aot_bench(run_dir: Path) -> list[str]:
     return [*_BENCH_HEADER, *rows]
 
 
+# `nox -s bench`: one `aot bench` JSON per model, named as BENCH_RUNS in noxfile.py names them.
+_MAIN_JOB_MODELS = (("tiny", "tiny"), ("smollm2-135m-instruct", "SmolLM2-135M-Instruct"))
+
+
+def _main_job(run_dir: Path) -> list[str]:
+    rows = []
+    for name, label in _MAIN_JOB_MODELS:
+        data = _load(run_dir / f"{name}.json")
+        rows += [_bench_row(label, b, s) for b, s in sorted(data["backends"].items())]
+    return [*_BENCH_HEADER, *rows]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|") or "–"
+
+
+def _real_answers(run_dir: Path) -> list[str]:
+    """The real model's answers eager beside compiled, and how long the model took to be
+    ready (GGUF to verified cache entry, first and reused)."""
+    data = _load(run_dir / "smollm2-135m-instruct.json")
+    ready = data["settings"].get("model_ready") or {}
+    out = [
+        "| backend | question | eager | compiled | same tokens |",
+        "|---|---|---|---|---|",
+    ]
+    for g in data["generations"]:
+        out.append(
+            f"| {g['backend']} | {_cell(g['prompt'])} | {_cell(g['eager'])} "
+            f"| {_cell(g['compiled'])} | {'yes' if g['identical'] else 'NO'} |"
+        )
+    how = "converted" if ready.get("converted") else "reused"
+    out += [
+        "",
+        "| model ready from its GGUF file | first time | reused (every later start) |",
+        "|---|---|---|",
+        f"| {ready.get('source', '–')} | {_s(ready.get('first_s'), 2)} ({how}) "
+        f"| {_s(ready.get('reused_s'), 2)} |",
+    ]
+    return out
+
+
+def _vllm_aot_cpu(run_dir: Path) -> list[str]:
+    rows = []
+    for shape in ("tiny", "smollm2-135m"):
+        data = _load(run_dir / f"{shape}-aot.json")
+        rows.append(_bench_row(shape, "vllm, compile_cache aot", data["backends"]["vllm"]))
+    return [*_BENCH_HEADER, *rows]
+
+
 def _vllm_aot_cpu(run_dir: Path) -> list[str]:
     rows = []
     for shape in ("tiny", "smollm2-135m"):
@@ -157,6 +206,8 @@ def _vllm_aot_cpu(run_dir: Path) -> list[str]:
 
 
 TABLES: dict[str, Table] = {
+    "main_job": Table(run="2026-12-07T0808Z-nox_bench", render=_main_job),
+    "real_answers": Table(run="2026-12-07T0808Z-nox_bench", render=_real_answers),
     "scaling": Table(run="2026-11-30T2337Z-scaling", render=_scaling),
     "tiny_bench": Table(run="2026-11-30T2228Z-aot_bench", render=_aot_bench),
     "vllm_aot_cpu": Table(run="2026-12-01T0115Z-vllm_aot_cpu", render=_vllm_aot_cpu),
