@@ -162,6 +162,14 @@ def test_the_choice_keeps_float32_parity_unless_outputs_match() -> None:
     assert (best.config.dtype, best.config.mode, best.total_s) == ("bfloat16", "compiled", 150)
 
 
+def test_only_float32_or_identical_outputs_are_eligible() -> None:
+    from aot_core.tune.report import eligible
+
+    assert eligible(_setup("float32", eager=1, cold=1, warm=1, exact=False))
+    assert eligible(_setup("bfloat16", eager=1, cold=1, warm=1, exact=True))
+    assert not eligible(_setup("bfloat16", eager=1, cold=1, warm=1, exact=False))
+
+
 def test_advice_says_when_compiling_does_not_pay() -> None:
     never = _setup("float32", eager=40, cold=100, warm=45, exact=True)
     late = _setup("float32", eager=40, cold=100, warm=30, exact=True)

@@ -32,8 +32,9 @@ def report_and_write(
         "",
         format_table(report.TABLE_HEADER, report.table_rows(records, parity, format_bytes)),
         "",
-        "start: launch to model ready; job: the whole fresh process (launch to exit); "
-        "parity: against the backend's float32 eager run",
+        "start: until the model is ready (engine import, load or compile; --tasks: from "
+        "aot eval's start); job: the whole fresh process, launch to exit; parity: against "
+        "the backend's float32 eager run",
     ]
     lines += ["", *_setup_lines(setups, jobs)]
     lines += report.advice(setups, jobs)
@@ -79,8 +80,8 @@ def _best_lines(best: report.Choice, setups: Sequence[report.Setup], jobs: int) 
     ]
     others: dict[str, float] = {}
     for s in setups:
-        if s.config.backend == best.config.backend:
-            continue
+        if s.config.backend == best.config.backend or not report.eligible(s):
+            continue  # a faster dtype whose outputs differ was named already
         for mode in ("eager", "compiled"):
             total = s.total(mode, jobs)
             if total is not None:

@@ -184,6 +184,11 @@ class Choice:
     """Seconds for the expected jobs, from an empty compile cache."""
 
 
+def eligible(setup: Setup) -> bool:
+    """Whether ``setup`` may be recommended: float32, or outputs identical to float32's."""
+    return setup.config.dtype == "float32" or setup.parity.exact is True
+
+
 def choose(all_setups: Sequence[Setup], jobs: int) -> tuple[Choice | None, list[str]]:
     """The fastest eligible configuration for ``jobs`` jobs, and notes on faster ones left
     out: a dtype other than float32 is eligible only where its outputs equal float32's."""
@@ -197,7 +202,7 @@ def choose(all_setups: Sequence[Setup], jobs: int) -> tuple[Choice | None, list[
                 continue
             config = TrialConfig(**{**setup.config.__dict__, "mode": mode})
             choice = Choice(config=config, total_s=total)
-            if setup.config.dtype != "float32" and setup.parity.exact is not True:
+            if not eligible(setup):
                 left_out.append(choice)
             elif best is None or total < best.total_s:
                 best = choice
