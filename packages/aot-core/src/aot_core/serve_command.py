@@ -45,6 +45,7 @@ from aot_core.stats import OptimizationStats
 EXAMPLES = f"""examples:
   aot serve ./my-llama --spec spec.toml --port 8000
   aot serve ./my-llama --spec spec.toml --api-key "$KEY" --host 0.0.0.0
+  aot serve ./my-llama --spec spec.toml --replicas 2 --ray-address 10.0.0.1:6379
   lm_eval --model local-completions --tasks my_task --include_path ./tasks \\
       --model_args model=./my-llama,base_url=http://127.0.0.1:8000/v1/completions,\\
 tokenizer_backend=huggingface,tokenizer=./my-llama
@@ -93,6 +94,20 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
         help="on SIGTERM/Ctrl-C, seconds in-flight requests may run on before they are "
         f"aborted (default {DEFAULT_DRAIN_TIMEOUT_S}; 0 aborts them at once)",
     )
+    p.add_argument(
+        "--replicas",
+        type=_count,
+        metavar="N",
+        help="serve N replicas through Ray Serve (aot-vllm[ray]) on the Ray cluster at "
+        "--ray-address, behind one endpoint at --host:--port; each imports the verified "
+        "entry and starts warm",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="with --replicas: the Ray cluster's address (default: $RAY_ADDRESS, else a new "
+        "local cluster)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -131,6 +146,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cls.options_class.validate(spec)
     store = artifacts.ArtifactStore(args.cache_dir)
     spec = serve_spec(spec, model, store.root)
+    if args.replicas is not None:
+        return _serve_replicas(args, cls, model, spec, store)
+    if args.ray_address:
+        raise CLIError(ExitCode.USAGE, "--ray-address goes with --replicas N")
     with _bound(args.host, args.port) as sock, stdout_to_stderr():
         host, port = sock.getsockname()[:2]
         progress(f"bound {_url(host, port)}; starting the engine (requests wait until ready)")
@@ -148,6 +167,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         with _held(dest, key, cls.name):
             serve.run(spec.replace(cache_dir=str(dest / artifacts.FILES_DIR)), start, started)
     return ExitCode.OK
+
+
+def _serve_replicas(
+    args: argparse.Namespace, cls: Any, model: Path, spec: CompileSpec, store: Any
+) -> int:
+    """``--replicas``: reach Ray first (fails fast), then the entry as ``aot serve`` makes
+    it (compiled and published first when missing), then the replicas on Ray Serve."""
+    from aot_core import serve_replicas
+
+    serve_replicas.connect(args.ray_address, progress)
+    key = dest = None
+    if spec.compiles:
+        key = artifacts.entry_key(
+            backend=cls.name, backend_version=cls.version(), model=model, spec=spec
+        )
+        dest = store.path(key)
+        if not (dest / artifacts.MANIFEST_NAME).exists():
+            _compile_first(cls.name, model, spec, dest, key)
+    plan = serve_replicas.ReplicaPlan(model=model, spec=spec, backend=cls.name, entry=dest, key=key)
+    with stdout_to_stderr():
+        return serve_replicas.run(plan, args, progress)
 
 
 def serve_spec(spec: CompileSpec, model: Path, cache_root: Path) -> CompileSpec:
@@ -355,6 +395,16 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535; 0: any free one)")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
 
 
