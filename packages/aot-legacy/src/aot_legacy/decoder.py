@@ -162,19 +162,40 @@ class _RMSNorm(nn.Module):  # type: ignore[misc]
         return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight
 
 
-class _Block(nn.Module):  # type: ignore[misc]
-    def __init__(self, dim: int, n_heads: int, n_kv: int, hidden: int) -> None:
+class _Attention(nn.Module):  # type: ignore[misc]
+    """Projections laid out as ``decoder_layer`` reads them (``q/k/v/o_proj``)."""
+
+    def __init__(self, dim: int, n_heads: int, n_kv: int) -> None:
         super().__init__()
-        self.n_heads, self.n_kv, self.head_dim = n_heads, n_kv, dim // n_heads
-        self.attn_norm = _RMSNorm(dim)
-        self.wq = nn.Linear(dim, n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(dim, n_kv * self.head_dim, bias=False)
-        self.wv = nn.Linear(dim, n_kv * self.head_dim, bias=False)
-        self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=False)
-        self.mlp_norm = _RMSNorm(dim)
+        head_dim = dim // n_heads
+        self.q_proj = nn.Linear(dim, n_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(dim, n_kv * head_dim, bias=False)
+        self.v_proj = nn.Linear(dim, n_kv * head_dim, bias=False)
+        self.o_proj = nn.Linear(n_heads * head_dim, dim, bias=False)
+
+
+class _SwiGLU(nn.Module):  # type: ignore[misc]
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
         self.w1 = nn.Linear(dim, hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.w2(torch.nn.functional.silu(self.w1(h)) * self.w3(h))  # type: ignore[no-any-return]
+
+
+class _Block(nn.Module):  # type: ignore[misc]
+    """One Llama block in the layout ``decoder_layer`` runs. Made in the order the seeded
+    initialisation has always drawn in (norm, q, k, v, o, norm, w1, w2, w3), so a seed
+    gives the same weights it always gave."""
+
+    def __init__(self, dim: int, n_heads: int, n_kv: int, hidden: int) -> None:
+        super().__init__()
+        self.input_layernorm = _RMSNorm(dim)
+        self.self_attn = _Attention(dim, n_heads, n_kv)
+        self.post_attention_layernorm = _RMSNorm(dim)
+        self.mlp = _SwiGLU(dim, hidden)
 
 
 class TinyDecoder(StaticKVDecoder):
@@ -217,6 +238,7 @@ class TinyDecoder(StaticKVDecoder):
             vocab_size=vocab_size,
             max_positions=max_positions,
         )
+        self._n_heads = n_heads
         self.eos_token_ids = () if eos_token_id is None else (eos_token_id,)
         self.pad_token_id = pad_token_id
         self.config_dict = {
@@ -238,27 +260,19 @@ class TinyDecoder(StaticKVDecoder):
         freqs = positions.unsqueeze(-1).float() * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().unsqueeze(1).to(x.dtype), emb.sin().unsqueeze(1).to(x.dtype)
-        bsz, seq = input_ids.shape
         for i, blk in enumerate(self.blocks):
-            assert isinstance(blk, _Block)
-            h = blk.attn_norm(x)
-            q = blk.wq(h).view(bsz, seq, blk.n_heads, blk.head_dim).transpose(1, 2)
-            k = blk.wk(h).view(bsz, seq, blk.n_kv, blk.head_dim).transpose(1, 2)
-            v = blk.wv(h).view(bsz, seq, blk.n_kv, blk.head_dim).transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-            attn = cached_attention(
-                q,
-                k,
-                v,
+            x = decoder_layer(
+                blk,
+                x,
+                cos=cos,
+                sin=sin,
                 k_cache=kv[2 * i],
                 v_cache=kv[2 * i + 1],
                 positions=positions,
-                scaling=1.0 / math.sqrt(blk.head_dim),
+                n_heads=self._n_heads,
+                n_kv_heads=self.layout.num_kv_heads,
+                scaling=1.0 / math.sqrt(self.layout.head_dim),
             )
-            x = x + blk.wo(attn)
-            h = blk.mlp_norm(x)
-            x = x + blk.w2(torch.nn.functional.silu(blk.w1(h)) * blk.w3(h))
         x = gather_last(self.norm(x), last_index)
         return self.lm_head(x).float()
 
