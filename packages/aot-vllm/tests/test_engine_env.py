@@ -138,3 +138,27 @@ def test_the_aot_load_fix_is_on_only_for_aot_starts_on_cpu(
 ) -> None:
     choice = _choose(CompileSpec(backend_options=options), is_cpu=is_cpu, finalizes=finalizes)
     assert (choice.env.get("AOT_VLLM_AOT_LOAD_FIX") == "1") is fix
+
+
+_WARM_CPU = dict(shrinkable=True, is_cpu=True, compiles=True, ranks=1, kv_sized=True, warm=True)
+
+
+def test_a_warm_cpu_start_shrinks_the_compile_warmup() -> None:
+    assert engine_env.cpu_warmup_tokens(**_WARM_CPU) == {
+        "AOT_VLLM_WARMUP_TOKENS": str(engine_env.WARMUP_TOKENS)
+    }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"shrinkable": False},  # a release whose warm-up aot-vllm has not read
+        {"is_cpu": False},
+        {"compiles": False},  # eager: vLLM skips the warm-up itself (0.30+)
+        {"ranks": 2},  # a pipeline stage allocates its buffers in that step
+        {"kv_sized": False},  # the warm-up's memory sizes the KV cache
+        {"warm": False},  # a cold start compiles in that step: vLLM's own is kept
+    ],
+)
+def test_the_warmup_is_vllms_own_unless_every_condition_holds(change: dict[str, Any]) -> None:
+    assert engine_env.cpu_warmup_tokens(**{**_WARM_CPU, **change}) == {}

@@ -126,6 +126,8 @@ def test_facts_table_boundaries() -> None:
     assert release_facts("0.20.0").cpu_threads_bind_in == "executor"
     assert not release_facts("0.29.0").cpu_eager_skips_warmup
     assert release_facts("0.30.0").cpu_eager_skips_warmup
+    assert not release_facts("0.29.0").cpu_warmup_shrinkable
+    assert release_facts("0.30.0").cpu_warmup_shrinkable
     assert not release_facts("0.17.1").aot_load_finalizes
     assert release_facts("0.18.0").aot_load_finalizes
 
@@ -143,6 +145,7 @@ def test_every_fact_is_read_off_a_class_or_kept_in_the_table() -> None:
         "cpu_threads_bind_in",
         "cpu_eager_skips_warmup",
         "aot_load_finalizes",
+        "cpu_warmup_shrinkable",
     }
 
 

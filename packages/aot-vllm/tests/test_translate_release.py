@@ -310,6 +310,15 @@ def test_several_ranks_facts_match_the_releases_source() -> None:
     assert in_worker or "VLLM_CPU_OMP_THREADS_BIND" in executor
     assert "VLLM_CPU_OMP_THREADS_BIND" in CLASSES.env_vars
     assert facts.cpu_eager_skips_warmup == ("_should_warm_up_model" in worker)
+    # The warm-up aot-vllm's plugin shrinks on a warm start: profile_run over the runner's
+    # token budget, its memory read only when the KV-cache size is not given.
+    if facts.cpu_warmup_shrinkable:
+        runner = _source("v1/worker/cpu_model_runner.py")
+        assert "def warming_up_model" in runner and "self.profile_run()" in runner
+        assert "self._dummy_run(\n            self.max_num_tokens" in _source(
+            "v1/worker/gpu_model_runner.py"
+        )
+        assert "kv_cache_memory_bytes is not None" in worker
     # The AOT loader's last step, which aot-vllm's plugin supplies on CPU (vllm_plugin).
     decorators = _source("compilation/decorators.py")
     assert facts.aot_load_finalizes == (".finalize_loading(" in decorators)

@@ -72,3 +72,32 @@ def test_an_inductor_function_gets_an_empty_finalize_step(
     assert second._artifacts.compiled_fn.finalize_loading(object()) == "vLLM's own"
     third = patched("artifact-file", f_globals={})
     assert not hasattr(third._artifacts.compiled_fn, "finalize_loading")
+
+
+def test_the_warmup_runs_the_asked_tokens_and_restores_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wrapper around the CPU runner's warm-up: the budget is lowered for the warm-up
+    alone while aot-vllm asks, and vLLM's own warm-up runs when it does not."""
+    from vllm.v1.worker import cpu_model_runner
+
+    seen: list[int] = []
+
+    class Runner:
+        max_num_tokens = 4096
+
+        def warming_up_model(self) -> None:
+            seen.append(self.max_num_tokens)
+
+    monkeypatch.setattr(cpu_model_runner, "CPUModelRunner", Runner)
+    vllm_plugin.install_warmup_tokens()
+    vllm_plugin.install_warmup_tokens()  # twice must not stack
+    runner = Runner()
+    monkeypatch.delenv(EngineVar.AOT_VLLM_WARMUP_TOKENS, raising=False)
+    runner.warming_up_model()
+    monkeypatch.setenv(EngineVar.AOT_VLLM_WARMUP_TOKENS, "16")
+    runner.warming_up_model()
+    monkeypatch.setenv(EngineVar.AOT_VLLM_WARMUP_TOKENS, "8192")  # above the budget: vLLM's
+    runner.warming_up_model()
+    assert seen == [4096, 16, 4096]
+    assert runner.max_num_tokens == 4096

@@ -48,6 +48,7 @@ __all__ = [
     "compile_cache_switch",
     "cpu_kv_cache_space",
     "cpu_threads_bind",
+    "cpu_warmup_tokens",
     "engine_environment",
     "inductor_tuning",
     "log_capture",
@@ -105,6 +106,12 @@ class EngineVar(enum.StrEnum):
     CPU engine can reload its own AOT artifact (release fact ``aot_load_finalizes``). Set
     only with ``CompileCache.AOT`` on CPU; a plain vLLM run never sees the plugin act."""
 
+    AOT_VLLM_WARMUP_TOKENS = "AOT_VLLM_WARMUP_TOKENS"
+    """Dummy tokens in a warm CPU start's compile warm-up (``vllm_plugin``): the compiled code
+    is loaded by a small step instead of a whole step's token budget. Set only on a warm
+    start of a compiled, single-rank CPU engine whose KV-cache size aot-vllm passes (release
+    fact ``cpu_warmup_shrinkable``); a plain vLLM run never sees the plugin act."""
+
     VLLM_LOGGING_CONFIG_PATH = "VLLM_LOGGING_CONFIG_PATH"
     """A logging config that keeps vLLM's console output (or the user's config) and adds
     aot-vllm's capture file, applied by every engine process."""
@@ -154,6 +161,27 @@ def compile_cache_disabled() -> bool:
 def cpu_kv_cache_space(gib: int) -> dict[str, str]:
     """The CPU KV-cache size for releases that read it from the environment alone."""
     return _set(EngineVar.VLLM_CPU_KVCACHE_SPACE, str(gib))
+
+
+WARMUP_TOKENS = 16
+"""Dummy tokens in a warm CPU start's compile warm-up: more than one, so the step is not a
+size Dynamo specializes on, and small beside any real step."""
+
+
+def cpu_warmup_tokens(
+    *, shrinkable: bool, is_cpu: bool, compiles: bool, ranks: int, kv_sized: bool, warm: bool
+) -> dict[str, str]:
+    """The small compile warm-up of a warm CPU start, where nothing needs vLLM's own.
+
+    ``shrinkable``: the release fact ``cpu_warmup_shrinkable``; ``kv_sized``: the engine is
+    given its KV-cache size, so the warm-up's memory sizes nothing; ``warm``: the cache
+    entry is intact, so the step loads compiled code rather than compiling it (a cold start
+    keeps vLLM's warm-up, so what it compiles is unchanged). One rank only: a pipeline
+    stage allocates its intermediate buffers in that step.
+    """
+    if shrinkable and is_cpu and compiles and ranks == 1 and kv_sized and warm:
+        return _set(EngineVar.AOT_VLLM_WARMUP_TOKENS, str(WARMUP_TOKENS))
+    return {}
 
 
 def log_capture(config_file: Path | None) -> dict[str, str]:
@@ -331,6 +359,7 @@ def engine_environment(
     inductor_dir: Path,
     inline: bool,
     threads_bind: ThreadBinding | None = None,
+    warmup: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Everything set before ``vllm.LLM(...)``: the translation's variables and the runtime's.
 
@@ -342,6 +371,7 @@ def engine_environment(
         _set(EngineVar.TORCHINDUCTOR_CACHE_DIR, str(inductor_dir)),
         _set(EngineVar.VLLM_ENABLE_V1_MULTIPROCESSING, "0" if inline else "1"),
         threads_bind.env if threads_bind is not None else {},
+        warmup or {},
     )
     out: dict[str, str] = {}
     for part in parts:

@@ -161,8 +161,9 @@ class ReleaseFacts:
     - Behaviour no class shows (the table alone, from each release's source):
         ``honours_chunked_prefill_off``, ``enforce_eager_disables_compile``,
         ``unknown_cc_key``, ``cpu_kv_cache_arg``, and for several ranks on CPU
-        ``cpu_ray_executor``, ``cpu_threads_bind_in``, ``cpu_eager_skips_warmup``, and
-        for compile-cache reloads ``aot_load_finalizes``.
+        ``cpu_ray_executor``, ``cpu_threads_bind_in``, ``cpu_eager_skips_warmup``, for
+        compile-cache reloads ``aot_load_finalizes``, and for warm CPU starts
+        ``cpu_warmup_shrinkable``.
     """
 
     version: Version
@@ -232,6 +233,14 @@ class ReleaseFacts:
     method only vLLM's own backend's functions have: on CPU, where vLLM compiles with Inductor
     directly, every reload fails unless aot-vllm's plugin supplies it (``vllm_plugin``)."""
 
+    cpu_warmup_shrinkable: bool
+    """The CPU worker's compile warm-up (``CPUModelRunner.warming_up_model``) is
+    ``profile_run``: one dummy step of the whole token budget (``max_num_tokens``) and a
+    sampler run, whose memory only sizes the KV cache when no size is given (0.30+, read in
+    0.32.0's ``cpu_worker`` / ``cpu_model_runner``). With the size given, aot-vllm's plugin
+    may run that step with a few tokens on a warm start: loading the compiled code needs one
+    step of any size, not thousands of dummy tokens (``EngineVar.AOT_VLLM_WARMUP_TOKENS``)."""
+
 
 CLASS_FACTS: frozenset[str] = frozenset(
     {
@@ -277,6 +286,7 @@ _FACTS: tuple[tuple[Version, dict[str, Any]], ...] = (
             "cpu_threads_bind_in": "worker",
             "cpu_eager_skips_warmup": False,
             "aot_load_finalizes": False,
+            "cpu_warmup_shrinkable": False,
         },
     ),
     ((0, 11, 0), {"has_max_autotune_env": True, "unknown_cc_key": "raises StopIteration"}),
@@ -305,7 +315,7 @@ _FACTS: tuple[tuple[Version, dict[str, Any]], ...] = (
         },
     ),
     ((0, 27, 0), {"has_partial_prefill_args": False}),
-    ((0, 30, 0), {"cpu_eager_skips_warmup": True}),
+    ((0, 30, 0), {"cpu_eager_skips_warmup": True, "cpu_warmup_shrinkable": True}),
 )
 
 

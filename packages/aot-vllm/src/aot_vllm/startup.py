@@ -25,7 +25,7 @@ from aot_core.errors import CompilationError
 from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
 
-from aot_vllm import engine, engine_env, evidence, process_tree, ranks
+from aot_vllm import engine, engine_env, evidence, process_tree, ranks, vllm_plugin
 from aot_vllm.cache import OpenedEntry
 from aot_vllm.compiled_model import VLLMCompiledModel
 from aot_vllm.example_inputs import ExampleInputs
@@ -122,14 +122,27 @@ def prepare_launch(setup: EngineSetup, env: engine_env.EnvPatch) -> Prepared:
         is_cpu=setup.is_cpu,
         previous=opened.extra,
     )
+    warmup = engine_env.cpu_warmup_tokens(
+        shrinkable=release.facts.cpu_warmup_shrinkable,
+        is_cpu=setup.is_cpu,
+        compiles=setup.engine_spec.compiles,
+        ranks=setup.world.size,
+        kv_sized="kv_cache_memory_bytes" in setup.llm_kwargs,
+        warm=opened.state == "intact",
+    )
     variables = engine_env.engine_environment(
         translated=setup.translation.env,
         compile_cache=choice,
         inductor_dir=entry.inductor_dir,
         inline=setup.inline,
         threads_bind=setup.threads_bind,
+        warmup=warmup,
     )
     env.apply(variables)
+    if warmup and setup.inline:
+        # vLLM registers its plugins once per process; an engine in this process after
+        # the first still needs the wrapper (it acts only while the variable is set).
+        vllm_plugin.install_warmup_tokens()
     return Prepared(opened=opened, compile_cache=choice, engine_env=variables)
 
 

@@ -1,11 +1,15 @@
-"""aot-vllm's vLLM general plugin: a fix vLLM needs in every engine process, off by default.
+"""aot-vllm's vLLM general plugin: what vLLM needs in every engine process, off by default.
 
 vLLM loads its ``vllm.general_plugins`` entry points in every process it starts (the caller,
 the engine core, each tensor-parallel worker); nothing else reaches a worker process.
-Installing aot-vllm must not change a plain vLLM run, so the fix acts only while aot-vllm's
-engine environment turns it on (``EngineVar.AOT_VLLM_AOT_LOAD_FIX``, decided from the
-release's facts). Registering wraps torch's loader, which vLLM has already imported; the
-wrapper passes the loaded function through untouched while the variable is unset.
+Installing aot-vllm must not change a plain vLLM run, so each part acts only while aot-vllm's
+engine environment turns it on, decided from the release's facts:
+
+- ``EngineVar.AOT_VLLM_AOT_LOAD_FIX``: registering wraps torch's loader, which vLLM has
+  already imported; the wrapper passes the loaded function through untouched while the
+  variable is unset.
+- ``EngineVar.AOT_VLLM_WARMUP_TOKENS``: a warm CPU start runs vLLM's compile warm-up with
+  that many dummy tokens instead of a whole step's budget (``install_warmup_tokens``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from aot_vllm.engine_env import EngineVar
 
 _PATCHED = "_aot_vllm_aot_load_fix"
+_WARMUP_PATCHED = "_aot_vllm_warmup_tokens"
 
 
 def register() -> None:
@@ -27,6 +32,10 @@ def register() -> None:
     and an engine without the variable gets torch's loader's result untouched.
     """
     _install_aot_load_fix()
+    if os.environ.get(EngineVar.AOT_VLLM_WARMUP_TOKENS):
+        # Only then: the runner's module is heavy, and most processes vLLM starts (the
+        # model-inspection one, a front end) never run a model.
+        install_warmup_tokens()
 
 
 def _install_aot_load_fix() -> None:
@@ -66,3 +75,50 @@ def _let_aot_artifact_load(loaded: Any) -> None:
 
 def _nothing_to_finalize(_vllm_config: Any) -> None:
     """The finalize step of a function torch has already loaded whole."""
+
+
+def install_warmup_tokens() -> None:
+    """Wrap the CPU model runner's compile warm-up so it runs ``AOT_VLLM_WARMUP_TOKENS``
+    dummy tokens when the variable is set (a no-op while it is unset, or on a release whose
+    runner lacks the method or the budget attribute).
+
+    vLLM's CPU warm-up (``warming_up_model``) is ``profile_run``: one dummy step of the
+    whole token budget (``max_num_tokens``, 4096 by default) and a sampler run with top-k
+    and top-p over ``max_num_seqs`` rows of the vocabulary. It exists to trigger the
+    compile (or the load of compiled code) and to measure memory for the KV cache. With the
+    KV-cache size given (aot-vllm sizes it on CPU) nothing reads that memory, and loading
+    compiled code needs only one step of any size the graph's dynamic token dimension
+    takes, so a warm start runs a small step: the same load, without a forward pass over
+    thousands of dummy tokens. The budget is lowered for the warm-up alone and restored.
+    """
+    try:
+        from vllm.v1.worker import cpu_model_runner
+    except Exception:  # another layout, or no CPU runner: vLLM's warm-up stays as it is
+        return
+    runner = getattr(cpu_model_runner, "CPUModelRunner", None)
+    warm_up = getattr(runner, "warming_up_model", None)
+    if runner is None or warm_up is None or getattr(warm_up, _WARMUP_PATCHED, False):
+        return
+
+    def warming_up_model(self: Any) -> Any:
+        tokens = _warmup_tokens()
+        budget = getattr(self, "max_num_tokens", None)
+        if tokens is None or not isinstance(budget, int) or tokens >= budget:
+            return warm_up(self)
+        self.max_num_tokens = tokens
+        try:
+            return warm_up(self)
+        finally:
+            self.max_num_tokens = budget
+
+    setattr(warming_up_model, _WARMUP_PATCHED, True)
+    runner.warming_up_model = warming_up_model
+
+
+def _warmup_tokens() -> int | None:
+    """``AOT_VLLM_WARMUP_TOKENS`` as a positive count, else None (vLLM's own warm-up)."""
+    try:
+        tokens = int(os.environ.get(EngineVar.AOT_VLLM_WARMUP_TOKENS, ""))
+    except ValueError:
+        return None
+    return tokens if tokens > 0 else None
