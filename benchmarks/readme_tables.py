@@ -197,12 +197,28 @@ def _vllm_aot_cpu(run_dir: Path) -> list[str]:
     return [*_BENCH_HEADER, *rows]
 
 
-def _vllm_aot_cpu(run_dir: Path) -> list[str]:
-    rows = []
-    for shape in ("tiny", "smollm2-135m"):
-        data = _load(run_dir / f"{shape}-aot.json")
-        rows.append(_bench_row(shape, "vllm, compile_cache aot", data["backends"]["vllm"]))
-    return [*_BENCH_HEADER, *rows]
+def _eval_jobs(run_dir: Path) -> list[str]:
+    """benchmarks/eval_jobs.py: each way's median job wall, model ready and evaluation, then
+    the goal ratios of the same run."""
+    data = _load(run_dir / "eval_jobs.json")
+    out = [
+        "| way | start | jobs | job wall | model ready | evaluation |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in data["summary"].values():
+        out.append(
+            f"| {row['way']} | {row['kind']} | {row['jobs']} | {_s(row['wall_s'])} "
+            f"| {_s(row['model_ready_s'])} | {_s(row['evaluation_s'])} |"
+        )
+    out += ["", "| goal (same run, side by side) | measured | goal | met |", "|---|---|---|---|"]
+    for r in data["ratios"]:
+        name = r["name"] + (f" ({r['detail']})" if r["detail"] else "")
+        met = "yes" if r["value"] <= r["goal"] else "**no**"
+        out.append(f"| {name} | {r['value']:.2f}× | ≤ {r['goal']:.2f}× | {met} |")
+    same = "yes" if data["scores_agree"] else "**NO**"
+    rule = "log-likelihoods within 1e-3, same generations"
+    out += ["", f"Scores agree across every way and job ({rule}): {same}."]
+    return out
 
 
 TABLES: dict[str, Table] = {
@@ -211,6 +227,8 @@ TABLES: dict[str, Table] = {
     "scaling": Table(run="2026-11-30T2337Z-scaling", render=_scaling),
     "tiny_bench": Table(run="2026-11-30T2228Z-aot_bench", render=_aot_bench),
     "vllm_aot_cpu": Table(run="2026-12-01T0115Z-vllm_aot_cpu", render=_vllm_aot_cpu),
+    "eval_jobs": Table(run="2026-12-07T0835Z-eval_jobs", render=_eval_jobs),
+    "eval_jobs_lighter": Table(run="2026-12-07T0908Z-eval_jobs", render=_eval_jobs),
 }
 
 _BLOCK = re.compile(
