@@ -139,3 +139,27 @@ def test_lm_eval_builds_the_model_from_model_args(
     assert results["config"]["aot_backend"] == "legacy"
     assert 0.0 <= results["results"]["aot_mc"]["acc,none"] <= 1.0
     assert results["results"]["aot_ppl"]["bits_per_byte,none"] > 0
+
+
+def test_parity_passes_eager_to_aot_not_to_lm_eval(tmp_path: Path) -> None:
+    """``--parity ... --lm-eval OPTIONS``: the eager run's --eager stays aot's (it went after
+    --lm-eval, and lm-eval refused it with exit 2)."""
+    import argparse
+
+    from aot_core.evaluation.parity import _child_argv
+
+    args = argparse.Namespace(
+        cache_dir=None,
+        tasks="t",
+        include_path=None,
+        backend="legacy",
+        spec=None,
+        model_args="",
+        limit=None,
+    )
+    passthrough = ["--apply_chat_template"]
+    eager = _child_argv(args, tmp_path, passthrough, tmp_path / "eager", eager=True)
+    compiled = _child_argv(args, tmp_path, passthrough, tmp_path / "compiled", eager=False)
+    assert eager.index("--eager") < eager.index("--lm-eval")
+    assert eager[eager.index("--lm-eval") + 1 :] == passthrough
+    assert "--eager" not in compiled and compiled[compiled.index("--lm-eval") + 1 :] == passthrough

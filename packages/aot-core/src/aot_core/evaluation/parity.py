@@ -164,7 +164,7 @@ def _fmt(value: Any) -> str:
 
 
 def _child_argv(
-    args: argparse.Namespace, model: Path, passthrough: list[str], out: Path
+    args: argparse.Namespace, model: Path, passthrough: list[str], out: Path, *, eager: bool
 ) -> list[str]:
     argv = [sys.executable, "-m", "aot_core"]
     if args.cache_dir:
@@ -179,6 +179,9 @@ def _child_argv(
     ):
         if value:
             argv += [flag, str(value)]
+    # --eager before --lm-eval: everything after that goes to lm-eval, which refused it
+    # (exit 2), so --parity with lm-eval options such as --apply_chat_template never ran.
+    argv += ["--eager"] if eager else []
     return argv + (["--lm-eval", *passthrough] if passthrough else [])
 
 
@@ -199,9 +202,7 @@ def run_parity(
         header = []
         for label in RUNS:
             out = root / label
-            argv = _child_argv(args, model, passthrough, out) + (
-                ["--eager"] if label == "eager" else []
-            )
+            argv = _child_argv(args, model, passthrough, out, eager=label == "eager")
             progress(f"parity: {label} run in a fresh process")
             # The child's table goes to stderr: stdout carries only the report.
             proc = subprocess.run(argv, stdout=sys.stderr, timeout=args.timeout, check=False)
