@@ -88,6 +88,29 @@ def test_second_resolution_is_a_cache_hit(
     assert check_model(NAME, cache_root=root) == real_model.path
 
 
+def test_the_first_reuse_hashes_no_weights(
+    real_model: ConvertedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the conversion stamped what its manifest hashed (aot_core.artifacts.stamps), so
+    # reusing the entry re-reads none of its 538 MB; the exact size is still checked
+    from aot_core.artifacts import verification
+
+    hashed: list[str] = []
+    real = verification._sha256_file
+
+    def counting(path: Path) -> str:
+        hashed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(verification, "_sha256_file", counting)
+    again = resolve_gguf(NAME, root=_cache_root(real_model))
+    assert again is not None and not again.written
+    assert "model.safetensors" not in hashed
+    monkeypatch.setenv(artifacts.VERIFY_ENV_VAR, "full")
+    assert resolve_gguf(NAME, root=_cache_root(real_model)) is not None
+    assert "model.safetensors" in hashed
+
+
 def test_the_real_model_answers_on_aot_legacy_eager(
     real_model: ConvertedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:

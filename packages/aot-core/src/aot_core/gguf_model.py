@@ -6,7 +6,8 @@ is converted to a float32 Hugging Face directory (``aot_core.gguf_convert``, whi
 the ``aot-core[gguf]`` extra) into an entry of the model cache, ``<cache root>/models/<key>``,
 keyed on the sha256 of the file's bytes: built in a staging directory, sealed with a
 manifest, published with one rename, checked file by file before each reuse
-(``aot_core.artifacts``, as for in-memory models, ``aot_core.model_cache``). A failed
+(``aot_core.artifacts``, as for in-memory models, ``aot_core.model_cache``; files unchanged
+since a full check are not hashed again, ``aot_core.artifacts.stamps``). A failed
 conversion leaves nothing in the cache.
 
 Hashing 100 MB takes a while, so the digest is remembered in ``<cache root>/gguf-hashes``
@@ -25,10 +26,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aot_core.errors import GGUFError, OptionalDependencyError, SpecError
 from aot_core.spec import CompileSpec
+
+if TYPE_CHECKING:
+    from aot_core.artifacts import FileStats
 
 GGUF_MAGIC = b"GGUF"
 """The first four bytes of every GGUF file."""
@@ -218,7 +222,15 @@ def _cache_root(root: str | os.PathLike[str] | None) -> Path:
 def _convert_cached(
     path: Path, base: Path, real: str | None, on_convert: Callable[[str], None] | None
 ) -> ConvertedModel:
-    from aot_core.artifacts import FILES_DIR, build_and_publish, entry_key, reusable_entry
+    from aot_core.artifacts import (
+        FILES_DIR,
+        STAMPS_DIR,
+        build_and_publish,
+        entry_key,
+        load_stamps,
+        reusable_entry,
+        stamp_published,
+    )
     from aot_core.model_cache import MODELS_DIR
 
     digest = file_sha256(path, base)
@@ -235,23 +247,41 @@ def _convert_cached(
         real_model=real,
     )
     # Checked without the lock first: a reusable entry needs neither the lock nor the extra.
-    if reusable_entry(dest, key=key, backend=_OWNER) is not None:
+    # Files unchanged since a full check are not hashed again (aot_core.artifacts.stamps).
+    stamps = load_stamps(base / STAMPS_DIR, key=key, entry=dest)
+    if reusable_entry(dest, key=key, backend=_OWNER, stamps=stamps) is not None:
         return reused
     from aot_core import gguf_convert
 
     gguf_convert.require_extra()  # before the lock and the staging directory
     if on_convert is not None:
         on_convert(f"converting GGUF {path} (sha256 {digest}) into aot's model cache")
-    _, built = build_and_publish(
+    before: list[FileStats] = []
+    manifest, built = build_and_publish(
         dest,
         key=key,
-        build=lambda files: _build(path, files / name, digest),
+        build=lambda files: _build_and_stat(path, files, name, digest, before),
         backend=_OWNER,
         backend_version=_version(),
         spec=CompileSpec(),
         model=identity,
     )
+    if built and before:
+        stamp_published(stamps, before[0], manifest.files)
     return dataclasses.replace(reused, written=built)
+
+
+def _build_and_stat(
+    gguf: Path, files: Path, name: str, digest: str, before: list[FileStats]
+) -> dict[str, Any]:
+    """Convert, then stat what was written before the manifest hashes it, so the first
+    reuse needs no hashing either (``aot_core.artifacts.stamps.stamp_published``)."""
+    from aot_core.artifacts import settle, stat_files
+
+    info = _build(gguf, files / name, digest)
+    settle(files)
+    before.append(stat_files(files))
+    return info
 
 
 def _build(gguf: Path, target: Path, digest: str) -> dict[str, Any]:

@@ -23,6 +23,8 @@ The submodules, each importing only those listed before it:
 - ``manifest``: the manifest format (``Manifest``, ``FileRecord``), reading it, the ownership
   proof (``ownership_problem``, ``check_owned``), file helpers.
 - ``identity``: the model-config hash and the cache-entry name (``entry_key``).
+- ``stamps``: verification stamps (files a full check proved, by stat), so an unchanged
+  entry is not re-hashed on every reuse; ``AOT_VERIFY=full`` ignores them.
 - ``verification``: the manifest against itself, files against it, it against this host.
 - ``publishing``: writing the manifest, the per-entry lock, staging and the atomic publish.
 - ``store``: ``ArtifactStore`` (the cache directory of entries) and how entries are described.
@@ -74,6 +76,17 @@ from aot_core.artifacts.publishing import (
     using_artifact,
     write_manifest,
 )
+from aot_core.artifacts.stamps import (
+    STAMPS_DIR,
+    VERIFY_ENV_VAR,
+    FileStats,
+    StampBook,
+    full_check_forced,
+    load_stamps,
+    settle,
+    stamp_published,
+    stat_files,
+)
 from aot_core.artifacts.store import (
     CACHE_ENV_VAR,
     PATH_ENV_VARS,
@@ -113,12 +126,16 @@ __all__ = [
     "MANIFEST_NAME",
     "MAX_MEMBERS_ENV_VAR",
     "PATH_ENV_VARS",
+    "STAMPS_DIR",
+    "VERIFY_ENV_VAR",
     "ArtifactStore",
     "EntryInfo",
     "FileRecord",
+    "FileStats",
     "LockTimeoutError",
     "Manifest",
     "RankRecord",
+    "StampBook",
     "VerifyReport",
     "artifact_root",
     "build_and_publish",
@@ -139,9 +156,11 @@ __all__ = [
     "foreign_files",
     "format_bytes",
     "fsync_tree",
+    "full_check_forced",
     "host_fingerprint",
     "import_artifact",
     "is_read_only_error",
+    "load_stamps",
     "manifest_inconsistencies",
     "manifest_problem",
     "max_members_from_env",
@@ -156,7 +175,10 @@ __all__ = [
     "remove_leftovers",
     "resolve_artifact_dir",
     "reusable_entry",
+    "settle",
     "staging_dir",
+    "stamp_published",
+    "stat_files",
     "torch_version",
     "using_artifact",
     "verify",

@@ -47,6 +47,7 @@ from aot_core.artifacts.manifest import (
     manifest_problem,
     resolve_artifact_dir,
 )
+from aot_core.artifacts.stamps import StampBook
 from aot_core.artifacts.verification import verify, verify_for_load
 from aot_core.errors import ArtifactError, ArtifactIncompatibleError, NotOwnedError
 from aot_core.spec import CompileSpec
@@ -440,17 +441,25 @@ def remove_entry(dest: str | os.PathLike[str], *, timeout_s: float | None = 0.0)
         return True
 
 
-def reusable_entry(dest: str | os.PathLike[str], *, key: str, backend: str) -> Manifest | None:
+def reusable_entry(
+    dest: str | os.PathLike[str], *, key: str, backend: str, stamps: StampBook | None = None
+) -> Manifest | None:
     """The manifest of ``dest`` if it may be loaded as entry ``key`` of ``backend``, else None.
 
-    Takes no lock and writes nothing, so it works on read-only media; a writer replacing
-    the entry meanwhile can only make the checksums fail, never pass.
+    Takes no lock and writes nothing in the entry, so it works on read-only media; a writer
+    replacing the entry meanwhile can only make the checksums fail, never pass. With
+    ``stamps`` (``aot_core.artifacts.stamps``), files unchanged since a full check are not
+    hashed again, and the stamps are saved when the entry is reusable.
     """
     try:
-        existing = verify_for_load(dest, backend=backend)
+        existing = verify_for_load(dest, backend=backend, stamps=stamps)
     except ArtifactError:
         return None
-    return existing if existing.key == key else None
+    if existing.key != key:
+        return None
+    if stamps is not None:
+        stamps.save()
+    return existing
 
 
 def build_and_publish(

@@ -22,6 +22,7 @@ from aot_core.artifacts.manifest import (
     read_manifest,
     resolve_artifact_dir,
 )
+from aot_core.artifacts.stamps import StampBook
 from aot_core.errors import ArtifactCorruptError, ArtifactIncompatibleError, SpecError
 from aot_core.spec import CompileSpec
 
@@ -87,10 +88,14 @@ class VerifyReport:
         return "; ".join(self.problems())
 
 
-def verify(artifact_dir: str | os.PathLike[str]) -> VerifyReport:
+def verify(
+    artifact_dir: str | os.PathLike[str], *, stamps: StampBook | None = None
+) -> VerifyReport:
     """Check an artifact's manifest for consistency and every file against it.
 
-    Checksums, sizes, missing and unlisted files, and ``manifest_inconsistencies``.
+    Checksums, sizes, missing and unlisted files, and ``manifest_inconsistencies``. With
+    ``stamps``, a file whose stat equals its stamp is not hashed again, and every file that
+    matches is recorded in ``stamps.proved`` (``aot_core.artifacts.stamps``).
     """
     root = resolve_artifact_dir(artifact_dir)
     try:
@@ -112,13 +117,13 @@ def verify(artifact_dir: str | os.PathLike[str]) -> VerifyReport:
             tampered.append(f"{rel} (not a plain file)")
             continue
         try:
-            size = path.stat().st_size
+            st = path.stat()
         except FileNotFoundError:
             missing.append(rel)
             continue
-        if size < record.size:
-            truncated.append(f"{rel} ({size} of {record.size} bytes)")
-        elif size != record.size or _digest_or_none(path) != record.sha256:
+        if st.st_size < record.size:
+            truncated.append(f"{rel} ({st.st_size} of {record.size} bytes)")
+        elif st.st_size != record.size or not _matches(path, rel, record.sha256, st, stamps):
             tampered.append(rel)
     extra = [rel for rel, _ in _walk_files(root) if rel not in listed and rel != MANIFEST_NAME]
     tampered.extend(_rank_problems(manifest, listed))
@@ -169,6 +174,20 @@ def world_problem(
         f"({tensor_parallel_size * pipeline_parallel_size} rank(s)); compile for this world "
         "size (a new entry), or start with the artifact's"
     )
+
+
+def _matches(
+    path: Path, rel: str, sha256: str, st: os.stat_result, stamps: StampBook | None
+) -> bool:
+    """True when the file's bytes hash to ``sha256``, or its stamp says they did and its
+    stat has not changed since."""
+    if stamps is not None and stamps.vouches(rel, sha256, st):
+        return True
+    if _digest_or_none(path) != sha256:
+        return False
+    if stamps is not None:
+        stamps.prove(rel, sha256, st, path)
+    return True
 
 
 def _digest_or_none(path: Path) -> str | None:
@@ -302,6 +321,7 @@ def verify_for_load(
     backend: str | None = None,
     discard_extra: bool = False,
     world: tuple[int, int] | None = None,
+    stamps: StampBook | None = None,
 ) -> Manifest:
     """Gate in front of loading compiled code: raise unless the artifact is intact and fits here.
 
@@ -318,9 +338,9 @@ def verify_for_load(
     not vouch for; at worst it recomputes what they held. Unlisted files anywhere else
     (beside ``manifest.json``: a project's own files around a copied manifest) refuse the
     artifact and are never deleted (``ownership_problem`` says why this is the only place
-    aot deletes files its manifest does not list).
+    aot deletes files its manifest does not list). ``stamps`` as for ``verify``.
     """
-    report = verify(artifact_dir)
+    report = verify(artifact_dir, stamps=stamps)
     if report.manifest is None:
         raise ArtifactCorruptError(report.error)
     damaged = report.inconsistent or report.tampered or report.truncated or report.missing
