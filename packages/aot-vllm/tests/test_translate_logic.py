@@ -146,7 +146,51 @@ def test_every_fact_is_read_off_a_class_or_kept_in_the_table() -> None:
         "cpu_eager_skips_warmup",
         "aot_load_finalizes",
         "cpu_warmup_shrinkable",
+        "server_modules",
     }
+
+
+_EP = "vllm.entrypoints"
+_SERVER_LAYOUTS = {
+    # cli_args, engine client (build_async_engine_client_from_engine_args), serve_http
+    "openai": (f"{_EP}.openai.cli_args", f"{_EP}.openai.api_server", f"{_EP}.launcher"),
+    "launchers": (
+        f"{_EP}.launchers.cli_args",
+        f"{_EP}.launchers.api_server.entry",
+        f"{_EP}.launchers.launcher",
+    ),
+    "common": (
+        f"{_EP}.common.cli_args",
+        f"{_EP}.launchers.api_server.entry",
+        f"{_EP}.launchers.launcher",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("version", "layout"),
+    [
+        ("0.10.2", None), ("0.26.0", None), ("0.27.0", "openai"), ("0.27.1", "openai"),
+        ("0.28.0", "openai"), ("0.29.0", "launchers"), ("0.30.0", "launchers"),
+        ("0.31.0", "launchers"), ("0.32.0", "launchers"), ("0.33.0", "common"),
+        ("0.34.0", "common"),
+    ],
+)  # fmt: skip
+def test_server_modules_by_release(version: str, layout: str | None) -> None:
+    """Where aot serve finds vLLM's server: none before 0.27 (releases aot-vllm does not run),
+    ``vllm.entrypoints.openai`` in 0.27-0.28, ``launchers`` from 0.29, options in ``common``
+    from 0.33 (test_translate_release checks each release's source)."""
+    modules = release_facts(version).server_modules
+    if layout is None:
+        assert modules is None
+        return
+    assert modules is not None
+    functions = modules.functions()
+    cli_args, engine_client, launcher = _SERVER_LAYOUTS[layout]
+    assert functions["make_arg_parser"] == functions["validate_parsed_serve_args"] == cli_args
+    assert functions["build_async_engine_client_from_engine_args"] == engine_client
+    assert functions["serve_http"] == launcher
+    assert all(module.startswith(f"{_EP}.") for module in functions.values())
 
 
 @pytest.mark.parametrize("version", ["0.10.2", "0.11.1", "0.20.2", "0.33.0"])

