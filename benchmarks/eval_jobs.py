@@ -367,14 +367,14 @@ def resolve_model(name: str | None, work: Path) -> tuple[Path, str, Path]:
     """(model directory, tasks, task directory): the real model converted into aot's model
     cache (outside any timed job), a directory as given, or the tiny Llama."""
     if name == "tiny":
-        from aot_core.tiny import write_tiny_llama
+        from aot_core.models.tiny import write_tiny_llama
 
         return write_tiny_llama(work / "tiny-llama"), "aot_mc,aot_gen", FIXTURE_TASKS
     real_tasks = "smol_addition_mc,smol_addition_gen,smol_prose_ppl"
     path = Path(name or REAL_MODEL).expanduser()
     if path.is_dir():
         return path.absolute(), real_tasks, REAL_TASKS
-    from aot_core.gguf_model import resolve_gguf
+    from aot_core.models.gguf import resolve_gguf
 
     converted = resolve_gguf(name or REAL_MODEL, on_convert=lambda m: print(m, file=sys.stderr))
     if converted is None:

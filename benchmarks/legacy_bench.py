@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aot_core.fresh_process import one_thread_env, print_result, run_fresh, tail
+from aot_core.bench.fresh_process import one_thread_env, print_result, run_fresh, tail
 
 PROMPTS = [list(b"The quick brown fox"), list(b"Hello"), list(b"jumps over the lazy dog"), [65]]
 MAX_MODEL_LEN = 256
@@ -119,7 +119,7 @@ def main() -> None:
         child(mode, model_dir, cache_root, args.max_new_tokens, args.repeats)
         return
     with tempfile.TemporaryDirectory(prefix="legacy-bench-") as tmp:
-        from aot_core.tiny import write_tiny_llama
+        from aot_core.models.tiny import write_tiny_llama
 
         model_dir = write_tiny_llama(Path(tmp) / "tiny-llama")
         cache = Path(tmp) / "cache"

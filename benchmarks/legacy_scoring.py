@@ -50,12 +50,12 @@ def requests_for(
 
 def model_dir(name: str, tmp: Path) -> Path:
     if name == "tiny":
-        from aot_core.tiny import write_tiny_llama
+        from aot_core.models.tiny import write_tiny_llama
 
         return write_tiny_llama(tmp / "tiny")
     if Path(name).is_dir():
         return Path(name)
-    from aot_core.shape_presets import ensure_shape_dir, get_shape
+    from aot_core.models.shape_presets import ensure_shape_dir, get_shape
 
     return ensure_shape_dir(get_shape(name), tmp)
 

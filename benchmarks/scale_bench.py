@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    from aot_core.tiny import ensure_tiny_llama
+    from aot_core.models.tiny import ensure_tiny_llama
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="aot-scale-bench-"))
     os.environ.setdefault("AOT_CACHE_DIR", str(workdir / "aot-home"))

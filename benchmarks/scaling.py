@@ -31,7 +31,7 @@ from typing import Any
 
 SHAPES = ("tiny", "smollm2-135m", "qwen2.5-0.5b", "llama-3.2-1b")
 BACKENDS = ("vllm", "legacy")
-NOT_ENOUGH_MEMORY = 14  # aot_core.cli.ExitCode.NOT_ENOUGH_MEMORY
+NOT_ENOUGH_MEMORY = 14  # aot_core.cli.app.ExitCode.NOT_ENOUGH_MEMORY
 BENCH_FAILED = 13
 
 

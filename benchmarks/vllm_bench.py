@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aot_core.fresh_process import one_thread_env, print_result, run_fresh, tail
+from aot_core.bench.fresh_process import one_thread_env, print_result, run_fresh, tail
 
 PROMPT_LEN, RUNS = 32, 3
 # Overridable from the command line (--batch, --new-tokens, --dtype); children get them
@@ -182,7 +182,7 @@ def main() -> None:
         print_result(child(mode, model, cache, args.compare_raw))
         return
 
-    from aot_core.tiny import TINY, write_tiny_llama
+    from aot_core.models.tiny import TINY, write_tiny_llama
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="aot-vllm-bench-"))
     shape = TINY

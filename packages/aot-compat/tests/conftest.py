@@ -81,7 +81,7 @@ def expected_default(unusable: dict[str, str | None]) -> str | None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in tiny Llama (real HF directory, written offline)."""
-    from aot_core.tiny import write_tiny_llama
+    from aot_core.models.tiny import write_tiny_llama
 
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 

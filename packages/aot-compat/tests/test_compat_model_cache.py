@@ -1,4 +1,4 @@
-"""In-memory transformers models saved in aot's model cache (``aot_core.model_cache``).
+"""In-memory transformers models saved in aot's model cache (``aot_core.models.cache``).
 
 The vLLM path hands vLLM the saved directory; these checks need only torch and transformers
 (present wherever a backend is), so they run in the legacy, vllm and both combinations.
@@ -15,7 +15,7 @@ pytest.importorskip("transformers", reason="saving a transformers model needs tr
 
 
 def test_saved_by_content_and_reused(in_memory_model: Any, tmp_path: Path) -> None:
-    from aot_core.model_cache import save_model
+    from aot_core.models.cache import save_model
     from transformers import AutoModelForCausalLM
 
     model = in_memory_model()
@@ -39,7 +39,7 @@ def test_saved_by_content_and_reused(in_memory_model: Any, tmp_path: Path) -> No
 
 def test_other_weights_get_another_entry(in_memory_model: Any, tmp_path: Path) -> None:
     import torch
-    from aot_core.model_cache import save_model
+    from aot_core.models.cache import save_model
 
     model = in_memory_model()
     first = save_model(model, root=tmp_path)
@@ -51,7 +51,7 @@ def test_other_weights_get_another_entry(in_memory_model: Any, tmp_path: Path) -
 
 def test_damaged_save_is_never_reused(in_memory_model: Any, tmp_path: Path) -> None:
     from aot_core.errors import NotOwnedError
-    from aot_core.model_cache import save_model
+    from aot_core.models.cache import save_model
 
     model = in_memory_model()
     first = save_model(model, root=tmp_path)
@@ -72,7 +72,7 @@ def test_damaged_save_is_never_reused(in_memory_model: Any, tmp_path: Path) -> N
 
 def test_half_written_save_is_invisible(in_memory_model: Any, tmp_path: Path) -> None:
     # a writer killed mid-save leaves only a staging directory beside the entry
-    from aot_core.model_cache import save_model
+    from aot_core.models.cache import save_model
 
     model = in_memory_model()
     first = save_model(model, root=tmp_path)
@@ -87,7 +87,7 @@ def test_half_written_save_is_invisible(in_memory_model: Any, tmp_path: Path) ->
 def test_tokenizer_is_saved_beside_the_model(
     in_memory_model: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from aot_core.model_cache import save_model
+    from aot_core.models.cache import save_model
     from transformers import AutoTokenizer
 
     model = in_memory_model()
@@ -99,7 +99,7 @@ def test_tokenizer_is_saved_beside_the_model(
 
 def test_not_a_transformers_model(tmp_path: Path) -> None:
     from aot_core.errors import SpecError
-    from aot_core.model_cache import save_model
+    from aot_core.models.cache import save_model
 
     with pytest.raises(SpecError, match="not a transformers model"):
         save_model(object(), root=tmp_path)
@@ -109,7 +109,7 @@ def test_weights_off_the_cpu_leave_the_callers_model_where_it_was(
     in_memory_model: Any, tmp_path: Path
 ) -> None:
     import torch
-    from aot_core.model_cache import save_model
+    from aot_core.models.cache import save_model
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device: the CPU copy is what every save does (tested above)")

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aot_compat import BackendFallbackWarning, LegacyConfigWarning
 from aot_core import GenerationParams, OptimizationStats
-from aot_core.tiny import TINY
+from aot_core.models.tiny import TINY
 from engines.shared import create_enhanced_compiler
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aot_core import bench
-from aot_core.bench import BenchResult, Failure, Run
+from aot_core.bench import run as bench
+from aot_core.bench.run import BenchResult, Failure, Run
 from aot_core.stats import CacheOutcome, CacheStatus, OptimizationStats
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 from aot_core import artifacts
-from aot_core.cli import ExitCode, main
+from aot_core.cli.app import ExitCode, main
 from artifact_support import make_artifact, make_model
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -337,7 +337,7 @@ def test_no_archive_loses_data_or_prints_a_traceback(
 @pytest.fixture(scope="module")
 def toy_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(model, a toy-backend artifact compiled by ``aot compile --out``, its export)."""
-    from aot_core.tiny import write_tiny_llama
+    from aot_core.models.tiny import write_tiny_llama
 
     root = tmp_path_factory.mktemp("toy")
     model = write_tiny_llama(root / "tiny")

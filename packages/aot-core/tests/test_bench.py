@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from aot_core import bench
-from aot_core.bench import Failure
+from aot_core.bench import run as bench
+from aot_core.bench.run import Failure
 from aot_core.spec import CompileSpec
 from bench_support import bench_result, record
 
@@ -115,8 +115,9 @@ def test_worker_module_has_no_heavy_imports() -> None:
     import subprocess
 
     code = (
-        "import sys, aot_core.bench_worker, aot_core.cli, aot_core.bench, aot_core.artifacts,"
-        " aot_core.workflow, aot_core.fresh_process, aot_core.bench_results;"
+        "import sys, aot_core.bench.worker, aot_core.cli.app, aot_core.bench.run,"
+        " aot_core.artifacts, aot_core.cli.workflow, aot_core.bench.fresh_process,"
+        " aot_core.bench.results;"
         "print([m for m in ('torch', 'vllm', 'matplotlib') if m in sys.modules])"
     )
     out = subprocess.run(
@@ -154,7 +155,7 @@ def test_results_record_whether_bytecode_was_precompiled(tmp_path: Path) -> None
 
 
 def test_decode_limit_is_bandwidth_over_weight_bytes_times_batch() -> None:
-    from aot_core.machine_limits import DecodeLimit, measure_copy_bandwidth
+    from aot_core.bench.machine_limits import DecodeLimit, measure_copy_bandwidth
 
     limit = DecodeLimit(bandwidth_bytes_per_s=8e9, weight_bytes=2 * 10**9, batch=4)
     assert limit.tokens_per_s == pytest.approx(16.0)

@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from aot_core.cli import ExitCode, main
+from aot_core.cli.app import ExitCode, main
 
 ECHO_BACKEND = textwrap.dedent(
     """

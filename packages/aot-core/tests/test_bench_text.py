@@ -11,15 +11,15 @@ import dataclasses
 import json
 from pathlib import Path
 
-from aot_core import bench
-from aot_core.bench_text import (
+from aot_core.bench import run as bench
+from aot_core.bench.text import (
     CHAT_WORKLOAD,
     QUESTIONS,
     TextCodec,
     chat_workload,
     with_generations,
 )
-from aot_core.model_choice import ModelReady
+from aot_core.models.choice import ModelReady
 from bench_support import bench_result, record
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aot_core import artifacts, cli
-from aot_core.cli import ExitCode, main
+from aot_core import artifacts
+from aot_core.cli import app as cli
+from aot_core.cli.app import ExitCode, main
 from artifact_support import make_artifact, make_model, rewrite_manifest
 from fake_backend import CLI_TEST_BACKENDS
 
@@ -82,7 +83,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_console_script_module_runs(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "aot_core.cli", "cache", "ls"],
+        [sys.executable, "-m", "aot_core.cli.app", "cache", "ls"],
         capture_output=True,
         text=True,
         env={**os.environ, "AOT_CACHE_DIR": str(tmp_path)},
@@ -461,9 +462,9 @@ def test_full_disk_on_import_is_reported_and_cache_kept(tmp_path: Path) -> None:
                       model=make_model(Path('{tmp_path}/m3')))
         "
         set +e
-        {sys.executable} -m aot_core.cli --cache-dir {mnt}/cache cache import {archive}
+        {sys.executable} -m aot_core.cli.app --cache-dir {mnt}/cache cache import {archive}
         echo "rc=$?"
-        {sys.executable} -m aot_core.cli --cache-dir {mnt}/cache cache verify
+        {sys.executable} -m aot_core.cli.app --cache-dir {mnt}/cache cache verify
         echo "rc=$?"
         """
     )
@@ -510,7 +511,7 @@ def test_engine_output_during_compile_goes_to_stderr() -> None:
     code = textwrap.dedent(
         """
         import os, subprocess
-        from aot_core.cli import stdout_to_stderr
+        from aot_core.cli.app import stdout_to_stderr
         with stdout_to_stderr():
             os.write(1, b"engine log via fd 1\\n")
             print("python log via sys.stdout")

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aot_core import artifacts, usage_log
-from aot_core.cli import ExitCode
-from aot_core.tiny import write_tiny_llama
+from aot_core import artifacts
+from aot_core.cli.app import ExitCode
+from aot_core.models.tiny import write_tiny_llama
+from aot_core.usage import log as usage_log
 from backend_requirements import require_usable
 
 pytestmark = pytest.mark.slow
@@ -57,7 +58,7 @@ def spec_file(tmp_path: Path) -> Path:
     return path
 
 
-AOT = [sys.executable, "-m", "aot_core.cli"]
+AOT = [sys.executable, "-m", "aot_core.cli.app"]
 
 
 def aot(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from aot_core import artifacts
-from aot_core.cli import ExitCode, main
+from aot_core.cli.app import ExitCode, main
 from aot_core.errors import ArtifactCorruptError
 from artifact_support import make_artifact, make_model
 
@@ -318,7 +318,7 @@ def test_hostile_input_gets_its_documented_exit_code(
 
 
 def test_every_exit_code_in_the_help_is_in_the_readme() -> None:
-    from aot_core import cli
+    from aot_core.cli import app as cli
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for code in ExitCode:
@@ -342,7 +342,7 @@ def _aot(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
     """The installed command's code path in a fresh process, with exactly ``env``'s paths."""
     base = {k: v for k, v in os.environ.items() if k not in artifacts.PATH_ENV_VARS}
     return subprocess.run(
-        [sys.executable, "-m", "aot_core.cli", *argv],
+        [sys.executable, "-m", "aot_core.cli.app", *argv],
         capture_output=True, text=True, env={**base, **env}, timeout=120, check=False,
     )  # fmt: skip
 

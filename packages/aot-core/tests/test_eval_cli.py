@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from aot_core import cli
-from aot_core.tiny import write_tiny_llama
+from aot_core.cli import app as cli
+from aot_core.models.tiny import write_tiny_llama
 
 
 @pytest.mark.skipif(importlib.util.find_spec("lm_eval") is not None, reason="lm-eval installed")
@@ -34,7 +34,7 @@ def test_eval_is_listed_and_its_exit_codes_documented(capsys: pytest.CaptureFixt
 
 def test_parsing_the_command_line_imports_no_lm_eval() -> None:
     code = (
-        "import sys; from aot_core import cli; cli.build_parser(); import aot_core.evaluation;"
+        "import sys; from aot_core.cli import app; app.build_parser(); import aot_core.evaluation;"
         "heavy = ('lm_eval', 'torch', 'transformers');"
         "assert not any(m.split('.')[0] in heavy for m in sys.modules)"
     )

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from aot_core import artifacts
-from aot_core.command import EXIT_CODE_HELP, ExitCode
-from aot_core.tiny import write_tiny_llama
+from aot_core.cli.command import EXIT_CODE_HELP, ExitCode
+from aot_core.models.tiny import write_tiny_llama
 from toy_command import aot, toy_env
 
 PACKAGES = Path(__file__).resolve().parents[2]

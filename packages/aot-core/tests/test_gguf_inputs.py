@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
-from aot_core import cli
+from aot_core.cli import app as cli
 from aot_core.errors import OptionalDependencyError, SpecError
-from aot_core.gguf_model import (
+from aot_core.models.gguf import (
     HASHES_DIR,
     REAL_MODELS,
     RealModel,
@@ -20,7 +20,7 @@ from aot_core.gguf_model import (
     gguf_input,
     real_model_file,
 )
-from aot_core.shape_presets import known_shapes
+from aot_core.models.shape_presets import known_shapes
 
 
 def test_a_real_model_name_is_not_a_shape_name() -> None:

@@ -9,7 +9,7 @@ import sys
 
 def test_import_leaves_heavy_modules_out() -> None:
     code = (
-        "import sys, json; import aot_core, aot_core.registry, aot_core.tiny; "
+        "import sys, json; import aot_core, aot_core.registry, aot_core.models.tiny; "
         "print(json.dumps({'heavy': sorted(m for m in ('torch', 'vllm', 'transformers', 'numpy') "
         "if m in sys.modules)}))"
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from aot_core import artifacts
-from aot_core.cli import ExitCode, main
+from aot_core.cli.app import ExitCode, main
 from artifact_support import SPEC, key_for, make_artifact, make_model
 
 
@@ -153,7 +153,7 @@ def test_cache_clear_of_a_locked_entry_is_refused_at_once(
         # in a process of its own, so that a clear queued behind the lock fails the test
         # (TimeoutExpired) instead of hanging it
         proc = subprocess.run(
-            [sys.executable, "-m", "aot_core.cli", "--cache-dir", str(store.root), "cache",
+            [sys.executable, "-m", "aot_core.cli.app", "--cache-dir", str(store.root), "cache",
              "clear"],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from aot_core import artifacts, registry
-from aot_core.cli import ExitCode, main
+from aot_core.cli.app import ExitCode, main
 from aot_core.errors import ArtifactCorruptError
 from artifact_support import make_artifact, make_model, rewrite_manifest
 
@@ -124,7 +124,7 @@ from aot_core import artifacts, registry
 entry = Path(sys.argv[1])
 os.unlink(entry / "manifest.json")
 os.mkfifo(entry / "manifest.json")
-from aot_core.cli import main
+from aot_core.cli.app import main
 for argv in (["cache", "ls"], ["cache", "ls", "--verify"], ["cache", "verify"], ["cache", "clear"]):
     print("rc", argv, main(["--cache-dir", sys.argv[2], *argv]), flush=True)
 """

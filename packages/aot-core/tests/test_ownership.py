@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from aot_core import artifacts
-from aot_core.cli import ExitCode, main
+from aot_core.cli.app import ExitCode, main
 from aot_core.errors import ArtifactCorruptError, NotOwnedError
 from artifact_support import SPEC, key_for, make_artifact, make_model
 
@@ -331,7 +331,7 @@ def test_compile_out_onto_a_mount_point_gets_a_documented_code(tmp_path: Path) -
     model = make_model(tmp_path / "m")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    aot = f"{sys.executable} -m aot_core.cli --cache-dir {tmp_path / 'c'}"
+    aot = f"{sys.executable} -m aot_core.cli.app --cache-dir {tmp_path / 'c'}"
     script = (
         f"mount -t tmpfs -o size=1m tmpfs {mnt} && "
         f"{aot} compile {model} --backend writer --out {mnt}; echo rc=$?"

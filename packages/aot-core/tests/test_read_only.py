@@ -17,14 +17,14 @@ from pathlib import Path
 import fake_backend
 import pytest
 from aot_core import artifacts
-from aot_core.cli import ExitCode
-from aot_core.prompts import default_prompts
+from aot_core.bench.prompts import default_prompts
+from aot_core.cli.app import ExitCode
 from aot_core.spec import CompileSpec
 from aot_core.start_config import resolve_start
 from artifact_support import make_model
 from fake_backend import CLI_TEST_BACKENDS
 
-AOT = f"{sys.executable} -m aot_core.cli"
+AOT = f"{sys.executable} -m aot_core.cli.app"
 
 # Runs inside the read-only store; prints one "name rc" line per step.
 SCRIPT = textwrap.dedent(

@@ -9,9 +9,9 @@ import socket
 from pathlib import Path
 
 import pytest
-from aot_core.cli import main
-from aot_core.command import CLIError, ExitCode
-from aot_core.serve_command import _bound
+from aot_core.cli.app import main
+from aot_core.cli.command import CLIError, ExitCode
+from aot_core.serve.command import _bound
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -46,7 +46,7 @@ def test_a_missing_model_or_one_that_is_not_a_model_is_refused(
 def test_a_backend_without_a_server_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from aot_core.tiny import write_tiny_llama
+    from aot_core.models.tiny import write_tiny_llama
 
     model = write_tiny_llama(tmp_path / "tiny")
     code, err = _run(["serve", str(model), "--backend", "toy"], capsys)
@@ -100,7 +100,7 @@ def test_the_bound_socket_listens_on_loopback() -> None:
 def test_the_ready_line_says_how_the_model_started(
     path: str, compile_s: float | None, phrase: str
 ) -> None:
-    from aot_core.serve_command import _ready_line
+    from aot_core.serve.command import _ready_line
     from aot_core.stats import OptimizationStats
 
     record = {

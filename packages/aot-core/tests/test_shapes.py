@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 
 import pytest
-from aot_core import memory_estimate
-from aot_core.cli import ExitCode, main
+from aot_core.cli.app import ExitCode, main
 from aot_core.dtype_choice import cpu_has_native_bf16, resolve_dtype
 from aot_core.errors import SpecError
-from aot_core.shape_presets import ensure_shape_dir, get_shape, known_shapes, shape_dir
+from aot_core.models import memory_estimate
+from aot_core.models.shape_presets import ensure_shape_dir, get_shape, known_shapes, shape_dir
 
 # The parameter counts the model cards publish (SmolLM2: 134,515,008 as transformers counts).
 PUBLISHED_PARAMETERS = {

@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from aot_core import artifacts, cli, dtype_choice
+from aot_core import artifacts, dtype_choice
+from aot_core.bench.prompts import default_prompts
+from aot_core.cli import model_spec
 from aot_core.evaluation.model_args import parse_model_args
 from aot_core.evaluation.startup import job_spec
-from aot_core.prompts import default_prompts
+from aot_core.models.tiny import write_tiny_llama
 from aot_core.spec import CompileSpec
 from aot_core.start_config import resolve_start
-from aot_core.tiny import write_tiny_llama
 
 AVX2 = ("avx2", "fma")
 AVX512_BF16 = ("avx2", "avx512f", "avx512_bf16")
@@ -81,7 +82,7 @@ def test_bench_and_eval_resolve_auto_alike(
     # eval left "auto" to vLLM, which takes bfloat16 on a CPU with native bf16.
     monkeypatch.setattr(dtype_choice, "cpu_isa", lambda: isa)
     model = _model(tmp_path, checkpoint)
-    bench_spec, _ = cli._dtype_for_machine(CompileSpec(), model)
+    bench_spec, _ = model_spec.dtype_for_machine(CompileSpec(), model)
     _, eval_start = job_spec(parse_model_args({"pretrained": str(model)}), str(tmp_path))
     assert bench_spec.dtype == eval_start.dtype.value != "auto"
 
@@ -104,7 +105,7 @@ def test_eager_and_compiled_eval_jobs_and_aot_compile_resolve_one_start(
     assert compiled_start.max_model_len.source.startswith("examples")
     assert compiled_start.max_num_seqs.source == "backend default"
     # `aot compile` of the same model and spec keys the entry the compiled job looks up.
-    built = cli._compile_spec(CompileSpec(), model, shape=None)
+    built = model_spec.compile_spec(CompileSpec(), model, shape=None)
     assert built.fingerprint() == compiled.fingerprint()
 
 

@@ -6,7 +6,7 @@ import json
 import struct
 from pathlib import Path
 
-from aot_core import tiny
+from aot_core.models import tiny
 
 
 def _safetensors_header(path: Path) -> dict:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from aot_core import artifacts, get_backend, registry
-from aot_core.cli import ExitCode
+from aot_core.cli.app import ExitCode
 from aot_core.errors import ArtifactIncompatibleError
+from aot_core.models.tiny import write_tiny_llama
 from aot_core.spec import CompileSpec
-from aot_core.tiny import write_tiny_llama
 from artifact_support import rewrite_manifest
 from backend_requirements import skip_or_fail
 from toy_command import aot, toy_env

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from aot_core import artifacts
-from aot_core.cli import ExitCode, main
+from aot_core.cli.app import ExitCode, main
 from aot_core.errors import ArtifactCorruptError, NotOwnedError
 from artifact_support import make_artifact, make_model
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from aot_core.command import ExitCode, load_spec
+from aot_core.cli.command import ExitCode, load_spec
 from aot_core.errors import SpecError
 from aot_core.tune.report import (
     Parity,
@@ -260,7 +260,7 @@ def test_a_toy_sweep_reports_writes_a_loadable_spec_and_resumes(
 
 
 def _tiny(tmp_path: Path) -> str:
-    from aot_core.tiny import write_tiny_llama
+    from aot_core.models.tiny import write_tiny_llama
 
     return str(write_tiny_llama(tmp_path / "tiny-llama"))
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aot_core import usage_log, usage_report
-from aot_core.command import ExitCode
-from aot_core.usage_records import UsageRecord
+from aot_core.cli.command import ExitCode
+from aot_core.usage import log as usage_log
+from aot_core.usage import report as usage_report
+from aot_core.usage.records import UsageRecord
 from toy_command import aot, toy_env
 
 WRITERS = 8
@@ -51,7 +52,7 @@ _WRITER = """
 import sys
 import time
 from pathlib import Path
-from aot_core import usage_log
+from aot_core.usage import log as usage_log
 
 root = Path(sys.argv[1])
 writer, count, max_bytes = (int(a) for a in sys.argv[2:5])

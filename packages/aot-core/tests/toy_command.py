@@ -30,7 +30,7 @@ def toy_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 def aot(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``aot ARGS`` in a fresh process, as the installed command runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "aot_core.cli", *args],
+        [sys.executable, "-m", "aot_core.cli.app", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import torch
 from aot_core import CompileSpec, GenerationParams
-from aot_core.tiny import TinyLlamaShape, write_tiny_llama
+from aot_core.models.tiny import TinyLlamaShape, write_tiny_llama
 from aot_legacy import LegacyBackend
 from aot_legacy.compiled_model import LegacyCompiledModel
 

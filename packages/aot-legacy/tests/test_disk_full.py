@@ -31,7 +31,7 @@ def _can_mount_tmpfs(where: Path) -> bool:
 
 
 def test_full_disk_during_compile_exits_11(tmp_path: Path) -> None:
-    from aot_core.tiny import TinyLlamaShape, write_tiny_llama
+    from aot_core.models.tiny import TinyLlamaShape, write_tiny_llama
 
     cache = tmp_path / "cache"
     cache.mkdir()

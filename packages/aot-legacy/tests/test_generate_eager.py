@@ -235,7 +235,7 @@ def test_bad_models_get_clear_errors(tmp_path: Path) -> None:
 
 
 def test_runs_the_core_tiny_model(tmp_path: Path) -> None:
-    tiny = pytest.importorskip("aot_core.tiny")
+    tiny = pytest.importorskip("aot_core.models.tiny")
     model_dir = tiny.write_tiny_llama(tmp_path / "core-tiny")
     hf = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
     prompt = [5, 17, 42]

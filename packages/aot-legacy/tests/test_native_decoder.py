@@ -150,7 +150,7 @@ def test_published_llama_3_2_config_parses_like_transformers() -> None:
 def test_unsupported_architecture_is_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from aot_core.cli import ExitCode, main
+    from aot_core.cli.app import ExitCode, main
 
     model = tmp_path / "gpt2"
     model.mkdir()

@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from aot_core import CompileSpec, GenerationParams, artifacts, cli
-from aot_core.command import check_model
-from aot_core.gguf_model import (
+from aot_core import CompileSpec, GenerationParams, artifacts
+from aot_core.cli import app as cli
+from aot_core.cli.command import check_model
+from aot_core.models.gguf import (
     REAL_MODELS,
     SOURCE_FILE,
     ConvertedModel,
@@ -73,7 +74,7 @@ def test_conversion_gives_a_model_directory_check_model_accepts(
 def test_second_resolution_is_a_cache_hit(
     real_model: ConvertedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aot_core import gguf_convert
+    from aot_core.models import gguf_convert
 
     def no_conversion(*args: object) -> None:
         raise AssertionError("converted again")
@@ -204,7 +205,7 @@ def test_a_missing_extra_exits_12_naming_the_install(tmp_path: Path) -> None:
     gguf_file = _truncated(tmp_path, 4096)  # never converted: the extra is needed
     root = tmp_path / "cache"
     code = (
-        "import sys; sys.modules['gguf'] = None; from aot_core.cli import main; "
+        "import sys; sys.modules['gguf'] = None; from aot_core.cli.app import main; "
         f"sys.exit(main(['compile', {str(gguf_file)!r}, '--backend', 'legacy']))"
     )
     done = subprocess.run(

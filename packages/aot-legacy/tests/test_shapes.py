@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aot_core import GenerationParams
 from aot_core.dtype_choice import cpu_has_native_bf16
-from aot_core.shape_presets import ensure_shape_dir, get_shape
+from aot_core.models.shape_presets import ensure_shape_dir, get_shape
 from aot_legacy import LegacyBackend
 from conftest import spec
 

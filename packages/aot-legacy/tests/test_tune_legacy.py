@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from aot_core.command import load_spec
+from aot_core.cli.command import load_spec
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import pytest
 # vLLM or torch is imported by any test.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from aot_core.tiny import write_tiny_llama
+from aot_core.models.tiny import write_tiny_llama
 
 # A small, fixed KV cache keeps every engine's memory (and the test time) small.
 KV_BYTES = 64 << 20

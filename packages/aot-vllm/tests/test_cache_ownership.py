@@ -247,13 +247,13 @@ def test_a_read_only_store_serves_a_hit_and_refuses_a_miss(
 
 
 def test_read_only_error_is_the_cache_not_writable_exit() -> None:
-    from aot_core.command import ExitCode
+    from aot_core.cli.command import ExitCode
     from aot_core.errors import AOTError
 
     exc = ReadOnlyCacheError(errno.EROFS, "read-only", "/x")
     assert isinstance(exc, PermissionError) and isinstance(exc, AOTError)
     # aot's command maps EROFS/EACCES to exit 10; check its own mapping, not a copy.
-    from aot_core.cli import _os_error_code
+    from aot_core.cli.command import os_error_code as _os_error_code
 
     assert _os_error_code(exc) == ExitCode.CACHE_NOT_WRITABLE
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aot_core.tiny import write_tiny_llama
+from aot_core.models.tiny import write_tiny_llama
 from test_warm_start import _start
 
 # Three fresh-process engine starts: opt-in (`nox -s vllm_optin`), not the default list.

@@ -68,14 +68,14 @@ def test_vllms_own_switch_allows_it_with_a_note(
 
 
 def test_aot_compile_refuses_it_with_the_spec_exit_code(tiny_model: Path, tmp_path: Path) -> None:
-    from aot_core.command import ExitCode
+    from aot_core.cli.command import ExitCode
 
     spec = tmp_path / "long.toml"
     spec.write_text("max_model_len = 100000\n")
     cache = tmp_path / "cache"
     command = ["compile", str(tiny_model), "--backend", "vllm", "--spec", str(spec)]
     proc = subprocess.run(
-        [sys.executable, "-m", "aot_core.cli", "--cache-dir", str(cache), *command],
+        [sys.executable, "-m", "aot_core.cli.app", "--cache-dir", str(cache), *command],
         capture_output=True,
         text=True,
         timeout=300,

@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import pytest
 from aot_core import artifacts
-from aot_core.command import ExitCode
+from aot_core.cli.command import ExitCode
 from conftest import KV_BYTES
 
 pytestmark = pytest.mark.slow
@@ -108,7 +108,7 @@ class Server:
 
 def aot(*argv: str, cache: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "aot_core.cli", "--cache-dir", str(cache), *argv],
+        [sys.executable, "-m", "aot_core.cli.app", "--cache-dir", str(cache), *argv],
         capture_output=True,
         text=True,
         env=_env(),
@@ -133,7 +133,7 @@ def _wait_ready(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from aot_core.tiny import ensure_tiny_llama
+    from aot_core.models.tiny import ensure_tiny_llama
 
     work = tmp_path_factory.mktemp("serve")
     spec = work / "spec.toml"
@@ -144,7 +144,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = _free_port()
     log = work / "server.log"
     argv = [
-        sys.executable, "-m", "aot_core.cli", "--cache-dir", str(work / "cache"), "serve",
+        sys.executable, "-m", "aot_core.cli.app", "--cache-dir", str(work / "cache"), "serve",
         str(model), "--spec", str(spec), "--host", HOST, "--port", str(port),
         "--api-key", KEY, "--chat-template", str(template), "--drain-timeout", "60",
     ]  # fmt: skip

@@ -81,7 +81,7 @@ def test_model_source_in_memory_object_is_saved_once(
     assert resolve_model(src) is src  # resolved once, not saved again on the way in
     again = resolve_model(model)
     assert again.local_dir == src.local_dir and "reused" in again.note
-    from aot_core.model_cache import ModelWithTokenizer
+    from aot_core.models.cache import ModelWithTokenizer
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model)
     with_tokenizer = resolve_model(ModelWithTokenizer(model=model, tokenizer=tokenizer))
@@ -211,7 +211,8 @@ def test_config_only_directory_gets_dummy_weights_and_a_note(config_only_model: 
 def test_cpu_dtype_auto_is_decided_by_aot_cores_one_rule_on_both_kinds_of_cpu(
     monkeypatch: pytest.MonkeyPatch, tiny_model: Path
 ) -> None:
-    from aot_core import artifacts, cli, dtype_choice
+    from aot_core import artifacts, dtype_choice
+    from aot_core.cli import model_spec
     from aot_core.spec import CompileSpec
     from aot_vllm.start_setup import resolve_engine_spec
 
@@ -229,7 +230,7 @@ def test_cpu_dtype_auto_is_decided_by_aot_cores_one_rule_on_both_kinds_of_cpu(
     monkeypatch.setattr(dtype_choice, "cpu_isa", lambda: ("avx512f", "avx512_bf16"))
     spec, resolved, _ = resolve_engine_spec(CompileSpec(), tiny_model, is_cpu=True)
     assert resolved["dtype"] == {"value": "float32", "source": "model config"}
-    assert cli._dtype_for_machine(CompileSpec(), tiny_model)[0].dtype == spec.dtype
+    assert model_spec.dtype_for_machine(CompileSpec(), tiny_model)[0].dtype == spec.dtype
     # On a GPU too: the checkpoint's own dtype, not vLLM's downcast.
     assert resolve_engine_spec(CompileSpec(), tiny_model, is_cpu=False)[0].dtype == "float32"
 

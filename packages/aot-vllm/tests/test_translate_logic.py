@@ -690,10 +690,10 @@ def test_eager_and_compiled_eval_jobs_get_one_engine_but_for_compilation(
     arguments (dtype, max_model_len, KV cache, batch limits); only compilation_config
     differs. Before, eager ran the model's own context and vLLM's KV share, compiled 128."""
     from aot_core import artifacts, dtype_choice
+    from aot_core.bench.prompts import default_prompts
     from aot_core.evaluation.model_args import parse_model_args
     from aot_core.evaluation.startup import job_spec
-    from aot_core.prompts import default_prompts
-    from aot_core.tiny import write_tiny_llama
+    from aot_core.models.tiny import write_tiny_llama
     from aot_vllm.example_inputs import inform_spec, parse_example_inputs
     from aot_vllm.model_source import resolve_model
     from aot_vllm.start_setup import resolve_engine_spec

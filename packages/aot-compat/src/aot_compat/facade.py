@@ -320,7 +320,7 @@ class CompatCompiler:
                 return cached
             given = model
             if translation.tokenizer is not None:
-                from aot_core.model_cache import ModelWithTokenizer
+                from aot_core.models.cache import ModelWithTokenizer
 
                 given = ModelWithTokenizer(model=model, tokenizer=translation.tokenizer)
             if inputs is not None or aot:

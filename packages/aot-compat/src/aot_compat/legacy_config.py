@@ -120,7 +120,7 @@ class LegacyTranslation:
 
     tokenizer: Any = None
     """The tokenizer object the old config carried (``tokenizer``), handed to the backend
-    with the model (``aot_core.model_cache.ModelWithTokenizer``), or None."""
+    with the model (``aot_core.models.cache.ModelWithTokenizer``), or None."""
 
     notes: tuple[str, ...] = ()
     """Every warning issued while translating, in order."""

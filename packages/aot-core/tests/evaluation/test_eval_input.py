@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aot_core import cli
-from aot_core.cli import ExitCode
+from aot_core.cli import app as cli
+from aot_core.cli.app import ExitCode
 from aot_core.evaluation import job, parity
 from conftest import TASK_LIST, TASKS, Run
 

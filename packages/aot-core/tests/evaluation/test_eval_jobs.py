@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aot_core import usage_log
+from aot_core.usage import log as usage_log
 from conftest import F32, LIMIT, TASKS, Run, aot_eval, samples, task_args
 
 BACKENDS = ("legacy", "vllm")

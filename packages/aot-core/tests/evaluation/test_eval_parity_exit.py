@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from aot_core.command import ExitCode
+from aot_core.cli.command import ExitCode
 from conftest import TASKS, aot_eval
 
 

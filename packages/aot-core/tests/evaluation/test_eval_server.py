@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from aot_core import cli
-from aot_core.cli import ExitCode
+from aot_core.cli import app as cli
+from aot_core.cli.app import ExitCode
 from conftest import TASKS, Run
 
 GEN = ("--tasks", "aot_gen", "--include-path", str(TASKS), "--limit", "2")

@@ -106,7 +106,7 @@ def test_parity_counts_deltas_flips_and_differing_generations(tmp_path: Path) ->
 
 
 def test_parity_exit_code_is_documented(monkeypatch: pytest.MonkeyPatch, tiny: Path) -> None:
-    from aot_core import cli
+    from aot_core.cli import app as cli
     from aot_core.evaluation import parity
 
     def fail(*args: object) -> int:
@@ -114,7 +114,7 @@ def test_parity_exit_code_is_documented(monkeypatch: pytest.MonkeyPatch, tiny: P
 
     monkeypatch.setattr(parity, "run_parity", fail)
     assert cli.run(["eval", str(tiny), "--tasks", "t", "--parity"]) == cli.ExitCode.PARITY_EXCEEDED
-    assert "parity tolerance exceeded" in cli._epilog() or "beyond the tolerance" in cli._epilog()
+    assert "parity tolerance exceeded" in cli.epilog() or "beyond the tolerance" in cli.epilog()
 
 
 def test_lm_eval_builds_the_model_from_model_args(

@@ -1,7 +1,7 @@
 """What the user passed (a model directory, a GGUF file or a real model's name, a
 transformers model, a StaticKVDecoder), turned into the step the backend compiles, with
 timed start-up phases. A GGUF input is converted once into aot's model cache
-(``aot_core.gguf_model``) and loaded from there like any directory.
+(``aot_core.models.gguf``) and loaded from there like any directory.
 
 A directory is read without transformers when aot's own decoder can build its config
 (``llama.py``): ``read_config``, ``build_model`` (on the meta device: nothing allocated),
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from aot_core.dtype_choice import resolve_dtype
 from aot_core.errors import SpecError
-from aot_core.gguf_model import resolve_gguf, source_note
+from aot_core.models.gguf import resolve_gguf, source_note
 
 from aot_legacy.checkpoint import eos_token_ids, load_state, read_config, stored_dtype, weight_files
 from aot_legacy.decoder import StaticKVDecoder
@@ -85,7 +85,7 @@ def load_model(
     model: Any, *, dtype: str, device: torch.device, phases: dict[str, float]
 ) -> LoadedModel:
     """Resolve ``model`` into a ``LoadedModel`` on ``device``; ``dtype`` is the spec's."""
-    from aot_core.model_cache import ModelWithTokenizer
+    from aot_core.models.cache import ModelWithTokenizer
 
     if isinstance(model, ModelWithTokenizer):
         loaded = load_model(model.model, dtype=dtype, device=device, phases=phases)

@@ -1,10 +1,10 @@
 """Which model to start: a local directory, a GGUF file or a real model's name (converted
-once into aot's model cache, ``aot_core.gguf_model``), a hub name, or a Hugging Face model
+once into aot's model cache, ``aot_core.models.gguf``), a hub name, or a Hugging Face model
 object.
 
 vLLM loads models from a directory. A model object loaded from one (its ``name_or_path``)
 starts from there; one built or changed in memory, with no ``name_or_path``, is saved in
-aot's model cache under a content hash (``aot_core.model_cache``) and starts from there.
+aot's model cache under a content hash (``aot_core.models.cache``) and starts from there.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aot_core.errors import SpecError
-from aot_core.gguf_model import resolve_gguf, source_note
+from aot_core.models.gguf import resolve_gguf, source_note
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -49,7 +49,7 @@ def resolve_model(model: Any) -> ModelSource:
     """
     if isinstance(model, ModelSource):
         return model
-    from aot_core.model_cache import ModelWithTokenizer
+    from aot_core.models.cache import ModelWithTokenizer
 
     if isinstance(model, ModelWithTokenizer):
         if model.tokenizer is not None:
@@ -97,7 +97,7 @@ def _in_memory(model: Any) -> bool:
 
 
 def _saved(model: Any, tokenizer: Any = None) -> ModelSource:
-    from aot_core.model_cache import save_model
+    from aot_core.models.cache import save_model
 
     if not hasattr(model, "save_pretrained"):
         raise SpecError(

@@ -108,7 +108,7 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run the job (or the parity pair) and print lm-eval's table with aot's stats."""
-    from aot_core.command import CLIError, ExitCode
+    from aot_core.cli.command import CLIError, ExitCode
 
     codes: dict[type[EvalError], ExitCode] = {
         LMEvalMissingError: ExitCode.MISSING_DEPENDENCY,
@@ -129,7 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from aot_core.command import check_model, progress
+    from aot_core.cli.command import check_model, progress
     from aot_core.evaluation.plugin import require_lm_eval
     from aot_core.evaluation.tasks import go_offline
 
@@ -153,7 +153,7 @@ def model_config(args: argparse.Namespace, model: Path) -> Any:
     """The job's ``EvalModelConfig`` from the command line."""
     from lm_eval.utils import simple_parse_args_string
 
-    from aot_core.command import load_spec
+    from aot_core.cli.command import load_spec
     from aot_core.evaluation.model_args import parse_model_args
 
     extra = simple_parse_args_string(args.model_args or "")
@@ -172,12 +172,12 @@ def _single(
     started: float,
     progress: Callable[[str], None],
 ) -> int:
-    from aot_core.command import stdout_to_stderr
+    from aot_core.cli.command import stdout_to_stderr
     from aot_core.evaluation.job import JobRequest, prepare_tasks, run_job, summary, write_outputs
     from aot_core.evaluation.lm_eval_args import lm_eval_argv
     from aot_core.evaluation.plugin import register
     from aot_core.evaluation.tokenizer import load_tokenizer
-    from aot_core.usage_records import record_eval
+    from aot_core.usage.records import record_eval
 
     config = model_config(args, model)
     with stdout_to_stderr():

@@ -180,7 +180,7 @@ def _aot_section(
 ) -> dict[str, Any]:
     from importlib.metadata import version
 
-    from aot_core.tiny import TINY, _config
+    from aot_core.models.tiny import TINY, _config
 
     now = time.perf_counter()
     config_file = request.config.model / "config.json"

@@ -90,7 +90,7 @@ def parse_model_args(
         )
     spec = base_spec if base_spec is not None else CompileSpec()
     if args.get("spec"):
-        from aot_core.command import load_spec
+        from aot_core.cli.command import load_spec
 
         spec = load_spec(str(args["spec"]))
     overrides = {k: _spec_value(k, v) for k, v in args.items() if k in spec_fields}

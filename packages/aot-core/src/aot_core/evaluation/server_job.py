@@ -138,7 +138,7 @@ def run_against_server(
     args: argparse.Namespace, model: Path, passthrough: list[str], progress: Callable[[str], None]
 ) -> int:
     """Check the tasks, find the served model, run lm-eval against it; lm-eval's exit code."""
-    from aot_core.command import stdout_to_stderr
+    from aot_core.cli.command import stdout_to_stderr
     from aot_core.evaluation.job import prepare_tasks
     from aot_core.evaluation.lm_eval_args import lm_eval_argv
 

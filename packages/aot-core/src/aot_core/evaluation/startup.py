@@ -106,7 +106,7 @@ def job_spec(
     resolves them (the same example prompts), so ``--eager``, the compiled job and
     ``aot compile``'s entry run one engine configuration. A compiled job's ``cache_dir``
     becomes its artifact's files when it starts."""
-    from aot_core.prompts import default_prompts
+    from aot_core.bench.prompts import default_prompts
     from aot_core.start_config import resolve_start
 
     start = resolve_start(
@@ -162,7 +162,7 @@ class _Outcome:
 def _warm(
     entry: _Entry, body: Callable[[CompiledModel], T], progress: Callable[[str], None]
 ) -> tuple[T, StartRecord]:
-    from aot_core.prompts import default_prompts
+    from aot_core.bench.prompts import default_prompts
 
     cls, config, dest, key = entry.cls, entry.config, entry.dest, entry.key
     outcome = _Outcome()
@@ -188,8 +188,8 @@ def _cold(
     force: bool,
     note: str,
 ) -> tuple[T, StartRecord]:
-    from aot_core.prompts import default_prompts
-    from aot_core.workflow import compile_into
+    from aot_core.bench.prompts import default_prompts
+    from aot_core.cli.workflow import compile_into
 
     cls, config, dest, key = entry.cls, entry.config, entry.dest, entry.key
     artifacts.ensure_writable(dest.parent)

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from aot_core.command import CLIError, ExitCode
+from aot_core.cli.command import CLIError, ExitCode
 
 EXAMPLES = """examples:
   aot tune smollm2-135m-instruct --jobs 10 --out best.toml
@@ -99,7 +99,7 @@ def _positive(text: str) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Check everything, run the trials not yet finished, report, write the best spec."""
-    from aot_core.command import progress
+    from aot_core.cli.command import progress
     from aot_core.tune.output import report_and_write
     from aot_core.tune.plan import plan_sweep
     from aot_core.tune.sweep_run import run_sweep

@@ -1,7 +1,7 @@
 """One ``aot eval`` job in a fresh process, for ``aot tune``: ``python -m
 aot_core.tune.eval_worker AOT-ARGS...`` runs ``aot AOT-ARGS`` (an ``eval`` with ``--output``)
 and then prints the job's ``aot`` section as its result line
-(``aot_core.fresh_process.print_result``), so ``run_fresh`` reads it as it reads a bench
+(``aot_core.bench.fresh_process.print_result``), so ``run_fresh`` reads it as it reads a bench
 worker's."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     """Run the job; print its result line when it succeeded."""
-    from aot_core.cli import main as aot_main
-    from aot_core.fresh_process import print_result
+    from aot_core.bench.fresh_process import print_result
+    from aot_core.cli.app import main as aot_main
 
     code = aot_main(argv)
     if code != 0:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from aot_core.command import CLIError, ExitCode
+from aot_core.cli.command import CLIError, ExitCode
 from aot_core.spec import CompileSpec
 from aot_core.tune import report
 from aot_core.tune.plan import SweepPlan

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aot_core.command import CLIError, ExitCode
+from aot_core.cli.command import CLIError, ExitCode
 from aot_core.spec import CompileSpec
 from aot_core.tune.results import RESULTS_NAME, TrialResults
 from aot_core.tune.runner import TuneRun, Workload
@@ -45,8 +45,9 @@ class SweepPlan:
 
 def plan_sweep(args: argparse.Namespace, progress: Callable[[str], None]) -> SweepPlan:
     """Check the command line and build the sweep; raises ``CLIError`` / ``SpecError``."""
-    from aot_core import artifacts, model_choice
-    from aot_core.command import load_spec
+    from aot_core import artifacts
+    from aot_core.cli.command import load_spec
+    from aot_core.models import choice as model_choice
 
     chosen_knobs = _knobs(args)
     workload = _workload(args)
@@ -101,7 +102,7 @@ def _knobs(args: argparse.Namespace) -> dict[str, tuple[Any, ...]]:
 
 
 def _workload(args: argparse.Namespace) -> Workload:
-    from aot_core.prompts import workload_prompts
+    from aot_core.bench.prompts import workload_prompts
 
     if args.tasks is not None:
         if args.prompts is not None or args.new_tokens is not None:

@@ -1,6 +1,6 @@
 """One ``aot tune`` trial: a fresh process that runs the user's job once in one configuration.
 
-- ``--prompts``: ``aot_core.bench_worker`` (what ``aot bench`` runs), one untimed and one
+- ``--prompts``: ``aot_core.bench.worker`` (what ``aot bench`` runs), one untimed and one
   timed generate call, no latency probes: the job is start plus generation.
 - ``--tasks``: an ``aot eval`` job (``aot_core.tune.eval_worker``) with ``--log-samples``, so
   its samples can be compared with the float32 run's.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aot_core.fresh_process import one_thread_env, run_fresh
+from aot_core.bench.fresh_process import one_thread_env, run_fresh
 from aot_core.spec import CompileSpec
 from aot_core.tune.sweep import Trial
 
@@ -124,7 +124,7 @@ def run_trial(
 def _prompts_trial(
     trial: Trial, run: TuneRun, *, spec: CompileSpec, artifact: Path, log: Path
 ) -> dict[str, Any]:
-    from aot_core.bench import run_worker
+    from aot_core.bench.run import run_worker
 
     done = run_worker(
         backend=trial.config.backend,

@@ -65,7 +65,7 @@ class ToyCompiler(Compiler):
 
     def _own_store(self, model: Any, spec: CompileSpec) -> CompileSpec:
         """Publish the table as an artifact of aot's default store; the spec pointing there."""
-        from aot_core.workflow import compile_into
+        from aot_core.cli.workflow import compile_into
 
         store = artifacts.ArtifactStore()
         key = artifacts.entry_key(

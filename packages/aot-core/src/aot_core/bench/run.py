@@ -1,13 +1,13 @@
 """``aot bench``: eager vs compiled, cold vs warm, every start in a fresh process.
 
-For each backend and repeat it runs three worker processes (``aot_core.bench_worker``):
+For each backend and repeat it runs three worker processes (``aot_core.bench.worker``):
 a cold compile into a fresh artifact, a warm start from that artifact, and an eager
 start. Eager goes last so that it, like the warm start, finds whatever a backend keeps
 machine-wide outside its compile cache (vLLM's model-inspection results, as plain vLLM
 keeps them in ~/.cache/vllm); the eager baseline is then what a user's second eager
 start costs, not a first-ever start. Medians over the repeats go into before/after tables built by
 ``aot_core.stats.compare``; everything measured goes into the typed ``BenchResult``
-(``aot_core.bench_results``), whose ``to_dict`` is the JSON output.
+(``aot_core.bench.results``), whose ``to_dict`` is the JSON output.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from aot_core import artifacts
-from aot_core.bench_results import (
+from aot_core.bench.fresh_process import one_thread_env, run_fresh
+from aot_core.bench.prompts import default_prompts
+from aot_core.bench.results import (
     PHASE_LABELS,
     PHASES,
     RESULT_FORMAT,
@@ -35,9 +37,7 @@ from aot_core.bench_results import (
     median_stats,
     summarise_backend,
 )
-from aot_core.bench_text import format_generations
-from aot_core.fresh_process import one_thread_env, run_fresh
-from aot_core.prompts import default_prompts
+from aot_core.bench.text import format_generations
 from aot_core.spec import CompileSpec
 from aot_core.stats import compare
 
@@ -83,7 +83,7 @@ def ensure_bench_model(cache_root: Path | None = None) -> Path:
 
     It lives under ``cache_root`` (the store root ``--cache-dir`` names), else the default.
     """
-    from aot_core.tiny import ensure_tiny_llama
+    from aot_core.models.tiny import ensure_tiny_llama
 
     return ensure_tiny_llama(cache_root)
 
@@ -116,7 +116,7 @@ def run_worker(
     cmd = [
         sys.executable,
         "-m",
-        "aot_core.bench_worker",
+        "aot_core.bench.worker",
         "--backend",
         backend,
         "--model",

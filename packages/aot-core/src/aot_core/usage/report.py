@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aot_core.usage_records import UsageRecord
+from aot_core.usage.records import UsageRecord
 
 ESTIMATE_NOTE = (
     "estimated: no eager job of this model, spec and workload in the log, so each compiled "

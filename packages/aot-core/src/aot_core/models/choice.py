@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aot_core.command import CLIError, ExitCode, check_model
+from aot_core.cli.command import CLIError, ExitCode, check_model
 from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
 
 if TYPE_CHECKING:
-    from aot_core.gguf_model import ConvertedModel
-    from aot_core.memory_estimate import MemoryEstimate
+    from aot_core.models.gguf import ConvertedModel
+    from aot_core.models.memory_estimate import MemoryEstimate
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +82,7 @@ def choose_model(
     if model is not None and shape is not None:
         raise CLIError(ExitCode.USAGE, "pass either a model directory or --shape, not both")
     if shape is not None:
-        from aot_core.shape_presets import ensure_shape_dir, get_shape
+        from aot_core.models.shape_presets import ensure_shape_dir, get_shape
 
         try:
             preset = get_shape(shape)
@@ -101,7 +101,7 @@ def choose_model(
                 "name a model directory or a preset with --shape NAME "
                 "(`aot bench --help` lists the shapes)",
             )
-        from aot_core.tiny import ensure_tiny_llama
+        from aot_core.models.tiny import ensure_tiny_llama
 
         return ChosenModel(path=ensure_tiny_llama(cache_root), label="built-in tiny Llama")
     seen: list[ConvertedModel] = []
@@ -121,7 +121,7 @@ def choose_model(
 
 def _resolve_again(model: str, cache_root: Path) -> float:
     """Seconds a GGUF input's second resolution takes (its entry is reused, verified)."""
-    from aot_core.gguf_model import resolve_gguf
+    from aot_core.models.gguf import resolve_gguf
 
     t = time.perf_counter()
     resolve_gguf(model, root=cache_root)
@@ -133,7 +133,7 @@ def check_fits(
 ) -> MemoryEstimate | None:
     """The memory estimate of one start, or a NOT_ENOUGH_MEMORY ``CLIError`` when it does not
     fit; None when config.json is not of a family the estimate knows."""
-    from aot_core.memory_estimate import estimate
+    from aot_core.models.memory_estimate import estimate
 
     config = _config(model)
     try:

@@ -17,7 +17,7 @@ from aot_core.spec import CompileSpec
 if TYPE_CHECKING:
     import argparse
 
-    from aot_core.bench_results import BenchResult, Run
+    from aot_core.bench.results import BenchResult, Run
 
 RECORD_FORMAT = 1
 START_KINDS = ("eager", "cold", "warm")
@@ -210,7 +210,7 @@ def record_eval(
 ) -> None:
     """Append the job's record to the usage log; never fails the job (``record_job``)."""
     from aot_core.artifacts import ArtifactStore
-    from aot_core.usage_log import record_job
+    from aot_core.usage.log import record_job
 
     record_job(
         lambda: [eval_record(aot, args, passthrough).to_dict()],
@@ -224,7 +224,7 @@ def record_eval(
 
 def bench_records(result: BenchResult, *, model: str | None) -> list[UsageRecord]:
     """One record per successful run of an ``aot bench`` (each is a fresh-process job)."""
-    from aot_core.bench import MEASURED_CALLS
+    from aot_core.bench.run import MEASURED_CALLS
 
     s = result.settings
     spec = CompileSpec.from_dict(s["spec"])
@@ -296,7 +296,7 @@ def record_bench(
     result: BenchResult, *, model: str | None, cache_root: Path, warn: Callable[[str], None]
 ) -> None:
     """Append the bench's runs to the usage log; never fails the bench (``record_job``)."""
-    from aot_core.usage_log import record_job
+    from aot_core.usage.log import record_job
 
     record_job(
         lambda: [r.to_dict() for r in bench_records(result, model=model)],

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aot_core import artifacts
-from aot_core.command import (
+from aot_core.cli.command import (
     CLIError,
     ExitCode,
     check_model,
@@ -174,7 +174,7 @@ def _serve_replicas(
 ) -> int:
     """``--replicas``: reach Ray first (fails fast), then the entry as ``aot serve`` makes
     it (compiled and published first when missing), then the replicas on Ray Serve."""
-    from aot_core import serve_replicas
+    from aot_core.serve import replicas as serve_replicas
 
     serve_replicas.connect(args.ray_address, progress)
     key = dest = None
@@ -194,7 +194,7 @@ def serve_spec(spec: CompileSpec, model: Path, cache_root: Path) -> CompileSpec:
     """The spec ``aot compile`` keys and builds its entry with (its open fields resolved by
     aot-core's ``resolve_start`` with the same example prompts), so the server uses that
     entry; eager, the same configuration without compilation."""
-    from aot_core.prompts import default_prompts
+    from aot_core.bench.prompts import default_prompts
     from aot_core.start_config import resolve_start
 
     start = resolve_start(spec, model, examples=default_prompts(), cache_root=cache_root)
@@ -294,8 +294,8 @@ def _ready_line(record: Mapping[str, Any], stats: OptimizationStats) -> str:
 def _compile_first(backend: str, model: Path, spec: CompileSpec, dest: Path, key: str) -> _Start:
     """Compile and publish the entry as ``aot compile`` does (under its lock; a concurrent
     compile of the same entry is waited for and reused)."""
-    from aot_core.prompts import default_prompts
-    from aot_core.workflow import compile_into
+    from aot_core.bench.prompts import default_prompts
+    from aot_core.cli.workflow import compile_into
 
     artifacts.ensure_writable(dest.parent)
     progress(f"no verified entry yet: compiling {model} with {backend} into {dest} first")

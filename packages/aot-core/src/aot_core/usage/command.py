@@ -1,6 +1,6 @@
 """The ``aot usage`` command: what the jobs in the usage log cost, and what compiling saved
-or lost against eager (``aot_core.usage_report``). ``add_parser`` puts it into ``aot``'s
-parser; the log itself is ``aot_core.usage_log``."""
+or lost against eager (``aot_core.usage.report``). ``add_parser`` puts it into ``aot``'s
+parser; the log itself is ``aot_core.usage.log``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aot_core.command import CLIError, ExitCode
+from aot_core.cli.command import CLIError, ExitCode
 
 EXAMPLES = """examples:
   aot usage
@@ -40,8 +40,9 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
 
 def cmd_usage(args: argparse.Namespace) -> int:
     """Read the log, group it, print the report (and the plot)."""
-    from aot_core import usage_log, usage_report
     from aot_core.artifacts import ArtifactStore
+    from aot_core.usage import log as usage_log
+    from aot_core.usage import report as usage_report
 
     recording = usage_log.recording_enabled()  # a bad $AOT_USAGE_LOG: exit 2
     plot_path = _plot_target(args.plot) if args.plot is not None else None
@@ -91,7 +92,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 def _read(root: Path) -> Any:
-    from aot_core import usage_log
+    from aot_core.usage import log as usage_log
 
     try:
         return usage_log.read(root)

@@ -1,6 +1,6 @@
 """Turning a GGUF file into a float32 Hugging Face model directory, with transformers.
 
-Imported only when a conversion has to run (``aot_core.gguf_model`` decides that): it needs
+Imported only when a conversion has to run (``aot_core.models.gguf`` decides that): it needs
 the ``aot-core[gguf]`` extra (torch, transformers, gguf, accelerate), imported inside the
 functions so that importing this module stays cheap. transformers dequantizes every weight
 to float32; the GGUF quantizer it attaches is dropped before saving, so the directory is a

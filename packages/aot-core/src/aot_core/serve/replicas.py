@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from aot_core import artifacts
-from aot_core.command import CLIError, ExitCode
+from aot_core.cli.command import CLIError, ExitCode
 from aot_core.spec import CompileSpec
 
 APP_NAME = "aot"
@@ -125,7 +125,7 @@ def run(plan: ReplicaPlan, args: argparse.Namespace, progress: Callable[[str], N
     import ray
     from ray import serve
 
-    from aot_core.serve_replica import AotReplica, ReplicaLaunch
+    from aot_core.serve.replica import AotReplica, ReplicaLaunch
 
     started = time.perf_counter()
     serve.start(proxy_location="HeadOnly", http_options={"host": args.host, "port": args.port})

@@ -2,12 +2,14 @@
 lines, the checks of a model directory and a spec file, and keeping stdout for results.
 
 Its own module so that subcommands living elsewhere (``aot eval``'s ``evaluation``
-package) use them without importing ``aot_core.cli``, which imports them.
+package) use them without importing ``aot_core.cli.app``, which imports them.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -16,12 +18,13 @@ from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aot_core import artifacts
 from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
 from aot_core.weights_check import weights_problem
 
 if TYPE_CHECKING:
-    from aot_core.gguf_model import ConvertedModel
+    from aot_core.models.gguf import ConvertedModel
 
 
 class ExitCode(IntEnum):
@@ -125,7 +128,7 @@ def check_model(
 ) -> Path:
     """A local Hugging Face causal-LM directory, or a ``CLIError`` saying what is wrong.
 
-    A GGUF file or a real model's name (``aot_core.gguf_model``) becomes its converted
+    A GGUF file or a real model's name (``aot_core.models.gguf``) becomes its converted
     directory in the model cache under ``cache_root`` (default: aot's cache root);
     ``on_gguf`` is then told which entry, and whether this call converted it.
     """
@@ -184,7 +187,7 @@ def _gguf_model_dir(
     """The converted directory when ``model`` is a GGUF input, else None; its failures as
     ``CLIError``s with their exit codes."""
     from aot_core.errors import GGUFError, OptionalDependencyError
-    from aot_core.gguf_model import resolve_gguf
+    from aot_core.models.gguf import resolve_gguf
 
     try:
         converted = resolve_gguf(model, root=cache_root, on_convert=progress)
@@ -245,3 +248,79 @@ def stdout_to_stderr() -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def os_error_code(exc: OSError) -> ExitCode | None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return ExitCode.DISK_FULL
+    if exc.errno in (
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOTDIR,
+        errno.EEXIST,
+        errno.EISDIR,
+        errno.ENOTEMPTY,
+        errno.EBUSY,  # e.g. --out names a mount point, which cannot be renamed over
+    ):
+        return ExitCode.CACHE_NOT_WRITABLE
+    return None
+
+
+def writable_or_fail(directory: Path, what: str) -> None:
+    """Create ``directory`` and write a probe file, or fail with CACHE_NOT_WRITABLE/DISK_FULL."""
+    try:
+        artifacts.ensure_writable(directory)
+    except OSError as exc:
+        code = os_error_code(exc) or ExitCode.CACHE_NOT_WRITABLE
+        raise CLIError(
+            code,
+            f"cannot write to the {what} {directory}: {exc.strerror or exc}. Choose another "
+            + (
+                f"directory (--cache-dir or ${artifacts.CACHE_ENV_VAR})"
+                if what.startswith("cache")
+                else "path"
+            )
+            + " or fix its permissions",
+        ) from exc
+
+
+def open_store(args: argparse.Namespace) -> artifacts.ArtifactStore:
+    store = artifacts.ArtifactStore(args.cache_dir)
+    if store.root.exists() and not store.root.is_dir():
+        raise CLIError(
+            ExitCode.CACHE_NOT_WRITABLE,
+            f"the cache directory {store.root} is not a directory; choose another one "
+            f"(--cache-dir or ${artifacts.CACHE_ENV_VAR})",
+        )
+    return store
+
+
+def check_output_file(path: Path, what: str) -> None:
+    """Fail now, not after a long run, if ``path`` cannot take a result file."""
+    if not path.parent.is_dir():
+        raise CLIError(
+            ExitCode.CACHE_NOT_WRITABLE, f"{what}: directory {path.parent} does not exist"
+        )
+    if (path.exists() or path.is_symlink()) and not path.is_file():
+        raise CLIError(
+            ExitCode.CACHE_NOT_WRITABLE,
+            f"{what}: {path} exists and is not a regular file (a directory, a FIFO or a "
+            "device); name a file",
+        )
+    writable_or_fail(path.parent, f"{what} directory")
+
+
+def write_result(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CLIError(
+            os_error_code(exc) or ExitCode.CACHE_NOT_WRITABLE,
+            f"cannot write {path}: {exc.strerror or exc}",
+        ) from exc
+
+
+def fail(code: ExitCode, message: str) -> int:
+    print(f"aot: error: {message}", file=sys.stderr, flush=True)
+    return int(code)

@@ -18,7 +18,7 @@ def default_prompts() -> list[list[int]]:
 
 WORKLOAD_MIXES: tuple[str, ...] = ("short", "mixed", "chat")
 """``aot bench --prompt-mix``: the fixed short prompts, short and long ones alternating, or
-short questions in the model's chat template (``aot_core.bench_text``)."""
+short questions in the model's chat template (``aot_core.bench.text``)."""
 
 
 def workload_prompts(count: int, mix: str = "short", *, long_tokens: int = 0) -> list[list[int]]:

@@ -1,9 +1,9 @@
-"""One benchmark start in a fresh process: ``python -m aot_core.bench_worker ...``.
+"""One benchmark start in a fresh process: ``python -m aot_core.bench.worker ...``.
 
 ``aot bench`` runs this once per measurement so that every start pays what a real
 process pays (imports, engine start, compile or cache load). It builds the backend from
 the registry, starts the model in one of three ways, generates on fixed token-id prompts
-and prints its result line (``aot_core.fresh_process.print_result``) holding the
+and prints its result line (``aot_core.bench.fresh_process.print_result``) holding the
 OptimizationStats and the worker's own timings.
 
 - eager: compile_mode "none", an empty private cache directory.
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aot_core.fresh_process import print_result
+from aot_core.bench.fresh_process import print_result
 
 
 def _peak_rss_bytes() -> int:
@@ -125,7 +125,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m aot_core.bench_worker")
+    parser = argparse.ArgumentParser(prog="python -m aot_core.bench.worker")
     parser.add_argument("--backend", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--phase", choices=("eager", "cold", "warm"), required=True)
@@ -181,7 +181,7 @@ def _warm(cls: Any, args: argparse.Namespace, spec: Any, run: _Start, t_start: f
 
 def _cold(cls: Any, args: argparse.Namespace, spec: Any, run: _Start, t_start: float) -> None:
     from aot_core import artifacts
-    from aot_core.workflow import compile_into
+    from aot_core.cli.workflow import compile_into
 
     key = artifacts.entry_key(
         backend=args.backend, backend_version=cls.version(), model=args.model, spec=spec

@@ -5,7 +5,7 @@ start, compile or cache load). The parent runs the child with one thread per lib
 (``one_thread_env``), its output in a log file, in a session of its own so that a timeout
 or Ctrl-C kills the engine processes it spawned too; the child prints its result as one
 ``AOT_BENCH_RESULT {json}`` line (``print_result``), which ``run_fresh`` reads back.
-Used by ``aot bench`` (``aot_core.bench``) and by the scripts in ``benchmarks/``.
+Used by ``aot bench`` (``aot_core.bench.run``) and by the scripts in ``benchmarks/``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 from aot_core.stats import Comparison, OptimizationStats, compare
 
 PHASES: tuple[str, ...] = ("cold", "warm", "eager")
-"""The three starts per repeat, in the order they run (eager last: see ``aot_core.bench``)."""
+"""The three starts per repeat, in the order they run (eager last: see ``aot_core.bench.run``)."""
 
 PHASE_LABELS: Mapping[str, str] = {
     "eager": "eager",
