@@ -1,5 +1,5 @@
 """``aot serve --replicas 2 --ray-address ADDR`` on a real local two-node Ray cluster (as
-test_ray.py starts one, on ports and a temp dir of its own): Ray Serve's one endpoint
+ray_cluster.py starts one, on ports and a temp dir of its own): Ray Serve's one endpoint
 spreads requests over both replicas, each on its own node, each started warm from the
 entry the driver exported; a replica killed (SIGKILL) in the middle of a load costs only
 requests that fail visibly (an error status or a dropped connection, none hanging, none
@@ -32,7 +32,7 @@ from typing import Any
 import psutil
 import pytest
 from conftest import KV_BYTES
-from test_ray import LocalRayCluster
+from ray_cluster import LocalRayCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -55,7 +55,7 @@ def _free_port() -> int:
 
 
 class SeparateRayCluster(LocalRayCluster):
-    """test_ray's cluster with each fixed-default port of Ray's set to a free one, so it
+    """ray_cluster's cluster with each fixed-default port of Ray's set to a free one, so it
     can run beside another local cluster (a release check's) on this machine."""
 
     def _start(self, name: str, *args: str) -> None:
