@@ -17,6 +17,7 @@ from aot_core import artifacts
 from aot_core.errors import NotOwnedError
 from aot_core.spec import CompileSpec
 from aot_vllm.cache import IN_PROGRESS, CacheEntry, CacheWarning, ReadOnlyCacheError
+from read_only_mount import can_mount_read_only, run_read_only
 
 
 def _entry(store: Path, **spec: object) -> CacheEntry:
@@ -173,39 +174,6 @@ READ_ONLY_SCRIPT = textwrap.dedent(
     print("RESULT " + json.dumps(out))
     """
 )
-
-
-def can_mount_read_only(tmp_path: Path) -> bool:
-    """Whether ``run_read_only`` works here (root, ``unshare``, bind mounts)."""
-    if os.geteuid() != 0:
-        return False
-    probe = tmp_path / f"ro-probe-{os.getpid()}"
-    probe.mkdir()
-    try:
-        proc = subprocess.run(
-            ["unshare", "-m", "sh", "-c",
-             f"mount --bind {probe} {probe} && mount -o remount,bind,ro {probe} {probe} && "
-             f"touch {probe}/x"],
-            capture_output=True, check=False,
-        )  # fmt: skip
-    except FileNotFoundError:
-        return False
-    finally:
-        probe.rmdir()
-    return proc.returncode != 0 and b"Read-only file system" in proc.stderr
-
-
-def run_read_only(
-    mount: Path, argv: list[str], *, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` with ``mount`` bound read-only in a private mount namespace."""
-    command = " ".join(f"'{a}'" for a in argv)
-    return subprocess.run(
-        ["unshare", "-m", "sh", "-c",
-         f"mount --bind {mount} {mount} && mount -o remount,bind,ro {mount} {mount} && "
-         f"exec {command}"],
-        capture_output=True, text=True, check=False, timeout=timeout,
-    )  # fmt: skip
 
 
 def test_a_read_only_store_serves_a_hit_and_refuses_a_miss(
