@@ -1,6 +1,6 @@
 """Start the tiny model once in a fresh process and print what happened as one JSON line.
 
-Used by test_warm_start.py (and handy by hand):
+Used by fresh_start.py (and handy by hand):
     python start_once.py MODEL_DIR CACHE_DIR [aot|eager]
 """
 

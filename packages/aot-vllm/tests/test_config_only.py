@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aot_core.models.tiny import write_tiny_llama
-from test_warm_start import _start
+from fresh_start import start_fresh
 
 # Three fresh-process engine starts: opt-in (`nox -s vllm_optin`), not the default list.
 pytestmark = [pytest.mark.slow, pytest.mark.optin]
@@ -27,10 +27,10 @@ def starts(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     model.mkdir()
     shutil.copyfile(tiny_model / "config.json", model / "config.json")
     cache = tmp_path_factory.mktemp("config-only-cache")
-    cold = _start(model, cache)
+    cold = start_fresh(model, cache)
     write_tiny_llama(model)  # the same config.json (byte for byte), plus weights and tokenizer
-    warm = _start(model, cache)
-    eager = _start(model, tmp_path_factory.mktemp("eager-cache"), "eager")
+    warm = start_fresh(model, cache)
+    eager = start_fresh(model, tmp_path_factory.mktemp("eager-cache"), "eager")
     return {"cold": cold, "warm": warm, "eager": eager}
 
 

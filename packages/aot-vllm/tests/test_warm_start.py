@@ -10,32 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fresh_start import SCRIPT, start_fresh
+from read_only_mount import can_mount_read_only, run_read_only
 
 pytestmark = pytest.mark.slow
-
-SCRIPT = Path(__file__).with_name("start_once.py")
-
-
-def _start(model: Path, cache: Path, *extra: str) -> dict[str, Any]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(model), str(cache), *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=False,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("AOT-RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(lines[-1][len("AOT-RESULT ") :])
 
 
 @pytest.fixture(scope="module")
 def cold_warm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cache = tmp_path_factory.mktemp("warm-cache")
-    cold = _start(tiny_model, cache)
-    warm = _start(tiny_model, cache)
+    cold = start_fresh(tiny_model, cache)
+    warm = start_fresh(tiny_model, cache)
     return {"cache": cache, "cold": cold, "warm": warm}
 
 
@@ -52,8 +37,6 @@ def test_cold_then_warm_start_reports_a_hit_and_starts_faster(cold_warm: dict[st
 
 def test_a_read_only_cache_serves_a_warm_start(cold_warm: dict[str, Any], tiny_model: Path) -> None:
     # The same cache on read-only media (an NFS export, say): served as a hit, untouched.
-    from test_cache_ownership import can_mount_read_only, run_read_only
-
     cache: Path = cold_warm["cache"]
     if not can_mount_read_only(cache.parent):
         pytest.skip("needs root and `unshare -m` to mount the cache read-only")
@@ -98,7 +81,7 @@ def test_a_damaged_cache_entry_is_refused_and_rebuilt_once_moved_away(
     assert sorted((p, p.read_bytes()) for p in entry.rglob("*") if p.is_file()) == before
     # The user looks, moves it away; the next start compiles a fresh entry in its place.
     entry.rename(tmp_path / "damaged-entry")
-    again = _start(tiny_model, cold_warm["cache"])
+    again = start_fresh(tiny_model, cold_warm["cache"])
     assert again["stats"]["cache"]["status"] == "miss", again["stats"]["cache"]
     assert again["stats"]["cache"]["path"] == str(entry)
     assert again["tokens"] == cold_warm["cold"]["tokens"]
