@@ -10,7 +10,14 @@ import pytest
 from aot_core.spec import CompileSpec
 from aot_vllm import engine_env
 from aot_vllm.engine_env import CompileCache, EngineVar, EnvPatch, choose_compile_cache
-from aot_vllm.runtime_options import split_options
+from aot_vllm.options import VLLMOptions
+from aot_vllm.runtime_options import RuntimeOptions
+
+
+def _split(spec: CompileSpec) -> tuple[RuntimeOptions, CompileSpec]:
+    """The runtime's options and the engine's spec, as a start splits them (start_setup)."""
+    options = VLLMOptions.validate(spec)
+    return options.runtime, spec.replace(backend_options=options.engine)
 
 
 def _choose(
@@ -21,7 +28,7 @@ def _choose(
     finalizes: bool = False,
     previous: dict[str, Any] | None = None,
 ) -> engine_env.CompileCacheChoice:
-    runtime, engine_spec = split_options(spec)
+    runtime, engine_spec = _split(spec)
     return choose_compile_cache(
         runtime,
         spec=engine_spec,
@@ -107,7 +114,7 @@ def test_a_variable_decided_twice_is_refused(tmp_path: Path) -> None:
     [({}, 1, True), ({}, 2, False), ({"engine_process": "subprocess"}, 1, False)],
 )
 def test_engine_placement(options: dict[str, Any], tp: int, inline: bool) -> None:
-    runtime, spec = split_options(CompileSpec(tensor_parallel_size=tp, backend_options=options))
+    runtime, spec = _split(CompileSpec(tensor_parallel_size=tp, backend_options=options))
     assert engine_env.runs_inline(runtime, spec) is inline
 
 

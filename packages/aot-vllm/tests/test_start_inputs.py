@@ -14,7 +14,7 @@ from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
 from aot_vllm.example_inputs import inform_spec, parse_example_inputs
 from aot_vllm.model_source import resolve_model
-from aot_vllm.runtime_options import split_options
+from aot_vllm.options import VLLMOptions
 
 
 def test_import_and_availability_do_not_import_vllm_or_torch() -> None:
@@ -102,19 +102,19 @@ def test_model_dir_without_config(tmp_path: Path) -> None:
         resolve_model(tmp_path)
 
 
-def test_runtime_options_are_validated_and_split() -> None:
+def test_runtime_options_are_validated_apart_from_the_engines() -> None:
     spec = CompileSpec(backend_options={"engine_process": "inline", "kv_cache_memory_bytes": 1})
-    runtime, rest = split_options(spec)
-    assert runtime.engine_process == "inline"
-    assert dict(rest.backend_options) == {"kv_cache_memory_bytes": 1}
+    options = VLLMOptions.validate(spec)
+    assert options.runtime.engine_process == "inline"
+    assert dict(options.engine) == {"kv_cache_memory_bytes": 1}
     with pytest.raises(SpecError, match="engine_process"):
-        split_options(CompileSpec(backend_options={"engine_process": "threads"}))
+        VLLMOptions.validate(CompileSpec(backend_options={"engine_process": "threads"}))
     with pytest.raises(SpecError, match="contradicts"):
-        split_options(
+        VLLMOptions.validate(
             CompileSpec(backend_options={"compile_cache": "aot", "use_aot_compile": False})
         )
     with pytest.raises(SpecError, match="single device"):
-        split_options(
+        VLLMOptions.validate(
             CompileSpec(tensor_parallel_size=2, backend_options={"engine_process": "inline"})
         )
 

@@ -39,12 +39,6 @@ class RuntimeOptions:
     """Turn untranslatable settings into warnings."""
 
 
-def split_options(spec: CompileSpec) -> tuple[RuntimeOptions, CompileSpec]:
-    """Take the runtime's own keys out of ``spec.backend_options``; validate them."""
-    rest = {k: v for k, v in spec.backend_options.items() if k not in RUNTIME_OPTIONS}
-    return check_runtime_options(spec), spec.replace(backend_options=rest)
-
-
 def check_runtime_options(spec: CompileSpec) -> RuntimeOptions:
     """The runtime's own keys of ``spec.backend_options``, validated (the rest left alone)."""
     options: Mapping[str, Any] = spec.backend_options
