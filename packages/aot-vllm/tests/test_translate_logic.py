@@ -128,6 +128,8 @@ def test_facts_table_boundaries() -> None:
     assert release_facts("0.30.0").cpu_eager_skips_warmup
     assert not release_facts("0.29.0").cpu_warmup_shrinkable
     assert release_facts("0.30.0").cpu_warmup_shrinkable
+    assert release_facts("0.33.0").cpu_warmup_shrinkable
+    assert not release_facts("0.34.0").cpu_warmup_shrinkable  # the CPU runner moved
     assert not release_facts("0.17.1").aot_load_finalizes
     assert release_facts("0.18.0").aot_load_finalizes
 

@@ -389,6 +389,9 @@ _FACTS: tuple[tuple[Version, dict[str, Any]], ...] = (
             )
         },
     ),
+    # 0.34 replaced v1/worker/cpu_model_runner.py with a runner built on the GPU model
+    # runner (v1/worker/cpu/), which the plugin's warm-up wrapper does not patch.
+    ((0, 34, 0), {"cpu_warmup_shrinkable": False}),
 )
 
 
