@@ -578,10 +578,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         data: dict[str, Any] = {"provenance": meta, "model": str(model), "limit": args.limit}
         data["load_before"] = [round(x, 2) for x in os.getloadavg()]
-        if "ready" in parts:
-            data["ready"] = part_ready(setup, args.repeats)
-        if "eval" in parts:
-            data["eval"] = part_eval(setup, args.eval_warmups)
+        for part in ("ready", "eval"):
+            if part in parts:
+                run = part_ready if part == "ready" else part_eval
+                data[part] = run(setup, args.repeats if part == "ready" else args.eval_warmups)
+                if args.json:  # kept after each part, should a later one fail
+                    Path(args.json).write_text(json.dumps(data, indent=2) + "\n", "utf-8")
         data["load_after"] = [round(x, 2) for x in os.getloadavg()]
         data["workaround"] = WORKAROUND if "ready" in parts else None
         print(report(data))
