@@ -93,7 +93,8 @@ main()
 # Lines of vLLM's log that say how its compiled code was obtained (cache or compile).
 _VLLM_CACHE_LINES = re.compile(
     r"Directly load AOT compilation.*|Directly load the compiled graph.*|"
-    r"Compiling a graph for.*|torch\.compile takes.*|Dynamo bytecode transform time.*"
+    r"Compiling model again due to a load failure.*|saved AOT compiled function.*|"
+    r"Compiling a graph for.*|torch\.compile takes.*|init engine \(.*took.*"
 )
 
 
@@ -294,7 +295,7 @@ def start_once(way: str, label: str, setup: Setup, settings: dict[str, Any]) -> 
         out["stop_s"] = round(stop_server(running.proc), 3)
     if plain:
         text = log.read_text(encoding="utf-8", errors="replace")
-        out["compile_log"] = [m.group(0)[:200] for m in _VLLM_CACHE_LINES.finditer(text)][:6]
+        out["compile_log"] = [m.group(0)[:300] for m in _VLLM_CACHE_LINES.finditer(text)][:6]
     print(f"  ready after {out['ready_s']:.1f} s", file=sys.stderr, flush=True)
     return out
 
