@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from aot_core.cli.arguments import positive_int
 from aot_core.cli.command import CLIError, ExitCode
 
 EXAMPLES = """examples:
@@ -48,16 +49,16 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
     p.add_argument("--tasks", help="your lm-eval tasks (comma-separated): each job an aot eval")
     p.add_argument("--include-path", help="directory of your task YAML files")
     p.add_argument("--limit", help="documents per task, as aot eval takes it")
-    p.add_argument("--prompts", type=_positive, metavar="N", help="prompts per job (default 4)")
+    p.add_argument("--prompts", type=positive_int, metavar="N", help="prompts per job (default 4)")
     p.add_argument(
         "--new-tokens",
-        type=_positive,
+        type=positive_int,
         metavar="M",
         help=f"tokens generated per prompt (default {DEFAULT_NEW_TOKENS})",
     )
     p.add_argument(
         "--jobs",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_JOBS,
         metavar="N",
         help=f"how many such jobs you expect to run (default {DEFAULT_JOBS})",
@@ -71,7 +72,7 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
     )
     p.add_argument("--sweep", help="TOML file of knobs (NAME = [values]); --knob overrides")
     p.add_argument("--spec", help="base compile spec the knobs are applied to")
-    p.add_argument("--max-model-len", type=_positive, metavar="N", help="context for each job")
+    p.add_argument("--max-model-len", type=positive_int, metavar="N", help="context for each job")
     p.add_argument("--out", help="write the best spec to this .toml file")
     p.add_argument(
         "--work-dir",
@@ -80,21 +81,11 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
     )
     p.add_argument(
         "--timeout",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_TIMEOUT_S,
         help=f"seconds before one trial is killed (default {DEFAULT_TIMEOUT_S})",
     )
     p.set_defaults(func=cmd_tune)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
