@@ -3,16 +3,19 @@ decided once, by one rule, whichever kind of CPU runs the test (both kinds are f
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 from aot_core import artifacts, dtype_choice
 from aot_core.bench.prompts import default_prompts
+from aot_core.cli import bench as bench_cli
 from aot_core.cli import model_spec
 from aot_core.evaluation.model_args import parse_model_args
 from aot_core.evaluation.startup import job_spec
 from aot_core.models.tiny import write_tiny_llama
+from aot_core.serve.command import serve_spec
 from aot_core.spec import CompileSpec
 from aot_core.start_config import resolve_start
 
@@ -69,22 +72,44 @@ def test_an_explicit_dtype_wins_a_gpu_keeps_the_checkpoints_and_a_hub_name_is_le
     assert dtype_choice.resolve_dtype("auto", None, isa=AVX2).dtype == "float32"
 
 
+def _bench_args(**changes: object) -> argparse.Namespace:
+    """``aot bench``'s options as its parser leaves them without flags."""
+    return argparse.Namespace(**({"spec": None, "prompts": None, "prompt_mix": "short"} | changes))
+
+
 @pytest.mark.parametrize("isa", [AVX2, AVX512_BF16], ids=["avx2", "avx512_bf16"])
 @pytest.mark.parametrize("checkpoint", ["float32", "bfloat16"])
-def test_bench_and_eval_resolve_auto_alike(
+def test_every_command_hands_its_backends_one_decided_dtype(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     on_cpu: None,
     isa: tuple[str, ...],
     checkpoint: str,
 ) -> None:
-    # Before: bench said float32 for the tiny Llama and the machine's rule otherwise, while
-    # eval left "auto" to vLLM, which takes bfloat16 on a CPU with native bf16.
+    # Before: `aot bench` (and `aot compile --shape`) put their own answer into the spec,
+    # while `aot eval`, `aot compile` and `aot serve` recorded one and handed the backends
+    # "auto", which each decided again at its start (vLLM with its own test for a GPU).
     monkeypatch.setattr(dtype_choice, "cpu_isa", lambda: isa)
     model = _model(tmp_path, checkpoint)
-    bench_spec, _ = model_spec.dtype_for_machine(CompileSpec(), model)
-    _, eval_start = job_spec(parse_model_args({"pretrained": str(model)}), str(tmp_path))
-    assert bench_spec.dtype == eval_start.dtype.value != "auto"
+    decided = dtype_choice.resolve_dtype("auto", model, isa=isa).dtype
+    bench, bench_start = bench_cli.bench_spec(_bench_args(), model)
+    specs = {
+        "bench": bench,
+        "eval": job_spec(parse_model_args({"pretrained": str(model)}), str(tmp_path))[0],
+        "eval --eager": job_spec(
+            parse_model_args({"pretrained": str(model), "eager": True}), str(tmp_path)
+        )[0],
+        "compile": model_spec.compile_spec(CompileSpec(), model, shape=None),
+        "serve": serve_spec(CompileSpec(), model, tmp_path),
+    }
+    assert {name: spec.dtype for name, spec in specs.items()} == dict.fromkeys(specs, decided)
+    assert bench_start.dtype.source != "spec" and bench_start.dtype.reason
+    # The bench's small engine comes from the same step, as its command default.
+    assert (bench.max_model_len, bench.max_num_seqs) == (256, 4)
+    assert bench_start.max_model_len.source == "command default"
+    # What the user set is theirs: nothing decides over it.
+    pinned = CompileSpec(dtype="bfloat16")
+    assert resolve_start(pinned, model, gpu=False).apply(pinned).dtype == "bfloat16"
 
 
 def test_eager_and_compiled_eval_jobs_and_aot_compile_resolve_one_start(
@@ -102,6 +127,7 @@ def test_eager_and_compiled_eval_jobs_and_aot_compile_resolve_one_start(
     assert eager.replace(compile_mode="default") == compiled
     assert eager_start == compiled_start
     assert compiled.max_model_len == 128 and compiled.cache_dir == str(store)
+    assert compiled.dtype == compiled_start.dtype.value == "float32"  # the tiny Llama's
     assert compiled_start.max_model_len.source.startswith("examples")
     assert compiled_start.max_num_seqs.source == "backend default"
     # `aot compile` of the same model and spec keys the entry the compiled job looks up.

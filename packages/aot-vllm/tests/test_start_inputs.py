@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aot_core.compiler import GenerationParams
@@ -230,9 +231,35 @@ def test_cpu_dtype_auto_is_decided_by_aot_cores_one_rule_on_both_kinds_of_cpu(
     monkeypatch.setattr(dtype_choice, "cpu_isa", lambda: ("avx512f", "avx512_bf16"))
     spec, resolved, _ = resolve_engine_spec(CompileSpec(), tiny_model, is_cpu=True)
     assert resolved["dtype"] == {"value": "float32", "source": "model config"}
-    assert model_spec.dtype_for_machine(CompileSpec(), tiny_model)[0].dtype == spec.dtype
+    assert model_spec.compile_spec(CompileSpec(), tiny_model, shape=None).dtype == spec.dtype
     # On a GPU too: the checkpoint's own dtype, not vLLM's downcast.
     assert resolve_engine_spec(CompileSpec(), tiny_model, is_cpu=False)[0].dtype == "float32"
+
+
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "compiled"])
+def test_a_commands_start_runs_the_dtype_it_decided_without_deciding_again(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path, eager: bool
+) -> None:
+    # Before: `aot eval` (and `aot compile`, `aot serve`) recorded aot-core's answer but
+    # handed vLLM "auto", which resolve_engine_spec decided a second time.
+    from aot_core import artifacts, dtype_choice
+    from aot_core.evaluation.model_args import parse_model_args
+    from aot_core.evaluation.startup import job_spec
+    from aot_vllm.start_setup import resolve_engine_spec
+
+    monkeypatch.setattr(artifacts, "cuda_capabilities", lambda: ())
+    spec, start = job_spec(parse_model_args({"pretrained": str(tiny_model), "eager": eager}))
+    decided: list[str] = []
+    rule = dtype_choice.resolve_dtype
+
+    def spy(spec_dtype: str, *args: Any, **kwargs: Any) -> Any:
+        decided.extend([spec_dtype] if spec_dtype == "auto" else [])
+        return rule(spec_dtype, *args, **kwargs)
+
+    monkeypatch.setattr(dtype_choice, "resolve_dtype", spy)
+    engine, resolved, notes = resolve_engine_spec(spec, tiny_model, is_cpu=True)
+    assert decided == [] and not any(n.startswith("dtype auto") for n in notes)
+    assert engine.dtype == resolved["dtype"]["value"] == start.dtype.value == "float32"
 
 
 def test_config_only_directory_of_an_unknown_architecture_is_refused_naming_it(

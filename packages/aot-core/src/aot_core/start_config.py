@@ -1,16 +1,17 @@
 """One resolved start configuration per command: decided once, before eager and compiled part.
 
 A command that runs a model eagerly and compiled (``aot eval --eager`` and ``aot eval``, the
-two runs of ``aot eval --parity``, ``aot compile`` and a later ``aot eval`` of its entry)
-calls ``resolve_start`` once with the user's spec and gives both runs ``StartConfig.apply``'s
-spec, so both engines get the same context length, batch limits and cache root, and so the
-same KV cache (the backends size it from those). Each value says where it came from; the
-record goes into the results (``StartConfig.to_dict``).
+two runs of ``aot eval --parity``, ``aot compile`` and a later ``aot eval`` of its entry,
+``aot bench``, ``aot serve``) calls ``resolve_start`` once with the user's spec and gives
+every run ``StartConfig.apply``'s spec, so every engine gets the same dtype, context length,
+batch limits and cache root, and so the same KV cache (the backends size it from those).
+Each value says where it came from; the record goes into the results
+(``StartConfig.to_dict``).
 
-The dtype is recorded here but left in the spec as the user wrote it: every backend resolves
-"auto" at its start with ``dtype_choice.resolve_dtype`` (the same function, so the same
-answer), and its stats then say why in the backend's own words, while artifact keys keep
-the user's dtype.
+This is where dtype "auto" is decided for a command (``dtype_choice.resolve_dtype``, the
+one rule): ``apply`` writes the answer into the spec, so the backends run it instead of
+deciding again, and artifact keys name the dtype that runs. A backend resolves "auto"
+itself, with the same function, only when it is used directly with an unresolved spec.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class Setting:
     """Where it came from: "spec", "model config", "machine", "examples", "command default",
     "aot cache root" or "backend default"."""
 
+    reason: str = ""
+    """Why, in one line, where the rule needs saying (the dtype's), for notes and headers."""
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form."""
         return {"value": self.value, "source": self.source}
@@ -65,8 +69,10 @@ class StartConfig:
     """Where the backend keeps its compile caches (an artifact's files, or a store root)."""
 
     def apply(self, spec: CompileSpec) -> CompileSpec:
-        """``spec`` with every resolved value but the dtype (see the module docstring)."""
+        """``spec`` with every value it left open resolved: what each backend then runs."""
         changes: dict[str, Any] = {}
+        if spec.dtype == "auto" and self.dtype.value != "auto":
+            changes["dtype"] = self.dtype.value  # "auto" stays only where the engine decides
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "cache_dir"):
             value = getattr(self, name).value
             if value is not None and getattr(spec, name) is None:
@@ -136,7 +142,7 @@ def resolve_start(
     defaults = defaults or {}
     dtype = resolve_dtype(spec.dtype, model_dir, gpu=gpu)
     return StartConfig(
-        dtype=Setting(value=dtype.dtype, source=dtype.source),
+        dtype=Setting(value=dtype.dtype, source=dtype.source, reason=dtype.reason),
         max_model_len=_model_len(spec, model_dir, examples, max_new_tokens, defaults),
         max_num_seqs=_limit(spec, "max_num_seqs", defaults),
         max_num_batched_tokens=_limit(spec, "max_num_batched_tokens", defaults),

@@ -291,13 +291,16 @@ def resolve_engine_spec(
     spec: CompileSpec, model_dir: Path | None, *, is_cpu: bool
 ) -> tuple[CompileSpec, dict[str, dict[str, Any]], list[str]]:
     """The dtype and, on CPU, the KV cache a start runs with: one step for eager and compiled
-    starts alike (nothing here looks at the compile fields). Returns the spec, each value
-    with where it came from (for the stats), and notes."""
+    starts alike (nothing here looks at the compile fields). An aot command's spec comes
+    with its dtype decided (aot-core's ``resolve_start``), which this reads; only a spec
+    used directly through the API still says "auto", resolved here by the same rule.
+    Returns the spec, each value with where it came from (for the stats), and notes."""
     from aot_core.dtype_choice import resolve_dtype
 
     choice = resolve_dtype(spec.dtype, model_dir, gpu=not is_cpu)
     notes = [choice.reason] if choice.source != "spec" else []
-    spec = spec.replace(dtype=choice.dtype)
+    if choice.dtype != spec.dtype:  # "auto" from a direct API call; a command decided it
+        spec = spec.replace(dtype=choice.dtype)
     kv: dict[str, Any] = {"value": None, "source": "vLLM's default"}
     if is_cpu:
         user_set = kv_sizing.user_sized(spec)

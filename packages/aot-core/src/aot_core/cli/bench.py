@@ -18,12 +18,13 @@ from aot_core.cli.command import (
     write_result,
 )
 from aot_core.cli.command import progress as _progress
-from aot_core.cli.model_spec import chosen_model, dtype_for_machine, fits
+from aot_core.cli.model_spec import chosen_model, fits
 from aot_core.spec import CompileSpec
 
 if TYPE_CHECKING:
     from aot_core.bench.machine_limits import DecodeLimit
     from aot_core.models.memory_estimate import MemoryEstimate
+    from aot_core.start_config import StartConfig
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -54,27 +55,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cache_root = open_store(args).root
     writable_or_fail(cache_root, "cache directory")
     chosen = chosen_model(args, cache_root, default_tiny=True, time_reuse=True)
-    spec, dtype_note = dtype_for_machine(load_spec(args.spec), chosen.path)
-    if args.prompts and spec.max_num_seqs is None and args.prompts > 4:
-        spec = spec.replace(max_num_seqs=args.prompts)  # the whole batch decodes together
-    if args.prompt_mix == "mixed" and spec.max_num_batched_tokens is None:
-        # A step budget below the long prompts' length, so chunked prefill splits them.
-        spec = spec.replace(max_num_batched_tokens=MIXED_STEP_TOKENS)
-    sized = spec.replace(
-        **{k: v for k, v in bench.BENCH_SPEC_DEFAULTS.items() if getattr(spec, k) is None}
-    )
+    spec, start = bench_spec(args, chosen.path)
     estimate = fits(
         chosen.path,
-        sized,
-        max_model_len=sized.max_model_len or 0,
-        max_num_seqs=sized.max_num_seqs or 1,
+        spec,
+        max_model_len=spec.max_model_len or 0,
+        max_num_seqs=spec.max_num_seqs or 1,
     )
     notes = [chosen.ready.note()] if chosen.ready else []
-    notes += [dtype_note] if dtype_note else []
+    notes += [start.dtype.reason] if start.dtype.source != "spec" else []
     if estimate is not None:
         notes.append(f"memory estimate per start: {estimate.describe()}")
-    prompts, workload = _workload(args, sized, chosen.path)
-    limit = _decode_limit(estimate, min(len(prompts), sized.max_num_seqs or len(prompts)))
+    prompts, workload = _workload(args, spec, chosen.path)
+    limit = _decode_limit(estimate, min(len(prompts), spec.max_num_seqs or len(prompts)))
     if limit is not None:
         notes.append(limit.describe())
     for note in notes:
@@ -115,6 +108,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # --prompt-mix mixed: the engine step's token budget (long prompts are 2-4x this).
 MIXED_STEP_TOKENS = 64
+
+
+def bench_spec(args: argparse.Namespace, model: Path) -> tuple[CompileSpec, StartConfig]:
+    """The spec every run of the bench gets, and its start configuration: the workload's
+    batch and step budget, then the bench's small engine (``BENCH_SPEC_DEFAULTS``) where
+    the spec leaves them open, resolved by aot-core's ``resolve_start`` (dtype "auto" as
+    ``aot compile`` and ``aot eval`` resolve it)."""
+    from aot_core.bench.run import BENCH_SPEC_DEFAULTS
+    from aot_core.start_config import resolve_start
+
+    spec = load_spec(args.spec)
+    if args.prompts and spec.max_num_seqs is None and args.prompts > 4:
+        spec = spec.replace(max_num_seqs=args.prompts)  # the whole batch decodes together
+    if args.prompt_mix == "mixed" and spec.max_num_batched_tokens is None:
+        # A step budget below the long prompts' length, so chunked prefill splits them.
+        spec = spec.replace(max_num_batched_tokens=MIXED_STEP_TOKENS)
+    start = resolve_start(spec, model, defaults=BENCH_SPEC_DEFAULTS)
+    return start.apply(spec), start
 
 
 def _workload(

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aot_core import artifacts
 from aot_core.bench.prompts import default_prompts
 from aot_core.cli.command import (
     CLIError,
@@ -47,11 +46,11 @@ def chosen_model(
 
 
 def compile_spec(spec: CompileSpec, model: Path, *, shape: str | None) -> CompileSpec:
-    """The spec ``aot compile`` keys and builds its entry with: its open fields resolved as
-    ``aot eval`` resolves them (aot-core's ``resolve_start``, the same example prompts), so
-    an eval job of the same model and spec finds this entry. A ``--shape`` preset's context
-    (up to 131072 tokens) would size a huge KV cache, so it takes the bench's small engine
-    unless the spec says otherwise, and its dtype is fixed here (its config says bfloat16)."""
+    """The spec ``aot compile`` keys and builds its entry with: its open fields, dtype
+    included, resolved as ``aot eval`` resolves them (aot-core's ``resolve_start``, the
+    same example prompts), so an eval job of the same model and spec finds this entry. A
+    ``--shape`` preset's context (up to 131072 tokens) would size a huge KV cache, so it
+    takes the bench's small engine unless the spec says otherwise."""
     from aot_core.bench.run import BENCH_SPEC_DEFAULTS
     from aot_core.start_config import resolve_start
 
@@ -61,23 +60,9 @@ def compile_spec(spec: CompileSpec, model: Path, *, shape: str | None) -> Compil
         examples=default_prompts(),
         defaults=BENCH_SPEC_DEFAULTS if shape is not None else None,
     )
-    resolved = start.apply(spec)
-    if shape is not None:
-        resolved, note = dtype_for_machine(resolved, model)
-        if note:
-            _progress(note)
-    return resolved
-
-
-def dtype_for_machine(spec: CompileSpec, model: Path) -> tuple[CompileSpec, str]:
-    """dtype auto as every backend resolves it (aot-core's ``resolve_dtype``), put into the
-    spec; with the reason, for the header (empty when there is nothing to say)."""
-    from aot_core.dtype_choice import resolve_dtype
-
-    choice = resolve_dtype(spec.dtype, model, gpu=bool(artifacts.cuda_capabilities()))
-    if choice.dtype == spec.dtype:
-        return spec, ""
-    return spec.replace(dtype=choice.dtype), choice.reason
+    if shape is not None and start.dtype.source != "spec":
+        _progress(start.dtype.reason)  # a preset's config says bfloat16: say what runs
+    return start.apply(spec)
 
 
 def fits(
