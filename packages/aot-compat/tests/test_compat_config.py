@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 from aot_compat import LegacyConfigError, LegacyConfigWarning, UnknownConfigKeyWarning, translate
-from aot_compat.legacy_config import OLD_BACKEND_SETTINGS, STRICT_ENV
+from aot_compat.legacy_config import STRICT_ENV
 from aot_core import CompileSpec, SpecError, registry
+from aot_core.options import BackendOptions, OptionPath
 
 # Where a backend's own old keys go is that backend's knowledge (its options class's
 # migration table), so those tests run where the backend is installed.
@@ -171,6 +174,7 @@ def test_enforce_eager_means_no_compile_and_no_graphs() -> None:
     assert (spec.compile_mode, spec.cuda_graphs) == ("none", False)
 
 
+@needs_vllm
 def test_backend_only_key_warns_on_another_backend() -> None:
     with pytest.warns(LegacyConfigWarning, match="gpu_memory_utilization.*legacy backend"):
         spec = translate({"gpu_memory_utilization": 0.5}, backend="legacy").spec
@@ -178,29 +182,46 @@ def test_backend_only_key_warns_on_another_backend() -> None:
 
 
 def test_backend_only_key_of_a_missing_backend_warns_instead_of_failing() -> None:
-    # an old vLLM-era config on a machine without aot-vllm: a word, not an error
+    # an old vLLM-era config on a machine without aot-vllm: a word, not an error, that
+    # says which backend is missing and how to install it
     if "vllm" in registry.installed_backends():
         pytest.skip("aot-vllm is installed: its table says where the key goes")
-    with pytest.warns(LegacyConfigWarning, match=r"'seed'.*not installed"):
+    missing = r"'seed'.*aot-vllm (is|are) not installed here"
+    with pytest.warns(LegacyConfigWarning, match=missing) as rec:
         spec = translate({"seed": 0}, backend="legacy").spec
+    assert "'aot-compat[vllm]'" in str(rec[0].message)
     assert dict(spec.backend_options) == {}
 
 
-def test_old_backend_keys_name_exactly_the_backends_tables() -> None:
-    """OLD_BACKEND_SETTINGS is the union of the backends' own old-key tables (each
-    ``options_class.migrations``), kept here only for backends that are not installed: every
-    installed backend's table is in it, and with both installed it is nothing else."""
-    tables = {
-        name: set(cls.options_class.migrations)
-        for name, cls in registry.installed_backends().items()
-        if name in ("legacy", "vllm")
-    }
-    for name, keys in tables.items():
-        assert keys <= OLD_BACKEND_SETTINGS, (
-            f"{name}'s old keys missing: {keys - OLD_BACKEND_SETTINGS}"
-        )
-    if len(tables) == 2:
-        assert set().union(*tables.values()) == OLD_BACKEND_SETTINGS
+def test_every_key_of_an_installed_backends_table_reaches_its_options() -> None:
+    """Each installed backend's own old-key table is all the old API knows of that
+    backend's keys: every key in it lands where the table says."""
+    for name, cls in registry.installed_backends().items():
+        for key, path in cls.options_class.migrations.items():
+            spec = _quiet({key: 7}, backend=name)
+            where: object = spec.backend_options
+            for part in path:
+                assert isinstance(where, Mapping), f"{name}: {key} -> {path}"
+                where = where[part]
+            assert where == 7, f"{name}: {key} -> {path}"
+
+
+def test_a_key_added_to_a_backends_table_needs_no_second_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a backend that gains an old key in its own table: the old API routes it at once
+    class Options(BackendOptions):
+        migrations: ClassVar[Mapping[str, OptionPath]] = {
+            "brand_new_old_key": ("engine_args", "brand_new")
+        }
+
+    backend = type("Toy", (), {"name": "newkeys", "options_class": Options})
+    monkeypatch.setattr(registry, "installed_backends", lambda: {"newkeys": backend})
+    monkeypatch.setattr(registry, "by_priority", lambda: ["newkeys"])
+    spec = _quiet({"brand_new_old_key": 3})
+    assert dict(spec.backend_options) == {"engine_args": {"brand_new": 3}}
+    spec = _quiet({"brand_new_old_key": None})  # None is the old "not set"
+    assert dict(spec.backend_options) == {}
 
 
 def test_backend_options_pass_through() -> None:

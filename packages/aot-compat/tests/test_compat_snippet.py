@@ -92,8 +92,9 @@ def _left_padded() -> tuple[Any, Any]:
 
 def test_unknown_key_warned_and_compiled(snippet: Any) -> None:
     *_, caught = snippet
-    unknown = [w for w in caught if w.category is UnknownConfigKeyWarning]
-    assert unknown and "max_batch_size" in str(unknown[0].message)
+    unknown = [str(w.message) for w in caught if w.category is UnknownConfigKeyWarning]
+    # (where aot-vllm is not installed, its settings in the snippet are unknown here too)
+    assert any("'max_batch_size'" in message for message in unknown), unknown
     assert issubclass(UnknownConfigKeyWarning, LegacyConfigWarning)
 
 

@@ -7,13 +7,17 @@ Old callers passed a loose dict (``{"tensor_parallel_size": 1, "max_seq_len_to_c
 * a ``CompileSpec`` field (renamed where the old name differs);
 * ``backend_options`` of the backend that understands it, where that backend's options
   class says (``Compiler.options_class.migrate``: ``gpu_memory_utilization`` for vLLM), or
-  a ``LegacyConfigWarning`` when the chosen backend has no such setting;
+  a ``LegacyConfigWarning`` when the chosen backend has no such setting. The backends'
+  tables are the only lists of such keys: they are read from the installed backends
+  through the registry, so a key added to a table reaches the old API with no second
+  list here;
 * a ``LegacyConfigWarning`` naming a key whose feature is gone (``max_seq_len_to_capture``,
   removed from vLLM in 0.11.0), so nothing is dropped without a word;
-* for a key no backend understands, an ``UnknownConfigKeyWarning`` that names it (with a
-  did-you-mean) and the compile goes on, as old scripts that carried such keys did; with
-  ``strict=True`` (or ``AOT_COMPAT_STRICT=1``) a ``LegacyConfigError`` instead. A value a
-  known key cannot take is always a ``LegacyConfigError``.
+* for a key no installed backend understands, an ``UnknownConfigKeyWarning`` that names it
+  (with a did-you-mean, and the backends this package can run on that are not installed,
+  whose setting it may be) and the compile goes on, as old scripts that carried such keys
+  did; with ``strict=True`` (or ``AOT_COMPAT_STRICT=1``) a ``LegacyConfigError`` instead.
+  A value a known key cannot take is always a ``LegacyConfigError``.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 from aot_core import registry
@@ -39,35 +45,6 @@ did not pass ``strict=``."""
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
-
-OLD_BACKEND_SETTINGS: frozenset[str] = frozenset(
-    {
-        "gpu_memory_utilization",
-        "kv_cache_memory_bytes",
-        "optimization_level",
-        "cudagraph_mode",
-        "max_cudagraph_capture_size",
-        "disable_custom_all_reduce",
-        "trust_remote_code",
-        "seed",
-        "swap_space",
-        "block_size",
-        "enable_prefix_caching",
-        "kv_cache_dtype",
-        "cudagraph_num_of_warmups",
-        "device",
-        "threads",
-        "batch_buckets",
-    }
-)
-"""Keys the old API accepted that are some backend's own setting, not a spec field.
-
-Where each one goes is its backend's knowledge (``Compiler.options_class.migrate``, one
-table per backend package); this list only keeps such a key from being called unknown
-where its backend is not installed, so old configs warn there instead of failing. It
-cannot be read from a table that is not installed, so it is a copy, and a test
-(``test_old_backend_keys_name_exactly_the_backends_tables``) holds it equal to the union
-of the backends' tables."""
 
 # Keys whose feature no longer exists anywhere, with the reason given in the warning.
 OBSOLETE_KEYS: dict[str, str] = {
@@ -357,7 +334,6 @@ def _known_keys() -> list[str]:
     return sorted(
         set(_HANDLERS)
         | _SPEC_FIELDS
-        | OLD_BACKEND_SETTINGS
         | migrated
         | set(OBSOLETE_KEYS)
         | set(MODEL_ID_KEYS)
@@ -368,26 +344,20 @@ def _known_keys() -> list[str]:
 def _backend_setting(c: _Collector, key: str, value: Any, owners: dict[str, OptionPath]) -> None:
     """Put a backend's own setting where the chosen backend (or, with none chosen, the best
     installed one that has it) says; warn when the chosen backend has no such setting."""
-    target = c.backend if c.backend is not None else next(iter(owners), None)
-    path = owners.get(target) if target is not None else None
+    target = c.backend if c.backend is not None else next(iter(owners))
+    path = owners.get(target)
     if path is not None:
         c.put(path, value)
-    elif owners:
+    else:
         c.note(
             f"config key {key!r} has no effect: it is a setting of the {next(iter(owners))} "
             f"backend, and the {c.backend} backend was chosen"
-        )
-    else:
-        chosen = f"the {c.backend} backend" if c.backend else "any installed backend"
-        c.note(
-            f"config key {key!r} has no effect on {chosen}: it is a setting of a backend "
-            "that is not installed here"
         )
 
 
 def _translate_key(c: _Collector, key: str, value: Any, *, lenient: bool) -> None:
     owners = _owners(key) if key not in _HANDLERS and key not in _SPEC_FIELDS else {}
-    if value is None and (key in OBSOLETE_KEYS or key in OLD_BACKEND_SETTINGS or owners):
+    if value is None and (key in OBSOLETE_KEYS or owners):
         return  # None is how old signatures spelled "not set"
     if key in _HANDLERS:
         _HANDLERS[key](c, key, value)
@@ -402,7 +372,7 @@ def _translate_key(c: _Collector, key: str, value: Any, *, lenient: bool) -> Non
     elif key in MODEL_ID_KEYS:
         if value is not None and c.model_id is None:
             c.model_id = str(value)
-    elif owners or key in OLD_BACKEND_SETTINGS:
+    elif owners:
         _backend_setting(c, key, value, owners)
     elif key in OBSOLETE_KEYS:
         c.note(f"config key {key!r} has no effect: {OBSOLETE_KEYS[key]}")
@@ -413,21 +383,59 @@ def _translate_key(c: _Collector, key: str, value: Any, *, lenient: bool) -> Non
         _unknown_key(c, key)
 
 
+def _missing_backends() -> list[tuple[str, str]]:
+    """The backends this package can run on that are not installed, as (distribution,
+    extra) pairs, read from this package's own extras (``aot-compat[vllm]``)."""
+    try:
+        requires = metadata.requires("aot-compat") or []
+    except metadata.PackageNotFoundError:  # run from a source tree with no metadata
+        return []
+    missing: list[tuple[str, str]] = []
+    for line in requires:
+        name = re.match(r"[A-Za-z0-9._-]+", line)
+        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", line)
+        if name is None or extra is None or not name[0].startswith("aot-"):
+            continue
+        if extra[1] == "all" or any(name[0] == m for m, _ in missing):
+            continue
+        try:
+            metadata.distribution(name[0])
+        except metadata.PackageNotFoundError:
+            missing.append((name[0], extra[1]))
+    return missing
+
+
+def _not_installed(missing: list[tuple[str, str]]) -> str:
+    """Says which backends are not installed and how to install them ("" when none)."""
+    if not missing:
+        return ""
+    names = " and ".join(name for name, _ in missing)
+    extras = " or ".join(f"'aot-compat[{extra}]'" for _, extra in missing)
+    verb = "is" if len(missing) == 1 else "are"
+    return f"{names} {verb} not installed here: if it is a backend's setting, pip install {extras}"
+
+
 def _unknown_key(c: _Collector, key: str) -> None:
-    """An old key no backend understands: a warning (old scripts carried such keys and
-    ran), or an error under ``strict``."""
+    """An old key no installed backend understands: a warning (old scripts carried such
+    keys and ran), or an error under ``strict``. Each backend's table of its old keys is
+    in its own package, so the key may be a setting of a backend not installed here: the
+    message then names those backends and how to install them."""
     close = difflib.get_close_matches(key, _known_keys(), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
+    absent = _not_installed(_missing_backends())
+    which = "installed " if absent else ""
     if c.strict:
         raise LegacyConfigError(
-            f"config key {key!r} is not understood by any aot backend{hint} Fix or remove "
-            "it; a backend-specific setting goes in config['backend_options']. Known keys: "
-            + ", ".join(_known_keys()),
+            f"config key {key!r} is not understood by any {which}aot backend{hint} "
+            + (f"({absent}.) " if absent else "")
+            + "Fix or remove it; a backend-specific setting goes in config['backend_options']."
+            " Known keys: " + ", ".join(_known_keys()),
             field=key,
         )
     c.note(
-        f"config key {key!r} is not understood by any aot backend and was ignored{hint} "
-        f"(pass strict=True or set {STRICT_ENV}=1 to make this an error)",
+        f"config key {key!r} is not understood by any {which}aot backend and was ignored{hint} "
+        + (f"({absent}; " if absent else "(")
+        + f"pass strict=True or set {STRICT_ENV}=1 to make this an error)",
         UnknownConfigKeyWarning,
     )
 
