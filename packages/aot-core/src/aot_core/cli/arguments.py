@@ -32,14 +32,29 @@ def sha256_arg(text: str) -> str:
     return text.lower()
 
 
-def positive_int(text: str) -> int:
+def text_arg(text: str) -> str:
+    """Any text, as long as it says something (a name that is not a path or a backend)."""
+    if not text.strip() or "\0" in text:
+        raise argparse.ArgumentTypeError("must be a non-empty string without NUL characters")
+    return text
+
+
+def _int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,9 +63,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(int(ExitCode.USAGE), f"aot: error: {message}\n")
 
 
-def add_shape_option(p: argparse.ArgumentParser) -> None:
+def add_model_or_shape(p: argparse.ArgumentParser, *, model_help: str) -> None:
+    """The optional MODEL argument and ``--shape``, which names a real architecture
+    instead (``aot compile`` and ``aot bench`` choose their model alike)."""
     from aot_core.models.shape_presets import known_shapes
 
+    p.add_argument("model", nargs="?", type=path_arg, help=model_help)
     p.add_argument(
         "--shape",
         type=name_arg,

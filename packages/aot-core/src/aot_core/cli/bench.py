@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aot_core.cli.arguments import add_shape_option, name_arg, path_arg, positive_int
+from aot_core.cli.arguments import add_model_or_shape, name_arg, path_arg, positive_int
 from aot_core.cli.command import (
     CLIError,
     ExitCode,
@@ -178,14 +178,11 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
         epilog=epilog,
         formatter_class=fmt,
     )
-    p.add_argument(
-        "model",
-        nargs="?",
-        type=path_arg,
-        help="model directory, .gguf file or real model's name such as smollm2-135m-instruct "
-        "(default: built-in tiny Llama)",
+    add_model_or_shape(
+        p,
+        model_help="model directory, .gguf file or real model's name such as "
+        "smollm2-135m-instruct (default: built-in tiny Llama)",
     )
-    add_shape_option(p)
     p.add_argument(
         "--backend",
         action="append",

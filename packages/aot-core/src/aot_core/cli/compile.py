@@ -9,7 +9,7 @@ from typing import Any
 
 from aot_core import artifacts
 from aot_core.bench.prompts import default_prompts
-from aot_core.cli.arguments import add_shape_option, name_arg, path_arg
+from aot_core.cli.arguments import add_model_or_shape, name_arg, path_arg
 from aot_core.cli.command import (
     CLIError,
     ExitCode,
@@ -94,14 +94,12 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
         epilog=epilog,
         formatter_class=fmt,
     )
-    p.add_argument(
-        "model",
-        nargs="?",
-        type=path_arg,
-        help="local Hugging Face model directory (holding config.json; weights optional), "
-        "a .gguf file, or a real model's name (smollm2-135m-instruct), converted once",
+    add_model_or_shape(
+        p,
+        model_help="local Hugging Face model directory (holding config.json; weights "
+        "optional), a .gguf file, or a real model's name (smollm2-135m-instruct), converted "
+        "once",
     )
-    add_shape_option(p)
     p.add_argument(
         "--backend", required=True, type=name_arg, help="backend name (see `aot backends`)"
     )
