@@ -54,7 +54,16 @@ def test_a_backend_without_a_server_is_refused(
     assert "no HTTP server" in err
 
 
-@pytest.mark.parametrize("argv", [["--port", "70000"], ["--port", "x"], ["--drain-timeout", "-1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--port", "70000"],
+        ["--port", "x"],
+        ["--drain-timeout", "-1"],
+        ["--replicas", "0"],
+        ["--backend", " "],
+    ],
+)
 def test_bad_options_are_usage_errors(
     argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aot_core import artifacts
+from aot_core.cli.arguments import name_arg, non_negative_int, path_arg, positive_int, text_arg
 from aot_core.cli.command import (
     CLIError,
     ExitCode,
@@ -66,9 +67,9 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
         epilog=f"{EXAMPLES}\n\n{epilog}",
         formatter_class=fmt,
     )
-    p.add_argument("model", type=_text, help="local Hugging Face model directory")
-    p.add_argument("--spec", type=_text, help="compile spec file (.toml or .json)")
-    p.add_argument("--backend", default="vllm", type=_text, help="aot backend (default: vllm)")
+    p.add_argument("model", type=path_arg, help="local Hugging Face model directory")
+    p.add_argument("--spec", type=path_arg, help="compile spec file (.toml or .json)")
+    p.add_argument("--backend", default="vllm", type=name_arg, help="aot backend (default: vllm)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     p.add_argument(
         "--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
@@ -76,19 +77,19 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
     p.add_argument("--api-key", help="refuse requests without 'Authorization: Bearer KEY'")
     p.add_argument(
         "--served-model-name",
-        type=_text,
+        type=text_arg,
         help="the model name requests use (default: MODEL as given)",
     )
     p.add_argument(
         "--chat-template",
-        type=_text,
+        type=path_arg,
         metavar="FILE",
         help="Jinja chat template for /v1/chat/completions when the tokenizer has none",
     )
     p.add_argument("--eager", action="store_true", help="serve without compilation")
     p.add_argument(
         "--drain-timeout",
-        type=_seconds,
+        type=non_negative_int,
         default=DEFAULT_DRAIN_TIMEOUT_S,
         metavar="S",
         help="on SIGTERM/Ctrl-C, seconds in-flight requests may run on before they are "
@@ -96,7 +97,7 @@ def add_parser(sub: Any, fmt: type[argparse.HelpFormatter], epilog: str) -> None
     )
     p.add_argument(
         "--replicas",
-        type=_count,
+        type=positive_int,
         metavar="N",
         help="serve N replicas through Ray Serve (aot-vllm[ray]) on the Ray cluster at "
         "--ray-address, behind one endpoint at --host:--port; each imports the verified "
@@ -382,12 +383,6 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _text(text: str) -> str:
-    if not text.strip() or "\0" in text:
-        raise argparse.ArgumentTypeError("must be a non-empty string without NUL characters")
-    return text
-
-
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -395,24 +390,4 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535; 0: any free one)")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
-def _seconds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
