@@ -42,7 +42,12 @@ def published(
     dest = tmp_path_factory.mktemp("store") / key
 
     def build(files: Path) -> dict[str, object]:
-        shutil.copytree(cache_root, files, dirs_exist_ok=True)
+        # The session's store entry holds both tiers' files (compile_model with aoti off
+        # and compile_model_aot share one entry), laid out as an artifact's files/ is.
+        entry_files = Path(str(packaged.stats.resolved_config["cache_dir"])).parent
+        assert Path(str(compiled.stats.resolved_config["cache_dir"])).parent == entry_files
+        assert entry_files.parent.parent == cache_root / "entries"
+        shutil.copytree(entry_files, files, dirs_exist_ok=True)
         return {"device": "cpu"}
 
     build_and_publish(

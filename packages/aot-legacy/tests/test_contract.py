@@ -39,12 +39,15 @@ def test_an_empty_path_variable_is_refused_for_the_backends_cache(
     from aot_legacy.startup import request_start
 
     def cache_root(spec: CompileSpec) -> Path:
-        return request_start("model", spec, LegacyOptions(), aot=False).cache_root
+        return request_start(
+            "model", spec, LegacyOptions(), aot=False, backend_version="0"
+        ).cache_root
 
     for name in ("AOT_CACHE_DIR", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert cache_root(CompileSpec()) == tmp_path / ".cache" / "aot" / "legacy"
+    # aot's own store, shared with every backend (entries/<key>)
+    assert cache_root(CompileSpec()) == tmp_path / ".cache" / "aot"
     monkeypatch.setenv(variable, "")
     with pytest.raises(EmptyPathVariableError, match=variable):
         cache_root(CompileSpec())

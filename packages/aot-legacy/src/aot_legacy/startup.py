@@ -6,9 +6,9 @@
 1. ``request_start`` -> ``StartRequest`` (options, cache root, the published artifact the
    caches lie in verified; torch not imported yet, so a bad spec fails cheaply);
 2. ``load_start`` -> ``LoadedStart`` (torch imported, device chosen, model loaded, example
-   prompts read, static shapes planned, the step compiler made);
-3. ``compile_steps`` -> ``CompiledSteps`` (KV cache allocated, steps loaded or compiled,
-   decode graphs captured);
+   prompts read, static shapes planned, the store entry named, the step compiler made);
+3. ``compile_steps`` -> ``CompiledSteps`` (KV cache allocated, the store entry locked and
+   verified, steps loaded or compiled, the entry sealed, decode graphs captured);
 4. ``finish`` -> the ``LegacyCompiledModel`` (generator, the examples run once, stats).
 
 A failure while compiling closes the step compiler (its private directories go).
@@ -16,6 +16,7 @@ A failure while compiling closes the step compiler (its private directories go).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -49,8 +50,13 @@ class StartRequest:
     """``spec.backend_options``, validated once."""
 
     cache_root: Path
-    """Where keyed cache directories live: ``spec.cache_dir``, else ``legacy`` under aot's
-    cache root (``aot_core.artifacts.default_cache_root``)."""
+    """``spec.cache_dir``, else aot's cache root (``aot_core.artifacts.default_cache_root``):
+    inside an aot artifact, where keyed cache directories live; else the root of the store
+    whose entry holds them (``cache_entry``)."""
+
+    in_artifact: bool
+    """``spec.cache_dir`` lies inside an aot artifact (published, or being built by
+    ``aot compile``): its owner holds the lock and writes the manifest."""
 
     package_dir: Path | None
     """An explicit directory of AOTInductor packages (``backend_options.package_dir``)."""
@@ -60,6 +66,9 @@ class StartRequest:
 
     aot: bool
     """``compile_model_aot``: build packages when none fit."""
+
+    backend_version: str
+    """aot-legacy's version (recorded in stats and in the store entry's manifest)."""
 
     t_start: float
     """``perf_counter`` when the start began."""
@@ -89,6 +98,10 @@ class LoadedStart:
 
     compiler: Any
     """The ``StepCompiler`` that loads or compiles the steps."""
+
+    entry: Any
+    """The ``cache_entry.StoreEntry`` the compile caches live in; None inside an aot
+    artifact, or when nothing is compiled (compile_mode "none")."""
 
     example_prompts: list[list[int]]
     """``example_inputs`` as token ids (empty for ``compile_model``)."""
@@ -124,22 +137,20 @@ def build(
     backend_version: str,
 ) -> Any:
     """Start ``model`` for ``spec`` and measure how it started: the four steps in order."""
-    request = request_start(model, spec, options, aot=aot)
+    request = request_start(model, spec, options, aot=aot, backend_version=backend_version)
     start = load_start(request, example_inputs)
     steps = compile_steps(start)
     return finish(start, steps, backend_version=backend_version)
 
 
 def request_start(
-    model: Any, spec: CompileSpec, options: LegacyOptions, *, aot: bool
+    model: Any, spec: CompileSpec, options: LegacyOptions, *, aot: bool, backend_version: str
 ) -> StartRequest:
     """Where the caches are, and the published artifact among them verified (no torch)."""
     from aot_core.artifacts import default_cache_root
 
     t_start = time.perf_counter()
-    cache_root = (
-        Path(spec.cache_dir).expanduser() if spec.cache_dir else default_cache_root() / BACKEND
-    )
+    cache_root = Path(spec.cache_dir).expanduser() if spec.cache_dir else default_cache_root()
     package_dir = Path(options.package_dir).expanduser() if options.package_dir else None
     # Before any file of a published artifact is read: verify it against its manifest.
     artifact = _verify_artifact(cache_root, package_dir, backend=BACKEND)
@@ -148,9 +159,11 @@ def request_start(
         spec=spec,
         options=options,
         cache_root=cache_root,
+        in_artifact=_artifact_of(cache_root) is not None,
         package_dir=package_dir,
         artifact=artifact,
         aot=aot,
+        backend_version=backend_version,
         t_start=t_start,
         phases={"verify_artifact": time.perf_counter() - t_start},
     )
@@ -180,8 +193,10 @@ def load_start(request: StartRequest, example_inputs: Any) -> LoadedStart:
         example_batch=len(example_prompts) if example_prompts else None,
         example_len=max((len(p) for p in example_prompts), default=None),
     )
+    step = loaded.step(plan.max_seq)
+    entry = _store_entry(request, step, compiles=plan.compile_mode != "none")
     compiler = StepCompiler(
-        cache_root=request.cache_root,
+        cache_root=entry.files_dir if entry is not None else request.cache_root,
         persistent_cache=options.persistent_cache,
         use_packages=options.aoti,
         package_dir=request.package_dir,
@@ -190,10 +205,11 @@ def load_start(request: StartRequest, example_inputs: Any) -> LoadedStart:
     return LoadedStart(
         request=request,
         loaded=loaded,
-        step=loaded.step(plan.max_seq),
+        step=step,
         plan=plan,
         device=device,
         compiler=compiler,
+        entry=entry,
         example_prompts=example_prompts,
         # a transformers module passed in is called like itself afterwards
         module_name=_module_name(request.model, loaded.source),
@@ -218,16 +234,26 @@ def compile_steps(start: LoadedStart) -> CompiledSteps:
     )
     phases["kv_cache"] = time.perf_counter() - t0
     use_graphs = spec.cuda_graphs and device.type == "cuda"
-    t0 = time.perf_counter()
     try:
-        runners = start.compiler.prepare(
-            step, plan, kv, build=start.request.aot, manual_cuda_graphs=use_graphs
-        )
+        with contextlib.ExitStack() as held:
+            if start.entry is not None:
+                # Locked and verified before any compiled file in it is read; sealed
+                # over what this start added when the steps are ready.
+                from aot_legacy.cache_entry import opened
+
+                t0 = time.perf_counter()
+                start.compiler.read_only = not held.enter_context(opened(start.entry))
+                phases["verify_cache_entry"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            runners = start.compiler.prepare(
+                step, plan, kv, build=start.request.aot, manual_cuda_graphs=use_graphs
+            )
+            t_ready = time.perf_counter()
     except BaseException:
         start.compiler.close()
         raise
     loaded_only = runners.tier == "package" and runners.cache.status == "hit"
-    phases["package_load" if loaded_only else "compile_warmup"] = time.perf_counter() - t0
+    phases["package_load" if loaded_only else "compile_warmup"] = t_ready - t0
     start.notes.extend(runners.notes)
     graphs = CUDAGraphOptimizer(
         runners.decode,
@@ -331,6 +357,37 @@ def start_stats(start: LoadedStart, steps: CompiledSteps, *, backend_version: st
     )
 
 
+def _store_entry(request: StartRequest, step: Any, *, compiles: bool) -> Any:
+    """The store entry this start's compile caches live in (``cache_entry``): None inside an
+    aot artifact, beside a verified published artifact (read-only, copied privately), or
+    when nothing is compiled."""
+    if request.in_artifact or request.artifact is not None or not compiles:
+        return None
+    from aot_legacy.cache_entry import store_entry
+
+    model = request.model
+    label = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    return store_entry(
+        root=request.spec.cache_dir,
+        spec=request.spec,
+        model=label,
+        config=dict(step.config_dict),
+        version=request.backend_version,
+    )
+
+
+def _artifact_of(path: Path) -> Path | None:
+    """The aot artifact ``path`` lies in (published or being built), or None."""
+    from aot_core.artifacts import artifact_root
+
+    path = path.absolute()
+    for candidate in (path, *path.parents):
+        root = artifact_root(candidate)
+        if root is not None and path.is_relative_to(root):
+            return root
+    return None
+
+
 def _verify_artifact(cache_root: Path, package_dir: Path | None, *, backend: str) -> Path | None:
     """The published aot artifact the caches lie in, verified; None for a plain cache, or
     for an artifact being built (its manifest lists no files yet: ours to fill, see
@@ -341,17 +398,13 @@ def _verify_artifact(cache_root: Path, package_dir: Path | None, *, backend: str
     environment; it raises ``ArtifactCorruptError`` / ``ArtifactIncompatibleError``, and
     nothing of the artifact is read before it passes.
     """
-    from aot_core.artifacts import artifact_root, verify_for_load
+    from aot_core.artifacts import verify_for_load
 
     for given in (cache_root, package_dir):
-        if given is None:
-            continue
-        path = given.absolute()
-        for candidate in (path, *path.parents):
-            root = artifact_root(candidate)
-            if root is not None and path.is_relative_to(root):
-                listed = verify_for_load(root, backend=backend).files
-                return root if listed else None
+        root = _artifact_of(given) if given is not None else None
+        if root is not None:
+            listed = verify_for_load(root, backend=backend).files
+            return root if listed else None
     return None
 
 
