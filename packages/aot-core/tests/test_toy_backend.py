@@ -121,6 +121,12 @@ def test_bench_workload_options_and_latency(env: dict[str, str], tmp_path: Path)
     assert settings["workload"].startswith("mixed")
     assert settings["spec"]["max_num_batched_tokens"] == 64  # so chunked prefill splits them
     assert settings["spec"]["max_num_seqs"] == 6
+    # The one resolution every run got, each value with its source.
+    resolved = settings["resolved"]
+    assert resolved["max_num_seqs"] == {"value": 6, "source": "command default"}
+    assert resolved["max_model_len"] == {"value": 256, "source": "command default"}
+    assert resolved["dtype"]["value"] == settings["spec"]["dtype"] == "float32"
+    assert resolved["dtype"]["source"] in ("machine", "model config")
     latency = json.loads(out.read_text())["backends"]["toy"]["latency"]
     assert set(latency) == {"cold", "warm", "eager"}
     for lat in latency.values():

@@ -74,7 +74,8 @@ DEFAULT_TIMEOUT_S = 300
 # Generate calls timed per start (after one untimed call); throughput is their median.
 MEASURED_CALLS = 5
 
-# The bench keeps the engine small: four prompts in one batch, short sequences.
+# The bench keeps the engine small: four prompts in one batch, short sequences (the
+# command's defaults in ``resolve_start``, below what the spec sets).
 BENCH_SPEC_DEFAULTS: Mapping[str, Any] = {"max_model_len": 256, "max_num_seqs": 4}
 
 
@@ -244,6 +245,7 @@ def run_bench(
     workload: str = "",
     decode_limit: float | None = None,
     model_ready: Mapping[str, Any] | None = None,
+    resolved: Mapping[str, Any] | None = None,
 ) -> BenchResult:
     """Run every measurement and return the result (see ``format_report``).
 
@@ -251,13 +253,13 @@ def run_bench(
     ``work_dir``, which itself defaults to a temporary directory under it; the workers get
     it as ``$AOT_CACHE_DIR``. None keeps the default root and the system's temp directory.
     ``model_ready`` (a GGUF input's ``ModelReady.to_dict()``) goes into the settings.
+    ``spec`` is every run's spec but for its compile mode, resolved by the command
+    (``BENCH_SPEC_DEFAULTS`` applied by aot-core's ``resolve_start``); ``resolved``, that
+    resolution with each value's source (``StartConfig.to_dict()``), goes into the settings.
     """
     from aot_core.registry import installed_backends
 
     chosen, skipped = _chosen_backends(backends, progress)
-    base = spec.replace(
-        **{k: v for k, v in BENCH_SPEC_DEFAULTS.items() if getattr(spec, k) is None}
-    )
     prompts = [list(p) for p in prompts] if prompts is not None else bench_prompts()
     total = len(chosen) * repeats * len(PHASES)
     progress(
@@ -278,7 +280,7 @@ def run_bench(
                 counter=counter,
                 run=lambda **kw: run_worker(
                     model=model,
-                    spec=base,
+                    spec=spec,
                     prompts=prompts,
                     max_new_tokens=max_new_tokens,
                     timeout_s=timeout_s,
@@ -300,7 +302,8 @@ def run_bench(
             "max_new_tokens": max_new_tokens,
             "prompts": len(prompts),
             "prompt_lengths": [len(p) for p in prompts],
-            "spec": base.to_dict(),
+            "spec": spec.to_dict(),
+            "resolved": dict(resolved) if resolved is not None else None,
             "threads": 1,
             "notes": list(notes),
             "workload": workload or "short",

@@ -88,6 +88,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         notes=notes,
         decode_limit=limit.tokens_per_s if limit is not None else None,
         model_ready=chosen.ready.to_dict() if chosen.ready else None,
+        resolved=start.to_dict(),
     )
     if args.show_generations:
         from aot_core.bench.text import with_generations
@@ -111,20 +112,21 @@ MIXED_STEP_TOKENS = 64
 
 
 def bench_spec(args: argparse.Namespace, model: Path) -> tuple[CompileSpec, StartConfig]:
-    """The spec every run of the bench gets, and its start configuration: the workload's
-    batch and step budget, then the bench's small engine (``BENCH_SPEC_DEFAULTS``) where
-    the spec leaves them open, resolved by aot-core's ``resolve_start`` (dtype "auto" as
-    ``aot compile`` and ``aot eval`` resolve it)."""
+    """The spec every run of the bench gets, and its start configuration, resolved by
+    aot-core's ``resolve_start`` (dtype "auto" as ``aot compile`` and ``aot eval`` resolve
+    it): where the spec leaves them open, the bench's small engine (``BENCH_SPEC_DEFAULTS``)
+    with the workload's batch and step budget are the command's defaults."""
     from aot_core.bench.run import BENCH_SPEC_DEFAULTS
     from aot_core.start_config import resolve_start
 
     spec = load_spec(args.spec)
-    if args.prompts and spec.max_num_seqs is None and args.prompts > 4:
-        spec = spec.replace(max_num_seqs=args.prompts)  # the whole batch decodes together
-    if args.prompt_mix == "mixed" and spec.max_num_batched_tokens is None:
+    defaults = dict(BENCH_SPEC_DEFAULTS)
+    if args.prompts and args.prompts > defaults["max_num_seqs"]:
+        defaults["max_num_seqs"] = args.prompts  # the whole batch decodes together
+    if args.prompt_mix == "mixed":
         # A step budget below the long prompts' length, so chunked prefill splits them.
-        spec = spec.replace(max_num_batched_tokens=MIXED_STEP_TOKENS)
-    start = resolve_start(spec, model, defaults=BENCH_SPEC_DEFAULTS)
+        defaults["max_num_batched_tokens"] = MIXED_STEP_TOKENS
+    start = resolve_start(spec, model, defaults=defaults)
     return start.apply(spec), start
 
 
