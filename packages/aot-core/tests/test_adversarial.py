@@ -40,8 +40,9 @@ from typing import Any
 
 import pytest
 from aot_core import artifacts
-from aot_core.cli.app import ExitCode, main
+from aot_core.cli.app import ExitCode
 from artifact_support import make_artifact, make_model
+from cli_support import run_aot
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -84,17 +85,6 @@ def _entry(p: Path) -> tuple[str, bytes | str]:
     if stat.S_ISREG(st_.st_mode):
         return ("file", p.read_bytes())
     return ("other", str(stat.S_IFMT(st_.st_mode)))
-
-
-def run_aot(argv: list[str]) -> tuple[int, str]:
-    """``aot ARGV`` through the console entry point; (exit code, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse's usage errors
-            code = int(exc.code or 0)
-    return code, err.getvalue()
 
 
 def assert_documented(code: int, err: str, what: object) -> None:
@@ -318,7 +308,8 @@ def test_no_archive_loses_data_or_prints_a_traceback(
         digest = hashlib.sha256(archive.read_bytes()).hexdigest()
         argv = ["--cache-dir", str(store.root), "cache", "import", str(archive)]
         argv += (["--force"] if force else []) + (["--sha256", digest] if pin else [])
-        code, err = run_aot(argv)
+        ran = run_aot(argv)
+        code, err = ran.code, ran.err
         assert_documented(code, err, (ops, gz, cut))
         event(f"exit {code}")
         assert {"victim": tree(victim), "kept": tree(store.path("kept"))} == outside
@@ -342,10 +333,11 @@ def toy_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     root = tmp_path_factory.mktemp("toy")
     model = write_tiny_llama(root / "tiny")
     art = root / "art"
-    code, err = run_aot(
+    ran = run_aot(
         ["--cache-dir", str(root / "c"), "compile", str(model), "--backend", "toy", "--out",
          str(art)]
     )  # fmt: skip
+    code, err = ran.code, ran.err
     # The core session installs the toy backend: without it this fails, never skips.
     assert code == ExitCode.OK, err
     archive = root / "art.tar"
@@ -474,7 +466,8 @@ def test_no_directory_mutation_loses_data_or_prints_a_traceback(
             apply_dir_mutation(entry, op, sentinel)
         before = tree(entry)
         mine = user_bytes(before, original)
-        code, err = run_aot(_argv(operation, store, entry, model, archive))
+        ran = run_aot(_argv(operation, store, entry, model, archive))
+        code, err = ran.code, ran.err
         assert_documented(code, err, (ops, operation))
         event(f"{operation}: exit {code}{' (user bytes inside)' if mine else ''}")
         assert sentinel.read_text() == "someone's file the links point at"

@@ -24,6 +24,7 @@ from aot_core import artifacts
 from aot_core.cli.app import ExitCode, main
 from aot_core.errors import ArtifactCorruptError
 from artifact_support import make_artifact, make_model
+from cli_support import run_aot
 
 Case = Callable[[Path, str], list[str]]
 
@@ -295,7 +296,6 @@ def test_hostile_input_gets_its_documented_exit_code(
     *,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     if "proc" in name and not Path("/proc/self").is_dir():
         pytest.skip("needs /proc")
@@ -304,14 +304,10 @@ def test_hostile_input_gets_its_documented_exit_code(
     make_artifact(store.path("kept"), model=make_model(tmp_path / "m0"))
     before = sorted(p.name for p in store.entries_dir.iterdir() if not p.name.endswith(".lock"))
     argv = make(tmp_path / "in", "kept")
-    try:
-        got = main(argv)
-    except SystemExit as exc:  # argparse's usage errors
-        got = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err, err
-    assert got == code, err
-    assert phrase in out + err, err
+    ran = run_aot(argv)
+    assert "Traceback" not in ran.err, ran.err
+    assert ran.code == code, ran.err
+    assert phrase in ran.out + ran.err, ran.err
     assert artifacts.verify(store.path("kept")).ok
     after = sorted(p.name for p in store.entries_dir.iterdir() if not p.name.endswith(".lock"))
     assert after == before or name == "cache-entry-manifest-absurdly-nested"

@@ -12,16 +12,13 @@ import pytest
 from aot_core.cli.app import main
 from aot_core.cli.command import CLIError, ExitCode
 from aot_core.serve.command import _bound
+from cli_support import run_aot
 
 
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's usage errors
-        code = int(exc.code or 0)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return code, err
+def _run(argv: list[str]) -> tuple[int, str]:
+    ran = run_aot(argv)
+    assert "Traceback" not in ran.err
+    return ran.code, ran.err
 
 
 def test_serve_is_listed_with_its_options(capsys: pytest.CaptureFixture[str]) -> None:
@@ -33,23 +30,19 @@ def test_serve_is_listed_with_its_options(capsys: pytest.CaptureFixture[str]) ->
     assert "127.0.0.1" in out
 
 
-def test_a_missing_model_or_one_that_is_not_a_model_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, err = _run(["serve", str(tmp_path / "nope")], capsys)
+def test_a_missing_model_or_one_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
+    code, err = _run(["serve", str(tmp_path / "nope")])
     assert code == ExitCode.MODEL_NOT_FOUND, err
     (tmp_path / "config.json").write_text('{"architectures": ["BertModel"]}')
-    code, err = _run(["serve", str(tmp_path)], capsys)
+    code, err = _run(["serve", str(tmp_path)])
     assert code == ExitCode.NOT_A_CAUSAL_LM, err
 
 
-def test_a_backend_without_a_server_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_backend_without_a_server_is_refused(tmp_path: Path) -> None:
     from aot_core.models.tiny import write_tiny_llama
 
     model = write_tiny_llama(tmp_path / "tiny")
-    code, err = _run(["serve", str(model), "--backend", "toy"], capsys)
+    code, err = _run(["serve", str(model), "--backend", "toy"])
     assert code == ExitCode.BACKEND_UNAVAILABLE, err
     assert "no HTTP server" in err
 
@@ -64,10 +57,8 @@ def test_a_backend_without_a_server_is_refused(
         ["--backend", " "],
     ],
 )
-def test_bad_options_are_usage_errors(
-    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, _ = _run(["serve", str(tmp_path), *argv], capsys)
+def test_bad_options_are_usage_errors(argv: list[str], tmp_path: Path) -> None:
+    code, _ = _run(["serve", str(tmp_path), *argv])
     assert code == ExitCode.USAGE
 
 
