@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,24 @@ def aot_eval(*args: str, timeout: float = 900, cwd: Path = TASKS) -> Run:
         check=False,
     )
     return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def eval_here(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., Run]:
+    """``aot eval ARGS`` through ``aot``'s own ``run`` in this process (the path ``main``
+    takes), from the task directory: bad-input cases cost no interpreter start each."""
+    from aot_core.cli import app as cli
+
+    monkeypatch.chdir(TASKS)
+
+    def run(*args: str) -> Run:
+        rc = cli.run(["eval", *args])
+        out = capsys.readouterr()
+        return Run(rc, out.out, out.err)
+
+    return run
 
 
 def task_args(tiny: Path, *extra: str) -> list[str]:

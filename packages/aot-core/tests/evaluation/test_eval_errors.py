@@ -8,81 +8,65 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-from aot_core.cli import app as cli
 from aot_core.cli.app import ExitCode
 from conftest import F32, TASKS, Run
 
 
-@pytest.fixture
-def aot_eval(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., Run]:
-    monkeypatch.chdir(TASKS)
-
-    def run(*args: str) -> Run:
-        rc = cli.run(["eval", *args])
-        out = capsys.readouterr()
-        return Run(rc, out.out, out.err)
-
-    return run
-
-
-def test_unknown_task(aot_eval: Callable[..., Run], tiny: Path) -> None:
-    run = aot_eval(str(tiny), "--tasks", "no_such_task", "--include-path", str(TASKS))
+def test_unknown_task(eval_here: Callable[..., Run], tiny: Path) -> None:
+    run = eval_here(str(tiny), "--tasks", "no_such_task", "--include-path", str(TASKS))
     assert run.rc == ExitCode.TASK_NOT_FOUND, run.stderr[-2000:]
     assert "no_such_task" in run.stderr and "--include-path" in run.stderr
 
 
-def test_dataset_not_on_this_machine(aot_eval: Callable[..., Run], tiny: Path) -> None:
-    run = aot_eval(str(tiny), "--tasks", "aot_hub", "--include-path", str(TASKS))
+def test_dataset_not_on_this_machine(eval_here: Callable[..., Run], tiny: Path) -> None:
+    run = eval_here(str(tiny), "--tasks", "aot_hub", "--include-path", str(TASKS))
     assert run.rc == ExitCode.DATASET_NOT_LOCAL, run.stderr[-2000:]
     assert "offline" in run.stderr and "dataset_path: json" in run.stderr
 
 
 def test_model_without_a_tokenizer(
-    aot_eval: Callable[..., Run], tiny: Path, tmp_path: Path
+    eval_here: Callable[..., Run], tiny: Path, tmp_path: Path
 ) -> None:
     bare = tmp_path / "no-tokenizer"
     bare.mkdir()
     for name in ("config.json", "generation_config.json", "model.safetensors"):
         shutil.copy(tiny / name, bare / name)
-    run = aot_eval(str(bare), "--tasks", "aot_mc", "--include-path", str(TASKS))
+    run = eval_here(str(bare), "--tasks", "aot_mc", "--include-path", str(TASKS))
     assert run.rc == ExitCode.NO_TOKENIZER, run.stderr[-2000:]
     assert "tokenizer" in run.stderr and "tokenizer=DIR" in run.stderr
 
 
 def test_chat_template_asked_of_a_tokenizer_without_one(
-    aot_eval: Callable[..., Run], tiny: Path
+    eval_here: Callable[..., Run], tiny: Path
 ) -> None:
     # the tiny Llama's byte tokenizer has no chat template (the real model's has one)
     args = ("--tasks", "aot_gen", "--include-path", str(TASKS), "--limit", "2", "--eager")
-    run = aot_eval(str(tiny), *args, "--backend", "legacy", "--lm-eval", "--apply_chat_template")
+    run = eval_here(str(tiny), *args, "--backend", "legacy", "--lm-eval", "--apply_chat_template")
     assert run.rc == ExitCode.USAGE, run.stderr[-2000:]
     assert "has no chat template" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_invalid_spec_in_model_args(aot_eval: Callable[..., Run], tiny: Path) -> None:
+def test_invalid_spec_in_model_args(eval_here: Callable[..., Run], tiny: Path) -> None:
     args = ("--tasks", "aot_mc", "--include-path", str(TASKS))
-    run = aot_eval(str(tiny), *args, "--model-args", "dtype=float64")
+    run = eval_here(str(tiny), *args, "--model-args", "dtype=float64")
     assert run.rc == ExitCode.SPEC_ERROR, run.stderr[-2000:]
     assert "dtype" in run.stderr
-    run = aot_eval(str(tiny), *args, "--model-args", "max_model_lenn=64")
+    run = eval_here(str(tiny), *args, "--model-args", "max_model_lenn=64")
     assert run.rc == ExitCode.SPEC_ERROR, run.stderr[-2000:]
     assert "did you mean 'max_model_len'" in run.stderr or "unknown key" in run.stderr
 
 
-def test_lm_eval_options_are_checked_by_lm_eval(aot_eval: Callable[..., Run], tiny: Path) -> None:
-    run = aot_eval(str(tiny), "--tasks", "aot_mc", "--include-path", str(TASKS), "--log-samples")
+def test_lm_eval_options_are_checked_by_lm_eval(eval_here: Callable[..., Run], tiny: Path) -> None:
+    run = eval_here(str(tiny), "--tasks", "aot_mc", "--include-path", str(TASKS), "--log-samples")
     assert run.rc == ExitCode.USAGE, run.stderr[-2000:]
     assert "output" in run.stderr
 
 
 def test_missing_model_and_parity_with_eager(
-    aot_eval: Callable[..., Run], tiny: Path, tmp_path: Path
+    eval_here: Callable[..., Run], tiny: Path, tmp_path: Path
 ) -> None:
-    run = aot_eval(str(tmp_path / "nothing"), "--tasks", "aot_mc")
+    run = eval_here(str(tmp_path / "nothing"), "--tasks", "aot_mc")
     assert run.rc == ExitCode.MODEL_NOT_FOUND
-    run = aot_eval(str(tiny), "--tasks", "aot_mc", "--parity", "--eager", "--model-args", F32)
+    run = eval_here(str(tiny), "--tasks", "aot_mc", "--parity", "--eager", "--model-args", F32)
     assert run.rc == ExitCode.USAGE
     assert "--parity runs both" in run.stderr

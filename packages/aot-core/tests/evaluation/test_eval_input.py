@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aot_core.cli import app as cli
 from aot_core.cli.app import ExitCode
 from aot_core.evaluation import job, parity
 from conftest import TASK_LIST, TASKS, Run
@@ -92,21 +91,20 @@ def engine_starts(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 
 @pytest.fixture
 def aot_eval(
+    eval_here: Callable[..., Run],
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
     tiny: Path,
     engine_starts: list[object],
 ) -> Callable[..., Run]:
     """``aot eval TINY --include-path TMP ARGS`` from ``tmp_path``; asserts no engine start."""
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # after eval_here's: these tasks' data is here
 
     def run(*args: str, tasks: str = "t") -> Run:
-        rc = cli.run(["eval", str(tiny), "--tasks", tasks, "--include-path", str(tmp_path), *args])
-        out = capsys.readouterr()
+        done = eval_here(str(tiny), "--tasks", tasks, "--include-path", str(tmp_path), *args)
         assert engine_starts == []
-        assert "Traceback" not in out.err and "tasks ready" not in out.err
-        return Run(rc, out.out, out.err)
+        assert "Traceback" not in done.stderr and "tasks ready" not in done.stderr
+        return done
 
     return run
 
@@ -337,10 +335,9 @@ def test_the_command_refuses_bad_data_before_any_engine_line(tiny: Path, tmp_pat
 
 
 def test_an_include_path_that_is_not_a_directory(
-    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], engine_starts: list[object]
+    eval_here: Callable[..., Run], tiny: Path, tmp_path: Path, engine_starts: list[object]
 ) -> None:
     missing = tmp_path / "no-such-tasks"
-    rc = cli.run(["eval", str(tiny), "--tasks", "t", "--include-path", str(missing)])
-    err = capsys.readouterr().err
-    assert rc == ExitCode.USAGE, err
-    assert f"--include-path {missing}: no such directory" in err and engine_starts == []
+    run = eval_here(str(tiny), "--tasks", "t", "--include-path", str(missing))
+    assert run.rc == ExitCode.USAGE, run.stderr
+    assert f"--include-path {missing}: no such directory" in run.stderr and engine_starts == []

@@ -13,25 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from aot_core.cli import app as cli
 from aot_core.cli.app import ExitCode
 from conftest import TASKS, Run
 
 GEN = ("--tasks", "aot_gen", "--include-path", str(TASKS), "--limit", "2")
-
-
-@pytest.fixture
-def aot_eval(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., Run]:
-    monkeypatch.chdir(TASKS)
-
-    def run(*args: str) -> Run:
-        rc = cli.run(["eval", *args])
-        out = capsys.readouterr()
-        return Run(rc, out.out, out.err)
-
-    return run
 
 
 def _closed_port() -> int:
@@ -61,39 +46,39 @@ def not_openai(tmp_path: Path) -> Iterator[str]:
 
 
 def test_no_server_at_the_url_is_server_unreachable(
-    aot_eval: Callable[..., Run], tiny: Path
+    eval_here: Callable[..., Run], tiny: Path
 ) -> None:
     url = f"http://127.0.0.1:{_closed_port()}"
-    run = aot_eval(str(tiny), *GEN, "--server", url)
+    run = eval_here(str(tiny), *GEN, "--server", url)
     assert run.rc == ExitCode.SERVER_UNREACHABLE, run.stderr[-2000:]
     assert f"no server answers at {url}" in run.stderr and "aot serve" in run.stderr
     assert "Traceback" not in run.stderr
 
 
 def test_a_server_that_is_not_openai_compatible_is_server_unreachable(
-    aot_eval: Callable[..., Run], tiny: Path, not_openai: str
+    eval_here: Callable[..., Run], tiny: Path, not_openai: str
 ) -> None:
-    run = aot_eval(str(tiny), *GEN, "--server", f"{not_openai}/v1/")
+    run = eval_here(str(tiny), *GEN, "--server", f"{not_openai}/v1/")
     assert run.rc == ExitCode.SERVER_UNREACHABLE, run.stderr[-2000:]
     assert f"{not_openai}/v1/models answered HTTP 404" in run.stderr
 
 
 def test_engine_options_and_a_non_http_url_are_usage_errors(
-    aot_eval: Callable[..., Run], tiny: Path
+    eval_here: Callable[..., Run], tiny: Path
 ) -> None:
     url = f"http://127.0.0.1:{_closed_port()}"
-    run = aot_eval(str(tiny), *GEN, "--server", url, "--eager", "--backend", "vllm")
+    run = eval_here(str(tiny), *GEN, "--server", url, "--eager", "--backend", "vllm")
     assert run.rc == ExitCode.USAGE, run.stderr[-2000:]
     assert "--eager, --backend cannot apply" in run.stderr
-    run = aot_eval(str(tiny), *GEN, "--server", "127.0.0.1:8000")
+    run = eval_here(str(tiny), *GEN, "--server", "127.0.0.1:8000")
     assert run.rc == ExitCode.USAGE, run.stderr[-2000:]
     assert "not an http(s) URL" in run.stderr
 
 
 def test_tasks_are_checked_before_the_server_is_asked(
-    aot_eval: Callable[..., Run], tiny: Path
+    eval_here: Callable[..., Run], tiny: Path
 ) -> None:
     url = f"http://127.0.0.1:{_closed_port()}"
     args = ("--tasks", "no_such_task", "--include-path", str(TASKS), "--server", url)
-    run = aot_eval(str(tiny), *args)
+    run = eval_here(str(tiny), *args)
     assert run.rc == ExitCode.TASK_NOT_FOUND, run.stderr[-2000:]
