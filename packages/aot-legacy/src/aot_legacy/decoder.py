@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +141,47 @@ def decoder_layer(
     return x + layer.mlp(layer.post_attention_layernorm(x))  # type: ignore[no-any-return]
 
 
+def decoder_layers(
+    layers: Iterable[Any],
+    x: torch.Tensor,
+    kv: Sequence[torch.Tensor],
+    *,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    scaling: float | None,
+) -> torch.Tensor:
+    """Every block in turn (``decoder_layer``), block ``i`` on the cache tensors
+    ``kv[2 * i]`` (keys) and ``kv[2 * i + 1]`` (values). ``scaling`` None: each block's
+    own ``self_attn.scaling``, which transformers' blocks carry."""
+    for i, layer in enumerate(layers):
+        x = decoder_layer(
+            layer,
+            x,
+            cos=cos,
+            sin=sin,
+            k_cache=kv[2 * i],
+            v_cache=kv[2 * i + 1],
+            positions=positions,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            scaling=layer.self_attn.scaling if scaling is None else scaling,
+        )
+    return x
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE's cos and sin at ``positions`` (``[B, T]`` -> ``[B, 1, T, D]`` each), computed
+    in float32 and then cast to the activations' ``dtype``, as transformers does."""
+    freqs = positions.unsqueeze(-1).float() * inv_freq.float()
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype).unsqueeze(1), emb.sin().to(dtype).unsqueeze(1)
+
+
 def gather_last(hidden: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
     """``hidden[b, last_index[b]]`` for each row: ``[B, T, H] -> [B, H]``; with a
     ``[B, K]`` index, the K positions of each row: ``[B, T, H] -> [B, K, H]``."""
@@ -257,22 +298,18 @@ class TinyDecoder(StaticKVDecoder):
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         input_ids, positions, last_index, *kv = args
         x = self.embed(input_ids)
-        freqs = positions.unsqueeze(-1).float() * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().unsqueeze(1).to(x.dtype), emb.sin().unsqueeze(1).to(x.dtype)
-        for i, blk in enumerate(self.blocks):
-            x = decoder_layer(
-                blk,
-                x,
-                cos=cos,
-                sin=sin,
-                k_cache=kv[2 * i],
-                v_cache=kv[2 * i + 1],
-                positions=positions,
-                n_heads=self._n_heads,
-                n_kv_heads=self.layout.num_kv_heads,
-                scaling=1.0 / math.sqrt(self.layout.head_dim),
-            )
+        cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
+        x = decoder_layers(
+            self.blocks,
+            x,
+            kv,
+            cos=cos,
+            sin=sin,
+            positions=positions,
+            n_heads=self._n_heads,
+            n_kv_heads=self.layout.num_kv_heads,
+            scaling=1.0 / math.sqrt(self.layout.head_dim),
+        )
         x = gather_last(self.norm(x), last_index)
         return self.lm_head(x).float()
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from aot_core.errors import SpecError
 
-from aot_legacy.decoder import KVLayout, StaticKVDecoder, decoder_layer, gather_last
+from aot_legacy.decoder import KVLayout, StaticKVDecoder, decoder_layers, gather_last
 from aot_legacy.llama import SUPPORTED_MODEL_TYPES
 
 
@@ -66,19 +66,17 @@ class HFCausalLMStep(StaticKVDecoder):
         x = inner.embed_tokens(input_ids)
         cos, sin = inner.rotary_emb(x, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        for i, layer in enumerate(inner.layers):
-            x = decoder_layer(
-                layer,
-                x,
-                cos=cos,
-                sin=sin,
-                k_cache=kv[2 * i],
-                v_cache=kv[2 * i + 1],
-                positions=positions,
-                n_heads=self.n_heads,
-                n_kv_heads=self.layout.num_kv_heads,
-                scaling=layer.self_attn.scaling,
-            )
+        x = decoder_layers(
+            inner.layers,
+            x,
+            kv,
+            cos=cos,
+            sin=sin,
+            positions=positions,
+            n_heads=self.n_heads,
+            n_kv_heads=self.layout.num_kv_heads,
+            scaling=None,  # each transformers layer's own
+        )
         x = gather_last(inner.norm(x), last_index)
         return self.model.lm_head(x).float()
 

@@ -21,7 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from aot_legacy.decoder import KVLayout, StaticKVDecoder, decoder_layer, gather_last
+from aot_legacy.decoder import (
+    KVLayout,
+    StaticKVDecoder,
+    decoder_layers,
+    gather_last,
+    rope_cos_sin,
+)
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
 """HF ``model_type`` values with the Llama decoder-layer structure the legacy backend drives."""
@@ -319,22 +325,18 @@ class LlamaFamilyDecoder(StaticKVDecoder):
         input_ids, positions, last_index, *kv = args
         cfg = self.cfg
         x = self.model.embed_tokens(input_ids)
-        freqs = positions[..., None].float() * self.inv_freq.float()
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(x.dtype).unsqueeze(1), emb.sin().to(x.dtype).unsqueeze(1)
-        for i, layer in enumerate(self.model.layers):
-            x = decoder_layer(
-                layer,
-                x,
-                cos=cos,
-                sin=sin,
-                k_cache=kv[2 * i],
-                v_cache=kv[2 * i + 1],
-                positions=positions,
-                n_heads=cfg.num_heads,
-                n_kv_heads=cfg.num_kv_heads,
-                scaling=self.scaling,
-            )
+        cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
+        x = decoder_layers(
+            self.model.layers,
+            x,
+            kv,
+            cos=cos,
+            sin=sin,
+            positions=positions,
+            n_heads=cfg.num_heads,
+            n_kv_heads=cfg.num_kv_heads,
+            scaling=self.scaling,
+        )
         x = gather_last(self.model.norm(x), last_index)
         return self.lm_head(x).float()  # type: ignore[no-any-return]
 
