@@ -221,6 +221,42 @@ def _eval_jobs(run_dir: Path) -> list[str]:
     return out
 
 
+def _serve_ready(run_dir: Path) -> list[str]:
+    """benchmarks/serve_ready.py: each server's ready times and the two goals of one run."""
+    data = _load(run_dir / "serve_ready.json")
+    ready = data["ready"]
+    names = {
+        "aot": "`aot serve` from its verified entry",
+        "vllm": "`vllm serve`, same settings, vLLM's own compile cache",
+    }
+    out = ["| server | warm-up start | timed starts | median ready |", "|---|---|---|---|"]
+    for way, name in names.items():
+        warm = [r["ready_s"] for r in ready["warmups"] if r["way"] == way]
+        timed = [r["ready_s"] for r in ready["timed"] if r["way"] == way]
+        out.append(
+            f"| {name} | {', '.join(_s(t) for t in warm)} "
+            f"| {', '.join(_s(t) for t in timed)} | {_s(ready['median_ready_s'][way])} |"
+        )
+    ev = data["eval"]
+    base = next(j for j in ev["aot_eval_jobs"] if j["job"] == ev["baseline"])
+    out += ["", "| goal (same run, side by side) | measured | goal | met |", "|---|---|---|---|"]
+    goals = [
+        ("warm `aot serve` ready / `vllm serve` ready", ready["ratio"], ready["goal"]),
+        (
+            f"job via `aot eval --server` ({_s(ev['server_job']['wall_s'])}) / "
+            f"`aot eval` compiled warm ({_s(base['wall_s'])})",
+            ev["ratio"],
+            ev["goal"],
+        ),
+    ]
+    for name, value, goal in goals:
+        met = "yes" if value <= goal else "**no**"
+        out.append(f"| {name} | {value:.2f}× | ≤ {goal:.2f}× | {met} |")
+    same = "yes" if ev["scores_agree"] else "**NO**"
+    out += ["", f"The server job's samples agree with the `aot eval` job's: {same}."]
+    return out
+
+
 TABLES: dict[str, Table] = {
     "main_job": Table(run="2026-12-07T0808Z-nox_bench", render=_main_job),
     "real_answers": Table(run="2026-12-07T0808Z-nox_bench", render=_real_answers),
@@ -229,6 +265,7 @@ TABLES: dict[str, Table] = {
     "vllm_aot_cpu": Table(run="2026-12-01T0115Z-vllm_aot_cpu", render=_vllm_aot_cpu),
     "eval_jobs": Table(run="2026-12-07T0835Z-eval_jobs", render=_eval_jobs),
     "eval_jobs_lighter": Table(run="2026-12-07T0908Z-eval_jobs", render=_eval_jobs),
+    "serve_ready": Table(run="2026-12-07T1023Z-serve_ready", render=_serve_ready),
 }
 
 _BLOCK = re.compile(
