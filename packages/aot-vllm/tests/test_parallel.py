@@ -8,11 +8,8 @@ ones in ``nox -s vllm_parallel``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ import pytest
 from aot_core.artifacts import ArtifactStore, import_artifact, read_manifest
 from aot_vllm.cache import CacheEntry
 from aot_vllm.start_setup import aot_vllm_version
+from fresh_start import run_fresh
 from start_parallel import spec_for
 
 SCRIPT = Path(__file__).with_name("start_parallel.py")
@@ -28,19 +26,10 @@ pytestmark = pytest.mark.slow
 
 
 def _start(model: Path, cache: Path, *extra: str) -> dict[str, Any]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("VLLM_CPU_OMP_THREADS_BIND", None)  # aot-vllm decides it (checked below)
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(model), str(cache), *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1800,
-        check=False,
+    # aot-vllm decides VLLM_CPU_OMP_THREADS_BIND (checked below), so none is inherited
+    return run_fresh(
+        SCRIPT, model, cache, *extra, timeout=1800, unset=("VLLM_CPU_OMP_THREADS_BIND",)
     )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("AOT-RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return dict(json.loads(lines[-1][len("AOT-RESULT ") :]))
 
 
 def _ok(result: dict[str, Any]) -> dict[str, Any]:
