@@ -6,15 +6,13 @@ with the reason in the others. Nothing here compiles a model.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 from aot_compat import BackendFallbackWarning, selection
+from broken_import import choose_with_broken
 from engines.shared import create_enhanced_compiler, create_vllm_native_compiler
 
 
@@ -119,33 +117,8 @@ def test_vllm_import_failure_is_reported(
 ) -> None:
     if "vllm" not in installed:
         pytest.skip("aot-vllm is not installed")
-    # A vllm package that fails on import, found before the real one: what a broken build
-    # (say, a torch ABI mismatch) looks like to the probe. A fresh process keeps this one's
-    # already-imported vLLM out of it.
-    fake = tmp_path / "vllm"
-    fake.mkdir()
-    (fake / "__init__.py").write_text("raise ImportError('simulated broken vLLM build')\n")
-    code = (
-        "import warnings\n"
-        "warnings.simplefilter('always')\n"
-        "from engines.shared import create_enhanced_compiler\n"
-        "try:\n"
-        "    with warnings.catch_warnings(record=True) as w:\n"
-        "        c = create_enhanced_compiler()\n"
-        "    print('CHOSE', c.backend_id)\n"
-        "    print('WARN', *[str(x.message) for x in w])\n"
-        "except ImportError as e:\n"
-        "    print('ERROR', type(e).__name__, e)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    ).stdout
+    # what a broken vLLM build (say, a torch ABI mismatch) looks like to the probe
+    out = choose_with_broken("vllm", "simulated broken vLLM build", tmp_path).stdout
     expected = "vLLM failed to import with this error: ImportError: simulated broken vLLM build"
     assert expected in out, out
     if unusable["legacy"] is None:

@@ -7,14 +7,12 @@ Nothing in aot-compat names it; it is chosen through aot-core's registry like an
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 from aot_compat import BackendFallbackWarning
+from broken_import import choose_with_broken
 from engines.shared import create_enhanced_compiler
 from session_expectations import skip_or_fail
 
@@ -43,27 +41,6 @@ def test_named_by_aot_backend_it_runs_the_old_calls(
 def test_chosen_as_the_fallback_when_the_old_backends_cannot_run(tmp_path: Path) -> None:
     # A torch that fails on import, found first: the legacy backend's engine check fails,
     # vLLM is not installed, so the old API falls back to the one backend that can run.
-    fake = tmp_path / "torch"
-    fake.mkdir()
-    (fake / "__init__.py").write_text("raise ImportError('simulated broken torch build')\n")
-    code = (
-        "import warnings\n"
-        "warnings.simplefilter('always')\n"
-        "from engines.shared import create_enhanced_compiler\n"
-        "with warnings.catch_warnings(record=True) as w:\n"
-        "    c = create_enhanced_compiler()\n"
-        "print('CHOSE', c.backend_id)\n"
-        "print('WARN', *[str(x.message) for x in w])\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
-    env.pop("AOT_BACKEND", None)
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    out = choose_with_broken("torch", "simulated broken torch build", tmp_path)
     assert "CHOSE toy" in out.stdout, out.stdout + out.stderr
     assert "falling back to the toy backend" in out.stdout
