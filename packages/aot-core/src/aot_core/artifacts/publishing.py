@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import json
 import os
 import platform
@@ -517,9 +518,8 @@ def build_and_publish(
         with staging_dir(target) as staging:
             files = staging / FILES_DIR
             files.mkdir()
-            # An empty manifest first: while it builds, the backend's cache_dir is already
-            # an artifact (artifact_root finds it), so it writes its files straight in.
-            write_manifest(
+            entry_manifest = functools.partial(
+                write_manifest,
                 staging,
                 key=key,
                 backend=backend,
@@ -527,14 +527,11 @@ def build_and_publish(
                 spec=spec,
                 model=model,
             )
+            # An empty manifest first: while it builds, the backend's cache_dir is already
+            # an artifact (artifact_root finds it), so it writes its files straight in.
+            entry_manifest()
             info = build(files)
-            manifest = write_manifest(
-                staging,
-                key=key,
-                backend=backend,
-                backend_version=backend_version,
-                spec=spec,
-                model=model,
+            manifest = entry_manifest(
                 device=str(info.get("device") or "cpu"),
                 extra=info.get("extra"),
                 ranks=info.get("ranks") or (),
