@@ -8,6 +8,8 @@ discovery still goes through ``importlib.metadata`` as it does for the real back
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from aot_core.compiler import Availability, Compiler
@@ -93,3 +95,24 @@ CLI_TEST_BACKENDS = textwrap.dedent(
 )
 """The module the CLI tests install as ``aot_cli_test_backends``: a ready backend, one that
 needs a GPU, and one whose engine fails on import."""
+
+
+def install_distribution(
+    site: Path,
+    *,
+    dist: str,
+    version: str,
+    entry_points: Mapping[str, str],
+    module: str | None = None,
+    source: str = "",
+) -> None:
+    """Install a real test distribution into ``site`` as pip lays one out: ``module``.py
+    holding ``source`` (when ``module`` is given) and ``dist``'s ``.dist-info``, whose
+    ``aot.backends`` entry points are ``entry_points`` (name -> "module:Class")."""
+    if module is not None:
+        (site / f"{module}.py").write_text(source)
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+    (info / "entry_points.txt").write_text("[aot.backends]\n" + lines)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from aot_core.cli.app import ExitCode, main
+from fake_backend import install_distribution
 
 ECHO_BACKEND = textwrap.dedent(
     """
@@ -92,13 +93,14 @@ def test_bench_workers_and_backends_write_under_the_cache_dir(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    (site / "aot_echo_test_backend.py").write_text(ECHO_BACKEND)
-    info = site / "aot_echo_test_backend-0.0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: aot-echo-test-backend\nVersion: 0.0.1\n"
+    install_distribution(
+        site,
+        dist="aot-echo-test-backend",
+        version="0.0.1",
+        module="aot_echo_test_backend",
+        source=ECHO_BACKEND,
+        entry_points={"echo": "aot_echo_test_backend:Echo"},
     )
-    (info / "entry_points.txt").write_text("[aot.backends]\necho = aot_echo_test_backend:Echo\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     cache = tmp_path / "x"
     result = tmp_path / "bench.json"

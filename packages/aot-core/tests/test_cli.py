@@ -20,21 +20,22 @@ from aot_core import artifacts
 from aot_core.cli import app as cli
 from aot_core.cli.app import ExitCode, main
 from artifact_support import make_artifact, make_model, rewrite_manifest
-from fake_backend import CLI_TEST_BACKENDS
+from fake_backend import CLI_TEST_BACKENDS, install_distribution
 
 
 @pytest.fixture
 def fake_backends(site: Path) -> Path:
-    (site / "aot_cli_test_backends.py").write_text(CLI_TEST_BACKENDS)
-    info = site / "aot_cli_test_backends-0.0.7.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: aot-cli-test-backends\nVersion: 0.0.7\n"
-    )
-    (info / "entry_points.txt").write_text(
-        "[aot.backends]\nready = aot_cli_test_backends:Ready\n"
-        "needsgpu = aot_cli_test_backends:NeedsGpu\n"
-        "brokenengine = aot_cli_test_backends:BrokenEngine\n"
+    install_distribution(
+        site,
+        dist="aot-cli-test-backends",
+        version="0.0.7",
+        module="aot_cli_test_backends",
+        source=CLI_TEST_BACKENDS,
+        entry_points={
+            "ready": "aot_cli_test_backends:Ready",
+            "needsgpu": "aot_cli_test_backends:NeedsGpu",
+            "brokenengine": "aot_cli_test_backends:BrokenEngine",
+        },
     )
     return site
 

@@ -20,6 +20,7 @@ from aot_core import artifacts, registry
 from aot_core.cli.app import ExitCode, main
 from aot_core.errors import ArtifactCorruptError
 from artifact_support import make_artifact, make_model, rewrite_manifest
+from fake_backend import install_distribution
 
 # A backend that pins torch and vLLM, as aot-vllm does; aot-core learns what a backend
 # requires only from the backend (Compiler.pins), so the test installs one.
@@ -39,13 +40,14 @@ PINNED_BACKEND = textwrap.dedent(
 
 @pytest.fixture
 def art(tmp_path: Path, site: Path) -> Path:
-    (site / "aot_pinned_backend.py").write_text(PINNED_BACKEND)
-    info = site / "aot_pinned_backend-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: aot-pinned-backend\nVersion: 1.0\n"
+    install_distribution(
+        site,
+        dist="aot-pinned-backend",
+        version="1.0",
+        module="aot_pinned_backend",
+        source=PINNED_BACKEND,
+        entry_points={"vllm": "aot_pinned_backend:Pinned"},
     )
-    (info / "entry_points.txt").write_text("[aot.backends]\nvllm = aot_pinned_backend:Pinned\n")
     registry.refresh()
     dest = tmp_path / "store" / "entries" / "e"
     make_artifact(dest, model=make_model(tmp_path), backend="vllm")

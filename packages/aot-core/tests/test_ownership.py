@@ -24,6 +24,7 @@ from aot_core import artifacts
 from aot_core.cli.app import ExitCode, main
 from aot_core.errors import ArtifactCorruptError, NotOwnedError
 from artifact_support import SPEC, key_for, make_artifact, make_model
+from fake_backend import install_distribution
 
 WRITER_BACKEND = textwrap.dedent(
     """
@@ -57,14 +58,13 @@ WRITER_BACKEND = textwrap.dedent(
 
 
 def install_writer(site: Path) -> None:
-    (site / "aot_writer_test_backend.py").write_text(WRITER_BACKEND)
-    info = site / "aot_writer_test_backend-0.0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: aot-writer-test-backend\nVersion: 0.0.1\n"
-    )
-    (info / "entry_points.txt").write_text(
-        "[aot.backends]\nwriter = aot_writer_test_backend:Writer\n"
+    install_distribution(
+        site,
+        dist="aot-writer-test-backend",
+        version="0.0.1",
+        module="aot_writer_test_backend",
+        source=WRITER_BACKEND,
+        entry_points={"writer": "aot_writer_test_backend:Writer"},
     )
 
 

@@ -20,6 +20,7 @@ from aot_core import (
     list_backends,
     registry,
 )
+from fake_backend import install_distribution
 
 BACKENDS_MODULE = textwrap.dedent(
     """
@@ -50,12 +51,14 @@ def install(site: Path) -> Installer:
         n = next(counter)
         dist = dist or f"aot-test-backends-{n}"
         module = f"aot_test_backends_{n}"
-        (site / f"{module}.py").write_text(BACKENDS_MODULE.format(dist=dist))
-        info = site / f"{dist.replace('-', '_')}-1.2.3.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
-        lines = [f"{name} = {value.format(module=module)}" for name, value in entries.items()]
-        (info / "entry_points.txt").write_text("[aot.backends]\n" + "\n".join(lines) + "\n")
+        install_distribution(
+            site,
+            dist=dist,
+            version="1.2.3",
+            module=module,
+            source=BACKENDS_MODULE.format(dist=dist),
+            entry_points={name: value.format(module=module) for name, value in entries.items()},
+        )
         registry.refresh()  # discovery is cached per process
 
     return _install
@@ -160,10 +163,9 @@ def test_entry_point_name_must_match_the_class_name(install: Installer) -> None:
 def test_discovery_is_cached_until_refreshed(install: Installer, site: Path) -> None:
     install({"slow": "{module}:Slow"})
     assert list(registry.installed_backends()) == ["slow"]
-    late = site / "late-1.0.dist-info"
-    late.mkdir()
-    (late / "METADATA").write_text("Metadata-Version: 2.1\nName: late\nVersion: 1.0\n")
-    (late / "entry_points.txt").write_text("[aot.backends]\nother = aot_test_backends_0:Other\n")
+    install_distribution(
+        site, dist="late", version="1.0", entry_points={"other": "aot_test_backends_0:Other"}
+    )
     assert list(registry.installed_backends()) == ["slow"]  # the cached discovery
     registry.refresh()
     assert sorted(registry.installed_backends()) == ["other", "slow"]
