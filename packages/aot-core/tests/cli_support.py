@@ -1,15 +1,21 @@
-"""Running ``aot`` in this process, the path its console script takes, for aot-core's tests:
-no interpreter start per case, and argparse's usage errors (``SystemExit``) come back as
-their exit code like any other failure."""
+"""Running ``aot`` for aot-core's tests: in this process (``run_aot``), the path its console
+script takes, with no interpreter start per case and argparse's usage errors
+(``SystemExit``) coming back as their exit code; or in a fresh process (``aot``), as the
+installed command runs."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aot_core.cli.app import main
+
+AOT = (sys.executable, "-m", "aot_core.cli.app")
+"""The ``aot`` command as a fresh process runs it (the console script's module)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,3 +41,12 @@ def run_aot(argv: Sequence[str]) -> AotRun:
         except SystemExit as exc:  # argparse's usage errors
             code = int(exc.code or 0)
     return AotRun(code=code, out=out.getvalue(), err=err.getvalue())
+
+
+def aot(
+    args: Sequence[str], env: Mapping[str, str], *, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """``aot ARGS`` in a fresh process with exactly ``env``, as the installed command runs."""
+    return subprocess.run(
+        [*AOT, *args], capture_output=True, text=True, env=dict(env), timeout=timeout, check=False
+    )

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from aot_core.cli.app import ExitCode
 from aot_core.models.tiny import write_tiny_llama
 from aot_core.usage import log as usage_log
 from backend_requirements import require_usable
+from cli_support import AOT, aot
 
 pytestmark = pytest.mark.slow
 
@@ -56,17 +56,6 @@ def spec_file(tmp_path: Path) -> Path:
     # No KV-cache size for vLLM: aot-vllm sizes it from max_num_seqs x max_model_len on CPU.
     path.write_text('compile_mode = "default"\nmax_model_len = 256\nmax_num_seqs = 4\n')
     return path
-
-
-AOT = [sys.executable, "-m", "aot_core.cli.app"]
-
-
-def aot(
-    args: list[str], env: dict[str, str], timeout: float = 900
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*AOT, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
-    )
 
 
 def test_compile_reuse_and_tamper_recovery(

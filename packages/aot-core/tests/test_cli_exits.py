@@ -14,7 +14,6 @@ import json
 import os
 import struct
 import subprocess
-import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from aot_core import artifacts
 from aot_core.cli.app import ExitCode, main
 from aot_core.errors import ArtifactCorruptError
 from artifact_support import make_artifact, make_model
-from cli_support import run_aot
+from cli_support import aot, run_aot
 
 Case = Callable[[Path, str], list[str]]
 
@@ -337,10 +336,7 @@ def test_archive_member_reading_survives_a_linked_manifest(tmp_path: Path) -> No
 def _aot(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """The installed command's code path in a fresh process, with exactly ``env``'s paths."""
     base = {k: v for k, v in os.environ.items() if k not in artifacts.PATH_ENV_VARS}
-    return subprocess.run(
-        [sys.executable, "-m", "aot_core.cli.app", *argv],
-        capture_output=True, text=True, env={**base, **env}, timeout=120, check=False,
-    )  # fmt: skip
+    return aot(argv, {**base, **env}, timeout=120)
 
 
 @pytest.mark.parametrize("variable", ["AOT_CACHE_DIR", "XDG_CACHE_HOME", "HOME"])
