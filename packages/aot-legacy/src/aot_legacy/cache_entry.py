@@ -120,16 +120,18 @@ def config_sha256(config: Mapping[str, Any]) -> str:
 
 def entry_key(*, config_hash: str, model_type: str, spec: CompileSpec, backend_version: str) -> str:
     """``legacy-<model type>-<digest>``: the digest is ``key_digest`` of exactly what the
-    manifest records, so aot-core's consistency check recomputes it."""
-    from aot_legacy.backend import LegacyBackend
+    manifest records, so aot-core's consistency check recomputes it. The pins are read
+    as ``write_manifest`` reads them: the registered backend's ``pins()``."""
+    from aot_core.registry import installed_backends
 
+    registered = installed_backends().get(BACKEND)
     digest = key_digest(
         format_version=FORMAT_VERSION,
         backend=BACKEND,
         backend_version=backend_version,
         spec_fingerprint=spec.fingerprint(),
         model_config_hash=config_hash,
-        pins=LegacyBackend.pins(),
+        pins=dict(registered.pins()) if registered is not None else {},
         host=host_fingerprint(),
     )
     label = "".join(c if c.isalnum() or c in "._-" else "-" for c in model_type)[:40]
