@@ -116,3 +116,16 @@ def install_distribution(
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
     lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
     (info / "entry_points.txt").write_text("[aot.backends]\n" + lines)
+
+
+def install_cli_test_backends(site: Path, *classes: str) -> None:
+    """Install ``CLI_TEST_BACKENDS`` into ``site`` as the distribution aot-cli-test-backends,
+    registering each of ``classes`` ("Ready", "NeedsGpu", ...) under its lower-cased name."""
+    install_distribution(
+        site,
+        dist="aot-cli-test-backends",
+        version="0.0.7",
+        module="aot_cli_test_backends",
+        source=CLI_TEST_BACKENDS,
+        entry_points={cls.lower(): f"aot_cli_test_backends:{cls}" for cls in classes},
+    )

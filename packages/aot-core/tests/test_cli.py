@@ -20,23 +20,12 @@ from aot_core import artifacts
 from aot_core.cli import app as cli
 from aot_core.cli.app import ExitCode, main
 from artifact_support import make_artifact, make_model, rewrite_manifest
-from fake_backend import CLI_TEST_BACKENDS, install_distribution
+from fake_backend import install_cli_test_backends
 
 
 @pytest.fixture
 def fake_backends(site: Path) -> Path:
-    install_distribution(
-        site,
-        dist="aot-cli-test-backends",
-        version="0.0.7",
-        module="aot_cli_test_backends",
-        source=CLI_TEST_BACKENDS,
-        entry_points={
-            "ready": "aot_cli_test_backends:Ready",
-            "needsgpu": "aot_cli_test_backends:NeedsGpu",
-            "brokenengine": "aot_cli_test_backends:BrokenEngine",
-        },
-    )
+    install_cli_test_backends(site, "Ready", "NeedsGpu", "BrokenEngine")
     return site
 
 

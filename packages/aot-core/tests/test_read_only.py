@@ -22,7 +22,7 @@ from aot_core.cli.app import ExitCode
 from aot_core.spec import CompileSpec
 from aot_core.start_config import resolve_start
 from artifact_support import make_model
-from fake_backend import CLI_TEST_BACKENDS, install_distribution
+from fake_backend import install_cli_test_backends
 
 AOT = f"{sys.executable} -m aot_core.cli.app"
 
@@ -110,14 +110,7 @@ def test_a_read_only_store_is_used_without_write_access(
         usable = False
     if not usable:
         pytest.skip("as root this needs `unshare -m` and bind mounts (chmod does not stop root)")
-    install_distribution(
-        site,
-        dist="aot-cli-test-backends",
-        version="0.0.7",
-        module="aot_cli_test_backends",
-        source=CLI_TEST_BACKENDS,
-        entry_points={"ready": "aot_cli_test_backends:Ready"},
-    )
+    install_cli_test_backends(site, "Ready")
     # the aot processes below import the backends from the site dir alone
     (site / "fake_backend.py").write_text(Path(fake_backend.__file__).read_text())
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
