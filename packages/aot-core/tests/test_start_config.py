@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from aot_core import artifacts, dtype_choice
@@ -99,7 +100,7 @@ def test_every_command_hands_its_backends_one_decided_dtype(
         "eval --eager": job_spec(
             parse_model_args({"pretrained": str(model), "eager": True}), str(tmp_path)
         )[0],
-        "compile": model_spec.compile_spec(CompileSpec(), model, shape=None),
+        "compile": model_spec.compile_spec(CompileSpec(), model, shape=None)[0],
         "serve": serve_spec(CompileSpec(), model, tmp_path),
     }
     assert {name: spec.dtype for name, spec in specs.items()} == dict.fromkeys(specs, decided)
@@ -131,7 +132,8 @@ def test_eager_and_compiled_eval_jobs_and_aot_compile_resolve_one_start(
     assert compiled_start.max_model_len.source.startswith("examples")
     assert compiled_start.max_num_seqs.source == "backend default"
     # `aot compile` of the same model and spec keys the entry the compiled job looks up.
-    built = model_spec.compile_spec(CompileSpec(), model, shape=None)
+    built, built_start = model_spec.compile_spec(CompileSpec(), model, shape=None)
+    assert built_start.to_dict() == {**compiled_start.to_dict(), "cache_dir": ANY}
     assert built.fingerprint() == compiled.fingerprint()
 
 

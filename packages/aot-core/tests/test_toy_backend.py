@@ -62,6 +62,12 @@ def test_compiled_artifact_is_pinned_verified_and_refused_on_a_pin_mismatch(
     assert manifest.backend == "toy" and dict(manifest.pins) == toy.ToyCompiler.pins()
     assert any(f.path.startswith("files/toy-bigram/") for f in manifest.files)
     assert aot(["cache", "verify"], env).returncode == ExitCode.OK
+    # The command's one resolution, each value with its source, beside the backend's stats.
+    resolved = manifest.extra["resolved"]
+    assert resolved["dtype"]["value"] == manifest.spec["dtype"] == "float32"
+    assert resolved["dtype"]["source"] in ("machine", "model config")
+    assert resolved["max_model_len"]["source"].startswith("examples")
+    assert resolved["cache_dir"]["value"] == str(entry / artifacts.FILES_DIR)
 
     # The artifact loads (a cache hit) only through verification.
     spec = CompileSpec(cache_dir=str(entry / artifacts.FILES_DIR))

@@ -231,7 +231,7 @@ def test_cpu_dtype_auto_is_decided_by_aot_cores_one_rule_on_both_kinds_of_cpu(
     monkeypatch.setattr(dtype_choice, "cpu_isa", lambda: ("avx512f", "avx512_bf16"))
     spec, resolved, _ = resolve_engine_spec(CompileSpec(), tiny_model, is_cpu=True)
     assert resolved["dtype"] == {"value": "float32", "source": "model config"}
-    assert model_spec.compile_spec(CompileSpec(), tiny_model, shape=None).dtype == spec.dtype
+    assert model_spec.compile_spec(CompileSpec(), tiny_model, shape=None)[0].dtype == spec.dtype
     # On a GPU too: the checkpoint's own dtype, not vLLM's downcast.
     assert resolve_engine_spec(CompileSpec(), tiny_model, is_cpu=False)[0].dtype == "float32"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aot_core import artifacts
 from aot_core.usage import log as usage_log
 from conftest import F32, LIMIT, TASKS, Run, aot_eval, samples, task_args
 
@@ -79,6 +80,9 @@ def test_results_carry_aot_stats(backend: str, tiny: Path, parity_dir: Path) -> 
     eager_start, compiled_start = (r["aot"]["start"]["resolved"] for r in (eager, compiled))
     assert {k: eager_start[k] for k in fields} == {k: compiled_start[k] for k in fields}
     assert compiled_start["dtype"] == {"value": "float32", "source": "spec"}
+    # The artifact the compiled job built records the same resolution.
+    manifest = artifacts.read_manifest(Path(compiled["aot"]["start"]["artifact"]))
+    assert manifest.extra["resolved"] == compiled_start
     if backend == "vllm":  # and the engines got the same dtype, context and KV cache
         keys = ("dtype", "max_model_len", "max_num_seqs", "kv_cache_memory_bytes")
         eager_config, compiled_config = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aot_core import artifacts
 from aot_core.bench.prompts import default_prompts
@@ -22,6 +22,9 @@ from aot_core.cli.command import progress as _progress
 from aot_core.cli.model_spec import chosen_model, compile_spec, fits
 from aot_core.cli.workflow import compile_into
 
+if TYPE_CHECKING:
+    from aot_core.start_config import StartConfig
+
 
 def cmd_compile(args: argparse.Namespace) -> int:
     """Precompile MODEL with one backend into a verified artifact."""
@@ -30,7 +33,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     cache_root = open_store(args).root
     chosen = chosen_model(args, cache_root, default_tiny=False)
     model = chosen.path
-    spec = compile_spec(load_spec(args.spec), model, shape=chosen.shape)
+    spec, start_config = compile_spec(load_spec(args.spec), model, shape=chosen.shape)
     fits(model, spec, max_model_len=spec.max_model_len or 0, max_num_seqs=spec.max_num_seqs or 1)
     cls = get_backend(args.backend)
     backend = args.backend
@@ -71,6 +74,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             example_inputs=default_prompts(),
             force=args.force,
             progress=_progress,
+            resolved=_record(start_config, dest),
         )
     if compiled:
         _progress(f"compiled in {time.perf_counter() - start:.1f} s")
@@ -78,6 +82,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
         _progress("a verified artifact for this model, spec and environment already exists")
     _print_artifact(dest, manifest)
     return ExitCode.OK
+
+
+def _record(start: StartConfig, dest: Path) -> dict[str, Any]:
+    """The start configuration the manifest records: the entry's files are its cache."""
+    files = {"value": str(dest / artifacts.FILES_DIR), "source": "aot artifact of the key"}
+    return {**start.to_dict(), "cache_dir": files}
 
 
 def _print_artifact(dest: Path, manifest: artifacts.Manifest) -> None:

@@ -21,6 +21,7 @@ from aot_core.spec import CompileSpec
 
 if TYPE_CHECKING:
     from aot_core.models.memory_estimate import MemoryEstimate
+    from aot_core.start_config import StartConfig
 
 
 def chosen_model(
@@ -45,12 +46,15 @@ def chosen_model(
     )
 
 
-def compile_spec(spec: CompileSpec, model: Path, *, shape: str | None) -> CompileSpec:
+def compile_spec(
+    spec: CompileSpec, model: Path, *, shape: str | None
+) -> tuple[CompileSpec, StartConfig]:
     """The spec ``aot compile`` keys and builds its entry with: its open fields, dtype
     included, resolved as ``aot eval`` resolves them (aot-core's ``resolve_start``, the
     same example prompts), so an eval job of the same model and spec finds this entry. A
     ``--shape`` preset's context (up to 131072 tokens) would size a huge KV cache, so it
-    takes the bench's small engine unless the spec says otherwise."""
+    takes the bench's small engine unless the spec says otherwise. Returns the spec and
+    its start configuration (for the manifest)."""
     from aot_core.bench.run import BENCH_SPEC_DEFAULTS
     from aot_core.start_config import resolve_start
 
@@ -62,7 +66,7 @@ def compile_spec(spec: CompileSpec, model: Path, *, shape: str | None) -> Compil
     )
     if shape is not None and start.dtype.source != "spec":
         _progress(start.dtype.reason)  # a preset's config says bfloat16: say what runs
-    return start.apply(spec)
+    return start.apply(spec), start
 
 
 def fits(

@@ -9,7 +9,7 @@ the destination's lock. The backend's ``spec.cache_dir`` is the staging artifact
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ def compile_into(
     force: bool,
     progress: Callable[[str], None],
     after_compile: Callable[[Any], None] | None = None,
+    resolved: Mapping[str, Any] | None = None,
 ) -> tuple[artifacts.Manifest, bool]:
     """Compile into a staging directory beside ``dest``, write the manifest, publish atomically.
 
@@ -40,7 +41,8 @@ def compile_into(
     then reuses the result. Returns (manifest, compiled); compiled is False when a valid
     entry was already there. ``after_compile`` gets the compiled model before it is closed
     (the benchmark generates with it). The backend's options are validated first, so a bad
-    one fails before anything is staged.
+    one fails before anything is staged. ``resolved``, the command's start configuration
+    (``StartConfig.to_dict()``), goes into the manifest's ``extra``.
     """
     from aot_core.registry import get_backend
 
@@ -70,7 +72,10 @@ def compile_into(
             raise KeyboardInterrupt
         return {
             "device": stats.device or "cpu",
-            "extra": {"compile_stats": stats.to_dict()},
+            "extra": {
+                "compile_stats": stats.to_dict(),
+                **({"resolved": dict(resolved)} if resolved is not None else {}),
+            },
             "ranks": artifacts.rank_records(stats.ranks),
         }
 

@@ -205,6 +205,7 @@ def _cold(
         force=force,
         progress=progress,
         after_compile=lambda compiled: outcome.run(body, compiled),
+        resolved=entry.start,
     )
     if not outcome.ran:
         # Another job published the entry while this one waited for its lock.
