@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from aot_core.artifacts import MANIFEST_NAME, verify
-from aot_core.errors import NotOwnedError
+from aot_core.errors import ArtifactIncompatibleError, NotOwnedError
 from aot_legacy import LegacyBackend
 from aot_legacy.cache_entry import CacheWarning
 from aot_legacy.compiled_model import LegacyCompiledModel
@@ -168,3 +168,27 @@ def test_an_entry_missing_a_file_is_rebuilt(
     assert verify(store / "entries" / key).ok
     assert not list((store / "entries" / key).glob("files/*/aoti"))
     assert _aot(store, "ls").stdout.count("leftover") == 0
+
+
+def test_an_intact_entry_under_another_name_is_refused_and_kept(
+    packaged: LegacyCompiledModel, tiny_dir: Path, tmp_path: Path
+) -> None:
+    from aot_legacy.options import LegacyOptions
+    from aot_legacy.startup import load_start, request_start
+
+    key = _entry(packaged).name
+    archive = tmp_path / "entry.aot.tar"
+    assert _aot(_entry(packaged).parent.parent, "export", key, str(archive)).returncode == 0
+    store = tmp_path / "store"
+    assert _aot(store, "import", str(archive)).returncode == 0
+    other = spec(cache_dir=str(store), max_model_len=32)
+    request = request_start(
+        str(tiny_dir), other, LegacyOptions(), aot=False, backend_version=LegacyBackend.version()
+    )
+    start = load_start(request, None)  # names the entry; compiles nothing
+    start.compiler.close()
+    assert start.entry.key != key
+    (store / "entries" / key).rename(start.entry.path)  # renamed by hand
+    with pytest.raises(ArtifactIncompatibleError, match=f"holds the intact entry {key}"):
+        LegacyBackend().compile_model(tiny_dir, other)
+    assert verify(start.entry.path).ok  # not moved aside, not rebuilt, not deleted

@@ -57,7 +57,7 @@ from aot_core.artifacts import (
 )
 from aot_core.artifacts.identity import key_digest, key_prefix
 from aot_core.artifacts.manifest import FORMAT_VERSION
-from aot_core.errors import ArtifactError
+from aot_core.errors import ArtifactError, ArtifactIncompatibleError
 from aot_core.spec import CompileSpec
 
 BACKEND = "legacy"
@@ -178,6 +178,8 @@ def opened(entry: StoreEntry) -> Iterator[bool]:
     path = entry.path
     with contextlib.suppress(OSError):  # read-only: entry_lock(read_only_ok) says so below
         entry.store.entries_dir.mkdir(parents=True, exist_ok=True)
+    if not entry.store.entries_dir.is_dir():  # nothing to lock or read, nor can there be
+        _check_readable(entry)
     with entry_lock(path, read_only_ok=True, intent="using") as exclusive:
         if not exclusive:
             _check_readable(entry)
@@ -200,8 +202,6 @@ def _open_writable(entry: StoreEntry) -> bool:
         return True
     try:
         manifest = verify_for_load(path, backend=BACKEND, discard_extra=True)
-        if manifest.key != entry.key:
-            raise ArtifactError(f"it holds entry {manifest.key}, not {entry.key}")
     except ArtifactError as exc:
         check_owned(path, "replace")  # NotOwnedError before a word of "moved aside" is said
         warnings.warn(
@@ -213,6 +213,12 @@ def _open_writable(entry: StoreEntry) -> bool:
         _discard(path)
         _create(entry)
         return True
+    if manifest.key != entry.key:
+        # Intact, only under another name (renamed by hand): someone's to sort out.
+        raise ArtifactIncompatibleError(
+            f"{path} holds the intact entry {manifest.key}, not {entry.key}; move it to "
+            f"{entry.store.entries_dir / manifest.key} or away, then start again"
+        )
     return bool(manifest.extra.get(IN_PROGRESS))
 
 
