@@ -47,6 +47,22 @@ def platform_is_cpu() -> bool:
         return False
 
 
+def match_cpu_worker_inductor_config() -> None:
+    """This process's Inductor config as vLLM's CPU worker processes have it.
+
+    vLLM's CPU platform sets ``TORCHINDUCTOR_CPP_DYNAMIC_THREADS=1`` for every engine, but
+    Inductor reads it when its config is imported: a spawned worker imports it after, this
+    process (an inline engine) long before. Code vLLM compiles outside its own compilation
+    config (the random sampler's ``torch.compile``) was then keyed and built differently in
+    this process than in a served engine's worker, so an entry ``aot compile`` wrote missed
+    when ``aot serve`` loaded it (seen on 0.27.1). vLLM leaves the variable set in this
+    process, so it is left on here too.
+    """
+    import torch._inductor.config as inductor_config
+
+    inductor_config.cpp.dynamic_threads = True
+
+
 def start(model: str, llm_kwargs: Mapping[str, Any]) -> RunningEngine:
     """Build ``vllm.LLM(model=model, **llm_kwargs)``; processes it spawns are recorded."""
     vllm = import_vllm()

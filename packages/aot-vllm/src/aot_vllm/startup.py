@@ -139,6 +139,8 @@ def prepare_launch(setup: EngineSetup, env: engine_env.EnvPatch) -> Prepared:
         warmup=warmup,
     )
     env.apply(variables)
+    if setup.inline and setup.is_cpu:
+        engine.match_cpu_worker_inductor_config()
     if warmup and setup.inline:
         # vLLM registers its plugins once per process; an engine in this process after
         # the first still needs the wrapper (it acts only while the variable is set).
