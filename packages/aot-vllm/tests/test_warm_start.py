@@ -24,15 +24,20 @@ def cold_warm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     return {"cache": cache, "cold": cold, "warm": warm}
 
 
-def test_cold_then_warm_start_reports_a_hit_and_starts_faster(cold_warm: dict[str, Any]) -> None:
+def test_cold_then_warm_start_reports_a_hit_with_the_same_tokens(
+    cold_warm: dict[str, Any],
+) -> None:
     cold, warm = cold_warm["cold"]["stats"], cold_warm["warm"]["stats"]
     assert cold["cache"]["status"] == "miss", cold["cache"]
     assert warm["cache"]["status"] == "hit", warm["cache"]
     assert warm["cache"]["path"] == cold["cache"]["path"]
-    # Compile-and-warm-up is where a cache pays; compare that phase and the whole start.
-    assert warm["startup_phases"]["compile_warmup"] < cold["startup_phases"]["compile_warmup"]
-    assert warm["startup_s"] < cold["startup_s"]
     assert cold_warm["warm"]["tokens"] == cold_warm["cold"]["tokens"]
+    # How much faster a warm start is, is a benchmark's figure (benchmarks/vllm_bench.py,
+    # `aot bench`), not a test's: a loaded machine can make it anything. Printed only so a
+    # log taken with -s or -rP shows it.
+    for name, stats in (("cold", cold), ("warm", warm)):
+        warmup = stats["startup_phases"]["compile_warmup"]
+        print(f"{name} start {stats['startup_s']:.1f} s, compile_warmup {warmup:.1f} s")
 
 
 def test_a_read_only_cache_serves_a_warm_start(cold_warm: dict[str, Any], tiny_model: Path) -> None:
