@@ -264,7 +264,7 @@ TABLES: dict[str, Table] = {
     "tiny_bench": Table(run="2026-11-30T2228Z-aot_bench", render=_aot_bench),
     "vllm_aot_cpu": Table(run="2026-12-01T0115Z-vllm_aot_cpu", render=_vllm_aot_cpu),
     "eval_jobs": Table(run="2026-12-07T0835Z-eval_jobs", render=_eval_jobs),
-    "eval_jobs_lighter": Table(run="2026-12-07T0908Z-eval_jobs", render=_eval_jobs),
+    "eval_jobs_quiet": Table(run="2026-12-07T1331Z-eval_jobs", render=_eval_jobs),
     "serve_ready": Table(run="2026-12-07T1023Z-serve_ready", render=_serve_ready),
 }
 
