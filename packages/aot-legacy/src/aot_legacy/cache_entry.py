@@ -35,8 +35,6 @@ import errno
 import hashlib
 import json
 import os
-import secrets
-import shutil
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -47,6 +45,7 @@ from aot_core.artifacts import (
     FILES_DIR,
     ArtifactStore,
     check_owned,
+    discard_entry,
     entry_lock,
     host_fingerprint,
     publish,
@@ -210,7 +209,7 @@ def _open_writable(entry: StoreEntry) -> bool:
             CacheWarning,
             stacklevel=4,
         )
-        _discard(path)
+        discard_entry(path)
         _create(entry)
         return True
     if manifest.key != entry.key:
@@ -267,17 +266,6 @@ def _write(entry: StoreEntry, directory: Path, *, extra: Mapping[str, Any]) -> N
         extra=extra,
         config_hash=entry.config_hash,
     )
-
-
-def _discard(path: Path) -> None:
-    """Move the entry aside under a leftover name, then delete it (the caller proved it is
-    aot's and holds its lock); a linked entry loses its link only."""
-    trash = path.parent / f".{path.name}.trash-{os.getpid()}-{secrets.token_hex(4)}"
-    os.rename(path, trash)
-    if trash.is_symlink():
-        trash.unlink()
-    else:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:

@@ -60,6 +60,7 @@ from aot_core.artifacts import (
     artifact_root,
     check_owned,
     default_cache_root,
+    discard_entry,
     entry_key,
     entry_lock,
     is_read_only_error,
@@ -366,12 +367,7 @@ class CacheEntry:
     def _discard(self) -> None:
         """Move the entry aside and delete it; only an entry aot can prove it wrote."""
         check_owned(self.path, "delete")
-        trash = self.path.parent / f".{self.path.name}.trash-{os.getpid()}-{secrets.token_hex(4)}"
-        os.rename(self.path, trash)
-        if trash.is_symlink():
-            trash.unlink()  # a linked entry loses its link only, never its target's files
-        else:
-            shutil.rmtree(trash, ignore_errors=True)
+        discard_entry(self.path)
 
 
 class ArtifactIncompatibleWorld(ArtifactIncompatibleError):

@@ -435,11 +435,21 @@ def remove_entry(dest: str | os.PathLike[str], *, timeout_s: float | None = 0.0)
             os.rmdir(target)  # fails, safely, if anything was put there meanwhile
             return True
         check_owned(target, "delete")
-        trash = _trash_path(target)
-        os.rename(target, trash)
-        _fsync_path(target.parent, directory=True)
-        _delete(trash)
+        discard_entry(target)
         return True
+
+
+def discard_entry(dest: str | os.PathLike[str]) -> None:
+    """Rename an entry aside under a name ``remove_leftovers`` knows, then delete it.
+
+    The caller holds ``entry_lock(dest)`` and has proved the entry is aot's; a linked entry
+    loses its link only, never its target's files.
+    """
+    target = Path(dest)
+    trash = _trash_path(target)
+    os.rename(target, trash)
+    _fsync_path(target.parent, directory=True)
+    _delete(trash)
 
 
 def reusable_entry(
