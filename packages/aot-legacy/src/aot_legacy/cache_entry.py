@@ -34,7 +34,6 @@ import contextlib
 import errno
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from aot_core.artifacts import (
     publish,
     remove_leftovers,
     staging_dir,
+    stat_files,
     verify_for_load,
     write_manifest,
 )
@@ -269,11 +269,5 @@ def _write(entry: StoreEntry, directory: Path, *, extra: Mapping[str, Any]) -> N
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Size and modification time of every file below ``root``."""
-    out: dict[str, tuple[int, int]] = {}
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            with contextlib.suppress(OSError):
-                st = os.lstat(Path(dirpath) / name)
-                out[os.path.join(dirpath, name)] = (st.st_size, st.st_mtime_ns)
-    return out
+    """Size and modification time of every file below ``root`` (aot-core's ``stat_files``)."""
+    return {name: (st.st_size, st.st_mtime_ns) for name, st in stat_files(root).stats.items()}
