@@ -22,7 +22,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,14 +210,22 @@ def _eval_jobs(run_dir: Path) -> list[str]:
             f"| {row['way']} | {row['kind']} | {row['jobs']} | {_s(row['wall_s'])} "
             f"| {_s(row['model_ready_s'])} | {_s(row['evaluation_s'])} |"
         )
-    out += ["", "| goal (same run, side by side) | measured | goal | met |", "|---|---|---|---|"]
-    for r in data["ratios"]:
-        name = r["name"] + (f" ({r['detail']})" if r["detail"] else "")
-        met = "yes" if r["value"] <= r["goal"] else "**no**"
-        out.append(f"| {name} | {r['value']:.2f}× | ≤ {r['goal']:.2f}× | {met} |")
+    out += _goal_rows(
+        (r["name"] + (f" ({r['detail']})" if r["detail"] else ""), r["value"], r["goal"])
+        for r in data["ratios"]
+    )
     same = "yes" if data["scores_agree"] else "**NO**"
     rule = "log-likelihoods within 1e-3, same generations"
     out += ["", f"Scores agree across every way and job ({rule}): {same}."]
+    return out
+
+
+def _goal_rows(goals: Iterable[tuple[str, float, float]]) -> list[str]:
+    """A blank line, then the goal table: each (name, measured ratio, goal), met or not."""
+    out = ["", "| goal (same run, side by side) | measured | goal | met |", "|---|---|---|---|"]
+    for name, value, goal in goals:
+        met = "yes" if value <= goal else "**no**"
+        out.append(f"| {name} | {value:.2f}× | ≤ {goal:.2f}× | {met} |")
     return out
 
 
@@ -239,7 +247,6 @@ def _serve_ready(run_dir: Path) -> list[str]:
         )
     ev = data["eval"]
     base = next(j for j in ev["aot_eval_jobs"] if j["job"] == ev["baseline"])
-    out += ["", "| goal (same run, side by side) | measured | goal | met |", "|---|---|---|---|"]
     goals = [
         ("warm `aot serve` ready / `vllm serve` ready", ready["ratio"], ready["goal"]),
         (
@@ -249,9 +256,7 @@ def _serve_ready(run_dir: Path) -> list[str]:
             ev["goal"],
         ),
     ]
-    for name, value, goal in goals:
-        met = "yes" if value <= goal else "**no**"
-        out.append(f"| {name} | {value:.2f}× | ≤ {goal:.2f}× | {met} |")
+    out += _goal_rows(goals)
     same = "yes" if ev["scores_agree"] else "**NO**"
     out += ["", f"The server job's samples agree with the `aot eval` job's: {same}."]
     return out
