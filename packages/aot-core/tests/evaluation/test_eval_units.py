@@ -13,6 +13,7 @@ from aot_core.evaluation.errors import ParityExceededError
 from aot_core.evaluation.model_args import parse_model_args
 from aot_core.evaluation.parity import compare_runs, exceeded, format_report
 from aot_core.scoring import rolling_requests
+from conftest import TASKS
 
 
 @pytest.mark.parametrize("limit", [2, 3, 5, 16])
@@ -163,3 +164,23 @@ def test_parity_passes_eager_to_aot_not_to_lm_eval(tmp_path: Path) -> None:
     assert eager.index("--eager") < eager.index("--lm-eval")
     assert eager[eager.index("--lm-eval") + 1 :] == passthrough
     assert "--eager" not in compiled and compiled[compiled.index("--lm-eval") + 1 :] == passthrough
+
+
+def test_local_tasks_are_resolved_from_the_include_path_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every named task under --include-path: lm-eval's index of its ~15,000 built-in tasks
+    (seconds per job) is not built; a built-in name among them still gets the whole index."""
+    from aot_core.evaluation.job import check_inputs, prepare_tasks
+    from aot_core.evaluation.tasks import resolve_tasks
+
+    monkeypatch.chdir(TASKS)
+    local = ["--tasks", "aot_mc,aot_gen", "--include_path", str(TASKS), "--limit", "2"]
+    prepared = prepare_tasks(local, lambda _: None)
+    assert {"aot_mc", "aot_gen"} <= set(prepared.manager.all_tasks)
+    assert len(prepared.manager.all_tasks) < 10, "lm-eval's built-in tasks were indexed"
+    assert [t.task_name for t in prepared.tasks] == ["aot_mc", "aot_gen"]
+
+    cfg, yamls = check_inputs(["--tasks", "aot_mc,arc_easy", "--include_path", str(TASKS)])
+    manager = resolve_tasks(cfg, yamls)
+    assert {"aot_mc", "arc_easy"} <= set(manager.all_tasks)

@@ -100,7 +100,7 @@ def prepare_tasks(argv: Sequence[str], progress: Callable[[str], None]) -> Prepa
     from aot_core.evaluation.tasks import load_tasks, resolve_tasks
 
     cfg, yamls = check_inputs(argv)
-    manager = resolve_tasks(cfg)  # lm-eval indexes every task it has: seconds
+    manager = resolve_tasks(cfg, yamls)
     sources = task_sources(manager, cfg.tasks, yamls)
     checked = {s.name for s in yamls.requested}
     for source in sources:
@@ -119,7 +119,6 @@ def run_job(
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     """Run the job on ``prepared`` tasks and return lm-eval's results with an ``aot`` section."""
-    cfg, tasks, task_manager = prepared.config, prepared.tasks, prepared.manager
     marks: dict[str, float] = {}
 
     def body(model: CompiledModel) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -127,7 +126,7 @@ def run_job(
 
         marks["ready"] = time.perf_counter()
         lm = AotLM.around(model, tokenizer, request.config)
-        results = _evaluate(lm, cfg, tasks, task_manager)
+        results = evaluate(lm, prepared)
         marks["evaluated"] = time.perf_counter()
         return results, model.stats.to_dict(), lm.counters.to_dict()
 
@@ -138,13 +137,24 @@ def run_job(
     return results
 
 
-def _evaluate(lm: Any, cfg: Any, tasks: list[Any], task_manager: Any) -> dict[str, Any]:
+def evaluate(lm: Any, prepared: PreparedTasks, *, model_args: Any = None) -> dict[str, Any]:
+    """lm-eval's ``simple_evaluate`` of ``prepared`` on ``lm``: an LM object, or the name of
+    one of lm-eval's own models, which it builds from ``model_args``."""
     from lm_eval import simple_evaluate
 
+    cfg = prepared.config
+    built_here: dict[str, Any] = {}
+    if isinstance(lm, str):  # as lm-eval's own CLI builds it
+        built_here = {
+            "batch_size": cfg.batch_size,
+            "max_batch_size": cfg.max_batch_size,
+            "device": cfg.device,
+        }
     results = simple_evaluate(
         model=lm,
-        model_args=cfg.model_args,
-        tasks=tasks,
+        model_args=cfg.model_args if model_args is None else model_args,
+        **built_here,
+        tasks=prepared.tasks,
         num_fewshot=cfg.num_fewshot,
         use_cache=cfg.use_cache,
         limit=cfg.limit,
@@ -156,7 +166,7 @@ def _evaluate(lm: Any, cfg: Any, tasks: list[Any], task_manager: Any) -> dict[st
         apply_chat_template=cfg.apply_chat_template,
         fewshot_as_multiturn=cfg.fewshot_as_multiturn,
         gen_kwargs=cfg.gen_kwargs,
-        task_manager=task_manager,
+        task_manager=prepared.manager,
         verbosity=cfg.verbosity,
         predict_only=cfg.predict_only,
         random_seed=cfg.seed[0] if cfg.seed else None,

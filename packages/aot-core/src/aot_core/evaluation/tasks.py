@@ -18,7 +18,7 @@ from aot_core.evaluation.errors import (
     TaskInvalidError,
     TaskNotFoundError,
 )
-from aot_core.evaluation.task_files import TaskSource, key_line
+from aot_core.evaluation.task_files import TaskSource, TaskYamls, key_line
 
 # Raised by the datasets builders (and what they use) on a file they cannot parse.
 _UNREADABLE = frozenset(
@@ -53,8 +53,16 @@ def go_offline() -> None:
         os.environ.setdefault(key, value)
 
 
-def resolve_tasks(cfg: Any) -> Any:
-    """lm-eval's own task resolution (names, globs, YAML paths); returns its TaskManager."""
+def resolve_tasks(cfg: Any, yamls: TaskYamls | None = None) -> Any:
+    """lm-eval's own task resolution (names, globs, YAML paths); returns its TaskManager.
+
+    When every task the job names is a plain task in ``--include-path`` (``yamls``), the
+    index holds that directory alone: lm-eval's own index of its ~15,000 built-in tasks
+    takes seconds per job and would only be searched for names already found.
+    """
+    local = _local_manager(cfg, yamls) if yamls is not None else None
+    if local is not None:
+        return local
     try:
         return cfg.process_tasks(cfg.metadata)
     except (ImportError, AttributeError) as exc:
@@ -70,6 +78,24 @@ def resolve_tasks(cfg: Any) -> Any:
             f"{exc}: no lm-eval task{where} has that name. `lm-eval ls tasks` lists the built-in "
             "ones; for your own YAML tasks pass their directory with --include-path DIR"
         ) from exc
+
+
+def _local_manager(cfg: Any, yamls: TaskYamls) -> Any:
+    """A TaskManager of ``--include-path`` alone, or None where the job needs lm-eval's
+    built-in index (a built-in task, a group or tag, a glob or YAML path)."""
+    raw = [cfg.tasks] if isinstance(cfg.tasks, str) else list(cfg.tasks or [])
+    names = list(dict.fromkeys(n for item in raw for n in str(item).split(",") if n))
+    if not cfg.include_path or not names or any(n not in yamls.by_name for n in names):
+        return None
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(
+        include_path=cfg.include_path, include_defaults=False, metadata=cfg.metadata or {}
+    )
+    if set(manager.match_tasks(names)) != set(names):
+        return None
+    cfg.tasks = names  # as lm-eval's own resolution leaves them
+    return manager
 
 
 def load_tasks(task_manager: Any, tasks: list[Any], sources: list[TaskSource]) -> list[Any]:
