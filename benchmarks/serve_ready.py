@@ -360,7 +360,9 @@ def run_eval_job(setup: Setup, name: str, server: str | None = None) -> dict[str
         raise SystemExit(f"aot eval {name} exited with {proc.returncode}; see {log}")
     results = next(out.rglob("results*.json"), None)
     aot = json.loads(results.read_text(encoding="utf-8")).get("aot") if results else None
-    if aot:
+    if aot and "server" in aot:  # a job against a server: no start of its own
+        record["evaluation_s"] = aot["wall_s"]["evaluate"]
+    elif aot:
         record["start_path"] = aot["start"]["path"]
         record["cache"] = (aot["stats"].get("cache") or {}).get("status")
         record["model_ready_s"] = aot["wall_s"]["to_model_ready"]

@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.server:
         from aot_core.evaluation.server_job import run_against_server
 
-        return run_against_server(args, model, passthrough, progress)
+        return run_against_server(args, model, passthrough, started, progress)
     if args.parity:
         from aot_core.evaluation.parity import run_parity
 

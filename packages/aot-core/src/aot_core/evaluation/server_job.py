@@ -5,8 +5,10 @@ lm-eval's ``local-completions`` model (log-likelihood and generation), or
 ``local-chat-completions`` when ``--apply_chat_template`` is among lm-eval's options (the
 server renders the chat with the model's template). The served model's name and context
 come from the server's ``/v1/models``; the local MODEL directory is the tokenizer lm-eval
-counts and splits tokens with, so it must be the one the server serves. lm-eval runs in a
-process of its own (``python -m lm_eval run``) after the task checks ``aot eval`` makes.
+counts and splits tokens with, so it must be the one the server serves. lm-eval runs in
+``aot eval``'s own process on the tasks its checks already built: a job against a server
+pays one interpreter start and one task load, not two. Its outputs are ``aot eval``'s own
+(``--output``), their ``aot`` section naming the server instead of an engine start.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aot_core.evaluation.errors import EvalError, EvalUsageError, ServerUnreachableError
 
@@ -100,10 +103,10 @@ def discover(url: str, *, timeout_s: float = DISCOVERY_TIMEOUT_S) -> ServedModel
     )
 
 
-def lm_eval_model_argv(
+def lm_eval_model(
     served: ServedModel, tokenizer: Path, *, chat: bool, extra: str = ""
-) -> list[str]:
-    """lm-eval's ``--model`` and ``--model_args`` for a job against ``served``."""
+) -> tuple[str, dict[str, str]]:
+    """lm-eval's model name and ``model_args`` for a job against ``served``."""
     endpoint = "chat/completions" if chat else "completions"
     args = {
         "model": served.name,
@@ -119,8 +122,7 @@ def lm_eval_model_argv(
     for item in filter(None, extra.split(",")):  # the user's --model-args win
         name, _, value = item.partition("=")
         args[name.strip()] = value
-    model = "local-chat-completions" if chat else "local-completions"
-    return ["--model", model, "--model_args", ",".join(f"{k}={v}" for k, v in args.items())]
+    return ("local-chat-completions" if chat else "local-completions"), args
 
 
 def check_server_options(args: argparse.Namespace) -> None:
@@ -135,28 +137,75 @@ def check_server_options(args: argparse.Namespace) -> None:
 
 
 def run_against_server(
-    args: argparse.Namespace, model: Path, passthrough: list[str], progress: Callable[[str], None]
+    args: argparse.Namespace,
+    model: Path,
+    passthrough: list[str],
+    started: float,
+    progress: Callable[[str], None],
 ) -> int:
-    """Check the tasks, find the served model, run lm-eval against it; lm-eval's exit code."""
+    """Check the tasks, find the served model, run lm-eval against it in this process."""
     from aot_core.cli.command import stdout_to_stderr
-    from aot_core.evaluation.job import prepare_tasks
+    from aot_core.evaluation.job import evaluate, prepare_tasks, write_outputs
     from aot_core.evaluation.lm_eval_args import lm_eval_argv
 
     check_server_options(args)
-    run_argv = lm_eval_argv(args, passthrough)
     with stdout_to_stderr():  # bad tasks, data and options fail here, before any request
-        prepare_tasks(run_argv, progress)
+        prepared = prepare_tasks(lm_eval_argv(args, passthrough), progress)
     served = discover(args.server)
     chat = CHAT_OPTION in passthrough
-    model_argv = lm_eval_model_argv(served, model, chat=chat, extra=args.model_args or "")
-    how = "local-chat-completions" if chat else "local-completions"
-    progress(f"evaluating {served.name!r} served at {served.base} with lm-eval's {how}")
-    proc = subprocess.run(
-        [sys.executable, "-m", "lm_eval", "run", *model_argv, *run_argv], check=False
-    )
-    if proc.returncode != 0:
+    name, model_args = lm_eval_model(served, model, chat=chat, extra=args.model_args or "")
+    progress(f"evaluating {served.name!r} served at {served.base} with lm-eval's {name}")
+    ready = time.perf_counter()
+    try:
+        with stdout_to_stderr():
+            # As text, so lm-eval parses it as its CLI would (numbers become numbers).
+            as_text = ",".join(f"{k}={v}" for k, v in model_args.items())
+            results = evaluate(name, prepared, model_args=as_text)
+    except Exception as exc:  # lm-eval's own errors: refused requests, retries exhausted
         raise EvalError(
-            f"lm-eval's {how} job against {served.base} failed (exit {proc.returncode}); "
-            "its messages are above"
-        )
+            f"lm-eval's {name} job against {served.base} failed "
+            f"({type(exc).__name__}: {exc}); its messages are above"
+        ) from exc
+    results["aot"] = _server_section(served, name, model_args, started, ready)
+    if args.output:
+        for path in write_outputs(results, Path(args.output).expanduser()):
+            progress(f"wrote {path}")
+    print(server_summary(results))
+    sys.stdout.flush()
     return 0
+
+
+def _server_section(
+    served: ServedModel, name: str, model_args: dict[str, str], started: float, ready: float
+) -> dict[str, Any]:
+    """The ``aot`` section of a job against a server: who answered, how, and how long."""
+    from importlib.metadata import version
+
+    now = time.perf_counter()
+    return {
+        "server": {"url": served.base, "model": served.name, "lm_eval_model": name},
+        "model_args": {k: v for k, v in model_args.items() if "key" not in k.lower()},
+        "wall_s": {
+            "to_first_request": round(ready - started, 3),
+            "evaluate": round(now - ready, 3),
+            "total": round(now - started, 3),
+        },
+        "versions": {"aot-core": version("aot-core"), "lm-eval": version("lm_eval")},
+    }
+
+
+def server_summary(results: dict[str, Any]) -> str:
+    """lm-eval's results table, then which server answered and how long the job took."""
+    from lm_eval.utils import make_table
+
+    aot = results["aot"]
+    lines = [make_table(results)]
+    if "groups" in results:
+        lines.append(make_table(results, "groups"))
+    wall = aot["wall_s"]
+    lines.append(
+        f"aot: served by {aot['server']['url']} ({aot['server']['model']!r}, lm-eval's "
+        f"{aot['server']['lm_eval_model']}); job {wall['total']:.1f} s, of which "
+        f"{wall['evaluate']:.1f} s evaluating"
+    )
+    return "\n".join(lines)
