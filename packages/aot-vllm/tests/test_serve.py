@@ -200,6 +200,10 @@ def test_ready_with_health_metrics_and_start_record(server: Server) -> None:
     entry = Path(record["start"]["artifact"])
     assert entry.parent == server.cache / "entries"
     assert artifacts.verify_for_load(entry, backend="vllm").files
+    # The first start's manifest records the command's one resolution, as aot compile's does.
+    resolved = artifacts.read_manifest(entry).extra["resolved"]
+    assert resolved["max_model_len"]["value"] == MAX_MODEL_LEN
+    assert resolved["cache_dir"]["value"] == str(entry / artifacts.FILES_DIR)
     assert "ready: serving" in server.output()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aot_core import artifacts
 from aot_core.bench.prompts import default_prompts
@@ -20,10 +20,7 @@ from aot_core.cli.command import (
 )
 from aot_core.cli.command import progress as _progress
 from aot_core.cli.model_spec import chosen_model, compile_spec, fits
-from aot_core.cli.workflow import compile_into
-
-if TYPE_CHECKING:
-    from aot_core.start_config import StartConfig
+from aot_core.cli.workflow import compile_into, manifest_record
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -74,7 +71,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             example_inputs=default_prompts(),
             force=args.force,
             progress=_progress,
-            resolved=_record(start_config, dest),
+            resolved=manifest_record(start_config, dest),
         )
     if compiled:
         _progress(f"compiled in {time.perf_counter() - start:.1f} s")
@@ -82,12 +79,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
         _progress("a verified artifact for this model, spec and environment already exists")
     _print_artifact(dest, manifest)
     return ExitCode.OK
-
-
-def _record(start: StartConfig, dest: Path) -> dict[str, Any]:
-    """The start configuration the manifest records: the entry's files are its cache."""
-    files = {"value": str(dest / artifacts.FILES_DIR), "source": "aot artifact of the key"}
-    return {**start.to_dict(), "cache_dir": files}
 
 
 def _print_artifact(dest: Path, manifest: artifacts.Manifest) -> None:

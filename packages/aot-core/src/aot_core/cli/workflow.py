@@ -11,15 +11,25 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aot_core import artifacts
 from aot_core.errors import BackendUnavailableError, CompilationError, SpecError
 from aot_core.spec import CompileSpec
 
+if TYPE_CHECKING:
+    from aot_core.start_config import StartConfig
+
 INTERRUPTED = threading.Event()
 """Set by the ``aot`` command's SIGINT/SIGTERM handler; checked before anything is
 published, in case a library swallowed the KeyboardInterrupt the signal raised."""
+
+
+def manifest_record(start: StartConfig, dest: Path) -> dict[str, Any]:
+    """The start configuration an entry's manifest records (``compile_into``'s
+    ``resolved``): the command's, with the entry's own files as its cache."""
+    files = {"value": str(dest / artifacts.FILES_DIR), "source": "aot artifact of the key"}
+    return {**start.to_dict(), "cache_dir": files}
 
 
 def compile_into(

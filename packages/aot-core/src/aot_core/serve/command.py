@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aot_core import artifacts
 from aot_core.cli.arguments import name_arg, non_negative_int, path_arg, positive_int, text_arg
@@ -42,6 +42,9 @@ from aot_core.serving import (
 )
 from aot_core.spec import CompileSpec
 from aot_core.stats import OptimizationStats
+
+if TYPE_CHECKING:
+    from aot_core.start_config import StartConfig
 
 EXAMPLES = f"""examples:
   aot serve ./my-llama --spec spec.toml --port 8000
@@ -146,9 +149,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     cls.options_class.validate(spec)
     store = artifacts.ArtifactStore(args.cache_dir)
-    spec = serve_spec(spec, model, store.root)
+    spec, start_config = _serve_start(spec, model, store.root)
     if args.replicas is not None:
-        return _serve_replicas(args, cls, model, spec, store)
+        return _serve_replicas(args, cls, model, spec, store, start_config=start_config)
     if args.ray_address:
         raise CLIError(ExitCode.USAGE, "--ray-address goes with --replicas N")
     with _bound(args.host, args.port) as sock, stdout_to_stderr():
@@ -164,14 +167,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         dest = store.path(key)
         start = _Start(path="warm", key=key, artifact=dest, compile_s=None)
         if not (dest / artifacts.MANIFEST_NAME).exists():
-            start = _compile_first(cls.name, model, spec, dest, key)
+            start = _compile_first(cls.name, model, spec, dest, key, start=start_config)
         with _held(dest, key, cls.name):
             serve.run(spec.replace(cache_dir=str(dest / artifacts.FILES_DIR)), start, started)
     return ExitCode.OK
 
 
 def _serve_replicas(
-    args: argparse.Namespace, cls: Any, model: Path, spec: CompileSpec, store: Any
+    args: argparse.Namespace,
+    cls: Any,
+    model: Path,
+    spec: CompileSpec,
+    store: Any,
+    *,
+    start_config: StartConfig,
 ) -> int:
     """``--replicas``: reach Ray first (fails fast), then the entry as ``aot serve`` makes
     it (compiled and published first when missing), then the replicas on Ray Serve."""
@@ -185,7 +194,7 @@ def _serve_replicas(
         )
         dest = store.path(key)
         if not (dest / artifacts.MANIFEST_NAME).exists():
-            _compile_first(cls.name, model, spec, dest, key)
+            _compile_first(cls.name, model, spec, dest, key, start=start_config)
     plan = serve_replicas.ReplicaPlan(model=model, spec=spec, backend=cls.name, entry=dest, key=key)
     with stdout_to_stderr():
         return serve_replicas.run(plan, args, progress)
@@ -195,6 +204,14 @@ def serve_spec(spec: CompileSpec, model: Path, cache_root: Path) -> CompileSpec:
     """The spec ``aot compile`` keys and builds its entry with (its open fields resolved by
     aot-core's ``resolve_start`` with the same example prompts), so the server uses that
     entry; eager, the same configuration without compilation."""
+    return _serve_start(spec, model, cache_root)[0]
+
+
+def _serve_start(
+    spec: CompileSpec, model: Path, cache_root: Path
+) -> tuple[CompileSpec, StartConfig]:
+    """``serve_spec``, and the start configuration it came from (a first compile's
+    manifest records it, as ``aot compile``'s does)."""
     from aot_core.bench.prompts import default_prompts
     from aot_core.start_config import resolve_start
 
@@ -202,7 +219,9 @@ def serve_spec(spec: CompileSpec, model: Path, cache_root: Path) -> CompileSpec:
     resolved = start.apply(spec)
     # The cache root is where an eager engine's entry goes; a compiled one runs from its
     # artifact's files, and ``aot compile`` keys its entry without a cache_dir.
-    return resolved if not spec.compiles else resolved.replace(cache_dir=spec.cache_dir)
+    if spec.compiles:
+        resolved = resolved.replace(cache_dir=spec.cache_dir)
+    return resolved, start
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -292,11 +311,13 @@ def _ready_line(record: Mapping[str, Any], stats: OptimizationStats) -> str:
     )
 
 
-def _compile_first(backend: str, model: Path, spec: CompileSpec, dest: Path, key: str) -> _Start:
+def _compile_first(
+    backend: str, model: Path, spec: CompileSpec, dest: Path, key: str, *, start: StartConfig
+) -> _Start:
     """Compile and publish the entry as ``aot compile`` does (under its lock; a concurrent
     compile of the same entry is waited for and reused)."""
     from aot_core.bench.prompts import default_prompts
-    from aot_core.cli.workflow import compile_into
+    from aot_core.cli.workflow import compile_into, manifest_record
 
     artifacts.ensure_writable(dest.parent)
     progress(f"no verified entry yet: compiling {model} with {backend} into {dest} first")
@@ -310,6 +331,7 @@ def _compile_first(backend: str, model: Path, spec: CompileSpec, dest: Path, key
         example_inputs=default_prompts(),
         force=False,
         progress=progress,
+        resolved=manifest_record(start, dest),
     )
     if not compiled:
         return _Start(path="warm", key=key, artifact=dest, compile_s=None)
