@@ -101,7 +101,7 @@ def test_every_command_hands_its_backends_one_decided_dtype(
             parse_model_args({"pretrained": str(model), "eager": True}), str(tmp_path)
         )[0],
         "compile": model_spec.compile_spec(CompileSpec(), model, shape=None)[0],
-        "serve": serve_spec(CompileSpec(), model, tmp_path),
+        "serve": serve_spec(CompileSpec(), model, tmp_path)[0],
     }
     assert {name: spec.dtype for name, spec in specs.items()} == dict.fromkeys(specs, decided)
     assert bench_start.dtype.source != "spec" and bench_start.dtype.reason

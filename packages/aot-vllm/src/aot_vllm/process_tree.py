@@ -86,9 +86,9 @@ def reap(pids: Iterable[int], *, timeout_s: float = 10.0) -> list[int]:
 
 
 TITLE_PREFIX = "VLLM::"
-WORKER_TITLE = "VLLM::Worker"
-ENGINE_CORE_TITLE = "VLLM::EngineCore"
 """vLLM names its processes with setproctitle: "VLLM::EngineCore", "VLLM::Worker_TP1", ..."""
+WORKER_TITLE = f"{TITLE_PREFIX}Worker"
+ENGINE_CORE_TITLE = f"{TITLE_PREFIX}EngineCore"
 
 
 class PeakMemory:

@@ -77,6 +77,7 @@ def check_inputs(argv: Sequence[str]) -> tuple[Any, TaskYamls]:
     ``EvaluatorConfig`` and the parsed YAMLs."""
     from aot_core.evaluation.limit import check_limit
     from aot_core.evaluation.task_files import check_task_data, check_task_yamls
+    from aot_core.evaluation.tasks import task_names
 
     cfg = lm_eval_config(argv)
     if cfg.limit is not None:
@@ -84,9 +85,7 @@ def check_inputs(argv: Sequence[str]) -> tuple[Any, TaskYamls]:
             check_limit(cfg.limit)
         except ValueError as exc:
             raise EvalUsageError(f"--limit: {exc}") from None
-    raw = [cfg.tasks] if isinstance(cfg.tasks, str) else list(cfg.tasks or [])
-    specs = [name for item in raw for name in str(item).split(",")]  # as lm-eval splits them
-    yamls = check_task_yamls(cfg.include_path, specs)
+    yamls = check_task_yamls(cfg.include_path, task_names(cfg))
     for source in yamls.requested:
         check_task_data(source)
     return cfg, yamls

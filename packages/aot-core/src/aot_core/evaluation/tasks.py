@@ -53,14 +53,21 @@ def go_offline() -> None:
         os.environ.setdefault(key, value)
 
 
-def resolve_tasks(cfg: Any, yamls: TaskYamls | None = None) -> Any:
+def task_names(cfg: Any) -> list[str]:
+    """The task names and paths lm-eval's ``--tasks`` holds, split on commas as lm-eval
+    splits them."""
+    raw = [cfg.tasks] if isinstance(cfg.tasks, str) else list(cfg.tasks or [])
+    return [name for item in raw for name in str(item).split(",")]
+
+
+def resolve_tasks(cfg: Any, yamls: TaskYamls) -> Any:
     """lm-eval's own task resolution (names, globs, YAML paths); returns its TaskManager.
 
     When every task the job names is a plain task in ``--include-path`` (``yamls``), the
     index holds that directory alone: lm-eval's own index of its ~15,000 built-in tasks
     takes seconds per job and would only be searched for names already found.
     """
-    local = _local_manager(cfg, yamls) if yamls is not None else None
+    local = _local_manager(cfg, yamls)
     if local is not None:
         return local
     try:
@@ -83,8 +90,7 @@ def resolve_tasks(cfg: Any, yamls: TaskYamls | None = None) -> Any:
 def _local_manager(cfg: Any, yamls: TaskYamls) -> Any:
     """A TaskManager of ``--include-path`` alone, or None where the job needs lm-eval's
     built-in index (a built-in task, a group or tag, a glob or YAML path)."""
-    raw = [cfg.tasks] if isinstance(cfg.tasks, str) else list(cfg.tasks or [])
-    names = list(dict.fromkeys(n for item in raw for n in str(item).split(",") if n))
+    names = list(dict.fromkeys(n for n in task_names(cfg) if n))
     if not cfg.include_path or not names or any(n not in yamls.by_name for n in names):
         return None
     from lm_eval.tasks import TaskManager

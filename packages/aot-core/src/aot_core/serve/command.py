@@ -149,7 +149,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     cls.options_class.validate(spec)
     store = artifacts.ArtifactStore(args.cache_dir)
-    spec, start_config = _serve_start(spec, model, store.root)
+    spec, start_config = serve_spec(spec, model, store.root)
     if args.replicas is not None:
         return _serve_replicas(args, cls, model, spec, store, start_config=start_config)
     if args.ray_address:
@@ -200,18 +200,11 @@ def _serve_replicas(
         return serve_replicas.run(plan, args, progress)
 
 
-def serve_spec(spec: CompileSpec, model: Path, cache_root: Path) -> CompileSpec:
+def serve_spec(spec: CompileSpec, model: Path, cache_root: Path) -> tuple[CompileSpec, StartConfig]:
     """The spec ``aot compile`` keys and builds its entry with (its open fields resolved by
     aot-core's ``resolve_start`` with the same example prompts), so the server uses that
-    entry; eager, the same configuration without compilation."""
-    return _serve_start(spec, model, cache_root)[0]
-
-
-def _serve_start(
-    spec: CompileSpec, model: Path, cache_root: Path
-) -> tuple[CompileSpec, StartConfig]:
-    """``serve_spec``, and the start configuration it came from (a first compile's
-    manifest records it, as ``aot compile``'s does)."""
+    entry; eager, the same configuration without compilation. With it, the start
+    configuration it came from, which a first compile's manifest records."""
     from aot_core.bench.prompts import default_prompts
     from aot_core.start_config import resolve_start
 
