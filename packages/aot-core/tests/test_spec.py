@@ -35,6 +35,7 @@ def test_positional_arguments_are_refused() -> None:
         ({"max_model_len": 1.5}, "max_model_len", "integer"),
         ({"max_model_len": 10**9}, "max_model_len", "leave it unset to take the model's own"),
         ({"max_num_seqs": True}, "max_num_seqs", "integer"),
+        ({"kv_cache_seqs": 0}, "kv_cache_seqs", ">= 1"),
         ({"long_prefill_token_threshold": -1}, "long_prefill_token_threshold", ">= 0"),
         ({"tensor_parallel_size": 0}, "tensor_parallel_size", ">= 1"),
         ({"dtype": "int8"}, "dtype", "allowed: auto, float32, float16, bfloat16"),
@@ -185,6 +186,20 @@ def test_fingerprint_ignores_key_order_and_changes_with_values() -> None:
     assert CompileSpec.from_dict(reordered).fingerprint() == FULL.fingerprint()
     assert FULL.replace(max_num_seqs=9).fingerprint() != FULL.fingerprint()
     assert hash(CompileSpec.from_dict(reordered)) == hash(FULL)
+
+
+def test_run_time_fields_leave_the_fingerprint_alone() -> None:
+    """cache_dir and kv_cache_seqs change no compiled code; the digests are the ones these
+    specs had before kv_cache_seqs existed (2026-12-07), so no cache entry was orphaned."""
+    assert FULL.fingerprint() == (
+        "b18f70597bd89bbf0d7f9638d17b0bcf11616e32f1b71a376d5cd0d1f3aaa679"
+    )
+    assert CompileSpec().fingerprint() == (
+        "602c0ff3d4c2c30fa3da2abf8595d9c8d4d4545dde3f3f18eb09de9059271043"
+    )
+    moved = FULL.replace(cache_dir="/elsewhere", kv_cache_seqs=3)
+    assert moved.fingerprint() == FULL.fingerprint()
+    assert FULL.replace(kv_cache_seqs=3) != FULL  # still a field of the spec
 
 
 def test_fingerprint_is_stable_across_processes(tmp_path: Path) -> None:

@@ -135,6 +135,17 @@ def test_eager_and_compiled_eval_jobs_and_aot_compile_resolve_one_start(
     built, built_start = model_spec.compile_spec(CompileSpec(), model, shape=None)
     assert built_start.to_dict() == {**compiled_start.to_dict(), "cache_dir": ANY}
     assert built.fingerprint() == compiled.fingerprint()
+    # A job's request count sizes its KV cache for eager and compiled alike, never its key.
+    for eager_job in (True, False):
+        args = {"pretrained": str(model), "eager": eager_job}
+        small, small_start = job_spec(parse_model_args(args), str(store), requests=30)
+        assert small.kv_cache_seqs == small_start.kv_cache_seqs.value == 30
+        assert small_start.kv_cache_seqs.source == "job (30 requests)"
+    assert small.fingerprint() == compiled.fingerprint() and compiled.kv_cache_seqs is None
+    assert small.compiled_part() == compiled  # what the shared artifact's manifest records
+    # The user's own value is theirs.
+    mine = parse_model_args({"pretrained": str(model)}, base_spec=CompileSpec(kv_cache_seqs=8))
+    assert job_spec(mine, str(store), requests=30)[0].kv_cache_seqs == 8
 
 
 def test_the_spec_and_the_commands_defaults_come_before_the_examples(tmp_path: Path) -> None:

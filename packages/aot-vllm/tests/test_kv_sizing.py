@@ -63,6 +63,21 @@ def test_size_covers_every_sequence_at_full_length(tmp_path: Path) -> None:
     assert "max_num_seqs=4 x max_model_len=300" in size.reason
 
 
+def test_a_job_sized_cache_holds_its_requests_never_more_than_max_num_seqs(
+    tmp_path: Path,
+) -> None:
+    """``aot eval`` sets kv_cache_seqs to its job's request count: 30 requests reserve 31
+    sequences, not vLLM's 257; above max_num_seqs the scheduler's own limit wins."""
+    model = _model(tmp_path)
+    job = cpu_kv_cache_size(CompileSpec(kv_cache_seqs=30), model, total_memory=64 * GIB)
+    assert isinstance(job, KVCacheSize) and job.tokens == 31 * 512
+    assert "kv_cache_seqs=30 x max_model_len=512" in job.reason
+    many = CompileSpec(max_num_seqs=4, kv_cache_seqs=30)
+    capped = cpu_kv_cache_size(many, model, total_memory=64 * GIB)
+    assert isinstance(capped, KVCacheSize) and capped.tokens == 5 * 512
+    assert "max_num_seqs=4" in capped.reason
+
+
 def test_open_fields_use_vllm_defaults_and_the_model_length(tmp_path: Path) -> None:
     size = cpu_kv_cache_size(CompileSpec(), _model(tmp_path), total_memory=64 * GIB)
     assert isinstance(size, KVCacheSize)

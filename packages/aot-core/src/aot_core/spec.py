@@ -41,9 +41,15 @@ _DTYPES: dict[str, str] = {
 # Bumped whenever the meaning of a field changes, so old fingerprints stop matching.
 SPEC_SCHEMA_VERSION = 1
 
-FINGERPRINT_IGNORES: frozenset[str] = frozenset({"cache_dir"})
-"""Fields ``CompileSpec.fingerprint()`` leaves out: where files are kept does not change
-what is compiled, so the same spec in another directory has the same identity."""
+FINGERPRINT_IGNORES: frozenset[str] = frozenset({"cache_dir", "kv_cache_seqs"})
+"""Fields ``CompileSpec.fingerprint()`` leaves out: neither where files are kept nor how
+large the KV cache is changes what is compiled, so the same spec in another directory, or
+for a job of another size, has the same identity."""
+
+ADDED_AFTER_SCHEMA_1: frozenset[str] = frozenset({"kv_cache_seqs"})
+"""Fields newer than schema 1. ``to_dict`` leaves them out while at their default, so an
+older aot-core still reads what this one writes (its ``from_dict`` refuses unknown keys);
+the fingerprint never hashes them, so adding one changed no existing digest."""
 
 _MAX_SIZE = 1 << 20
 
@@ -124,6 +130,12 @@ class CompileSpec:
     max_num_seqs: int | None = None
     """Most sequences decoded at once; None lets the backend choose."""
 
+    kv_cache_seqs: int | None = None
+    """Full-length sequences the KV cache is sized for where aot sizes it (vLLM on CPU),
+    capped at ``max_num_seqs``; None sizes it for ``max_num_seqs``. ``aot eval`` sets it to
+    its job's request count, so a small job does not reserve (and zero) a cache it cannot
+    fill. Run-time only: not part of ``fingerprint()`` (``FINGERPRINT_IGNORES``)."""
+
     dtype: str = "auto"
     """Weight and activation dtype: auto, float32, float16 or bfloat16 (aliases accepted)."""
 
@@ -173,6 +185,7 @@ class CompileSpec:
             ("max_num_batched_tokens", 1),
             ("max_model_len", 1),
             ("max_num_seqs", 1),
+            ("kv_cache_seqs", 1),
         ):
             value = getattr(self, name)
             if value is not None:
@@ -273,11 +286,20 @@ class CompileSpec:
     # ------------------------------------------------------------------ serialisation
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-compatible dict holding every field (lists for tuples)."""
+        """A JSON-compatible dict holding every field (lists for tuples), but the fields of
+        ``ADDED_AFTER_SCHEMA_1`` left at their default."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            out[f.name] = thaw(getattr(self, f.name))
+            value = getattr(self, f.name)
+            if f.name in ADDED_AFTER_SCHEMA_1 and value == f.default:
+                continue
+            out[f.name] = thaw(value)
         return out
+
+    def compiled_part(self) -> CompileSpec:
+        """This spec without its run-time-only ``kv_cache_seqs``: what an artifact, which
+        jobs of every size share, records."""
+        return self.replace(kv_cache_seqs=None) if self.kv_cache_seqs is not None else self
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CompileSpec:
@@ -372,10 +394,15 @@ class CompileSpec:
 
     def fingerprint(self) -> str:
         """A hex digest identifying what this spec compiles: equal specs give equal digests
-        in any process. Fields in ``FINGERPRINT_IGNORES`` are hashed as if left at None, so
-        digests match those of specs written before they were ignored."""
+        in any process. Fields in ``FINGERPRINT_IGNORES`` do not count: those of schema 1 are
+        hashed as None, later ones (``ADDED_AFTER_SCHEMA_1``) left out, so digests match
+        those of older specs."""
         data = self.to_dict()
-        data.update(dict.fromkeys(FINGERPRINT_IGNORES))
+        for name in FINGERPRINT_IGNORES:
+            if name in ADDED_AFTER_SCHEMA_1:
+                data.pop(name, None)
+            else:
+                data[name] = None
         payload = {"schema": SPEC_SCHEMA_VERSION, "spec": data}
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(text.encode()).hexdigest()

@@ -68,12 +68,16 @@ class StartConfig:
     cache_dir: Setting
     """Where the backend keeps its compile caches (an artifact's files, or a store root)."""
 
+    kv_cache_seqs: Setting = Setting(value=None, source="max_num_seqs")
+    """Sequences the KV cache is sized for (a job's request count; None: ``max_num_seqs``).
+    Run-time only: it changes no compiled code, so no artifact key."""
+
     def apply(self, spec: CompileSpec) -> CompileSpec:
         """``spec`` with every value it left open resolved: what each backend then runs."""
         changes: dict[str, Any] = {}
         if spec.dtype == "auto" and self.dtype.value != "auto":
             changes["dtype"] = self.dtype.value  # "auto" stays only where the engine decides
-        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "cache_dir"):
+        for name in _APPLIED:
             value = getattr(self, name).value
             if value is not None and getattr(spec, name) is None:
                 changes[name] = value
@@ -84,7 +88,20 @@ class StartConfig:
         return {
             name: getattr(self, name).to_dict()
             for name in ("dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
-        } | {"cache_dir": self.cache_dir.to_dict()}
+        } | {
+            "cache_dir": self.cache_dir.to_dict(),
+            "kv_cache_seqs": self.kv_cache_seqs.to_dict(),
+        }
+
+
+_APPLIED = (
+    "max_model_len",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "cache_dir",
+    "kv_cache_seqs",
+)
+"""The open spec fields ``StartConfig.apply`` fills in (dtype has its own rule)."""
 
 
 def declared_model_len(model_dir: Path | None) -> int | None:
@@ -127,13 +144,16 @@ def resolve_start(
     defaults: Mapping[str, Any] | None = None,
     cache_root: Path | None = None,
     gpu: bool | None = None,
+    requests: int | None = None,
 ) -> StartConfig:
     """Decide ``spec``'s open fields once for a command's starts.
 
     Precedence: the spec, then the command's ``defaults`` (``aot bench``'s small engine),
     then, for ``max_model_len``, the ``examples`` a compiled run precompiles with (the
     rule ``compile_model_aot`` applies), else the backend's default. ``cache_dir``: the
-    spec's, else ``cache_root``. ``gpu``: None reads it from nvidia-smi.
+    spec's, else ``cache_root``. ``gpu``: None reads it from nvidia-smi. ``requests``: how
+    many requests the command's job sends (``aot eval`` counts them), which sizes the KV
+    cache unless the spec does.
     """
     if gpu is None:
         from aot_core.artifacts import cuda_capabilities
@@ -154,7 +174,16 @@ def resolve_start(
                 source="aot cache root" if cache_root is not None else "backend default",
             )
         ),
+        kv_cache_seqs=_kv_cache_seqs(spec, requests),
     )
+
+
+def _kv_cache_seqs(spec: CompileSpec, requests: int | None) -> Setting:
+    if spec.kv_cache_seqs is not None:
+        return Setting(value=spec.kv_cache_seqs, source="spec")
+    if requests is not None and requests >= 1:
+        return Setting(value=requests, source=f"job ({requests} requests)")
+    return Setting(value=None, source="max_num_seqs")
 
 
 def _limit(spec: CompileSpec, name: str, defaults: Mapping[str, Any]) -> Setting:

@@ -6,6 +6,10 @@ minus RSS from 0.20). On a shared evaluation box that starves every other proces
 second engine refuses to start. The scheduler can never hold more than ``max_num_seqs``
 sequences of ``max_model_len`` tokens, so a cache of exactly that size costs no throughput;
 prefix caching may keep fewer finished prefixes around, which is the only trade.
+
+A job that knows how many requests it sends (``aot eval``) sizes it for fewer
+(``CompileSpec.kv_cache_seqs``): vLLM zeroes the whole cache at start (about 2.5 s per GiB
+on this project's 2-core machines), and a cache no job can fill is paid for by every start.
 """
 
 from __future__ import annotations
@@ -133,7 +137,10 @@ def cpu_kv_cache_size(
     if per_token is None:
         return "the model's attention layout is not a plain K/V cache"
     world = spec.tensor_parallel_size * spec.pipeline_parallel_size
-    seqs = spec.max_num_seqs or CPU_DEFAULT_MAX_NUM_SEQS * world
+    limit = spec.max_num_seqs or CPU_DEFAULT_MAX_NUM_SEQS * world
+    seqs, which = limit, "max_num_seqs"
+    if spec.kv_cache_seqs is not None and spec.kv_cache_seqs < limit:
+        seqs, which = spec.kv_cache_seqs, "kv_cache_seqs"
     length = spec.max_model_len or _declared_length(config)
     if length is None:
         return "neither the spec nor config.json gives a maximum model length"
@@ -149,7 +156,7 @@ def cpu_kv_cache_size(
         )
     per_rank = f" per rank (x {world} ranks)" if world > 1 else ""
     reason = (
-        f"KV cache sized to {_mib(nbytes)}{per_rank} for max_num_seqs={seqs} x "
+        f"KV cache sized to {_mib(nbytes)}{per_rank} for {which}={seqs} x "
         f"max_model_len={length} ({per_token} bytes/token) instead of vLLM's CPU default "
         "share of memory; set backend_options.kv_cache_memory_bytes to choose"
     )

@@ -310,7 +310,7 @@ def resolve_engine_spec(
         if user_set:
             kv = {"value": chosen, "source": "spec"}
         elif chosen is not None:
-            kv = {"value": chosen, "source": "aot-vllm sizing (max_num_seqs x max_model_len)"}
+            kv = {"value": chosen, "source": "aot-vllm sizing (sequences x max_model_len)"}
         else:
             kv = {"value": None, "source": f"vLLM's CPU default: {note}"}
     resolved = {

@@ -123,7 +123,7 @@ def write_manifest(
         cuda_capability=capability,
         cpu_arch=platform.machine(),
         cpu_isa=cpu_isa(),
-        spec=MappingProxyType(spec.to_dict()),
+        spec=MappingProxyType(spec.compiled_part().to_dict()),
         spec_fingerprint=spec.fingerprint(),
         model=str(model),
         model_config_hash=config_hash or model_config_hash(model),

@@ -70,6 +70,10 @@ class PreparedTasks:
     tasks: list[Any]
     """The top-level tasks and groups, ready for ``simple_evaluate``."""
 
+    requests: int | None = None
+    """How many requests the job sends (``workload.count_requests``), which sizes the KV
+    cache; None when they could not be counted."""
+
 
 def check_inputs(argv: Sequence[str]) -> tuple[Any, TaskYamls]:
     """The checks that need no task index (milliseconds for local tasks): lm-eval's options,
@@ -97,6 +101,7 @@ def prepare_tasks(argv: Sequence[str], progress: Callable[[str], None]) -> Prepa
     built, their data read. Starts no engine."""
     from aot_core.evaluation.task_files import check_task_data, task_sources
     from aot_core.evaluation.tasks import load_tasks, resolve_tasks
+    from aot_core.evaluation.workload import count_requests
 
     cfg, yamls = check_inputs(argv)
     manager = resolve_tasks(cfg, yamls)
@@ -105,10 +110,12 @@ def prepare_tasks(argv: Sequence[str], progress: Callable[[str], None]) -> Prepa
     for source in sources:
         if source.name not in checked:  # those of groups and tags, and built-in tasks
             check_task_data(source)
-    tasks = load_tasks(manager, cfg.tasks, sources)
+    tasks, every_task = load_tasks(manager, cfg.tasks, sources)
     names = [getattr(t, "task_name", None) or str(t) for t in tasks]
-    progress(f"tasks ready: {', '.join(names)}")
-    return PreparedTasks(config=cfg, manager=manager, tasks=tasks)
+    requests = count_requests(every_task, cfg.limit)
+    counted = f" ({requests} requests)" if requests is not None else ""
+    progress(f"tasks ready: {', '.join(names)}{counted}")
+    return PreparedTasks(config=cfg, manager=manager, tasks=tasks, requests=requests)
 
 
 def run_job(
@@ -130,7 +137,11 @@ def run_job(
         return results, model.stats.to_dict(), lm.counters.to_dict()
 
     (results, stats, counters), start = run_with_model(
-        request.config, body, cache_dir=request.cache_dir, progress=progress
+        request.config,
+        body,
+        cache_dir=request.cache_dir,
+        progress=progress,
+        requests=prepared.requests,
     )
     results["aot"] = _aot_section(request, stats, counters, start, marks)
     return results

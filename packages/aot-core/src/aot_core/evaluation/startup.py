@@ -61,8 +61,10 @@ def run_with_model(
     *,
     cache_dir: str | None = None,
     progress: Callable[[str], None] = lambda _m: None,
+    requests: int | None = None,
 ) -> tuple[T, StartRecord]:
-    """Start the model ``config`` describes, run ``body`` on it, close it.
+    """Start the model ``config`` describes, run ``body`` on it, close it. ``requests``:
+    how many the job sends (sizes the KV cache; never the artifact key).
 
     ``body``'s exceptions propagate after the model is closed; a compiled artifact is
     still published (cold) or re-sealed (warm), because a failed evaluation says nothing
@@ -71,7 +73,7 @@ def run_with_model(
     from aot_core.registry import get_backend
 
     cls = get_backend(config.backend)
-    spec, start = job_spec(config, cache_dir)
+    spec, start = job_spec(config, cache_dir, requests=requests)
     if not spec.compiles:
         progress(f"starting {config.model} eagerly with {cls.name}")
         compiled = cls(spec).compile_model(str(config.model), spec)
@@ -99,13 +101,15 @@ def run_with_model(
 
 
 def job_spec(
-    config: EvalModelConfig, cache_dir: str | None = None
+    config: EvalModelConfig, cache_dir: str | None = None, *, requests: int | None = None
 ) -> tuple[CompileSpec, StartConfig]:
     """The spec the job's backend gets, and its start configuration, decided once for eager
     and compiled runs alike: the fields the spec leaves open resolved as ``aot compile``
     resolves them (the same example prompts), so ``--eager``, the compiled job and
     ``aot compile``'s entry run one engine configuration. A compiled job's ``cache_dir``
-    becomes its artifact's files when it starts."""
+    becomes its artifact's files when it starts. ``requests`` sizes the KV cache
+    (``kv_cache_seqs``), which the artifact key ignores, so a job of any size shares
+    ``aot compile``'s entry."""
     from aot_core.bench.prompts import default_prompts
     from aot_core.start_config import resolve_start
 
@@ -114,6 +118,7 @@ def job_spec(
         config.model,
         examples=default_prompts(),
         cache_root=artifacts.ArtifactStore(cache_dir).root,
+        requests=requests,
     )
     return start.apply(config.spec), start
 

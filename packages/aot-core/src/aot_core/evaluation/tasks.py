@@ -104,8 +104,11 @@ def _local_manager(cfg: Any, yamls: TaskYamls) -> Any:
     return manager
 
 
-def load_tasks(task_manager: Any, tasks: list[Any], sources: list[TaskSource]) -> list[Any]:
-    """Build every task (reading its dataset) and return the top-level tasks and groups.
+def load_tasks(
+    task_manager: Any, tasks: list[Any], sources: list[TaskSource]
+) -> tuple[list[Any], list[Any]]:
+    """Build every task (reading its dataset); return the top-level tasks and groups, and
+    every task (the groups' members too).
 
     ``sources`` (the tasks as their YAML files declare them) name the files in messages.
     """
@@ -121,7 +124,7 @@ def load_tasks(task_manager: Any, tasks: list[Any], sources: list[TaskSource]) -
     children = {name for names in loaded["group_map"].values() for name in names}
     top = [g for name, g in loaded["groups"].items() if name not in children]
     top += [t for name, t in loaded["tasks"].items() if name not in children]
-    return top
+    return top, list(loaded["tasks"].values())
 
 
 def _load_problem(exc: Exception, sources: list[TaskSource]) -> EvalError | None:
