@@ -577,23 +577,24 @@ def e2e(session: nox.Session) -> None:
     """The `aot` command end to end (compile, reuse, tamper, interrupt, bench) on both
     real backends: the slow CLI tests the backend-free `core` session skips. Not in the
     default list (it adds about ten minutes of real compiles); `main_job` is the part CI
-    runs. Run it before a release."""
+    runs (the real-model bench). Run it before a release."""
     _install_every_backend(session, "pytest", "hypothesis")  # collects test_adversarial.py
     _pytest(session, "packages/aot-core/tests", default_args=("-m", "slow"))
 
 
 @nox.session(python=PYTHON)
 def main_job(session: nox.Session) -> None:
-    """The README's main job checked in CI: `aot bench` end to end on both real backends
-    (cold, warm and eager fresh-process starts, one repeat, short generations), asserting
-    its table, JSON, progress, cache hit and compiled == eager tokens. The same on the real
-    model (SmolLM2-135M-Instruct, `test_bench_end_to_end_on_the_real_model`) runs in `e2e`
-    and `nox -s bench`: its cold compiles would take the default list past 45 minutes."""
+    """The README's main job checked in CI, on the real model: `aot bench
+    smollm2-135m-instruct` on both real backends (the GGUF converted into a fresh cache,
+    then cold, warm and eager fresh-process starts, one chat question in float32),
+    asserting its table, JSON, progress, every warm start a verified hit, compiled ==
+    eager tokens, the answer naming Paris and each run in the usage log. The same on the
+    tiny model (`test_bench_end_to_end`) runs in `e2e`."""
     _install_every_backend(session, "pytest")
     _pytest(
         session,
         "packages/aot-core/tests/test_cli_e2e.py",
-        default_args=("-m", "slow", "-k", "test_bench_end_to_end and not real_model"),
+        default_args=("-m", "slow", "-k", "test_bench_end_to_end_on_the_real_model"),
     )
 
 

@@ -140,8 +140,12 @@ def test_bench_end_to_end(backend: str, env: dict[str, str], tmp_path: Path) -> 
     result = json.loads(out.read_text())
     assert result["failures"] == [] and result["skipped"] == {}
     _assert_warm_hit_and_same_tokens(result["backends"][backend])
-    # Each run is a job in aot's usage log, which `aot usage` reports from.
-    usage = usage_log.read(tmp_path / "cache")
+    _assert_usage_logged(tmp_path / "cache", backend)
+
+
+def _assert_usage_logged(cache: Path, backend: str) -> None:
+    """Each of the bench's three starts is a job in aot's usage log (`aot usage`)."""
+    usage = usage_log.read(cache)
     assert usage.corrupt_lines == 0
     assert sorted(r["start"] for r in usage.records) == ["cold", "eager", "warm"]
     assert {(r["command"], r["backend"]) for r in usage.records} == {("bench", backend)}
@@ -191,7 +195,9 @@ def test_bench_end_to_end_on_the_real_model(
     ready = result["settings"]["model_ready"]
     assert ready["converted"] is True and ready["reused_s"] is not None  # a fresh cache
     assert "model ready from GGUF SmolLM2-135M-Instruct.Q4_1.gguf" in proc.stdout
+    assert "[3/3]" in proc.stderr  # progress was shown
     _assert_warm_hit_and_same_tokens(result["backends"][backend])
+    _assert_usage_logged(tmp_path / "cache", backend)
     (shown,) = result["generations"]
     assert shown["prompt"] == "What is the capital of France?"
     assert "Paris" in shown["eager"], shown

@@ -4,7 +4,8 @@ A command that runs a model eagerly and compiled (``aot eval --eager`` and ``aot
 two runs of ``aot eval --parity``, ``aot compile`` and a later ``aot eval`` of its entry,
 ``aot bench``, ``aot serve``) calls ``resolve_start`` once with the user's spec and gives
 every run ``StartConfig.apply``'s spec, so every engine gets the same dtype, context length,
-batch limits and cache root, and so the same KV cache (the backends size it from those).
+batch limits, KV-cache sequences (``aot eval``: its request count) and cache root, and so the
+same KV cache (the backends size it from those).
 Each value says where it came from; the record goes into the results
 (``StartConfig.to_dict``).
 
