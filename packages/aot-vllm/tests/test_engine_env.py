@@ -39,11 +39,36 @@ def _choose(
     )
 
 
-def test_auto_on_cpu_is_inductors_cache_with_the_reason() -> None:
-    choice = _choose(CompileSpec())
+def test_auto_on_cpu_is_vllms_aot_artifact_for_one_rank(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before 2026-12-07 the CPU default was Inductor's cache, whose warm start traces the
+    # model with Dynamo again (8 s of SmolLM2's 11 s compile warm-up).
+    monkeypatch.delenv("VLLM_PLUGINS", raising=False)
+    choice = _choose(CompileSpec(), finalizes=True)
+    assert choice.cache is CompileCache.AOT
+    assert choice.env == {"VLLM_USE_AOT_COMPILE": "1", "AOT_VLLM_AOT_LOAD_FIX": "1"}
+    assert "without tracing it with Dynamo again" in choice.note
+
+
+@pytest.mark.parametrize(
+    ("spec", "plugins", "reason"),
+    [
+        (CompileSpec(tensor_parallel_size=2), None, "2 ranks"),
+        (CompileSpec(), "some_other_plugin", "VLLM_PLUGINS leaves out aot_vllm"),
+    ],
+)
+def test_auto_on_cpu_keeps_inductors_cache_where_the_aot_path_is_not_proven(
+    spec: CompileSpec, plugins: str | None, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if plugins is None:
+        monkeypatch.delenv("VLLM_PLUGINS", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_PLUGINS", plugins)
+    choice = _choose(spec)
     assert choice.cache is CompileCache.INDUCTOR
     assert choice.env == {"VLLM_USE_AOT_COMPILE": "0"}
-    assert "whole model with Inductor" in choice.note
+    assert "whole model with Inductor" in choice.note and reason in choice.note
 
 
 def test_auto_on_a_gpu_keeps_vllms_default() -> None:
@@ -83,7 +108,7 @@ def test_without_aot_compile_or_compilation_nothing_is_set() -> None:
 
 
 def test_engine_environment_joins_the_decisions(tmp_path: Path) -> None:
-    choice = _choose(CompileSpec())
+    choice = _choose(CompileSpec(backend_options={"compile_cache": "inductor"}))
     env = engine_env.engine_environment(
         translated=engine_env.cache_root(str(tmp_path / "vllm")),
         compile_cache=choice,
@@ -103,7 +128,7 @@ def test_a_variable_decided_twice_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="VLLM_USE_AOT_COMPILE twice"):
         engine_env.engine_environment(
             translated=engine_env.aot_compile(on=True),
-            compile_cache=_choose(CompileSpec()),
+            compile_cache=_choose(CompileSpec(backend_options={"compile_cache": "inductor"})),
             inductor_dir=tmp_path,
             inline=False,
         )
@@ -137,7 +162,8 @@ def test_env_patch_restores_what_was_there(monkeypatch: pytest.MonkeyPatch) -> N
         ({"compile_cache": "aot"}, True, False, False),  # the release loads without it
         ({"compile_cache": "aot"}, False, True, False),  # GPUs use vLLM's own backend
         ({"compile_cache": "inductor"}, True, True, False),
-        ({}, True, True, False),
+        ({}, True, True, True),  # the CPU default for one rank is the AOT artifact
+        ({}, True, False, False),
     ],
 )
 def test_the_aot_load_fix_is_on_only_for_aot_starts_on_cpu(

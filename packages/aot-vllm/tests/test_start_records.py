@@ -52,6 +52,8 @@ def test_outcome_hits_and_misses_from_each_kind_of_evidence() -> None:
         load_time_s=0.5,
     )
     assert aot.status == "hit" and aot.load_time_s == 0.5
+    # The outcome names the entry (as every other outcome does); vLLM's file is in the reason.
+    assert aot.path == _ev().path and "/c/x/model" in aot.reason
     code = {"inductor/ab/x.so": FileState(size=10, mtime_ns=1)}
     first = decide_cache_outcome(_ev(before={}, after=code, entry_state="absent"), load_time_s=1)
     assert first.status == "miss" and "first compile" in first.reason

@@ -194,14 +194,16 @@ def _from_log_lines(
     loaded = first(records, AOT_LOADED)
     aot_loaded = _delta(ev.counters_before, ev.counters_after, "vllm", "num_aot_artifacts_loaded")
     if loaded is not None or aot_loaded > 0:
-        where = loaded[1].group(1) if loaded is not None else ev.path
+        # The outcome names the cache entry, whatever path vLLM read inside it, so a warm
+        # start's path is the cold start's on either compile cache.
+        where = f" from {loaded[1].group(1)}" if loaded is not None else ""
         return CacheOutcome(
             status="hit",
-            reason="AOT artifact loaded ("
+            reason=f"AOT artifact loaded{where} ("
             + ("log line 'Directly load AOT compilation'" if loaded else "vLLM counter")
             + ")",
             load_time_s=load_time_s,
-            path=where,
+            path=ev.path,
         )
     if first(records, GRAPH_LOADED) and not first(records, GRAPH_COMPILED):
         return CacheOutcome(
