@@ -197,9 +197,16 @@ def _vllm_aot_cpu(run_dir: Path) -> list[str]:
     return [*_BENCH_HEADER, *rows]
 
 
-def _eval_jobs(run_dir: Path) -> list[str]:
+def _eval_jobs_best_only(run_dir: Path) -> list[str]:
+    """``_eval_jobs`` with only the aot-best / hf goal: for a run whose eager ways ran once,
+    so that their one job was a first job and the compiled / eager ratios are not its
+    findings (its provenance says so)."""
+    return _eval_jobs(run_dir, goals=("aot best",))
+
+
+def _eval_jobs(run_dir: Path, goals: tuple[str, ...] | None = None) -> list[str]:
     """benchmarks/eval_jobs.py: each way's median job wall, model ready and evaluation, then
-    the goal ratios of the same run."""
+    the goal ratios of the same run (those starting with one of ``goals``, or all)."""
     data = _load(run_dir / "eval_jobs.json")
     out = [
         "| way | start | jobs | job wall | model ready | evaluation |",
@@ -213,6 +220,7 @@ def _eval_jobs(run_dir: Path) -> list[str]:
     out += _goal_rows(
         (r["name"] + (f" ({r['detail']})" if r["detail"] else ""), r["value"], r["goal"])
         for r in data["ratios"]
+        if goals is None or r["name"].startswith(goals)
     )
     if data.get("dtype", "float32") != "float32":
         return [*out, "", *_parity_rows(data)]
@@ -290,7 +298,9 @@ TABLES: dict[str, Table] = {
     "scaling": Table(run="2026-11-30T2337Z-scaling", render=_scaling),
     "tiny_bench": Table(run="2026-11-30T2228Z-aot_bench", render=_aot_bench),
     "vllm_aot_cpu": Table(run="2026-12-01T0115Z-vllm_aot_cpu", render=_vllm_aot_cpu),
-    "eval_jobs": Table(run="2026-12-07T1459Z-eval_jobs", render=_eval_jobs),
+    "eval_jobs": Table(run="2026-12-07T1830Z-eval_jobs_full", render=_eval_jobs),
+    "eval_jobs_short": Table(run="2026-12-07T1822Z-eval_jobs_short", render=_eval_jobs),
+    "eval_jobs_bf16": Table(run="2026-12-07T1814Z-eval_jobs_bf16", render=_eval_jobs_best_only),
     "eval_jobs_before": Table(run="2026-12-07T1431Z-eval_jobs", render=_eval_jobs),
     "serve_ready": Table(run="2026-12-07T1521Z-serve_ready", render=_serve_ready),
 }
