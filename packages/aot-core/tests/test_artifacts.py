@@ -385,6 +385,25 @@ def test_failed_build_leaves_previous_entry_and_no_staging(art: Path, model: Pat
     assert artifacts.ArtifactStore(art.parent.parent).leftovers() == []
 
 
+def test_a_manifest_records_the_spec_without_its_run_time_kv_size(
+    tmp_path: Path, model: Path
+) -> None:
+    """A job's kv_cache_seqs sized its start, not the entry jobs of every size share: the
+    manifest holds the spec without it (readable by an aot-core that predates the field),
+    and verifies."""
+    root = tmp_path / "a"
+    (root / "files").mkdir(parents=True)
+    (root / "files" / "code.bin").write_bytes(b"compiled")
+    sized = SPEC.replace(kv_cache_seqs=30)
+    manifest = artifacts.write_manifest(
+        root, key=key_for(model), backend="test", backend_version="", spec=sized, model=model
+    )
+    assert "kv_cache_seqs" not in manifest.spec
+    assert CompileSpec.from_dict(manifest.spec) == SPEC
+    assert manifest.spec_fingerprint == SPEC.fingerprint() == sized.fingerprint()
+    assert artifacts.verify(root).ok
+
+
 def test_write_manifest_refuses_symlinks(tmp_path: Path, model: Path) -> None:
     root = tmp_path / "a"
     (root / "files").mkdir(parents=True)
