@@ -299,6 +299,7 @@ TABLES: dict[str, Table] = {
     "tiny_bench": Table(run="2026-11-30T2228Z-aot_bench", render=_aot_bench),
     "vllm_aot_cpu": Table(run="2026-12-01T0115Z-vllm_aot_cpu", render=_vllm_aot_cpu),
     "eval_jobs": Table(run="2026-12-07T1830Z-eval_jobs_full", render=_eval_jobs),
+    "eval_jobs_vllm_aot": Table(run="2026-12-07T1857Z-eval_jobs_vllm_aot", render=_eval_jobs),
     "eval_jobs_short": Table(run="2026-12-07T1822Z-eval_jobs_short", render=_eval_jobs),
     "eval_jobs_bf16": Table(run="2026-12-07T1814Z-eval_jobs_bf16", render=_eval_jobs_best_only),
     "eval_jobs_before": Table(run="2026-12-07T1431Z-eval_jobs", render=_eval_jobs),
