@@ -303,7 +303,7 @@ TABLES: dict[str, Table] = {
     "eval_jobs_short": Table(run="2026-12-07T1822Z-eval_jobs_short", render=_eval_jobs),
     "eval_jobs_bf16": Table(run="2026-12-07T1814Z-eval_jobs_bf16", render=_eval_jobs_best_only),
     "eval_jobs_before": Table(run="2026-12-07T1431Z-eval_jobs", render=_eval_jobs),
-    "serve_ready": Table(run="2026-12-07T1521Z-serve_ready", render=_serve_ready),
+    "serve_ready": Table(run="2026-12-07T1905Z-serve_ready", render=_serve_ready),
 }
 
 _BLOCK = re.compile(
