@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,9 @@ class StartConfig:
         changes: dict[str, Any] = {}
         if spec.dtype == "auto" and self.dtype.value != "auto":
             changes["dtype"] = self.dtype.value  # "auto" stays only where the engine decides
-        for name in _APPLIED:
+        for name in self._names():
+            if name == "dtype":
+                continue
             value = getattr(self, name).value
             if value is not None and getattr(spec, name) is None:
                 changes[name] = value
@@ -86,23 +88,13 @@ class StartConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """JSON-compatible form: each field as {"value", "source"}."""
-        return {
-            name: getattr(self, name).to_dict()
-            for name in ("dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
-        } | {
-            "cache_dir": self.cache_dir.to_dict(),
-            "kv_cache_seqs": self.kv_cache_seqs.to_dict(),
-        }
+        return {name: getattr(self, name).to_dict() for name in self._names()}
 
-
-_APPLIED = (
-    "max_model_len",
-    "max_num_seqs",
-    "max_num_batched_tokens",
-    "cache_dir",
-    "kv_cache_seqs",
-)
-"""The open spec fields ``StartConfig.apply`` fills in (dtype has its own rule)."""
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        # Each field is named for the CompileSpec field it resolves, so a new one is
+        # applied and recorded without another list to keep in step.
+        return tuple(field.name for field in fields(cls))
 
 
 def declared_model_len(model_dir: Path | None) -> int | None:
