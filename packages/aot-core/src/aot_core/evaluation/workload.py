@@ -11,7 +11,6 @@ into windows. A count that is low only means fewer sequences at once, never anot
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,19 +28,23 @@ def count_requests(tasks: Iterable[Any], limit: int | float | None) -> int | Non
 
 
 def _task_requests(task: Any, limit: int | float | None) -> int | None:
+    from lm_eval.evaluator_utils import get_sample_size  # lm-eval's own --limit rule
+
     try:
-        docs = list(task.eval_docs)
+        docs = task.eval_docs
+        count = len(docs)
+        wanted = get_sample_size(task, limit)
     except Exception:  # a task type this does not know; lm-eval reports real problems later
         return None
-    if limit is not None:
-        docs = docs[: math.ceil(len(docs) * limit) if limit < 1 else int(limit)]
+    count = count if wanted is None else min(count, wanted)
     config = getattr(task, "config", None)
     repeats = getattr(config, "repeats", None) or 1
     if getattr(task, "OUTPUT_TYPE", None) != "multiple_choice":
-        return len(docs) * repeats
+        return count * repeats
     mutual_info = "acc_mutual_info" in (getattr(task, "_metric_fn_list", None) or {})
     try:
-        choices = sum(len(task.doc_to_choice(doc)) for doc in docs)
+        # Only the documents the job evaluates are read, not the whole split.
+        choices = sum(len(task.doc_to_choice(docs[i])) for i in range(count))
     except Exception:
         return None
     return choices * (2 if mutual_info else 1) * repeats
