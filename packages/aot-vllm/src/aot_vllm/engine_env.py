@@ -32,6 +32,7 @@ from typing import Any
 from aot_core.env_patch import EnvPatch
 from aot_core.spec import CompileSpec
 
+from aot_vllm.parallel import World
 from aot_vllm.runtime_options import RuntimeOptions
 
 __all__ = [
@@ -251,7 +252,7 @@ def runs_inline(runtime: RuntimeOptions, spec: CompileSpec) -> bool:
     """Whether the engine core runs in this process: as asked, else with a single device."""
     if runtime.engine_process is not None:
         return runtime.engine_process == "inline"
-    return spec.tensor_parallel_size * spec.pipeline_parallel_size == 1
+    return World.of(spec).size == 1
 
 
 class CompileCache(enum.StrEnum):
@@ -327,8 +328,7 @@ def _asked_or_auto(
         return CompileCacheChoice(cache=CompileCache.AOT, env=aot_compile(on=True))
     if runtime.compile_cache == "inductor":
         return CompileCacheChoice(cache=CompileCache.INDUCTOR, env=aot_compile(on=False))
-    ranks = spec.tensor_parallel_size * spec.pipeline_parallel_size
-    return _auto_compile_cache(is_cpu=is_cpu, previous=previous, ranks=ranks)
+    return _auto_compile_cache(is_cpu=is_cpu, previous=previous, ranks=World.of(spec).size)
 
 
 def _auto_compile_cache(
