@@ -197,13 +197,6 @@ def _vllm_aot_cpu(run_dir: Path) -> list[str]:
     return [*_BENCH_HEADER, *rows]
 
 
-def _eval_jobs_best_only(run_dir: Path) -> list[str]:
-    """``_eval_jobs`` with only the aot-best / hf goal: for a run whose eager ways ran once,
-    so that their one job was a first job and the compiled / eager ratios are not its
-    findings (its provenance says so)."""
-    return _eval_jobs(run_dir, goals=("aot best",))
-
-
 def _eval_jobs(run_dir: Path, goals: tuple[str, ...] | None = None) -> list[str]:
     """benchmarks/eval_jobs.py: each way's median job wall, model ready and evaluation, then
     the goal ratios of the same run (those starting with one of ``goals``, or all)."""
@@ -301,7 +294,7 @@ TABLES: dict[str, Table] = {
     "eval_jobs": Table(run="2026-12-07T1830Z-eval_jobs_full", render=_eval_jobs),
     "eval_jobs_vllm_aot": Table(run="2026-12-07T1857Z-eval_jobs_vllm_aot", render=_eval_jobs),
     "eval_jobs_short": Table(run="2026-12-07T1822Z-eval_jobs_short", render=_eval_jobs),
-    "eval_jobs_bf16": Table(run="2026-12-07T1814Z-eval_jobs_bf16", render=_eval_jobs_best_only),
+    "eval_jobs_bf16": Table(run="2026-12-07T2013Z-eval_jobs_bf16_full", render=_eval_jobs),
     "eval_jobs_before": Table(run="2026-12-07T1431Z-eval_jobs", render=_eval_jobs),
     "serve_ready": Table(run="2026-12-07T1905Z-serve_ready", render=_serve_ready),
 }
