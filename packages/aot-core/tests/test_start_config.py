@@ -15,6 +15,7 @@ from aot_core.cli import bench as bench_cli
 from aot_core.cli import model_spec
 from aot_core.evaluation.model_args import parse_model_args
 from aot_core.evaluation.startup import job_spec
+from aot_core.evaluation.workload import SCORING_SEQS, JobRequests
 from aot_core.models.tiny import write_tiny_llama
 from aot_core.serve.command import serve_spec
 from aot_core.spec import CompileSpec
@@ -135,17 +136,27 @@ def test_eager_and_compiled_eval_jobs_and_aot_compile_resolve_one_start(
     built, built_start = model_spec.compile_spec(CompileSpec(), model, shape=None)
     assert built_start.to_dict() == {**compiled_start.to_dict(), "cache_dir": ANY}
     assert built.fingerprint() == compiled.fingerprint()
-    # A job's request count sizes its KV cache for eager and compiled alike, never its key.
+    # A job's requests size its KV cache for eager and compiled alike, never its key.
+    job = JobRequests(total=30, generations=5)
     for eager_job in (True, False):
         args = {"pretrained": str(model), "eager": eager_job}
-        small, small_start = job_spec(parse_model_args(args), str(store), requests=30)
-        assert small.kv_cache_seqs == small_start.kv_cache_seqs.value == 30
-        assert small_start.kv_cache_seqs.source == "job (30 requests)"
+        small, small_start = job_spec(parse_model_args(args), str(store), requests=job)
+        assert small.kv_cache_seqs == small_start.kv_cache_seqs.value == SCORING_SEQS
+        assert small_start.kv_cache_seqs.source == "job (30 requests, 5 generations)"
     assert small.fingerprint() == compiled.fingerprint() and compiled.kv_cache_seqs is None
     assert small.compiled_part() == compiled  # what the shared artifact's manifest records
     # The user's own value is theirs.
     mine = parse_model_args({"pretrained": str(model)}, base_spec=CompileSpec(kv_cache_seqs=8))
-    assert job_spec(mine, str(store), requests=30)[0].kv_cache_seqs == 8
+    assert job_spec(mine, str(store), requests=job)[0].kv_cache_seqs == 8
+
+
+def test_a_job_keeps_cache_for_every_generation_and_a_floor_for_scoring() -> None:
+    """Generations hold their cache until they stop, so each gets a sequence; log-likelihood
+    requests hold theirs for one step, so a floor covers them; never more than the job."""
+    assert JobRequests(total=224, generations=40).kv_sequences == 40
+    assert JobRequests(total=224, generations=0).kv_sequences == SCORING_SEQS
+    assert JobRequests(total=10, generations=2).kv_sequences == 10
+    assert JobRequests(total=600, generations=600).kv_sequences == 600  # vLLM caps it
 
 
 def test_the_spec_and_the_commands_defaults_come_before_the_examples(tmp_path: Path) -> None:

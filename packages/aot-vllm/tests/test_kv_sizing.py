@@ -66,8 +66,8 @@ def test_size_covers_every_sequence_at_full_length(tmp_path: Path) -> None:
 def test_a_job_sized_cache_holds_its_requests_never_more_than_max_num_seqs(
     tmp_path: Path,
 ) -> None:
-    """``aot eval`` sets kv_cache_seqs to its job's request count: 30 requests reserve 31
-    sequences, not vLLM's 257; above max_num_seqs the scheduler's own limit wins."""
+    """``aot eval`` sets kv_cache_seqs from its job's requests: 30 sequences reserve 31,
+    not vLLM's 257; above max_num_seqs the scheduler's own limit wins."""
     model = _model(tmp_path)
     job = cpu_kv_cache_size(CompileSpec(kv_cache_seqs=30), model, total_memory=64 * GIB)
     assert isinstance(job, KVCacheSize) and job.tokens == 31 * 512

@@ -132,9 +132,10 @@ class CompileSpec:
 
     kv_cache_seqs: int | None = None
     """Full-length sequences the KV cache is sized for where aot sizes it (vLLM on CPU),
-    capped at ``max_num_seqs``; None sizes it for ``max_num_seqs``. ``aot eval`` sets it to
-    its job's request count, so a small job does not reserve (and zero) a cache it cannot
-    fill. Run-time only: not part of ``fingerprint()`` (``FINGERPRINT_IGNORES``)."""
+    capped at ``max_num_seqs``; None sizes it for ``max_num_seqs``. ``aot eval`` sets it
+    from its job's requests (``JobRequests.kv_sequences``), so a job does not reserve (and
+    zero) a cache it cannot fill. Run-time only: not part of ``fingerprint()``
+    (``FINGERPRINT_IGNORES``)."""
 
     dtype: str = "auto"
     """Weight and activation dtype: auto, float32, float16 or bfloat16 (aliases accepted)."""

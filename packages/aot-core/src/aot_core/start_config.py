@@ -21,11 +21,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aot_core.compiler import GenerationParams, Prompt
 from aot_core.dtype_choice import resolve_dtype
 from aot_core.spec import CompileSpec
+
+if TYPE_CHECKING:
+    from aot_core.evaluation.workload import JobRequests
 
 MIN_EXAMPLES_MODEL_LEN = 128
 """The smallest ``max_model_len`` example prompts resolve to."""
@@ -137,16 +140,16 @@ def resolve_start(
     defaults: Mapping[str, Any] | None = None,
     cache_root: Path | None = None,
     gpu: bool | None = None,
-    requests: int | None = None,
+    requests: JobRequests | None = None,
 ) -> StartConfig:
     """Decide ``spec``'s open fields once for a command's starts.
 
     Precedence: the spec, then the command's ``defaults`` (``aot bench``'s small engine),
     then, for ``max_model_len``, the ``examples`` a compiled run precompiles with (the
     rule ``compile_model_aot`` applies), else the backend's default. ``cache_dir``: the
-    spec's, else ``cache_root``. ``gpu``: None reads it from nvidia-smi. ``requests``: how
-    many requests the command's job sends (``aot eval`` counts them), which sizes the KV
-    cache unless the spec does.
+    spec's, else ``cache_root``. ``gpu``: None reads it from nvidia-smi. ``requests``: what
+    the command's job sends (``aot eval`` counts it), which sizes the KV cache
+    (``JobRequests.kv_sequences``) unless the spec does.
     """
     if gpu is None:
         from aot_core.artifacts import cuda_capabilities
@@ -171,11 +174,11 @@ def resolve_start(
     )
 
 
-def _kv_cache_seqs(spec: CompileSpec, requests: int | None) -> Setting:
+def _kv_cache_seqs(spec: CompileSpec, requests: JobRequests | None) -> Setting:
     if spec.kv_cache_seqs is not None:
         return Setting(value=spec.kv_cache_seqs, source="spec")
-    if requests is not None and requests >= 1:
-        return Setting(value=requests, source=f"job ({requests} requests)")
+    if requests is not None:
+        return Setting(value=requests.kv_sequences, source=f"job ({requests})")
     return Setting(value=None, source="max_num_seqs")
 
 

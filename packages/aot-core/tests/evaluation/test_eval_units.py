@@ -181,7 +181,8 @@ def test_local_tasks_are_resolved_from_the_include_path_alone(
     assert len(prepared.manager.all_tasks) < 10, "lm-eval's built-in tasks were indexed"
     assert [t.task_name for t in prepared.tasks] == ["aot_mc", "aot_gen"]
     # What sizes the job's KV cache: 2 documents x 4 choices, and 2 generations.
-    assert prepared.requests == 2 * 4 + 2
+    assert prepared.requests is not None
+    assert (prepared.requests.total, prepared.requests.generations) == (2 * 4 + 2, 2)
 
     cfg, yamls = check_inputs(["--tasks", "aot_mc,arc_easy", "--include_path", str(TASKS)])
     manager = resolve_tasks(cfg, yamls)

@@ -18,6 +18,7 @@ from aot_core.evaluation.startup import StartRecord, run_with_model
 
 if TYPE_CHECKING:
     from aot_core.evaluation.task_files import TaskYamls
+    from aot_core.evaluation.workload import JobRequests
 
 RESULTS_NAME = "results.json"
 NOISE_NOTE = (
@@ -70,9 +71,9 @@ class PreparedTasks:
     tasks: list[Any]
     """The top-level tasks and groups, ready for ``simple_evaluate``."""
 
-    requests: int | None = None
-    """How many requests the job sends (``workload.count_requests``), which sizes the KV
-    cache; None when they could not be counted."""
+    requests: JobRequests | None = None
+    """What the job sends (``workload.count_requests``), which sizes the KV cache; None
+    when it could not be counted."""
 
 
 def check_inputs(argv: Sequence[str]) -> tuple[Any, TaskYamls]:
@@ -113,7 +114,7 @@ def prepare_tasks(argv: Sequence[str], progress: Callable[[str], None]) -> Prepa
     tasks, every_task = load_tasks(manager, cfg.tasks, sources)
     names = [getattr(t, "task_name", None) or str(t) for t in tasks]
     requests = count_requests(every_task, cfg.limit)
-    counted = f" ({requests} requests)" if requests is not None else ""
+    counted = f" ({requests})" if requests is not None else ""
     progress(f"tasks ready: {', '.join(names)}{counted}")
     return PreparedTasks(config=cfg, manager=manager, tasks=tasks, requests=requests)
 

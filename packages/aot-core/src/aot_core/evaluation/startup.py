@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aot_core import artifacts
 from aot_core.compiler import CompiledModel
@@ -21,6 +21,9 @@ from aot_core.errors import ArtifactError
 from aot_core.evaluation.model_args import EvalModelConfig
 from aot_core.spec import CompileSpec
 from aot_core.start_config import StartConfig
+
+if TYPE_CHECKING:
+    from aot_core.evaluation.workload import JobRequests
 
 T = TypeVar("T")
 
@@ -61,10 +64,10 @@ def run_with_model(
     *,
     cache_dir: str | None = None,
     progress: Callable[[str], None] = lambda _m: None,
-    requests: int | None = None,
+    requests: JobRequests | None = None,
 ) -> tuple[T, StartRecord]:
     """Start the model ``config`` describes, run ``body`` on it, close it. ``requests``:
-    how many the job sends (sizes the KV cache; never the artifact key).
+    what the job sends (sizes the KV cache; never the artifact key).
 
     ``body``'s exceptions propagate after the model is closed; a compiled artifact is
     still published (cold) or re-sealed (warm), because a failed evaluation says nothing
@@ -101,7 +104,7 @@ def run_with_model(
 
 
 def job_spec(
-    config: EvalModelConfig, cache_dir: str | None = None, *, requests: int | None = None
+    config: EvalModelConfig, cache_dir: str | None = None, *, requests: JobRequests | None = None
 ) -> tuple[CompileSpec, StartConfig]:
     """The spec the job's backend gets, and its start configuration, decided once for eager
     and compiled runs alike: the fields the spec leaves open resolved as ``aot compile``
