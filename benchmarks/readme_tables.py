@@ -293,7 +293,7 @@ TABLES: dict[str, Table] = {
     "vllm_aot_cpu": Table(run="2026-12-01T0115Z-vllm_aot_cpu", render=_vllm_aot_cpu),
     "eval_jobs": Table(run="2026-12-07T2044Z-eval_jobs_full", render=_eval_jobs),
     "eval_jobs_short": Table(run="2026-12-07T1822Z-eval_jobs_short", render=_eval_jobs),
-    "eval_jobs_bf16": Table(run="2026-12-07T2013Z-eval_jobs_bf16_full", render=_eval_jobs),
+    "eval_jobs_bf16": Table(run="2026-12-07T2104Z-eval_jobs_bf16_full", render=_eval_jobs),
     "eval_jobs_before": Table(run="2026-12-07T1431Z-eval_jobs", render=_eval_jobs),
     "serve_ready": Table(run="2026-12-07T1905Z-serve_ready", render=_serve_ready),
 }
