@@ -21,17 +21,25 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aot_core.compiler import GenerationParams, Prompt
 from aot_core.dtype_choice import resolve_dtype
 from aot_core.spec import CompileSpec
 
-if TYPE_CHECKING:
-    from aot_core.evaluation.workload import JobRequests
-
 MIN_EXAMPLES_MODEL_LEN = 128
 """The smallest ``max_model_len`` example prompts resolve to."""
+
+
+class JobSize(Protocol):
+    """What a command's job sends, as far as its start needs to know; its ``str`` says so
+    in the record. The contract names no job type: ``aot eval``'s is
+    ``aot_core.evaluation.workload.JobRequests``."""
+
+    @property
+    def kv_sequences(self) -> int:
+        """Sequences worth a KV cache for this job."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,7 +148,7 @@ def resolve_start(
     defaults: Mapping[str, Any] | None = None,
     cache_root: Path | None = None,
     gpu: bool | None = None,
-    requests: JobRequests | None = None,
+    requests: JobSize | None = None,
 ) -> StartConfig:
     """Decide ``spec``'s open fields once for a command's starts.
 
@@ -149,7 +157,7 @@ def resolve_start(
     rule ``compile_model_aot`` applies), else the backend's default. ``cache_dir``: the
     spec's, else ``cache_root``. ``gpu``: None reads it from nvidia-smi. ``requests``: what
     the command's job sends (``aot eval`` counts it), which sizes the KV cache
-    (``JobRequests.kv_sequences``) unless the spec does.
+    (``JobSize.kv_sequences``) unless the spec does.
     """
     if gpu is None:
         from aot_core.artifacts import cuda_capabilities
@@ -174,7 +182,7 @@ def resolve_start(
     )
 
 
-def _kv_cache_seqs(spec: CompileSpec, requests: JobRequests | None) -> Setting:
+def _kv_cache_seqs(spec: CompileSpec, requests: JobSize | None) -> Setting:
     if spec.kv_cache_seqs is not None:
         return Setting(value=spec.kv_cache_seqs, source="spec")
     if requests is not None:
