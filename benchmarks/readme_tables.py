@@ -197,9 +197,9 @@ def _vllm_aot_cpu(run_dir: Path) -> list[str]:
     return [*_BENCH_HEADER, *rows]
 
 
-def _eval_jobs(run_dir: Path, goals: tuple[str, ...] | None = None) -> list[str]:
+def _eval_jobs(run_dir: Path) -> list[str]:
     """benchmarks/eval_jobs.py: each way's median job wall, model ready and evaluation, then
-    the goal ratios of the same run (those starting with one of ``goals``, or all)."""
+    the goal ratios of the same run."""
     data = _load(run_dir / "eval_jobs.json")
     out = [
         "| way | start | jobs | job wall | model ready | evaluation |",
@@ -213,7 +213,6 @@ def _eval_jobs(run_dir: Path, goals: tuple[str, ...] | None = None) -> list[str]
     out += _goal_rows(
         (r["name"] + (f" ({r['detail']})" if r["detail"] else ""), r["value"], r["goal"])
         for r in data["ratios"]
-        if goals is None or r["name"].startswith(goals)
     )
     if data.get("dtype", "float32") != "float32":
         return [*out, "", *_parity_rows(data)]
