@@ -4,7 +4,9 @@ and scoring, one full-sequence prefill per batch.
 Prompts of different lengths share a batch: each row starts at position 0 of its own KV
 row, prompts are right-padded, and the step returns logits at each row's own last prompt
 token. Padded prompt positions write cache slots that a row overwrites before it ever
-attends to them, so padding never changes the result.
+attends to them, so padding never changes the result. When every row of a batch starts
+with a prefix an earlier batch computed (few-shot examples), its KV is copied in from the
+generator's ``PrefixStash`` and the rows run from the position after it.
 
 ``prefill`` is always called with a ``[B, K]`` ``last_index`` (K >= 2; generation repeats
 the last position): the compiled and packaged prefill graphs are built for that form, so
@@ -23,6 +25,7 @@ from aot_core.compiler import GenerationParams
 from aot_core.errors import SpecError
 
 from aot_legacy.options import MIN_BUCKET
+from aot_legacy.prefix import PrefixStash
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 StopFn = Callable[[Sequence[int]], bool]
@@ -109,6 +112,9 @@ class StaticKVGenerator:
         self.kv = tuple(kv)
         """The KV cache the steps are bound to, so finished rows can be compacted away;
         empty when unknown (then the batch keeps its size to the end)."""
+        self.prefix = PrefixStash(self.kv)
+        """The KV of the last shared prompt prefix, reused by later batches that start
+        with it (few-shot examples); inert without ``kv``."""
 
     def check(self, prompts: Sequence[Sequence[int]]) -> None:
         """Reject prompts that cannot run, before any work starts."""
@@ -208,15 +214,23 @@ class StaticKVGenerator:
 
     def _prefill_rows(self, prompts: Sequence[Sequence[int]], size: int) -> torch.Tensor:
         """Prefill right-padded prompts in KV rows ``[:size]``; logits ``[n, vocab]`` at each
-        prompt's last token (padding rows are one pad token)."""
+        prompt's last token (padding rows are one pad token). A prefix the stash holds is
+        copied in, not computed."""
         pad = self.pad_token_id
-        rows = [list(p) for p in prompts] + [[pad]] * (size - len(prompts))
+        n = len(prompts)
+        shared = self.prefix.usable(prompts)
+        if shared:
+            self.prefix.copy_into(n, shared)
+        rows = [list(p[shared:]) for p in prompts] + [[pad]] * (size - n)
         seq = max(*(len(r) for r in rows), MIN_BUCKET)
         ids = torch.tensor([r + [pad] * (seq - len(r)) for r in rows], dtype=torch.long)
-        pos = torch.arange(seq).expand(size, seq).contiguous()
+        starts = torch.tensor([shared] * n + [0] * (size - n), dtype=torch.long)
+        pos = (starts.view(-1, 1) + torch.arange(seq)).clamp(max=self.max_seq - 1)
         last = torch.tensor([[len(r) - 1] * MIN_BUCKET for r in rows], dtype=torch.long)
         logits = self.prefill(ids.to(self.device), pos.to(self.device), last.to(self.device))
-        return logits[: len(prompts), 0]
+        if not shared:
+            self.prefix.remember(prompts)
+        return logits[:n, 0]
 
     def _finished(
         self, tokens: Sequence[int], prompt_len: int, params: GenerationParams, stop: StopFn | None
@@ -279,7 +293,9 @@ def score_requests(
     the positions after the context, overwriting the one before (a token attends only to
     cache slots up to its own position, so it never sees another continuation). Rows run
     longest context first, as many per forward as the KV cache has (``max_batch``) and
-    ``SCORE_LOGITS_BYTES`` allows. The caller checks that every request fits ``max_seq``.
+    ``SCORE_LOGITS_BYTES`` allows. Contexts that start with the prefix the generator's
+    ``PrefixStash`` holds (another question's few-shot examples) prefill only what follows
+    it. The caller checks that every request fits ``max_seq``.
     """
     units = _share_units(requests)
     out: list[TokenScores | None] = [None] * len(requests)
@@ -372,7 +388,14 @@ def _score_rows(
 ) -> list[list[TokenScores]]:
     """Scores of ``continuations[r]`` after ``contexts[r]``, row ``r`` in KV row ``r``."""
     results: list[list[TokenScores]] = [[([], []) for _ in conts] for conts in continuations]
-    first = torch.log_softmax(_forward(g, contexts, [[len(c) - 1] for c in contexts])[:, :1], -1)
+    shared = g.prefix.usable(contexts)
+    if shared:
+        g.prefix.copy_into(len(contexts), shared)
+    tails = [c[shared:] for c in contexts]
+    logits = _forward(g, tails, [[len(t) - 1] for t in tails], [shared] * len(contexts))
+    if not shared:
+        g.prefix.remember(contexts)
+    first = torch.log_softmax(logits[:, :1], -1)
     for r, conts in enumerate(continuations):
         for j, x in enumerate(conts):
             _record(first[r], [x[0]], results[r][j])
