@@ -11,7 +11,14 @@ from aot_core import GenerationParams
 from aot_core.evaluation.reference import reference_scores
 from aot_legacy import LegacyBackend
 from aot_legacy.compiled_model import LegacyCompiledModel
-from aot_legacy.prefix import MIN_PREFIX, PrefixStash, common_prefix
+from aot_legacy.prefix import (
+    MIN_PREFIX,
+    SLOTS,
+    PrefixStash,
+    common_prefix,
+    prefix_groups,
+    runnable_prefix,
+)
 from conftest import MAX_SEQS, spec
 
 SHOTS = list(b"Q: 2+2? A: 4\nQ: 3+1? A: 4\n")
@@ -46,14 +53,15 @@ def test_the_prompts_share_a_prefix_worth_reusing() -> None:
     assert common_prefix([[1, 2, 3], [1, 2], [1, 2, 4]]) == 2
     assert common_prefix([[1], [2]]) == 0
     assert common_prefix([]) == 0
+    assert runnable_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # the last token always runs
 
 
 def test_generation_reuses_the_prefix_and_gives_the_same_tokens(
     model: LegacyCompiledModel, tiny_dir: Path
 ) -> None:
     shared = [g.token_ids for g in model.generate(PROMPTS, GREEDY)]
-    # Every batch after the first copied the head instead of computing it.
-    assert _stash(model).reused_tokens >= (len(PROMPTS) - MAX_SEQS) * len(SHOTS)
+    # The head was computed once, then copied into every row of every batch.
+    assert _stash(model).reused_tokens >= len(PROMPTS) * len(SHOTS)
     _without_stash(model)
     whole = [g.token_ids for g in model.generate(PROMPTS, GREEDY)]
     assert shared == whole
@@ -89,3 +97,19 @@ def test_a_short_or_different_prefix_is_not_reused(model: LegacyCompiledModel) -
     assert stash.usable([list(b"Something else entirely, longer than sixteen")]) == 0
     # One token of every row is always left to run: its logits are what is asked for.
     assert stash.usable([SHOTS]) == len(SHOTS) - 1
+
+
+def test_two_tasks_keep_both_prefixes(model: LegacyCompiledModel) -> None:
+    other = [list(b"French: cat=chat, dog=chien\n")[: len(SHOTS)] + q for q in QUESTIONS]
+    assert SLOTS >= 2 and common_prefix([*PROMPTS, *other]) == 0
+    # Alternating, at equal lengths: ordered by length alone, no batch would share a head.
+    mixed = [p for pair in zip(PROMPTS, other, strict=True) for p in pair]
+    assert prefix_groups(mixed, least=3) == [0, 1] * len(PROMPTS)
+    model.generate(mixed, GREEDY)
+    stash = _stash(model)
+    assert stash.usable(PROMPTS) >= len(SHOTS) and stash.usable(other) >= MIN_PREFIX
+    before = stash.reused_tokens
+    again = [g.token_ids for g in model.generate(mixed, GREEDY)]
+    assert stash.reused_tokens > before
+    _without_stash(model)
+    assert again == [g.token_ids for g in model.generate(mixed, GREEDY)]

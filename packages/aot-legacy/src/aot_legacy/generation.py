@@ -25,7 +25,7 @@ from aot_core.compiler import GenerationParams
 from aot_core.errors import SpecError
 
 from aot_legacy.options import MIN_BUCKET
-from aot_legacy.prefix import PrefixStash
+from aot_legacy.prefix import MIN_PREFIX, PrefixStash, prefix_groups, runnable_prefix
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 StopFn = Callable[[Sequence[int]], bool]
@@ -154,8 +154,10 @@ class StaticKVGenerator:
                 generator.manual_seed(params.seed)
             else:
                 generator.seed()
-        # Longest prompts first, as lm-eval's models order them: a batch pads little.
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        # Longest prompts first, as lm-eval's models order them: a batch pads little; and
+        # a few-shot task's prompts together, so its batches share their examples.
+        group = prefix_groups(prompts, least=MIN_BUCKET + 1)
+        order = sorted(range(len(prompts)), key=lambda i: (group[i], -len(prompts[i])))
         results: list[tuple[list[int], str]] = [([], "")] * len(prompts)
         t_start = time.perf_counter()
         with torch.no_grad():
@@ -218,9 +220,7 @@ class StaticKVGenerator:
         copied in, not computed."""
         pad = self.pad_token_id
         n = len(prompts)
-        shared = self.prefix.usable(prompts)
-        if shared:
-            self.prefix.copy_into(n, shared)
+        shared = _reuse_prefix(self, prompts)
         rows = [list(p[shared:]) for p in prompts] + [[pad]] * (size - n)
         seq = max(*(len(r) for r in rows), MIN_BUCKET)
         ids = torch.tensor([r + [pad] * (seq - len(r)) for r in rows], dtype=torch.long)
@@ -319,7 +319,8 @@ idle for many rounds (a rolling score's windows can all share a one-token contex
 
 def _share_units(requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[int]]:
     """Request indices grouped by identical context, at most ``MAX_SHARED`` a group, longest
-    context first (then most continuations), so the rows of one forward pad little."""
+    context first (then most continuations), so the rows of one forward pad little; units
+    of one few-shot task together (``prefix_groups``), so they share its examples."""
     by_context: dict[tuple[int, ...], list[int]] = {}
     for i, (context, _) in enumerate(requests):
         by_context.setdefault(tuple(context), []).append(i)
@@ -328,8 +329,10 @@ def _share_units(requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> lis
         for same in by_context.values()
         for lo in range(0, len(same), MAX_SHARED)
     ]
-    units.sort(key=lambda u: (-len(requests[u[0]][0]), -len(u)))
-    return units
+    contexts = [requests[u[0]][0] for u in units]
+    group = prefix_groups(contexts, least=MIN_BUCKET + 1)
+    order = sorted(range(len(units)), key=lambda i: (group[i], -len(contexts[i]), -len(units[i])))
+    return [units[i] for i in order]
 
 
 def _row_groups(g: StaticKVGenerator, widths: Sequence[int]) -> list[list[int]]:
@@ -381,6 +384,23 @@ def _forward(
     return g.prefill(ids, pos, last)[:n].float()
 
 
+def _reuse_prefix(g: StaticKVGenerator, rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens of every row ``rows`` (about to run in KV rows
+    ``[:len(rows)]``) need not run: their KV is copied in from the generator's stash. When
+    the stash holds none but the rows share a long prefix, it is computed first, once: a
+    two-row forward costs less than recomputing it in every row of a wider batch."""
+    shared = g.prefix.usable(rows)
+    common = runnable_prefix(rows)
+    if not shared and g.prefix.enabled and len(rows) > MIN_BUCKET and common >= MIN_PREFIX:
+        head = list(rows[0][:common])
+        _forward(g, [head], [[common - 1]])
+        g.prefix.remember([head])
+        shared = g.prefix.usable(rows)
+    if shared:
+        g.prefix.copy_into(rows, shared)
+    return shared
+
+
 def _score_rows(
     g: StaticKVGenerator,
     contexts: Sequence[Sequence[int]],
@@ -388,9 +408,7 @@ def _score_rows(
 ) -> list[list[TokenScores]]:
     """Scores of ``continuations[r]`` after ``contexts[r]``, row ``r`` in KV row ``r``."""
     results: list[list[TokenScores]] = [[([], []) for _ in conts] for conts in continuations]
-    shared = g.prefix.usable(contexts)
-    if shared:
-        g.prefix.copy_into(len(contexts), shared)
+    shared = _reuse_prefix(g, contexts)
     tails = [c[shared:] for c in contexts]
     logits = _forward(g, tails, [[len(t) - 1] for t in tails], [shared] * len(contexts))
     if not shared:
