@@ -15,7 +15,7 @@ from aot_legacy.options import LegacyOptions
 def test_describes_itself() -> None:
     cls = LegacyBackend
     assert cls.description and registry.installed_backends()["legacy"] is cls
-    assert cls.pins() == {"torch": artifacts.torch_version()}
+    assert cls.pins() == {"torch": artifacts.torch_version(), "aot-legacy-steps": "2"}
     assert cls.check_engine().usable  # torch imports here
     assert registry.availability("legacy", deep=True).usable
 

@@ -20,7 +20,7 @@ from aot_core.errors import SpecError
 from aot_core.options import BackendOptions
 from aot_core.spec import CompileSpec
 
-from aot_legacy.options import LegacyOptions
+from aot_legacy.options import STEP_FORMAT, LegacyOptions
 
 MIN_TORCH = (2, 6)
 
@@ -80,10 +80,11 @@ class LegacyBackend(Compiler):
 
     @classmethod
     def pins(cls) -> dict[str, str | None]:
-        """Compiled kernels and AOTInductor packages depend on the exact torch build."""
+        """Compiled kernels and AOTInductor packages depend on the exact torch build, and on
+        the graphs this version of the backend traces."""
         from aot_core.artifacts import torch_version
 
-        return {"torch": torch_version()}
+        return {"torch": torch_version(), "aot-legacy-steps": str(STEP_FORMAT)}
 
     def compile_model(self, model: Any, spec: CompileSpec | None = None) -> CompiledModel:
         return self._remember(self._start(model, spec, example_inputs=None, aot=False))

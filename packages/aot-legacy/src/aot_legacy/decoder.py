@@ -93,13 +93,17 @@ def cached_attention(
     v_cache.index_put_((rows, positions), v.transpose(1, 2).to(v_cache.dtype))
     keys = k_cache[:bsz].transpose(1, 2)
     values = v_cache[:bsz].transpose(1, 2)
-    if n_heads != n_kv:
-        keys = keys.repeat_interleave(n_heads // n_kv, dim=1)
-        values = values.repeat_interleave(n_heads // n_kv, dim=1)
     slots = torch.arange(k_cache.shape[1], device=positions.device)
     mask = slots.view(1, 1, 1, -1) <= positions.unsqueeze(1).unsqueeze(-1)
+    # Grouped-query heads read their shared KV head in place: repeating the whole cache
+    # for every query head made a decode step cost ten times its attention (one CPU thread).
     out = torch.nn.functional.scaled_dot_product_attention(
-        q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scaling
+        q,
+        keys.to(q.dtype),
+        values.to(q.dtype),
+        attn_mask=mask,
+        scale=scaling,
+        enable_gqa=n_heads != n_kv,
     )
     return out.transpose(1, 2).reshape(bsz, -1, n_heads * head_dim)
 

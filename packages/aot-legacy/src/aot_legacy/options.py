@@ -18,6 +18,11 @@ DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_SEQ = 1024
 """KV-cache length when the spec leaves max_model_len open (capped by the model's limit)."""
 
+STEP_FORMAT = 2
+"""The version of the graphs ``decoder.py`` traces, pinned into every artifact and step
+cache key: a change to them gets new entries instead of serving what an older aot-legacy
+compiled. 2: grouped-query attention reads the KV heads in place."""
+
 MIN_BUCKET = 2
 """Smallest batch bucket: exported graphs specialise size-1 dims (0/1 specialisation), so
 batches are padded to at least 2 everywhere."""

@@ -32,7 +32,7 @@ from aot_core.stats import CacheOutcome
 from aot_legacy.decoder import StaticKVDecoder
 from aot_legacy.environment import environment, stable_hash
 from aot_legacy.hf_adapter import config_hash
-from aot_legacy.options import MIN_BUCKET, StepPlan
+from aot_legacy.options import MIN_BUCKET, STEP_FORMAT, StepPlan
 from aot_legacy.package_build import DISK_FULL_ERRNOS
 from aot_legacy.packages import build_packages, load_packages
 from aot_legacy.weights import WeightsAsInputs, step_tensors
@@ -156,6 +156,7 @@ class StepCompiler:
             "max_seq": plan.max_seq,
             "compile_mode": plan.compile_mode,
             "weights": WEIGHT_BINDING,
+            "step_format": STEP_FORMAT,
         }
 
     def cache_dir_for(self, step: StaticKVDecoder, plan: StepPlan, device: torch.device) -> Path:
