@@ -290,9 +290,9 @@ TABLES: dict[str, Table] = {
     "scaling": Table(run="2026-11-30T2337Z-scaling", render=_scaling),
     "tiny_bench": Table(run="2026-11-30T2228Z-aot_bench", render=_aot_bench),
     "vllm_aot_cpu": Table(run="2026-12-01T0115Z-vllm_aot_cpu", render=_vllm_aot_cpu),
-    "eval_jobs": Table(run="2026-12-07T2044Z-eval_jobs_full", render=_eval_jobs),
-    "eval_jobs_short": Table(run="2026-12-07T1822Z-eval_jobs_short", render=_eval_jobs),
-    "eval_jobs_bf16": Table(run="2026-12-07T2104Z-eval_jobs_bf16_full", render=_eval_jobs),
+    "eval_jobs": Table(run="2026-12-08T0003Z-eval_jobs_full", render=_eval_jobs),
+    "eval_jobs_short": Table(run="2026-12-08T0029Z-eval_jobs_short", render=_eval_jobs),
+    "eval_jobs_bf16": Table(run="2026-12-08T0018Z-eval_jobs_bf16_full", render=_eval_jobs),
     "eval_jobs_before": Table(run="2026-12-07T1431Z-eval_jobs", render=_eval_jobs),
     "serve_ready": Table(run="2026-12-07T1905Z-serve_ready", render=_serve_ready),
 }
