@@ -113,8 +113,8 @@ class StaticKVGenerator:
         """The KV cache the steps are bound to, so finished rows can be compacted away;
         empty when unknown (then the batch keeps its size to the end)."""
         self.prefix = PrefixStash(self.kv)
-        """The KV of the last shared prompt prefix, reused by later batches that start
-        with it (few-shot examples); inert without ``kv``."""
+        """The KV of recently shared prompt prefixes (few-shot examples), copied into
+        later batches that start with one; inert without ``kv``."""
 
     def check(self, prompts: Sequence[Sequence[int]]) -> None:
         """Reject prompts that cannot run, before any work starts."""
