@@ -285,8 +285,8 @@ def _serve_ready(run_dir: Path) -> list[str]:
 
 
 TABLES: dict[str, Table] = {
-    "main_job": Table(run="2026-12-07T1513Z-nox_bench", render=_main_job),
-    "real_answers": Table(run="2026-12-07T1513Z-nox_bench", render=_real_answers),
+    "main_job": Table(run="2026-12-08T0122Z-nox_bench", render=_main_job),
+    "real_answers": Table(run="2026-12-08T0122Z-nox_bench", render=_real_answers),
     "scaling": Table(run="2026-11-30T2337Z-scaling", render=_scaling),
     "tiny_bench": Table(run="2026-11-30T2228Z-aot_bench", render=_aot_bench),
     "vllm_aot_cpu": Table(run="2026-12-01T0115Z-vllm_aot_cpu", render=_vllm_aot_cpu),
