@@ -186,7 +186,7 @@ class StaticKVGenerator:
         size = self.buckets[bisect.bisect_left(self.buckets, n)]
         lens = [len(p) for p in prompts]
         t0 = time.perf_counter()
-        first = self._prefill_rows(prompts, size)
+        first = _prefill_last(self, prompts, size=size)[:, 0]
         latest = dict(enumerate(sample(first, params, generator).tolist()))  # syncs the device
         t1 = time.perf_counter()
         timings.prefill_s += t1 - t0
@@ -213,24 +213,6 @@ class StaticKVGenerator:
             timings.decode_steps_tokens += len(active)
         timings.output_tokens += sum(len(o) for o in out)
         return [(out[r], reasons[r] or "length") for r in range(n)]
-
-    def _prefill_rows(self, prompts: Sequence[Sequence[int]], size: int) -> torch.Tensor:
-        """Prefill right-padded prompts in KV rows ``[:size]``; logits ``[n, vocab]`` at each
-        prompt's last token (padding rows are one pad token). A prefix the stash holds is
-        copied in, not computed."""
-        pad = self.pad_token_id
-        n = len(prompts)
-        shared = _reuse_prefix(self, prompts)
-        rows = [list(p[shared:]) for p in prompts] + [[pad]] * (size - n)
-        seq = max(*(len(r) for r in rows), MIN_BUCKET)
-        ids = torch.tensor([r + [pad] * (seq - len(r)) for r in rows], dtype=torch.long)
-        starts = torch.tensor([shared] * n + [0] * (size - n), dtype=torch.long)
-        pos = (starts.view(-1, 1) + torch.arange(seq)).clamp(max=self.max_seq - 1)
-        last = torch.tensor([[len(r) - 1] * MIN_BUCKET for r in rows], dtype=torch.long)
-        logits = self.prefill(ids.to(self.device), pos.to(self.device), last.to(self.device))
-        if not shared:
-            self.prefix.remember(prompts)
-        return logits[:n, 0]
 
     def _finished(
         self, tokens: Sequence[int], prompt_len: int, params: GenerationParams, stop: StopFn | None
@@ -384,21 +366,37 @@ def _forward(
     return g.prefill(ids, pos, last)[:n].float()
 
 
+def _prefill_last(
+    g: StaticKVGenerator, rows: Sequence[Sequence[int]], *, size: int | None = None
+) -> torch.Tensor:
+    """Prefill ``rows`` in KV rows ``[:len(rows)]`` (pad rows of one pad token fill the batch
+    up to ``size``); logits ``[len(rows), K, vocab]`` at each row's last token. A prefix the
+    stash holds is copied in, not computed; one the rows share is stashed for later."""
+    n = len(rows)
+    shared = _reuse_prefix(g, rows)
+    fed = [row[shared:] for row in rows] + [[g.pad_token_id]] * ((size or n) - n)
+    starts = [shared] * n + [0] * (len(fed) - n)
+    logits = _forward(g, fed, [[len(row) - 1] for row in fed], starts)
+    if not shared:
+        g.prefix.remember(rows)
+    return logits[:n]
+
+
 def _reuse_prefix(g: StaticKVGenerator, rows: Sequence[Sequence[int]]) -> int:
     """How many leading tokens of every row ``rows`` (about to run in KV rows
     ``[:len(rows)]``) need not run: their KV is copied in from the generator's stash. When
     the stash holds none but the rows share a long prefix, it is computed first, once: a
     two-row forward costs less than recomputing it in every row of a wider batch."""
-    shared = g.prefix.usable(rows)
+    shared = g.prefix.take(rows)
+    if shared or not g.prefix.enabled or len(rows) <= MIN_BUCKET:
+        return shared
     common = runnable_prefix(rows)
-    if not shared and g.prefix.enabled and len(rows) > MIN_BUCKET and common >= MIN_PREFIX:
-        head = list(rows[0][:common])
-        _forward(g, [head], [[common - 1]])
-        g.prefix.remember([head])
-        shared = g.prefix.usable(rows)
-    if shared:
-        g.prefix.copy_into(rows, shared)
-    return shared
+    if common < MIN_PREFIX:
+        return 0
+    head = list(rows[0][:common])
+    _forward(g, [head], [[common - 1]])
+    g.prefix.remember([head])
+    return g.prefix.take(rows)
 
 
 def _score_rows(
@@ -408,12 +406,7 @@ def _score_rows(
 ) -> list[list[TokenScores]]:
     """Scores of ``continuations[r]`` after ``contexts[r]``, row ``r`` in KV row ``r``."""
     results: list[list[TokenScores]] = [[([], []) for _ in conts] for conts in continuations]
-    shared = _reuse_prefix(g, contexts)
-    tails = [c[shared:] for c in contexts]
-    logits = _forward(g, tails, [[len(t) - 1] for t in tails], [shared] * len(contexts))
-    if not shared:
-        g.prefix.remember(contexts)
-    first = torch.log_softmax(logits[:, :1], -1)
+    first = torch.log_softmax(_prefill_last(g, contexts)[:, :1], -1)
     for r, conts in enumerate(continuations):
         for j, x in enumerate(conts):
             _record(first[r], [x[0]], results[r][j])

@@ -13,6 +13,7 @@ length interleave them, so the stash keeps the ``SLOTS`` most recently used.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,10 +57,7 @@ def prefix_groups(rows: Sequence[Sequence[int]], *, least: int) -> list[int]:
     length alone, two few-shot tasks interleave and no batch shares a prefix. Rows with
     no such group (zero-shot prompts) sort among themselves by length only."""
     heads = [tuple(r[:MIN_PREFIX]) if len(r) > MIN_PREFIX else None for r in rows]
-    counts: dict[tuple[int, ...], int] = {}
-    for head in heads:
-        if head is not None:
-            counts[head] = counts.get(head, 0) + 1
+    counts = Counter(head for head in heads if head is not None)
     number: dict[tuple[int, ...], int] = {}
     for head in heads:
         if head is not None and counts[head] >= least:
@@ -71,11 +69,6 @@ def prefix_groups(rows: Sequence[Sequence[int]], *, least: int) -> list[int]:
 class _Entry:
     tokens: tuple[int, ...]
     kv: tuple[torch.Tensor, ...]
-
-
-def _held(entry: _Entry, rows: Sequence[Sequence[int]]) -> int:
-    """How many tokens ``rows`` need not run that ``entry`` holds."""
-    return min(common_prefix([entry.tokens, *rows]), runnable_prefix(rows))
 
 
 class PrefixStash:
@@ -97,20 +90,31 @@ class PrefixStash:
     def usable(self, rows: Sequence[Sequence[int]]) -> int:
         """How many leading tokens of every row one stashed prefix holds, leaving each row
         at least one token to run; 0 when that is under ``MIN_PREFIX``."""
-        best = max((_held(e, rows) for e in self._entries), default=0)
-        return best if best >= MIN_PREFIX else 0
+        return self._best(rows)[1]
 
-    def copy_into(self, rows: Sequence[Sequence[int]], length: int) -> None:
-        """Put the stashed KV of ``rows``' first ``length`` tokens into KV rows
-        ``[:len(rows)]`` (``length`` from ``usable(rows)``)."""
+    def take(self, rows: Sequence[Sequence[int]]) -> int:
+        """Copy the KV of the ``usable(rows)`` leading tokens into KV rows ``[:len(rows)]``
+        and return how many they are (0: nothing copied)."""
+        i, length = self._best(rows)
+        if not length:
+            return 0
+        entry = self._entries.pop(i)
+        for cache, saved in zip(self._kv, entry.kv, strict=True):
+            cache[: len(rows), :length] = saved[:length]
+        self._entries.insert(0, entry)
+        self.reused_tokens += len(rows) * length
+        return length
+
+    def _best(self, rows: Sequence[Sequence[int]]) -> tuple[int, int]:
+        """The entry holding the most leading tokens of every row, and how many (0 when
+        under ``MIN_PREFIX``)."""
+        limit = runnable_prefix(rows)
+        best, length = 0, 0
         for i, entry in enumerate(self._entries):
-            if _held(entry, rows) >= length:
-                for cache, saved in zip(self._kv, entry.kv, strict=True):
-                    cache[: len(rows), :length] = saved[:length]
-                self._entries.insert(0, self._entries.pop(i))
-                self.reused_tokens += len(rows) * length
-                return
-        raise ValueError(f"no stashed prefix holds {length} leading tokens of these rows")
+            held = min(common_prefix([entry.tokens, *rows]), limit)
+            if held > length:
+                best, length = i, held
+        return (best, length) if length >= MIN_PREFIX else (0, 0)
 
     def remember(self, rows: Sequence[Sequence[int]]) -> None:
         """Keep the prefix ``rows`` share, just computed from position 0 into KV rows
